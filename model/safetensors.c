@@ -1,0 +1,594 @@
+/* safetensors.c -- see safetensors.h.
+ *
+ * The header is parsed by a small recursive-descent reader that accepts exactly
+ * the shape safetensors headers have (an object of tensor entries plus an
+ * optional "__metadata__" object of strings), so that nothing in it goes
+ * unchecked: integers are parsed exactly as unsigned 64-bit values, unknown
+ * fields and duplicate names are refused.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "safetensors.h"
+
+#include "err.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "safetensors data is little-endian; this reader assumes a little-endian host"
+#endif
+
+struct st_file {
+    void *map;
+    size_t map_len;
+    float *copy;          /* aligned copy of the data buffer, or NULL */
+    st_tensor *tensors;
+    int n_tensors, cap_tensors;
+    st_meta *meta;
+    int n_meta, cap_meta;
+};
+
+/* Header parser state: p walks [start, end). */
+typedef struct {
+    const char *start, *p, *end;
+    char *err;
+    size_t errlen;
+} parser;
+
+static int fail_at(parser *ps, const char *what)
+{
+    err_set(ps->err, ps->errlen, "header byte %td: %s", ps->p - ps->start, what);
+    return -1;
+}
+
+static void skip_ws(parser *ps)
+{
+    while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r'))
+        ps->p++;
+}
+
+static int expect(parser *ps, char c)
+{
+    skip_ws(ps);
+    if (ps->p >= ps->end || *ps->p != c) {
+        char msg[32];
+        snprintf(msg, sizeof msg, "expected '%c'", c);
+        return fail_at(ps, msg);
+    }
+    ps->p++;
+    return 0;
+}
+
+/* Returns true and consumes c if it is the next non-space character. */
+static bool accept(parser *ps, char c)
+{
+    skip_ws(ps);
+    if (ps->p < ps->end && *ps->p == c) {
+        ps->p++;
+        return true;
+    }
+    return false;
+}
+
+static int hex4(parser *ps, unsigned *out)
+{
+    if (ps->end - ps->p < 4)
+        return fail_at(ps, "truncated \\u escape");
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = ps->p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
+        else return fail_at(ps, "bad \\u escape");
+    }
+    ps->p += 4;
+    *out = v;
+    return 0;
+}
+
+static size_t put_utf8(char *o, unsigned cp)
+{
+    if (cp < 0x80) { o[0] = (char)cp; return 1; }
+    if (cp < 0x800) { o[0] = (char)(0xC0 | (cp >> 6)); o[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
+    if (cp < 0x10000) {
+        o[0] = (char)(0xE0 | (cp >> 12)); o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        o[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    o[0] = (char)(0xF0 | (cp >> 18)); o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); o[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/* Parses a JSON string into a new NUL-terminated buffer (caller frees).
+ * Strings containing NUL are refused: names and metadata are C strings here. */
+static int parse_string(parser *ps, char **out)
+{
+    skip_ws(ps);
+    if (ps->p >= ps->end || *ps->p != '"')
+        return fail_at(ps, "expected a string");
+    ps->p++;
+    const char *q = ps->p;
+    while (q < ps->end && *q != '"') /* escapes never grow the text, so this bounds it */
+        q += (*q == '\\' && q + 1 < ps->end) ? 2 : 1;
+    if (q >= ps->end)
+        return fail_at(ps, "unterminated string");
+    char *s = malloc((size_t)(q - ps->p) + 1), *o = s;
+    if (!s)
+        return fail_at(ps, "out of memory");
+    while (*ps->p != '"') {
+        unsigned char c = (unsigned char)*ps->p;
+        if (c < 0x20) {
+            free(s);
+            return fail_at(ps, "control character in string");
+        }
+        if (c != '\\') {
+            *o++ = (char)c;
+            ps->p++;
+            continue;
+        }
+        ps->p++;
+        char e = *ps->p++;
+        unsigned cp;
+        switch (e) {
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '/': *o++ = '/'; break;
+        case 'b': *o++ = '\b'; break;
+        case 'f': *o++ = '\f'; break;
+        case 'n': *o++ = '\n'; break;
+        case 'r': *o++ = '\r'; break;
+        case 't': *o++ = '\t'; break;
+        case 'u':
+            if (hex4(ps, &cp) < 0) { free(s); return -1; }
+            if (cp >= 0xD800 && cp < 0xDC00) {
+                unsigned lo;
+                if (ps->end - ps->p < 6 || ps->p[0] != '\\' || ps->p[1] != 'u') {
+                    free(s);
+                    return fail_at(ps, "unpaired surrogate in \\u escape");
+                }
+                ps->p += 2;
+                if (hex4(ps, &lo) < 0) { free(s); return -1; }
+                if (lo < 0xDC00 || lo > 0xDFFF) {
+                    free(s);
+                    return fail_at(ps, "unpaired surrogate in \\u escape");
+                }
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            } else if (cp >= 0xDC00 && cp < 0xE000) {
+                free(s);
+                return fail_at(ps, "unpaired surrogate in \\u escape");
+            }
+            if (cp == 0) {
+                free(s);
+                return fail_at(ps, "NUL character in string");
+            }
+            o += put_utf8(o, cp);
+            break;
+        default:
+            free(s);
+            return fail_at(ps, "bad escape in string");
+        }
+    }
+    ps->p++;
+    *o = '\0';
+    *out = s;
+    return 0;
+}
+
+/* An unsigned decimal integer that fits in 64 bits; no sign, fraction or exponent. */
+static int parse_u64(parser *ps, uint64_t *out)
+{
+    skip_ws(ps);
+    const char *b = ps->p;
+    uint64_t v = 0;
+    while (ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9') {
+        unsigned d = (unsigned)(*ps->p - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return fail_at(ps, "integer too large");
+        v = v * 10 + d;
+        ps->p++;
+    }
+    if (ps->p == b)
+        return fail_at(ps, "expected a non-negative integer");
+    if (ps->p - b > 1 && *b == '0')
+        return fail_at(ps, "integer with a leading zero");
+    if (ps->p < ps->end && (*ps->p == '.' || *ps->p == 'e' || *ps->p == 'E'))
+        return fail_at(ps, "expected an integer, found a fraction");
+    *out = v;
+    return 0;
+}
+
+/* [u64, ...] with at most max elements; *n receives the count. */
+static int parse_u64_array(parser *ps, uint64_t *vals, int max, int *n)
+{
+    *n = 0;
+    if (expect(ps, '[') < 0)
+        return -1;
+    if (accept(ps, ']'))
+        return 0;
+    do {
+        if (*n == max)
+            return fail_at(ps, "array too long");
+        if (parse_u64(ps, &vals[(*n)++]) < 0)
+            return -1;
+    } while (accept(ps, ','));
+    return expect(ps, ']');
+}
+
+static int add_meta(st_file *f, parser *ps, char *key, char *value)
+{
+    for (int i = 0; i < f->n_meta; i++)
+        if (strcmp(f->meta[i].key, key) == 0) {
+            err_set(ps->err, ps->errlen, "metadata key \"%s\" appears twice", key);
+            return -1;
+        }
+    if (f->n_meta == f->cap_meta) {
+        int cap = f->cap_meta ? 2 * f->cap_meta : 16;
+        st_meta *m = realloc(f->meta, (size_t)cap * sizeof *m);
+        if (!m)
+            return fail_at(ps, "out of memory");
+        f->meta = m;
+        f->cap_meta = cap;
+    }
+    f->meta[f->n_meta].key = key;
+    f->meta[f->n_meta].value = value;
+    f->n_meta++;
+    return 0;
+}
+
+static int parse_metadata(st_file *f, parser *ps)
+{
+    if (expect(ps, '{') < 0)
+        return -1;
+    if (accept(ps, '}'))
+        return 0;
+    do {
+        char *key = NULL, *value = NULL;
+        if (parse_string(ps, &key) < 0)
+            return -1;
+        if (expect(ps, ':') < 0) {
+            free(key);
+            return -1;
+        }
+        skip_ws(ps);
+        if (ps->p >= ps->end || *ps->p != '"') {
+            err_set(ps->err, ps->errlen, "metadata \"%s\": value is not a string", key);
+            free(key);
+            return -1;
+        }
+        if (parse_string(ps, &value) < 0 || add_meta(f, ps, key, value) < 0) {
+            free(key);
+            free(value);
+            return -1;
+        }
+    } while (accept(ps, ','));
+    return expect(ps, '}');
+}
+
+static st_tensor *new_tensor(st_file *f, parser *ps)
+{
+    if (f->n_tensors == ST_MAX_ENTRIES) {
+        fail_at(ps, "too many tensors");
+        return NULL;
+    }
+    if (f->n_tensors == f->cap_tensors) {
+        int cap = f->cap_tensors ? 2 * f->cap_tensors : 32;
+        st_tensor *t = realloc(f->tensors, (size_t)cap * sizeof *t);
+        if (!t) {
+            fail_at(ps, "out of memory");
+            return NULL;
+        }
+        f->tensors = t;
+        f->cap_tensors = cap;
+    }
+    st_tensor *t = &f->tensors[f->n_tensors++];
+    memset(t, 0, sizeof *t);
+    return t;
+}
+
+/* {"dtype": "F32", "shape": [...], "data_offsets": [b, e]} in any order, each once. */
+static int parse_tensor_entry(st_file *f, parser *ps, char *name)
+{
+    st_tensor *t = new_tensor(f, ps);
+    if (!t) {
+        free(name);
+        return -1;
+    }
+    t->name = name;
+    bool have_dtype = false, have_shape = false, have_offsets = false;
+    if (expect(ps, '{') < 0)
+        return -1;
+    if (!accept(ps, '}')) {
+        do {
+            char *field = NULL;
+            if (parse_string(ps, &field) < 0)
+                return -1;
+            if (expect(ps, ':') < 0) {
+                free(field);
+                return -1;
+            }
+            int rc = 0;
+            if (strcmp(field, "dtype") == 0 && !have_dtype) {
+                char *dtype = NULL;
+                rc = parse_string(ps, &dtype);
+                if (rc == 0 && strcmp(dtype, "F32") != 0) {
+                    err_set(ps->err, ps->errlen, "tensor \"%s\": dtype %s is not supported (only F32)",
+                            name, dtype);
+                    rc = -1;
+                }
+                free(dtype);
+                have_dtype = true;
+            } else if (strcmp(field, "shape") == 0 && !have_shape) {
+                rc = parse_u64_array(ps, t->shape, ST_MAX_DIMS, &t->ndim);
+                have_shape = true;
+            } else if (strcmp(field, "data_offsets") == 0 && !have_offsets) {
+                uint64_t off[3];
+                int n = 0;
+                rc = parse_u64_array(ps, off, 3, &n);
+                if (rc == 0 && n != 2) {
+                    err_set(ps->err, ps->errlen, "tensor \"%s\": data_offsets must have 2 elements", name);
+                    rc = -1;
+                }
+                t->begin = off[0];
+                t->end = off[1];
+                have_offsets = true;
+            } else {
+                err_set(ps->err, ps->errlen, "tensor \"%s\": unexpected or repeated field \"%s\"", name, field);
+                rc = -1;
+            }
+            free(field);
+            if (rc < 0)
+                return -1;
+        } while (accept(ps, ','));
+        if (expect(ps, '}') < 0)
+            return -1;
+    }
+    if (!have_dtype || !have_shape || !have_offsets) {
+        err_set(ps->err, ps->errlen, "tensor \"%s\": missing %s", name,
+                !have_dtype ? "dtype" : !have_shape ? "shape" : "data_offsets");
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_header(st_file *f, parser *ps)
+{
+    bool have_meta = false;
+    if (expect(ps, '{') < 0)
+        return -1;
+    if (!accept(ps, '}')) {
+        do {
+            char *name = NULL;
+            if (parse_string(ps, &name) < 0)
+                return -1;
+            if (expect(ps, ':') < 0) {
+                free(name);
+                return -1;
+            }
+            if (strcmp(name, "__metadata__") == 0) {
+                free(name);
+                if (have_meta) {
+                    err_set(ps->err, ps->errlen, "\"__metadata__\" appears twice");
+                    return -1;
+                }
+                have_meta = true;
+                if (parse_metadata(f, ps) < 0)
+                    return -1;
+            } else if (parse_tensor_entry(f, ps, name) < 0) {
+                return -1;
+            }
+        } while (accept(ps, ','));
+        if (expect(ps, '}') < 0)
+            return -1;
+    }
+    skip_ws(ps);
+    if (ps->p != ps->end)
+        return fail_at(ps, "unexpected data after the header object");
+    return 0;
+}
+
+static int cmp_begin(const void *a, const void *b)
+{
+    const st_tensor *x = *(const st_tensor *const *)a, *y = *(const st_tensor *const *)b;
+    if (x->begin != y->begin)
+        return x->begin < y->begin ? -1 : 1;
+    return x->end < y->end ? -1 : x->end > y->end;
+}
+
+/* Sizes, bounds, coverage and names: everything the data buffer must satisfy. */
+static int check_layout(st_file *f, uint64_t data_len, char *err, size_t errlen)
+{
+    for (int i = 0; i < f->n_tensors; i++) {
+        st_tensor *t = &f->tensors[i];
+        uint64_t n = 1;
+        for (int d = 0; d < t->ndim; d++) {
+            if (t->shape[d] != 0 && n > UINT64_MAX / 4 / t->shape[d]) {
+                err_set(err, errlen, "tensor \"%s\": shape is too large", t->name);
+                return -1;
+            }
+            n *= t->shape[d];
+        }
+        t->numel = n;
+        if (t->end < t->begin) {
+            err_set(err, errlen, "tensor \"%s\": data_offsets [%llu, %llu] end before they begin", t->name,
+                    (unsigned long long)t->begin, (unsigned long long)t->end);
+            return -1;
+        }
+        if (t->end > data_len) {
+            err_set(err, errlen,
+                    "tensor \"%s\": data_offsets [%llu, %llu] run past the end of the file (data is %llu bytes)",
+                    t->name, (unsigned long long)t->begin, (unsigned long long)t->end,
+                    (unsigned long long)data_len);
+            return -1;
+        }
+        if (t->end - t->begin != 4 * n) {
+            err_set(err, errlen, "tensor \"%s\": data_offsets [%llu, %llu] hold %llu bytes but its shape needs %llu",
+                    t->name, (unsigned long long)t->begin, (unsigned long long)t->end,
+                    (unsigned long long)(t->end - t->begin), (unsigned long long)(4 * n));
+            return -1;
+        }
+        for (int j = 0; j < i; j++)
+            if (strcmp(f->tensors[j].name, t->name) == 0) {
+                err_set(err, errlen, "tensor \"%s\" appears twice", t->name);
+                return -1;
+            }
+    }
+    size_t n_order = f->n_tensors > 0 ? (size_t)f->n_tensors : 1;
+    st_tensor **order = malloc(n_order * sizeof *order);
+    if (!order) {
+        err_set(err, errlen, "out of memory");
+        return -1;
+    }
+    for (int i = 0; i < f->n_tensors; i++)
+        order[i] = &f->tensors[i];
+    qsort(order, (size_t)f->n_tensors, sizeof *order, cmp_begin);
+    uint64_t pos = 0;
+    int rc = 0;
+    for (int i = 0; i < f->n_tensors && rc == 0; i++) {
+        const st_tensor *t = order[i];
+        if (t->begin > pos) {
+            err_set(err, errlen, "gap in the data buffer: bytes [%llu, %llu) before tensor \"%s\" belong to no tensor",
+                    (unsigned long long)pos, (unsigned long long)t->begin, t->name);
+            rc = -1;
+        } else if (t->begin < pos) {
+            err_set(err, errlen, "tensor \"%s\" at offset %llu overlaps tensor \"%s\"", t->name,
+                    (unsigned long long)t->begin, order[i - 1]->name);
+            rc = -1;
+        }
+        pos = t->end;
+    }
+    free(order);
+    if (rc == 0 && pos != data_len) {
+        err_set(err, errlen, "%llu bytes after the last tensor belong to no tensor",
+                (unsigned long long)(data_len - pos));
+        rc = -1;
+    }
+    return rc;
+}
+
+st_file *st_open(const char *path, char *err, size_t errlen)
+{
+    st_file *f = calloc(1, sizeof *f);
+    int fd = -1;
+    if (!f) {
+        err_set(err, errlen, "out of memory");
+        return NULL;
+    }
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        err_set(err, errlen, "%s: %s", path, strerror(errno));
+        goto fail;
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) < 0) {
+        err_set(err, errlen, "%s: %s", path, strerror(errno));
+        goto fail;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        err_set(err, errlen, "%s: not a regular file", path);
+        goto fail;
+    }
+    if (sb.st_size < 8) {
+        err_set(err, errlen, "file is %lld bytes, too short for a safetensors header", (long long)sb.st_size);
+        goto fail;
+    }
+    f->map_len = (size_t)sb.st_size;
+    f->map = mmap(NULL, f->map_len, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (f->map == MAP_FAILED) {
+        f->map = NULL;
+        err_set(err, errlen, "%s: mmap: %s", path, strerror(errno));
+        goto fail;
+    }
+    close(fd);
+    fd = -1;
+
+    const unsigned char *base = f->map;
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--)
+        hlen = (hlen << 8) | base[i];
+    if (hlen > f->map_len - 8) {
+        err_set(err, errlen, "header length %llu is larger than the file (%zu bytes)", (unsigned long long)hlen,
+                f->map_len);
+        goto fail;
+    }
+    if (hlen > ST_MAX_HEADER) {
+        err_set(err, errlen, "header length %llu exceeds the %u-byte limit", (unsigned long long)hlen, ST_MAX_HEADER);
+        goto fail;
+    }
+    parser ps = {(const char *)base + 8, (const char *)base + 8, (const char *)base + 8 + hlen, err, errlen};
+    if (parse_header(f, &ps) < 0)
+        goto fail;
+
+    uint64_t data_off = 8 + hlen, data_len = f->map_len - data_off;
+    if (check_layout(f, data_len, err, errlen) < 0)
+        goto fail;
+    const unsigned char *data = base + data_off;
+    if ((uintptr_t)data % sizeof(float) != 0 && data_len > 0) {
+        /* The mapping is page-aligned, so only an unpadded header misaligns data. */
+        f->copy = malloc((size_t)data_len);
+        if (!f->copy) {
+            err_set(err, errlen, "out of memory copying %llu bytes of tensor data", (unsigned long long)data_len);
+            goto fail;
+        }
+        memcpy(f->copy, data, (size_t)data_len);
+        data = (const unsigned char *)f->copy;
+    }
+    for (int i = 0; i < f->n_tensors; i++)
+        f->tensors[i].data = (const float *)(const void *)(data + f->tensors[i].begin);
+    return f;
+
+fail:
+    if (fd >= 0)
+        close(fd);
+    st_close(f);
+    return NULL;
+}
+
+void st_close(st_file *f)
+{
+    if (!f)
+        return;
+    for (int i = 0; i < f->n_tensors; i++)
+        free(f->tensors[i].name);
+    for (int i = 0; i < f->n_meta; i++) {
+        free(f->meta[i].key);
+        free(f->meta[i].value);
+    }
+    free(f->tensors);
+    free(f->meta);
+    free(f->copy);
+    if (f->map)
+        munmap(f->map, f->map_len);
+    free(f);
+}
+
+int st_tensor_count(const st_file *f) { return f->n_tensors; }
+const st_tensor *st_tensor_at(const st_file *f, int i) { return &f->tensors[i]; }
+int st_meta_count(const st_file *f) { return f->n_meta; }
+const st_meta *st_meta_at(const st_file *f, int i) { return &f->meta[i]; }
+uint64_t st_file_size(const st_file *f) { return f->map_len; }
+
+const st_tensor *st_find(const st_file *f, const char *name)
+{
+    for (int i = 0; i < f->n_tensors; i++)
+        if (strcmp(f->tensors[i].name, name) == 0)
+            return &f->tensors[i];
+    return NULL;
+}
+
+const char *st_meta_get(const st_file *f, const char *key)
+{
+    for (int i = 0; i < f->n_meta; i++)
+        if (strcmp(f->meta[i].key, key) == 0)
+            return f->meta[i].value;
+    return NULL;
+}

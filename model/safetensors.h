@@ -1,0 +1,58 @@
+/* safetensors.h -- a strict, read-only reader of safetensors files of F32 tensors.
+ *
+ * The file is memory-mapped; tensor data is used in place, and copied only when
+ * the data buffer is not 4-byte aligned in the file.  Everything the header says
+ * is checked against the file before it is used: entry shapes and sizes, data
+ * offsets inside the file, tensors covering the data buffer without gaps or
+ * overlaps, unique names, metadata values that are strings.  It knows nothing
+ * of what the tensors mean; model.c checks that.
+ *
+ * An st_file is immutable once opened and may be read by many threads.
+ */
+#ifndef ATTNLM_SAFETENSORS_H
+#define ATTNLM_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define ST_MAX_DIMS 8
+#define ST_MAX_HEADER (64u << 20) /* header bytes; larger files are refused */
+#define ST_MAX_ENTRIES 100000
+
+/* One tensor of the file. */
+typedef struct st_tensor {
+    char *name;
+    int ndim;
+    uint64_t shape[ST_MAX_DIMS];
+    uint64_t numel;
+    uint64_t begin, end;   /* byte offsets into the data buffer */
+    const float *data;     /* [numel], little-endian F32, 4-byte aligned */
+} st_tensor;
+
+/* One metadata entry (string -> string). */
+typedef struct st_meta {
+    char *key;
+    char *value;
+} st_meta;
+
+typedef struct st_file st_file;
+
+/* Opens and validates path.  Returns NULL and a message naming the problem
+ * in err on failure.  The caller frees the result with st_close. */
+st_file *st_open(const char *path, char *err, size_t errlen);
+void st_close(st_file *f);
+
+int st_tensor_count(const st_file *f);
+const st_tensor *st_tensor_at(const st_file *f, int i);
+/* NULL when there is no tensor of that name. */
+const st_tensor *st_find(const st_file *f, const char *name);
+
+int st_meta_count(const st_file *f);
+const st_meta *st_meta_at(const st_file *f, int i);
+/* The value of key, or NULL when the metadata has no such key. */
+const char *st_meta_get(const st_file *f, const char *key);
+
+/* Whole file size in bytes. */
+uint64_t st_file_size(const st_file *f);
+
+#endif
