@@ -1,0 +1,94 @@
+/* model.h -- the attnlm inference engine: an RNN (Elman, GRU or LSTM) stack with
+ * windowed attention over its own outputs, loaded from a safetensors file.
+ *
+ * Weights are read-only once loaded and shared by every thread; all mutable
+ * state lives in a model_seq (one per sequence) or a model_batch (one per
+ * worker), so one model serves any number of threads without locks.
+ * docs/FORMAT.md gives the function computed and the file format.
+ *
+ * Dimension letters used in shape comments:
+ *   T positions, B batch, V vocabulary, E embedding, H hidden, G gates
+ *   (1 elman, 3 gru, 4 lstm), L layers, W window, A additive attention size,
+ *   N attention heads (1 unless multihead), D = H / N head size.
+ *
+ * Attention maps are returned in band form [.., N, W]: column c of position t
+ * holds the weight on position i = t - (W - 1) + c, and columns with i < 0 are 0.
+ */
+#ifndef ATTNLM_MODEL_H
+#define ATTNLM_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "err.h"
+
+typedef enum { CELL_ELMAN, CELL_GRU, CELL_LSTM } model_cell;
+typedef enum { ATTN_ADDITIVE, ATTN_DOT, ATTN_COSINE, ATTN_MULTIHEAD } model_attention;
+
+/* Hyperparameters, as read from the file's metadata. */
+typedef struct model_config {
+    int vocab;      /* V */
+    int embed;      /* E */
+    int hidden;     /* H */
+    int layers;     /* L */
+    int window;     /* W */
+    int attn_dim;   /* A, additive only (0 otherwise) */
+    int heads;      /* N: multihead's head count, 1 for the other mechanisms */
+    int gates;      /* G */
+    int bos_id;
+    model_cell cell;
+    model_attention attention;
+} model_config;
+
+typedef struct model model;           /* loaded weights, read-only */
+typedef struct model_seq model_seq;   /* one sequence's decoding state */
+typedef struct model_batch model_batch; /* one worker's scratch for model_step */
+
+/* Loads and validates a model file; NULL with a message naming the problem in
+ * err on failure.  Free with model_free. */
+model *model_load(const char *path, char *err, size_t errlen);
+void model_free(model *m);
+
+const model_config *model_get_config(const model *m);
+const char *model_cell_name(model_cell c);
+const char *model_attention_name(model_attention a);
+/* Number of parameters (sum of tensor sizes). */
+uint64_t model_param_count(const model *m);
+/* Metadata of the file, including provenance; value NULL if key is absent. */
+const char *model_meta(const model *m, const char *key);
+int model_meta_count(const model *m);
+void model_meta_at(const model *m, int i, const char **key, const char **value);
+
+/* Full-sequence forward pass over tokens[T] (tokens[0] is normally BOS).
+ *   logprobs [T, V]: log p(. | tokens[0..t]) for every t, or NULL;
+ *   attn [T, N, W]: attention maps in band form, or NULL;
+ *   seq: a fresh sequence (position 0) that receives the state after the T
+ *        tokens, so decoding can continue with model_step (prefill), or NULL.
+ * Returns 0, or -1 with a message (bad token id, out of memory, used seq). */
+int model_forward(const model *m, const int *tokens, int T, float *logprobs, float *attn, model_seq *seq,
+                  char *err, size_t errlen);
+
+/* A sequence at position 0.  NULL on out of memory.  Free with model_seq_free. */
+model_seq *model_seq_new(const model *m);
+void model_seq_free(model_seq *s);
+void model_seq_reset(model_seq *s);
+/* Tokens consumed so far. */
+int64_t model_seq_pos(const model_seq *s);
+
+/* Scratch for stepping up to max_batch sequences at once.  Free with model_batch_free. */
+model_batch *model_batch_new(const model *m, int max_batch);
+void model_batch_free(model_batch *b);
+
+/* Advances B distinct sequences by one token each: seqs[b] consumes tokens[b].
+ *   logits [B, V]: the next-token logits of each sequence;
+ *   attn [B, N, W]: this position's attention maps in band form, or NULL.
+ * One matrix product per projection covers the whole batch; each sequence's
+ * numbers do not depend on what else is in the batch.  The hot path allocates
+ * nothing.  Returns 0, or -1 with a message (bad token, B out of range). */
+int model_step(const model *m, model_batch *b, model_seq *const *seqs, const int *tokens, int B, float *logits,
+               float *attn, char *err, size_t errlen);
+
+/* out[n] = log_softmax(logits[n]); out may equal logits. */
+void model_log_softmax(float *out, const float *logits, int n);
+
+#endif
