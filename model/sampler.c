@@ -1,0 +1,117 @@
+/* sampler.c -- see sampler.h.
+ *
+ * Candidates are ordered by probability (then id) with a full sort: the byte
+ * vocabulary is 257 entries, so this costs less than one output projection.
+ */
+#include "sampler.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+/* A token and its probability; qsort has no context argument, so they travel together. */
+typedef struct {
+    float p;
+    int id;
+} cand;
+
+struct sampler {
+    int n;
+    cand *c; /* [n] candidates, most likely first after sorting */
+};
+
+sampler *sampler_new(int n)
+{
+    sampler *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->n = n;
+    s->c = malloc((size_t)n * sizeof *s->c);
+    if (!s->c) {
+        sampler_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void sampler_free(sampler *s)
+{
+    if (!s)
+        return;
+    free(s->c);
+    free(s);
+}
+
+int sampler_argmax(const float *x, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
+static int cmp_cand(const void *a, const void *b)
+{
+    const cand *x = a, *y = b;
+    if (x->p != y->p)
+        return x->p > y->p ? -1 : 1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+int sampler_sample(sampler *s, const float *logits, const sampler_params *p, float coin)
+{
+    const int n = s->n;
+    if (!(p->temperature > 0.0f))
+        return sampler_argmax(logits, n);
+
+    cand *c = s->c;
+    float mx = logits[sampler_argmax(logits, n)];
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) {
+        c[i] = (cand){expf((logits[i] - mx) / p->temperature), i};
+        sum += c[i].p;
+    }
+    for (int i = 0; i < n; i++)
+        c[i].p = (float)(c[i].p / sum);
+    int k = p->top_k > 0 && p->top_k < n ? p->top_k : n;
+    qsort(c, (size_t)n, sizeof *c, cmp_cand);
+
+    double kept = 0.0;
+    for (int i = 0; i < k; i++)
+        kept += c[i].p;
+    if (p->top_p > 0.0f && p->top_p < 1.0f) {
+        /* smallest prefix whose share of the top-k mass reaches top_p */
+        double cum = 0.0, target = p->top_p * kept;
+        int m = 0;
+        while (m < k) {
+            cum += c[m++].p;
+            if (cum >= target)
+                break;
+        }
+        k = m;
+        kept = cum;
+    }
+    double r = (double)coin * kept, cum = 0.0;
+    int pick = c[k - 1].id;
+    for (int i = 0; i < k; i++) {
+        cum += c[i].p;
+        if (r < cum) {
+            pick = c[i].id;
+            break;
+        }
+    }
+    return pick;
+}
+
+uint64_t rng_next(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+float rng_uniform(uint64_t *state)
+{
+    return (float)(rng_next(state) >> 40) * (1.0f / 16777216.0f);
+}
