@@ -1,0 +1,238 @@
+"""The attnlm model in PyTorch, and its safetensors file format (version 1).
+
+This is the training-side implementation of the model function that the C
+engine in model/ serves; docs/FORMAT.md describes both.  Parameter names are
+the tensor names of the file, so `state_dict()` is what gets exported.
+
+Attention weights are returned in band form [B, heads, T, W]: column c of row t
+is the weight on position i = t - (W - 1) + c; columns with i < 0 are zero.
+"""
+import json
+import math
+import struct
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+CELLS = ("elman", "gru", "lstm")
+ATTENTIONS = ("additive", "dot", "cosine", "multihead")
+BYTE_VOCAB = 257
+BOS_ID = 256
+
+
+class Config:
+    """Hyperparameters: exactly the structural metadata keys of a model file."""
+
+    def __init__(self, cell="gru", attention="multihead", embed_dim=64, hidden=256,
+                 layers=2, window=64, attn_dim=64, heads=4, vocab_size=BYTE_VOCAB):
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {CELLS}")
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}")
+        if attention == "multihead" and hidden % heads:
+            raise ValueError("heads must divide hidden")
+        self.cell, self.attention = cell, attention
+        self.embed_dim, self.hidden, self.layers = embed_dim, hidden, layers
+        self.window, self.attn_dim, self.heads = window, attn_dim, heads
+        self.vocab_size = vocab_size
+
+    def metadata(self):
+        md = {
+            "format": "attnlm", "format_version": "1",
+            "vocab_size": str(self.vocab_size), "embed_dim": str(self.embed_dim),
+            "hidden": str(self.hidden), "layers": str(self.layers),
+            "window": str(self.window), "cell": self.cell,
+            "attention": self.attention, "tokenizer": "byte", "bos_id": str(BOS_ID),
+        }
+        if self.attention == "additive":
+            md["attn_dim"] = str(self.attn_dim)
+        if self.attention == "multihead":
+            md["heads"] = str(self.heads)
+        return md
+
+    @staticmethod
+    def from_metadata(md):
+        return Config(cell=md["cell"], attention=md["attention"],
+                      embed_dim=int(md["embed_dim"]), hidden=int(md["hidden"]),
+                      layers=int(md["layers"]), window=int(md["window"]),
+                      attn_dim=int(md.get("attn_dim", 1)), heads=int(md.get("heads", 1)),
+                      vocab_size=int(md["vocab_size"]))
+
+
+def band_mask(T, window, device=None):
+    """[T, T] bool, True where position t may NOT attend to position i."""
+    t = torch.arange(T, device=device).unsqueeze(1)
+    i = torch.arange(T, device=device).unsqueeze(0)
+    return (i > t) | (i < t - window + 1)
+
+
+def dense_to_band(dense, window):
+    """[..., T, T] attention maps -> [..., T, W] band form (see module doc)."""
+    T = dense.shape[-1]
+    t = torch.arange(T).unsqueeze(1)
+    i = t - (window - 1) + torch.arange(window).unsqueeze(0)  # [T, W]
+    valid = i >= 0
+    idx = i.clamp(min=0).expand(*dense.shape[:-1], window)
+    return torch.gather(dense, -1, idx) * valid
+
+
+def band_to_dense(band):
+    """[..., T, W] band form -> [..., T, T] dense maps, zero outside the window."""
+    T, W = band.shape[-2], band.shape[-1]
+    dense = band.new_zeros(*band.shape[:-1], T)
+    for c in range(W):
+        off = W - 1 - c  # i = t - off
+        if off >= T:
+            continue
+        rows = torch.arange(off, T)
+        dense[..., rows, rows - off] = band[..., rows, c]
+    return dense
+
+
+def _shift_back(x, off):
+    """x[:, t - off] at position t (zeros for t < off); x is [B, T, D]."""
+    if off == 0:
+        return x
+    return F.pad(x, (0, 0, off, 0))[:, : x.shape[1]]
+
+
+class Additive(nn.Module):
+    def __init__(self, hidden, attn_dim):
+        super().__init__()
+        self.query = nn.Linear(hidden, attn_dim, bias=False)
+        self.key = nn.Linear(hidden, attn_dim)
+        self.v = nn.Linear(attn_dim, 1, bias=False)
+
+    def forward(self, h, window):
+        # Band-wise so memory is B*T*W*A rather than B*T*T*A.
+        B, T, _ = h.shape
+        q, k = self.query(h), self.key(h)
+        scores = []
+        for c in range(window):
+            off = window - 1 - c
+            s = self.v(torch.tanh(q + _shift_back(k, off))).squeeze(-1)  # [B, T]
+            invalid = torch.arange(T, device=h.device) < off
+            scores.append(s.masked_fill(invalid, float("-inf")))
+        alpha = torch.softmax(torch.stack(scores, -1), -1)  # [B, T, W]
+        ctx = sum(alpha[..., c:c + 1] * _shift_back(h, window - 1 - c) for c in range(window))
+        return ctx, alpha.unsqueeze(1)
+
+
+class Dot(nn.Module):
+    def forward(self, h, window):
+        s = h @ h.transpose(1, 2) / math.sqrt(h.shape[-1])
+        return _masked_context(s, h, window)
+
+
+class Cosine(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1) * 5.0)
+
+    def forward(self, h, window):
+        hn = F.normalize(h, dim=-1, eps=1e-8)
+        s = self.scale * (hn @ hn.transpose(1, 2))
+        return _masked_context(s, h, window)
+
+
+def _masked_context(scores, h, window):
+    mask = band_mask(h.shape[1], window, h.device)
+    alpha = torch.softmax(scores.masked_fill(mask, float("-inf")), -1)  # [B, T, T]
+    return alpha @ h, dense_to_band(alpha, window).unsqueeze(1)
+
+
+class AttnLM(nn.Module):
+    def __init__(self, cfg, dropout=0.0):
+        super().__init__()
+        self.cfg = cfg
+        H = cfg.hidden
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
+        rnn = {"elman": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[cfg.cell]
+        extra = {"nonlinearity": "tanh"} if cfg.cell == "elman" else {}
+        self.rnn = rnn(cfg.embed_dim, H, num_layers=cfg.layers, batch_first=True,
+                       dropout=dropout if cfg.layers > 1 else 0.0, **extra)
+        if cfg.attention == "additive":
+            self.attn = Additive(H, cfg.attn_dim)
+        elif cfg.attention == "dot":
+            self.attn = Dot()
+        elif cfg.attention == "cosine":
+            self.attn = Cosine()
+        else:
+            self.attn = nn.MultiheadAttention(H, cfg.heads, batch_first=True)
+        self.combine = nn.Linear(2 * H, H)
+        self.out = nn.Linear(H, cfg.vocab_size)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, need_weights=False):
+        """x: [B, T] token ids -> logits [B, T, V] and, if asked, band maps [B, heads, T, W]."""
+        cfg = self.cfg
+        h, _ = self.rnn(self.embed(x))
+        h = self.drop(h)
+        if cfg.attention == "multihead":
+            mask = band_mask(x.shape[1], cfg.window, x.device)
+            ctx, w = self.attn(h, h, h, attn_mask=mask, need_weights=need_weights,
+                               average_attn_weights=False)
+            band = dense_to_band(w, cfg.window) if need_weights else None
+        else:
+            ctx, band = self.attn(h, cfg.window)
+        o = self.drop(torch.tanh(self.combine(torch.cat([h, ctx], -1))))
+        return self.out(o), band
+
+
+def encode(text):
+    """Byte tokenizer: [BOS] + UTF-8 bytes."""
+    return [BOS_ID] + list(text.encode("utf-8"))
+
+
+# ---- safetensors -------------------------------------------------------------
+
+def save_safetensors(path, tensors, metadata):
+    """Writes F32 tensors (name -> tensor) and string metadata; header padded to 8."""
+    header = {"__metadata__": {k: str(v) for k, v in metadata.items()}}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().to(torch.float32).contiguous().cpu()
+        data = t.numpy().astype("<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    hjson = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    hjson += b" " * ((8 - (8 + len(hjson)) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(hjson)))
+        f.write(hjson)
+        for b in blobs:
+            f.write(b)
+
+
+def load_safetensors(path):
+    """Returns (tensors, metadata).  Trusting reader for files this project wrote."""
+    import numpy as np
+    with open(path, "rb") as f:
+        raw = f.read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    meta = header.pop("__metadata__", {})
+    base = 8 + n
+    tensors = {}
+    for name, e in header.items():
+        b, end = e["data_offsets"]
+        arr = np.frombuffer(raw[base + b: base + end], dtype="<f4").copy()
+        tensors[name] = torch.from_numpy(arr).reshape(e["shape"])
+    return tensors, meta
+
+
+def export_model(model, path, provenance=None):
+    md = model.cfg.metadata()
+    md.update({k: str(v) for k, v in (provenance or {}).items()})
+    save_safetensors(path, model.state_dict(), md)
+
+
+def load_model(path):
+    tensors, md = load_safetensors(path)
+    model = AttnLM(Config.from_metadata(md))
+    model.load_state_dict(tensors)
+    model.eval()
+    return model, md

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Writes the parity fixtures the C tests check the engine against.
+
+For every cell x attention combination: a small random model
+(<name>.safetensors) and what PyTorch computes for a fixed text
+(<name>.expected.safetensors: "tokens" [T], "logprobs" [T, V] and the dense
+attention maps "attention" [N, T, T]).  The window is shorter than the text,
+there are 2 layers and multihead has 3 heads, so every code path is exercised.
+
+usage: make_fixtures.py OUT_DIR
+"""
+import copy
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from attnlm import ATTENTIONS, CELLS, AttnLM, Config, band_to_dense, encode, save_safetensors  # noqa: E402
+
+TEXT = "Call me Ishmael. Whale \u2014 \u00bd fathom!"
+
+
+def build(cell, attention, seed):
+    torch.manual_seed(seed)
+    cfg = Config(cell=cell, attention=attention, embed_dim=8, hidden=12, layers=2, window=5,
+                 attn_dim=7, heads=3)
+    model = AttnLM(cfg)
+    with torch.no_grad():
+        # Larger than default init, so attention is far from uniform and gates saturate sometimes.
+        for name, p in model.named_parameters():
+            p.normal_(0.0, 0.6)
+        if attention == "cosine":
+            model.attn.scale.fill_(4.0)
+    model.eval()
+    return model
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__.strip())
+    out = sys.argv[1]
+    os.makedirs(out, exist_ok=True)
+    tokens = torch.tensor([encode(TEXT)])
+    for n, (cell, attention) in enumerate((c, a) for c in CELLS for a in ATTENTIONS):
+        model = build(cell, attention, seed=100 + n)
+        # The reference is computed in float64 so that it is exact to well below
+        # the tolerance; the file stores the float32 weights it was computed from.
+        ref = copy.deepcopy(model).double()
+        with torch.no_grad():
+            logits, band = ref(tokens, need_weights=True)
+            logprobs = torch.log_softmax(logits, -1)[0].float()
+            dense = band_to_dense(band)[0].float()
+        name = f"{cell}_{attention}"
+        md = model.cfg.metadata()
+        md["name"] = f"fixture {name}"
+        save_safetensors(os.path.join(out, name + ".safetensors"), model.state_dict(), md)
+        save_safetensors(os.path.join(out, name + ".expected.safetensors"),
+                         {"tokens": tokens[0].float(), "logprobs": logprobs, "attention": dense},
+                         {"text": TEXT})
+        print(f"{name}: {tokens.shape[1]} tokens, mean logprob {logprobs.mean().item():.4f}")
+
+
+if __name__ == "__main__":
+    main()
