@@ -1,0 +1,235 @@
+/* test_model.c -- the engine against PyTorch, and decoding against the forward pass.
+ *
+ * Fixtures (tests/fixtures, written by train/make_fixtures.py) are small random
+ * models of every cell x attention combination with PyTorch's outputs.
+ */
+#include "model.h"
+#include "testutil.h"
+
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const COMBOS[] = {
+    "elman_additive", "elman_dot", "elman_cosine", "elman_multihead",
+    "gru_additive",   "gru_dot",   "gru_cosine",   "gru_multihead",
+    "lstm_additive",  "lstm_dot",  "lstm_cosine",  "lstm_multihead",
+};
+#define N_COMBOS ((int)(sizeof COMBOS / sizeof *COMBOS))
+
+static model *load_combo(int i)
+{
+    char path[512], name[64], err[ATTNLM_ERR_LEN];
+    snprintf(name, sizeof name, "%s.safetensors", COMBOS[i]);
+    model *m = model_load(fixture_path(path, sizeof path, name), err, sizeof err);
+    ck_assert_msg(m != NULL, "%s: %s", path, err);
+    return m;
+}
+
+/* Deterministic pseudo-random tokens, BOS first. */
+static void fill_tokens(int *tok, int n, unsigned seed)
+{
+    tok[0] = 256;
+    for (int i = 1; i < n; i++) {
+        seed = seed * 1103515245u + 12345u;
+        tok[i] = (int)((seed >> 16) % 256);
+    }
+}
+
+static double max_diff(const float *a, const float *b, size_t n)
+{
+    double d = 0.0;
+    for (size_t i = 0; i < n; i++)
+        d = fmax(d, fabs((double)a[i] - b[i]));
+    return d;
+}
+
+START_TEST(test_parity_with_pytorch)
+{
+    char mpath[512], epath[512], mname[64], ename[64], err[ATTNLM_ERR_LEN];
+    snprintf(mname, sizeof mname, "%s.safetensors", COMBOS[_i]);
+    snprintf(ename, sizeof ename, "%s.expected.safetensors", COMBOS[_i]);
+    parity_result r;
+    int rc = parity_compare(fixture_path(mpath, sizeof mpath, mname), fixture_path(epath, sizeof epath, ename), &r,
+                            err, sizeof err);
+    ck_assert_msg(rc == 0, "%s: %s", COMBOS[_i], err);
+    ck_assert_int_gt(r.tokens, 5);
+    ck_assert_msg(r.logprob_err <= PARITY_TOL_LOGPROB, "%s: logprob diff %g", COMBOS[_i], r.logprob_err);
+    ck_assert_msg(r.attn_err >= 0.0 && r.attn_err <= PARITY_TOL_ATTN, "%s: attention diff %g", COMBOS[_i],
+                  r.attn_err);
+}
+END_TEST
+
+/* Stepping one token at a time gives the forward pass's numbers, far past the window. */
+START_TEST(test_incremental_equals_forward)
+{
+    model *m = load_combo(_i);
+    const model_config *c = model_get_config(m);
+    const int T = 6 * c->window + 3, V = c->vocab, N = c->heads, W = c->window;
+    ck_assert_int_gt(T, 5 * W);
+    int tok[64];
+    ck_assert_int_le(T, 64);
+    fill_tokens(tok, T, 42u + (unsigned)_i);
+    float *lp = malloc((size_t)T * V * sizeof *lp), *band = malloc((size_t)T * N * W * sizeof *band);
+    float logits[257], step_attn[64];
+    char err[ATTNLM_ERR_LEN];
+    ck_assert_int_eq(model_forward(m, tok, T, lp, band, NULL, err, sizeof err), 0);
+
+    model_seq *s = model_seq_new(m);
+    model_batch *b = model_batch_new(m, 1);
+    double lp_err = 0.0, attn_err = 0.0;
+    for (int t = 0; t < T; t++) {
+        ck_assert_int_eq(model_step(m, b, &s, &tok[t], 1, logits, step_attn, err, sizeof err), 0);
+        model_log_softmax(logits, logits, V);
+        lp_err = fmax(lp_err, max_diff(logits, lp + (size_t)t * V, (size_t)V));
+        attn_err = fmax(attn_err, max_diff(step_attn, band + (size_t)t * N * W, (size_t)N * W));
+    }
+    ck_assert_int_eq((int)model_seq_pos(s), T);
+    ck_assert_msg(lp_err <= 1e-4, "%s: step vs forward logprob diff %g", COMBOS[_i], lp_err);
+    ck_assert_msg(attn_err <= 1e-5, "%s: step vs forward attention diff %g", COMBOS[_i], attn_err);
+
+    /* Prefill through the forward pass, then step: same numbers as the forward pass. */
+    const int P = 2 * W + 1;
+    model_seq_reset(s);
+    ck_assert_int_eq(model_forward(m, tok, P, NULL, NULL, s, err, sizeof err), 0);
+    ck_assert_int_eq((int)model_seq_pos(s), P);
+    lp_err = 0.0;
+    for (int t = P; t < T; t++) {
+        ck_assert_int_eq(model_step(m, b, &s, &tok[t], 1, logits, NULL, err, sizeof err), 0);
+        model_log_softmax(logits, logits, V);
+        lp_err = fmax(lp_err, max_diff(logits, lp + (size_t)t * V, (size_t)V));
+    }
+    ck_assert_msg(lp_err <= 1e-4, "%s: prefill+step vs forward diff %g", COMBOS[_i], lp_err);
+
+    model_batch_free(b);
+    model_seq_free(s);
+    free(lp);
+    free(band);
+    model_free(m);
+}
+END_TEST
+
+/* Sequences of different lengths, joining and leaving, stepped together equal each stepped alone. */
+START_TEST(test_batch_equals_alone)
+{
+    enum { NS = 5, STEPS = 24 };
+    model *m = load_combo(_i);
+    const model_config *c = model_get_config(m);
+    const int V = c->vocab, NW = c->heads * c->window;
+    const int prefill[NS] = {1, 3, 7, 12, 2};
+    const int join[NS] = {0, 0, 4, 2, 9};     /* step at which each joins */
+    const int leave[NS] = {STEPS, 15, STEPS, 20, STEPS};
+    int tok[NS][64];
+    char err[ATTNLM_ERR_LEN];
+    model_seq *together[NS], *alone[NS];
+    for (int k = 0; k < NS; k++) {
+        fill_tokens(tok[k], 64, 7u * (unsigned)k + 1u);
+        together[k] = model_seq_new(m);
+        alone[k] = model_seq_new(m);
+        ck_assert_int_eq(model_forward(m, tok[k], prefill[k], NULL, NULL, together[k], err, sizeof err), 0);
+        ck_assert_int_eq(model_forward(m, tok[k], prefill[k], NULL, NULL, alone[k], err, sizeof err), 0);
+    }
+    model_batch *big = model_batch_new(m, NS), *one = model_batch_new(m, 1);
+    float logits[NS * 257], attn[NS * 64], l1[257], a1[64];
+    double lerr = 0.0, aerr = 0.0;
+    for (int step = 0; step < STEPS; step++) {
+        model_seq *batch[NS];
+        int btok[NS], who[NS], B = 0;
+        for (int k = 0; k < NS; k++)
+            if (step >= join[k] && step < leave[k]) {
+                batch[B] = together[k];
+                btok[B] = tok[k][model_seq_pos(together[k])];
+                who[B++] = k;
+            }
+        ck_assert_int_eq(model_step(m, big, batch, btok, B, logits, attn, err, sizeof err), 0);
+        for (int j = 0; j < B; j++) {
+            int k = who[j];
+            ck_assert_int_eq(model_step(m, one, &alone[k], &btok[j], 1, l1, a1, err, sizeof err), 0);
+            lerr = fmax(lerr, max_diff(logits + (size_t)j * V, l1, (size_t)V));
+            aerr = fmax(aerr, max_diff(attn + (size_t)j * NW, a1, (size_t)NW));
+        }
+    }
+    ck_assert_msg(lerr <= 1e-4, "%s: batched vs alone logits diff %g", COMBOS[_i], lerr);
+    ck_assert_msg(aerr <= 1e-5, "%s: batched vs alone attention diff %g", COMBOS[_i], aerr);
+    for (int k = 0; k < NS; k++) {
+        model_seq_free(together[k]);
+        model_seq_free(alone[k]);
+    }
+    model_batch_free(big);
+    model_batch_free(one);
+    model_free(m);
+}
+END_TEST
+
+START_TEST(test_bad_calls_are_refused)
+{
+    model *m = load_combo(7);
+    char err[ATTNLM_ERR_LEN] = "";
+    int bad[3] = {256, 300, 5}, neg = -1;
+    float lp[3 * 257], logits[257];
+    ck_assert_int_eq(model_forward(m, bad, 3, lp, NULL, NULL, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "token 300 at position 1"));
+    ck_assert_int_eq(model_forward(m, bad, 0, lp, NULL, NULL, err, sizeof err), -1);
+
+    model_seq *s = model_seq_new(m);
+    model_batch *b = model_batch_new(m, 1);
+    ck_assert_int_eq(model_step(m, b, &s, &neg, 1, logits, NULL, err, sizeof err), -1);
+    ck_assert_int_eq((int)model_seq_pos(s), 0); /* refused calls change nothing */
+    model_seq *two[2] = {s, s};
+    ck_assert_int_eq(model_step(m, b, two, bad, 2, logits, NULL, err, sizeof err), -1);
+    ck_assert_int_eq(model_forward(m, bad, 1, NULL, NULL, s, err, sizeof err), 0);
+    /* a used sequence cannot be prefilled again */
+    ck_assert_int_eq(model_forward(m, bad, 1, NULL, NULL, s, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "fresh"));
+    model_batch_free(b);
+    model_seq_free(s);
+    model_free(m);
+}
+END_TEST
+
+START_TEST(test_config_from_metadata)
+{
+    model *m = load_combo(11); /* lstm_multihead */
+    const model_config *c = model_get_config(m);
+    ck_assert_int_eq(c->cell, CELL_LSTM);
+    ck_assert_int_eq(c->attention, ATTN_MULTIHEAD);
+    ck_assert_int_eq(c->layers, 2);
+    ck_assert_int_eq(c->heads, 3);
+    ck_assert_int_eq(c->gates, 4);
+    ck_assert_int_eq(c->bos_id, 256);
+    ck_assert_str_eq(model_meta(m, "name"), "fixture lstm_multihead");
+    ck_assert_ptr_null(model_meta(m, "no such key"));
+    ck_assert_str_eq(model_cell_name(c->cell), "lstm");
+    ck_assert_str_eq(model_attention_name(c->attention), "multihead");
+    ck_assert_uint_gt(model_param_count(m), 1000);
+    model_free(m);
+    model_free(NULL);
+    model_seq_free(NULL);
+    model_batch_free(NULL);
+}
+END_TEST
+
+static Suite *model_suite(void)
+{
+    Suite *s = suite_create("model");
+    TCase *tc = tcase_create("parity");
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, test_parity_with_pytorch, 0, N_COMBOS);
+    tcase_add_loop_test(tc, test_incremental_equals_forward, 0, N_COMBOS);
+    tcase_add_loop_test(tc, test_batch_equals_alone, 0, N_COMBOS);
+    tcase_add_test(tc, test_bad_calls_are_refused);
+    tcase_add_test(tc, test_config_from_metadata);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(model_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -1,0 +1,193 @@
+/* test_sampler.c -- greedy, temperature, top-k, top-p and the seeded generator. */
+#include "sampler.h"
+
+#include <check.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define V 257
+
+static void random_logits(float *x, uint64_t seed)
+{
+    for (int i = 0; i < V; i++)
+        x[i] = 6.0f * rng_uniform(&seed) - 3.0f;
+}
+
+/* Ids ordered by logit, highest first (ties: lower id first). */
+static void rank(const float *x, int *order)
+{
+    for (int i = 0; i < V; i++)
+        order[i] = i;
+    for (int i = 0; i < V; i++)
+        for (int j = i + 1; j < V; j++)
+            if (x[order[j]] > x[order[i]] || (x[order[j]] == x[order[i]] && order[j] < order[i])) {
+                int t = order[i];
+                order[i] = order[j];
+                order[j] = t;
+            }
+}
+
+START_TEST(test_temperature_zero_is_argmax)
+{
+    sampler *s = sampler_new(V);
+    float x[V];
+    for (int trial = 0; trial < 20; trial++) {
+        random_logits(x, (uint64_t)trial + 1);
+        int want = 0;
+        for (int i = 1; i < V; i++)
+            if (x[i] > x[want])
+                want = i;
+        sampler_params p = {0.0f, 0, 1.0f};
+        for (float coin = 0.0f; coin < 1.0f; coin += 0.1f)
+            ck_assert_int_eq(sampler_sample(s, x, &p, coin), want);
+        p.temperature = -1.0f; /* any non-positive temperature is greedy */
+        ck_assert_int_eq(sampler_sample(s, x, &p, 0.99f), want);
+    }
+    float ties[V] = {0};
+    ties[7] = ties[3] = 1.0f;
+    ck_assert_int_eq(sampler_argmax(ties, V), 3);
+    sampler_free(s);
+}
+END_TEST
+
+START_TEST(test_top_k_stays_in_set)
+{
+    sampler *s = sampler_new(V);
+    float x[V];
+    int order[V];
+    uint64_t rng = 99;
+    const int ks[] = {1, 2, 5, 40};
+    for (int trial = 0; trial < 10; trial++) {
+        random_logits(x, (uint64_t)trial + 100);
+        rank(x, order);
+        for (size_t ki = 0; ki < sizeof ks / sizeof *ks; ki++) {
+            sampler_params p = {1.5f, ks[ki], 1.0f};
+            int seen_outside = 0, distinct = 0, hit[V] = {0};
+            for (int n = 0; n < 2000; n++) {
+                int tok = sampler_sample(s, x, &p, rng_uniform(&rng));
+                int r = 0;
+                while (order[r] != tok)
+                    r++;
+                seen_outside += r >= ks[ki];
+                distinct += !hit[tok];
+                hit[tok] = 1;
+            }
+            ck_assert_int_eq(seen_outside, 0);
+            if (ks[ki] <= 5) /* a flat-ish distribution visits every member of a small set */
+                ck_assert_int_eq(distinct, ks[ki]);
+        }
+    }
+    sampler_free(s);
+}
+END_TEST
+
+START_TEST(test_top_p_stays_in_nucleus)
+{
+    sampler *s = sampler_new(V);
+    float x[V];
+    int order[V];
+    uint64_t rng = 5;
+    const float ps[] = {0.1f, 0.5f, 0.9f};
+    for (int trial = 0; trial < 10; trial++) {
+        random_logits(x, (uint64_t)trial + 200);
+        rank(x, order);
+        double prob[V], sum = 0.0, mx = x[order[0]];
+        for (int i = 0; i < V; i++)
+            sum += prob[i] = exp((double)x[i] - mx);
+        for (size_t pi = 0; pi < sizeof ps / sizeof *ps; pi++) {
+            int nucleus = 0; /* smallest prefix reaching p */
+            for (double cum = 0.0; cum < ps[pi] * (1 - 1e-6);)
+                cum += prob[order[nucleus++]] / sum;
+            sampler_params p = {1.0f, 0, ps[pi]};
+            for (int n = 0; n < 2000; n++) {
+                int tok = sampler_sample(s, x, &p, rng_uniform(&rng));
+                int r = 0;
+                while (order[r] != tok)
+                    r++;
+                ck_assert_msg(r < nucleus, "top_p %g chose rank %d, nucleus %d", ps[pi], r, nucleus);
+            }
+        }
+    }
+    sampler_free(s);
+}
+END_TEST
+
+/* Frequencies follow softmax(x / T): a chi-square check with a fixed seed. */
+START_TEST(test_temperature_distribution)
+{
+    sampler *s = sampler_new(V);
+    float x[V];
+    for (int i = 0; i < V; i++)
+        x[i] = -30.0f;
+    x[10] = 1.0f, x[20] = 0.0f, x[30] = -1.0f;
+    sampler_params p = {2.0f, 0, 1.0f};
+    double z = exp(0.5) + 1.0 + exp(-0.5), expect[3] = {exp(0.5) / z, 1.0 / z, exp(-0.5) / z};
+    int count[3] = {0}, n = 20000;
+    uint64_t rng = 2024;
+    for (int i = 0; i < n; i++) {
+        int tok = sampler_sample(s, x, &p, rng_uniform(&rng));
+        ck_assert(tok == 10 || tok == 20 || tok == 30);
+        count[(tok - 10) / 10]++;
+    }
+    double chi2 = 0.0;
+    for (int k = 0; k < 3; k++)
+        chi2 += pow(count[k] - n * expect[k], 2) / (n * expect[k]);
+    ck_assert_msg(chi2 < 13.8, "chi-square %g over 2 degrees of freedom", chi2); /* p = 0.001 */
+    sampler_free(s);
+}
+END_TEST
+
+START_TEST(test_seed_reproduces)
+{
+    sampler *s = sampler_new(V);
+    float x[V];
+    random_logits(x, 77);
+    sampler_params p = {0.9f, 50, 0.95f};
+    int a[64], b[64], c[64];
+    uint64_t r1 = 12345, r2 = 12345, r3 = 54321;
+    for (int i = 0; i < 64; i++) {
+        a[i] = sampler_sample(s, x, &p, rng_uniform(&r1));
+        b[i] = sampler_sample(s, x, &p, rng_uniform(&r2));
+        c[i] = sampler_sample(s, x, &p, rng_uniform(&r3));
+    }
+    ck_assert_mem_eq(a, b, sizeof a);
+    int same = 0;
+    for (int i = 0; i < 64; i++)
+        same += a[i] == c[i];
+    ck_assert_int_lt(same, 64);
+    sampler_free(s);
+}
+END_TEST
+
+START_TEST(test_rng_range)
+{
+    uint64_t st = 0;
+    double sum = 0.0;
+    for (int i = 0; i < 100000; i++) {
+        float u = rng_uniform(&st);
+        ck_assert(u >= 0.0f && u < 1.0f);
+        sum += u;
+    }
+    ck_assert(fabs(sum / 100000 - 0.5) < 0.01);
+    sampler_free(NULL);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("sampler");
+    TCase *tc = tcase_create("sampling");
+    tcase_add_test(tc, test_temperature_zero_is_argmax);
+    tcase_add_test(tc, test_top_k_stays_in_set);
+    tcase_add_test(tc, test_top_p_stays_in_nucleus);
+    tcase_add_test(tc, test_temperature_distribution);
+    tcase_add_test(tc, test_seed_reproduces);
+    tcase_add_test(tc, test_rng_range);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
