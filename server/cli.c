@@ -1,0 +1,222 @@
+/* cli.c -- `attnlm`: the engine from a shell.
+ *
+ *   attnlm info     --model M                 configuration and provenance
+ *   attnlm score    --model M --text T        per-byte log-probabilities, nats/byte
+ *   attnlm generate --model M --prompt P [--max-tokens N --temperature X --top-k K --top-p P --seed S]
+ *
+ * Generation prefills the prompt with the full-sequence pass and then decodes
+ * one token at a time with model_step, exactly as the service does.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "model.h"
+#include "sampler.h"
+#include "tokenizer.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct options {
+    const char *cmd, *model, *text;
+    long max_tokens;
+    double temperature, top_p;
+    long top_k;
+    unsigned long long seed;
+} options;
+
+static void usage(FILE *to)
+{
+    fputs("usage: attnlm info     --model FILE\n"
+          "       attnlm score    --model FILE --text TEXT\n"
+          "       attnlm generate --model FILE --prompt TEXT [--max-tokens N (200)] [--temperature X (0.8)]\n"
+          "                       [--top-k K (0: off)] [--top-p P (1: off)] [--seed S (1)]\n",
+          to);
+}
+
+static int parse_num(const char *flag, const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "attnlm: %s must be a number in [%g, %g], got \"%s\"\n", flag, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, options *o)
+{
+    *o = (options){.model = "models/default.safetensors", .max_tokens = 200, .temperature = 0.8, .top_p = 1.0,
+                   .seed = 1};
+    if (argc < 2)
+        return -1;
+    o->cmd = argv[1];
+    for (int i = 2; i < argc; i++) {
+        const char *f = argv[i];
+        if (i + 1 >= argc) {
+            fprintf(stderr, "attnlm: %s needs a value\n", f);
+            return -1;
+        }
+        const char *v = argv[++i];
+        double d;
+        if (!strcmp(f, "--model")) {
+            o->model = v;
+        } else if (!strcmp(f, "--text") || !strcmp(f, "--prompt")) {
+            o->text = v;
+        } else if (!strcmp(f, "--max-tokens")) {
+            if (parse_num(f, v, 0, 1e6, &d) < 0)
+                return -1;
+            o->max_tokens = (long)d;
+        } else if (!strcmp(f, "--temperature")) {
+            if (parse_num(f, v, 0, 100, &o->temperature) < 0)
+                return -1;
+        } else if (!strcmp(f, "--top-k")) {
+            if (parse_num(f, v, 0, 1e6, &d) < 0)
+                return -1;
+            o->top_k = (long)d;
+        } else if (!strcmp(f, "--top-p")) {
+            if (parse_num(f, v, 0, 1, &o->top_p) < 0)
+                return -1;
+        } else if (!strcmp(f, "--seed")) {
+            if (parse_num(f, v, 0, 1.8e19, &d) < 0)
+                return -1;
+            o->seed = strtoull(v, NULL, 10);
+        } else {
+            fprintf(stderr, "attnlm: unknown option %s\n", f);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void info(const model *m)
+{
+    const model_config *c = model_get_config(m);
+    printf("cell %s, layers %d, hidden %d, embed %d, attention %s", model_cell_name(c->cell), c->layers, c->hidden,
+           c->embed, model_attention_name(c->attention));
+    if (c->attention == ATTN_MULTIHEAD)
+        printf(" (%d heads)", c->heads);
+    if (c->attention == ATTN_ADDITIVE)
+        printf(" (attn_dim %d)", c->attn_dim);
+    printf(", window %d, vocab %d, %llu parameters\n", c->window, c->vocab,
+           (unsigned long long)model_param_count(m));
+    for (int i = 0; i < model_meta_count(m); i++) {
+        const char *k, *v;
+        model_meta_at(m, i, &k, &v);
+        printf("  %s: %s\n", k, v);
+    }
+}
+
+static int score(const model *m, const char *text)
+{
+    size_t len = strlen(text);
+    const int V = model_get_config(m)->vocab;
+    int *tok = malloc((len + 1) * sizeof *tok);
+    float *lp = malloc((len + 1) * (size_t)V * sizeof *lp);
+    char err[ATTNLM_ERR_LEN];
+    int rc = -1;
+    if (!tok || !lp) {
+        fprintf(stderr, "attnlm: out of memory\n");
+        goto done;
+    }
+    size_t T = tok_encode(text, len, tok);
+    if (model_forward(m, tok, (int)T, lp, NULL, NULL, err, sizeof err) < 0) {
+        fprintf(stderr, "attnlm: %s\n", err);
+        goto done;
+    }
+    double total = 0.0;
+    for (size_t k = 1; k < T; k++) { /* token k is scored by the distribution after position k-1 */
+        double l = lp[(k - 1) * (size_t)V + (size_t)tok[k]];
+        total += l;
+        unsigned char b = (unsigned char)tok[k];
+        printf("%5zu  0x%02x %c  %9.5f\n", k, b, b >= 32 && b < 127 ? b : '.', l);
+    }
+    if (T > 1)
+        printf("total %.5f nats, %.5f nats/byte over %zu bytes\n", total, -total / (double)(T - 1), T - 1);
+    rc = 0;
+done:
+    free(tok);
+    free(lp);
+    return rc;
+}
+
+static int generate(const model *m, const options *o)
+{
+    const char *prompt = o->text ? o->text : "";
+    size_t len = strlen(prompt);
+    const int V = model_get_config(m)->vocab;
+    int *tok = malloc((len + 1) * sizeof *tok);
+    float *lp = malloc((len + 1) * (size_t)V * sizeof *lp);
+    model_seq *seq = model_seq_new(m);
+    model_batch *batch = model_batch_new(m, 1);
+    sampler *smp = sampler_new(V);
+    char err[ATTNLM_ERR_LEN];
+    int rc = -1;
+    if (!tok || !lp || !seq || !batch || !smp) {
+        fprintf(stderr, "attnlm: out of memory\n");
+        goto done;
+    }
+    size_t T = tok_encode(prompt, len, tok);
+    if (model_forward(m, tok, (int)T, lp, NULL, seq, err, sizeof err) < 0) {
+        fprintf(stderr, "attnlm: %s\n", err);
+        goto done;
+    }
+    sampler_params sp = {(float)o->temperature, (int)o->top_k, (float)o->top_p};
+    uint64_t rng = o->seed;
+    float *logits = lp + (T - 1) * (size_t)V; /* log-probabilities sample like logits */
+    fwrite(prompt, 1, len, stdout);
+    for (long n = 0; n < o->max_tokens; n++) {
+        int next = sampler_sample(smp, logits, &sp, rng_uniform(&rng));
+        putchar(next);
+        if (model_step(m, batch, &seq, &next, 1, logits, NULL, err, sizeof err) < 0) {
+            fprintf(stderr, "attnlm: %s\n", err);
+            goto done;
+        }
+    }
+    putchar('\n');
+    rc = 0;
+done:
+    sampler_free(smp);
+    model_batch_free(batch);
+    model_seq_free(seq);
+    free(tok);
+    free(lp);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    options o;
+    if (parse_args(argc, argv, &o) < 0) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(o.cmd, "info") && strcmp(o.cmd, "score") && strcmp(o.cmd, "generate")) {
+        usage(strcmp(o.cmd, "--help") && strcmp(o.cmd, "-h") ? stderr : stdout);
+        return strcmp(o.cmd, "--help") && strcmp(o.cmd, "-h") ? 2 : 0;
+    }
+    if (!strcmp(o.cmd, "score") && !o.text) {
+        fprintf(stderr, "attnlm: score needs --text\n");
+        return 2;
+    }
+    openblas_set_num_threads(1);
+    char err[ATTNLM_ERR_LEN];
+    model *m = model_load(o.model, err, sizeof err);
+    if (!m) {
+        fprintf(stderr, "attnlm: cannot load %s: %s\n", o.model, err);
+        return 1;
+    }
+    int rc = 0;
+    if (!strcmp(o.cmd, "info"))
+        info(m);
+    else if (!strcmp(o.cmd, "score"))
+        rc = score(m, o.text);
+    else
+        rc = generate(m, &o);
+    model_free(m);
+    return rc < 0 ? 1 : 0;
+}
