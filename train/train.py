@@ -51,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--init", choices=("scaled", "torch"), default="scaled",
+                   help="recurrent weight initialisation (see init_for_training)")
     return p.parse_args(argv)
 
 
@@ -91,6 +93,25 @@ def _same_length_groups(group):
     return [torch.stack(v) for v in by_len.values()]
 
 
+def init_for_training(model):
+    """Orthogonal recurrent and Xavier input weights per gate block, zero biases.
+
+    PyTorch's default U(-1/sqrt(H), 1/sqrt(H)) shrinks the signal at every
+    stacked layer, and deeper or wider stacks then sit for hundreds of steps
+    at the unigram solution before the input starts to matter.
+    """
+    H = model.cfg.hidden
+    for name, p in model.rnn.named_parameters():
+        if name.startswith("weight_hh"):
+            for g in range(0, p.shape[0], H):
+                torch.nn.init.orthogonal_(p.data[g:g + H])
+        elif name.startswith("weight_ih"):
+            for g in range(0, p.shape[0], H):
+                torch.nn.init.xavier_uniform_(p.data[g:g + H])
+        else:
+            torch.nn.init.zeros_(p)
+
+
 def lr_at(step, args):
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
@@ -110,6 +131,8 @@ def main(argv=None):
     cfg = Config(cell=args.cell, attention=args.attention, embed_dim=args.embed, hidden=args.hidden,
                  layers=args.layers, window=args.window, attn_dim=args.attn_dim, heads=args.heads)
     model = AttnLM(cfg, dropout=args.dropout)
+    if args.init == "scaled":
+        init_for_training(model)
     nparams = sum(p.numel() for p in model.parameters())
     print(f"model: {cfg.layers}x{cfg.cell}-{cfg.hidden} {cfg.attention} window {cfg.window}, "
           f"{nparams} parameters; train {len(train)} bytes, val {len(val)} bytes", flush=True)
