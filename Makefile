@@ -23,7 +23,7 @@ OPT := -O2 -g
 endif
 
 # Recursive (=) so pkg-config runs after `make deps` has installed the libraries.
-CFLAGS_ALL = -std=c11 $(OPT) -Wall -Wextra -MMD -MP -Imodel $(shell pkg-config --cflags openblas) $(CFLAGS)
+CFLAGS_ALL = -std=c11 $(OPT) -pthread -Wall -Wextra -MMD -MP -Imodel $(shell pkg-config --cflags openblas) $(CFLAGS)
 LIBS_BLAS = $(shell pkg-config --libs openblas) -lm
 LIBS_CHECK = $(shell pkg-config --libs check)
 
@@ -45,6 +45,7 @@ TRAIN_ARGS := --train data/train.txt --val data/val.txt --out $(DEFAULT_MODEL) -
 	--threads 2 --seed 1
 
 .PHONY: all deps test run data train fixtures bench clean
+.SECONDARY:
 
 all: $(MODEL_LIB) $(BUILD)/attnlm
 

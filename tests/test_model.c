@@ -7,6 +7,7 @@
 #include "testutil.h"
 
 #include <check.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -211,6 +212,55 @@ START_TEST(test_config_from_metadata)
 }
 END_TEST
 
+/* Threads sharing one model, each with its own sequences and scratch, get the single-thread numbers. */
+typedef struct thread_job {
+    const model *m;
+    unsigned seed;
+    float logits[40 * 257];
+    int rc;
+} thread_job;
+
+static void *decode_job(void *arg)
+{
+    thread_job *job = arg;
+    const int V = model_get_config(job->m)->vocab;
+    int tok[40];
+    char err[ATTNLM_ERR_LEN];
+    fill_tokens(tok, 40, job->seed);
+    model_seq *s = model_seq_new(job->m);
+    model_batch *b = model_batch_new(job->m, 1);
+    job->rc = model_forward(job->m, tok, 10, NULL, NULL, s, err, sizeof err);
+    for (int t = 10; t < 40 && job->rc == 0; t++)
+        job->rc = model_step(job->m, b, &s, &tok[t], 1, job->logits + (size_t)t * V, NULL, err, sizeof err);
+    model_batch_free(b);
+    model_seq_free(s);
+    return NULL;
+}
+
+START_TEST(test_threads_share_model)
+{
+    enum { NT = 4 };
+    model *m = load_combo(5 + 4 * (_i % 2)); /* gru_dot, lstm_additive */
+    static thread_job jobs[NT], solo[NT];
+    pthread_t th[NT];
+    for (int k = 0; k < NT; k++) {
+        memset(&jobs[k], 0, sizeof jobs[k]);
+        memset(&solo[k], 0, sizeof solo[k]);
+        jobs[k].m = solo[k].m = m;
+        jobs[k].seed = solo[k].seed = 1000u + (unsigned)k;
+        decode_job(&solo[k]);
+    }
+    for (int k = 0; k < NT; k++)
+        ck_assert_int_eq(pthread_create(&th[k], NULL, decode_job, &jobs[k]), 0);
+    for (int k = 0; k < NT; k++) {
+        ck_assert_int_eq(pthread_join(th[k], NULL), 0);
+        ck_assert_int_eq(jobs[k].rc, 0);
+        ck_assert_mem_eq(jobs[k].logits, solo[k].logits, sizeof jobs[k].logits);
+    }
+    model_free(m);
+}
+END_TEST
+
 static Suite *model_suite(void)
 {
     Suite *s = suite_create("model");
@@ -221,6 +271,7 @@ static Suite *model_suite(void)
     tcase_add_loop_test(tc, test_batch_equals_alone, 0, N_COMBOS);
     tcase_add_test(tc, test_bad_calls_are_refused);
     tcase_add_test(tc, test_config_from_metadata);
+    tcase_add_loop_test(tc, test_threads_share_model, 0, 2);
     suite_add_tcase(s, tc);
     return s;
 }
