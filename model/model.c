@@ -486,13 +486,20 @@ void model_meta_at(const model *m, int i, const char **key, const char **value)
 
 /* ---- sequences ------------------------------------------------------------- */
 
+/* Floats of one sequence's state: h (and c) per layer, then the ring. */
+static size_t seq_floats(const model *m)
+{
+    const model_config *c = &m->cfg;
+    size_t H = (size_t)c->hidden, L = (size_t)c->layers, W = (size_t)c->window;
+    return L * H * (c->cell == CELL_LSTM ? 2 : 1) + W * H + W * (size_t)m->key_dim;
+}
+
 model_seq *model_seq_new(const model *m)
 {
     const model_config *c = &m->cfg;
     size_t H = (size_t)c->hidden, L = (size_t)c->layers, W = (size_t)c->window;
-    size_t n = L * H * (c->cell == CELL_LSTM ? 2 : 1) + W * H + W * (size_t)m->key_dim;
     model_seq *s = calloc(1, sizeof *s);
-    float *buf = calloc(n, sizeof *buf);
+    float *buf = calloc(seq_floats(m), sizeof *buf);
     if (!s || !buf) {
         free(s);
         free(buf);
@@ -516,10 +523,7 @@ void model_seq_free(model_seq *s)
 
 void model_seq_reset(model_seq *s)
 {
-    const model_config *c = &s->m->cfg;
-    size_t H = (size_t)c->hidden, L = (size_t)c->layers, W = (size_t)c->window;
-    size_t n = L * H * (c->cell == CELL_LSTM ? 2 : 1) + W * H + W * (size_t)s->m->key_dim;
-    memset(s->h, 0, n * sizeof *s->h);
+    memset(s->h, 0, seq_floats(s->m) * sizeof *s->h);
     s->pos = 0;
 }
 

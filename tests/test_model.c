@@ -6,6 +6,8 @@
 #include "model.h"
 #include "testutil.h"
 
+#include "check_main.h"
+
 #include <check.h>
 #include <pthread.h>
 #include <math.h>
@@ -278,9 +280,5 @@ static Suite *model_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(model_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return run_suite(model_suite());
 }

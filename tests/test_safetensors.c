@@ -9,6 +9,8 @@
 #include "safetensors.h"
 #include "testutil.h"
 
+#include "check_main.h"
+
 #include <check.h>
 #include <math.h>
 #include <stdbool.h>
@@ -431,9 +433,5 @@ static Suite *st_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(st_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return run_suite(st_suite());
 }

@@ -1,6 +1,8 @@
 /* test_sampler.c -- greedy, temperature, top-k, top-p and the seeded generator. */
 #include "sampler.h"
 
+#include "check_main.h"
+
 #include <check.h>
 #include <math.h>
 #include <stdint.h>
@@ -185,9 +187,5 @@ int main(void)
     tcase_add_test(tc, test_seed_reproduces);
     tcase_add_test(tc, test_rng_range);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return run_suite(s);
 }

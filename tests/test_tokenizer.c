@@ -1,6 +1,8 @@
 /* test_tokenizer.c -- byte tokenizer and the UTF-8 completeness rule of streams. */
 #include "tokenizer.h"
 
+#include "check_main.h"
+
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,9 +53,5 @@ int main(void)
     tcase_add_test(tc, test_encode_decode);
     tcase_add_test(tc, test_utf8_complete);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return run_suite(s);
 }
