@@ -94,7 +94,35 @@ static void linear(float *out, int ldo, const float *in, int ldi, const float *w
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, in, ldi, w, ldw, 1.0f, out, ldo);
 }
 
-static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+/* exp for the activations: Cody-Waite reduction to |r| <= ln2/2 and a degree-6
+ * polynomial (relative error about 2e-7), branch-free so the loops that call
+ * it vectorise.  libm's expf and tanhf cost a function call per element and
+ * were a fifth of scoring time.  Inputs are clamped to [-87, 88], whose
+ * results are still normal floats. */
+static inline float fast_expf(float x)
+{
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    /* k = round(x / ln2): truncating a positive number is floor, hence the +127. */
+    int k = (int)(x * 1.44269504f + 127.5f) - 127;
+    float r = x - (float)k * 0.693359375f + (float)k * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union {
+        uint32_t u;
+        float f;
+    } scale = {.u = (uint32_t)(k + 127) << 23};
+    return p * scale.f;
+}
+
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + fast_expf(-x)); }
+
+/* Absolute error about 1e-7; exact +-1 in the tails. */
+static inline float fast_tanhf(float x) { return 1.0f - 2.0f / (fast_expf(2.0f * x) + 1.0f); }
 
 /* One cell update for one row.  gi, gh: [G*H] projections including biases;
  * h [H] and c [H] (lstm) are read and overwritten. */
@@ -104,13 +132,13 @@ static void cell_update(const model_config *cfg, const float *gi, const float *g
     switch (cfg->cell) {
     case CELL_ELMAN:
         for (int j = 0; j < H; j++)
-            h[j] = tanhf(gi[j] + gh[j]);
+            h[j] = fast_tanhf(gi[j] + gh[j]);
         break;
     case CELL_GRU:
         for (int j = 0; j < H; j++) {
             float r = sigmoidf(gi[j] + gh[j]);
             float z = sigmoidf(gi[H + j] + gh[H + j]);
-            float n = tanhf(gi[2 * H + j] + r * gh[2 * H + j]);
+            float n = fast_tanhf(gi[2 * H + j] + r * gh[2 * H + j]);
             h[j] = (1.0f - z) * n + z * h[j];
         }
         break;
@@ -118,10 +146,10 @@ static void cell_update(const model_config *cfg, const float *gi, const float *g
         for (int j = 0; j < H; j++) {
             float i = sigmoidf(gi[j] + gh[j]);
             float f = sigmoidf(gi[H + j] + gh[H + j]);
-            float g = tanhf(gi[2 * H + j] + gh[2 * H + j]);
+            float g = fast_tanhf(gi[2 * H + j] + gh[2 * H + j]);
             float o = sigmoidf(gi[3 * H + j] + gh[3 * H + j]);
             c[j] = f * c[j] + i * g;
-            h[j] = o * tanhf(c[j]);
+            h[j] = o * fast_tanhf(c[j]);
         }
         break;
     }
@@ -135,7 +163,7 @@ static void softmax_inplace(float *x, int n)
             mx = x[i];
     float sum = 0.0f;
     for (int i = 0; i < n; i++) {
-        x[i] = expf(x[i] - mx);
+        x[i] = fast_expf(x[i] - mx);
         sum += x[i];
     }
     float inv = 1.0f / sum;
@@ -171,7 +199,7 @@ static float additive_score(const float *v, const float *q, const float *k, int 
 {
     float s = 0.0f;
     for (int a = 0; a < A; a++)
-        s += v[a] * tanhf(q[a] + k[a]);
+        s += v[a] * fast_tanhf(q[a] + k[a]);
     return s;
 }
 
@@ -700,7 +728,7 @@ int model_forward(const model *m, const int *tokens, int T, float *logprobs, flo
         linear(o, H, hs, H, w->comb_w, 2 * H, w->comb_b, T, H, H, false);
         linear(o, H, ctx, H, w->comb_w + H, 2 * H, NULL, T, H, H, true);
         for (size_t i = 0; i < n_h; i++)
-            o[i] = tanhf(o[i]);
+            o[i] = fast_tanhf(o[i]);
         linear(logprobs, V, o, H, w->out_w, H, w->out_b, T, V, H, false);
         for (int t = 0; t < T; t++)
             model_log_softmax(logprobs + (size_t)t * V, logprobs + (size_t)t * V, V);
@@ -871,7 +899,7 @@ int model_step(const model *m, model_batch *bt, model_seq *const *seqs, const in
     linear(bt->o, H, top, H, w->comb_w, 2 * H, w->comb_b, B, H, H, false);
     linear(bt->o, H, bt->ctx, H, w->comb_w + H, 2 * H, NULL, B, H, H, true);
     for (size_t i = 0; i < (size_t)B * H; i++)
-        bt->o[i] = tanhf(bt->o[i]);
+        bt->o[i] = fast_tanhf(bt->o[i]);
     linear(logits, V, bt->o, H, w->out_w, H, w->out_b, B, V, H, false);
     return 0;
 }
