@@ -84,7 +84,7 @@ test: $(TESTS) $(BUILD)/tests/parity_check
 	@PYTHON=$(PYTHON) OPENBLAS_NUM_THREADS=1 tests/pipeline.sh $(BUILD)/tests/parity_check
 
 run: $(BUILD)/attnlm
-	OPENBLAS_NUM_THREADS=1 $(BUILD)/attnlm generate --model $(DEFAULT_MODEL) --max-tokens 300 --temperature 0.8 --seed 7 \
+	@OPENBLAS_NUM_THREADS=1 $(BUILD)/attnlm generate --model $(DEFAULT_MODEL) --max-tokens 300 --temperature 0.8 --seed 7 \
 	  --prompt "$${PROMPT:-Call me Ishmael. }"
 
 data: data/train.txt

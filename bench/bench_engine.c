@@ -8,6 +8,9 @@
  *                             aggregate tokens/s; each sequence is first prefilled with its own
  *                             32-byte slice of TEXT (not timed)
  *   decode_bN_ms_per_step     wall time of one model_step + argmax over the batch
+ *   weight_stream_ms          one cblas_sgemv over as many floats as a step's weight
+ *                             matrices hold: the floor that reading the weights sets
+ *                             for a batch-1 step on this machine
  * Each figure is the median of several timed repetitions after one warm-up.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -124,6 +127,37 @@ static double bench_decode(const model *m, const int *text, int ntext, int B, in
     return median(secs, REPS);
 }
 
+/* Every weight except the embedding table (a step reads one row of it). */
+static double bench_weight_stream(const model *m)
+{
+    const model_config *c = model_get_config(m);
+    int cols = c->hidden;
+    int rows = (int)((model_param_count(m) - (uint64_t)c->vocab * (uint64_t)c->embed) / (uint64_t)cols);
+    float *w = malloc(sizeof(float) * (size_t)rows * (size_t)cols);
+    float *x = malloc(sizeof(float) * (size_t)cols), *y = malloc(sizeof(float) * (size_t)rows);
+    if (!w || !x || !y) {
+        fputs("bench_engine: out of memory\n", stderr);
+        exit(1);
+    }
+    for (size_t i = 0; i < (size_t)rows * (size_t)cols; i++)
+        w[i] = 1e-3f * (float)(i % 13);
+    for (int i = 0; i < cols; i++)
+        x[i] = 1.0f;
+    enum { CALLS = 200 };
+    double secs[REPS];
+    for (int r = -1; r < REPS; r++) {
+        double t0 = now();
+        for (int k = 0; k < CALLS; k++)
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, cols, 1.0f, w, cols, x, 1, 0.0f, y, 1);
+        if (r >= 0)
+            secs[r] = (now() - t0) / CALLS;
+    }
+    free(w);
+    free(x);
+    free(y);
+    return median(secs, REPS);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -178,6 +212,7 @@ int main(int argc, char **argv)
         printf("decode_b%d_tokens_per_s %.1f\n", B, (double)B * steps / s);
         printf("decode_b%d_ms_per_step %.3f\n", B, 1e3 * s / steps);
     }
+    printf("weight_stream_ms %.3f\n", 1e3 * bench_weight_stream(m));
     free(tokens);
     free(logprobs);
     free(text);

@@ -45,3 +45,6 @@ for k in score decode_b1 decode_b8 decode_b32; do
 done
 b1=$(value decode_b1_tokens_per_s "$c_out") b32=$(value decode_b32_tokens_per_s "$c_out")
 awk -v a="$b32" -v b="$b1" 'BEGIN {printf "engine batch-32 aggregate / batch-1: %.1fx\n", a / b}'
+step=$(value decode_b1_ms_per_step "$c_out") floor=$(value weight_stream_ms "$c_out")
+awk -v s="$step" -v f="$floor" \
+    'BEGIN {printf "engine batch-1 step %.3f ms; reading its weights once (sgemv) takes %.3f ms (%.0f%% of the step)\n", s, f, 100 * f / s}'
