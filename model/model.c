@@ -557,6 +557,15 @@ void model_seq_reset(model_seq *s)
 
 int64_t model_seq_pos(const model_seq *s) { return s->pos; }
 
+int model_seq_copy(model_seq *dst, const model_seq *src)
+{
+    if (dst->m != src->m)
+        return -1;
+    memcpy(dst->h, src->h, seq_floats(src->m) * sizeof *src->h);
+    dst->pos = src->pos;
+    return 0;
+}
+
 static int check_tokens(const model *m, const int *tokens, int n, char *err, size_t errlen)
 {
     for (int i = 0; i < n; i++)

@@ -72,6 +72,10 @@ int model_forward(const model *m, const int *tokens, int T, float *logprobs, flo
 model_seq *model_seq_new(const model *m);
 void model_seq_free(model_seq *s);
 void model_seq_reset(model_seq *s);
+/* Makes dst the same state as src (both of the same model): a prompt is
+ * prefilled once and continued several ways.  Returns 0, or -1 if the
+ * sequences belong to different models. */
+int model_seq_copy(model_seq *dst, const model_seq *src);
 /* Tokens consumed so far. */
 int64_t model_seq_pos(const model_seq *s);
 

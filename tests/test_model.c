@@ -263,6 +263,39 @@ START_TEST(test_threads_share_model)
 }
 END_TEST
 
+
+/* A copied sequence continues exactly as the original would. */
+START_TEST(test_seq_copy_continues_alike)
+{
+    model *m = load_combo(_i);
+    const model_config *c = model_get_config(m);
+    const int V = c->vocab, P = c->window + 2;
+    int tok[64];
+    fill_tokens(tok, P + 4, 7u + (unsigned)_i);
+    char err[ATTNLM_ERR_LEN];
+    model_seq *a = model_seq_new(m), *b = model_seq_new(m);
+    model_batch *bt = model_batch_new(m, 2);
+    ck_assert_int_eq(model_forward(m, tok, P, NULL, NULL, a, err, sizeof err), 0);
+    ck_assert_int_eq(model_seq_copy(b, a), 0);
+    ck_assert_int_eq((int)model_seq_pos(b), P);
+    float la[257], lb[257];
+    for (int t = P; t < P + 4; t++) {
+        ck_assert_int_eq(model_step(m, bt, &a, &tok[t], 1, la, NULL, err, sizeof err), 0);
+        ck_assert_int_eq(model_step(m, bt, &b, &tok[t], 1, lb, NULL, err, sizeof err), 0);
+        ck_assert_mem_eq(la, lb, (size_t)V * sizeof *la);
+    }
+    model *other = load_combo((_i + 1) % N_COMBOS);
+    model_seq *o = model_seq_new(other);
+    ck_assert_int_eq(model_seq_copy(o, a), -1);
+    model_seq_free(o);
+    model_free(other);
+    model_batch_free(bt);
+    model_seq_free(a);
+    model_seq_free(b);
+    model_free(m);
+}
+END_TEST
+
 static Suite *model_suite(void)
 {
     Suite *s = suite_create("model");
@@ -271,6 +304,7 @@ static Suite *model_suite(void)
     tcase_add_loop_test(tc, test_parity_with_pytorch, 0, N_COMBOS);
     tcase_add_loop_test(tc, test_incremental_equals_forward, 0, N_COMBOS);
     tcase_add_loop_test(tc, test_batch_equals_alone, 0, N_COMBOS);
+    tcase_add_loop_test(tc, test_seq_copy_continues_alike, 0, N_COMBOS);
     tcase_add_test(tc, test_bad_calls_are_refused);
     tcase_add_test(tc, test_config_from_metadata);
     tcase_add_loop_test(tc, test_threads_share_model, 0, 2);
