@@ -24,4 +24,11 @@ size_t tok_decode(const int *ids, size_t n, char *out);
  * not (they will never complete). */
 size_t tok_utf8_complete(const unsigned char *s, size_t len);
 
+/* Copies s[len] into out, replacing each ill-formed part with U+FFFD the way
+ * Unicode's "maximal subpart" practice (and Python's decode(errors="replace"))
+ * does: a truncated but otherwise valid sequence is one U+FFFD, any other bad
+ * byte is one each.  out needs room for 3 * len bytes; no NUL is added.
+ * Returns the bytes written. */
+size_t tok_utf8_sanitize(const unsigned char *s, size_t len, char *out);
+
 #endif
