@@ -1,0 +1,457 @@
+/* json.c -- the API's JSON conventions: numbers that round-trip, tokens,
+ * error bodies, typed field access with the offending field named; plus
+ * routing and the API key check.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "internal.h"
+#include "tokenizer.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- bytes ------------------------------------------------------------- */
+
+void sbuf_put(sbuf *b, const void *data, size_t len)
+{
+    if (b->oom || len == 0)
+        return;
+    if (b->len + len > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + len)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = true;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, data, len);
+    b->len += len;
+}
+
+void sbuf_free(sbuf *b)
+{
+    free(b->p);
+    *b = (sbuf){0};
+}
+
+/* ---- routing --------------------------------------------------------------- */
+
+typedef struct route {
+    const char *path;
+    bool post;
+    bool open;
+    bool job;
+} route;
+
+static const route ROUTES[API_EP_COUNT] = {
+    [API_EP_HEALTH] = {"/health", false, true, false},
+    [API_EP_READY] = {"/ready", false, true, false},
+    [API_EP_METRICS] = {"/metrics", false, true, false},
+    [API_EP_MODEL] = {"/v1/model", false, false, false},
+    [API_EP_MODELS] = {"/v1/models", false, false, false},
+    [API_EP_TOKENIZE] = {"/v1/tokenize", true, false, false},
+    [API_EP_DETOKENIZE] = {"/v1/detokenize", true, false, false},
+    [API_EP_SCORE] = {"/v1/score", true, false, true},
+    [API_EP_GENERATE] = {"/v1/generate", true, false, true},
+    [API_EP_ATTENTION] = {"/v1/attention", true, false, true},
+    [API_EP_COMPLETIONS] = {"/v1/completions", true, false, true},
+};
+
+int api_route(const char *method, const char *path, api_endpoint *ep, const char **allow)
+{
+    for (int i = 0; i < API_EP_COUNT; i++) {
+        if (strcmp(path, ROUTES[i].path) != 0)
+            continue;
+        *ep = (api_endpoint)i;
+        bool ok = ROUTES[i].post ? strcmp(method, "POST") == 0
+                                 : strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+        if (ok)
+            return 0;
+        *allow = ROUTES[i].post ? "POST" : "GET, HEAD";
+        return 405;
+    }
+    return 404;
+}
+
+const char *api_endpoint_path(api_endpoint ep) { return ep < API_EP_COUNT ? ROUTES[ep].path : "other"; }
+bool api_endpoint_is_open(api_endpoint ep) { return ep < API_EP_COUNT && ROUTES[ep].open; }
+bool api_endpoint_is_job(api_endpoint ep) { return ep < API_EP_COUNT && ROUTES[ep].job; }
+
+/* ---- errors ------------------------------------------------------------ */
+
+void api_error_set(api_error *e, int status, const char *param, const char *fmt, ...)
+{
+    e->status = status;
+    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+}
+
+const char *api_error_type(int status)
+{
+    switch (status) {
+    case 400: return "invalid_request_error";
+    case 401: return "authentication_error";
+    case 404: return "not_found_error";
+    case 405: return "method_not_allowed";
+    case 413: return "request_too_large";
+    case 415: return "unsupported_media_type";
+    case 503: return "overloaded_error";
+    case 504: return "timeout_error";
+    default: return status >= 500 ? "server_error" : "invalid_request_error";
+    }
+}
+
+static cJSON *error_object(const api_error *e)
+{
+    cJSON *root = cJSON_CreateObject(), *err = cJSON_AddObjectToObject(root, "error");
+    cJSON_AddStringToObject(err, "message", e->message);
+    cJSON_AddStringToObject(err, "type", api_error_type(e->status));
+    if (e->param[0])
+        cJSON_AddStringToObject(err, "param", e->param);
+    else
+        cJSON_AddNullToObject(err, "param");
+    cJSON_AddNumberToObject(err, "code", e->status);
+    return root;
+}
+
+int api_error_reply(const api_error *e, api_reply *r) { return json_reply(error_object(e), e->status, r); }
+
+void job_finish_error(api_job *j, const api_error *e)
+{
+    if (j->stream) {
+        json_event(&j->out, error_object(e));
+        sbuf_put(&j->out, "data: [DONE]\n\n", 14);
+    } else {
+        j->status = e->status;
+        j->out.len = 0;
+        cJSON *root = error_object(e);
+        char *s = cJSON_PrintUnformatted(root);
+        cJSON_Delete(root);
+        if (s)
+            sbuf_put(&j->out, s, strlen(s));
+        else
+            j->out.oom = true;
+        free(s);
+    }
+    j->done = true;
+}
+
+/* ---- API key ------------------------------------------------------------- */
+
+/* Compares in time that depends only on the lengths, not on where they differ. */
+static bool same_secret(const char *key, const char *given)
+{
+    size_t kl = strlen(key), gl = strlen(given);
+    unsigned diff = (unsigned)(kl ^ gl);
+    for (size_t i = 0; i < kl; i++)
+        diff |= (unsigned char)key[i] ^ (unsigned char)given[gl ? i % gl : 0];
+    return diff == 0 && gl > 0;
+}
+
+bool api_key_matches(const char *key, const char *authorization, const char *x_api_key)
+{
+    bool ok = false;
+    if (authorization && strncmp(authorization, "Bearer ", 7) == 0) {
+        const char *t = authorization + 7;
+        while (*t == ' ')
+            t++;
+        ok |= same_secret(key, t);
+    }
+    if (x_api_key)
+        ok |= same_secret(key, x_api_key);
+    return ok;
+}
+
+/* ---- output ------------------------------------------------------------------ */
+
+cJSON *json_float(float x)
+{
+    if (!isfinite(x))
+        return cJSON_CreateNull();
+    char buf[32];
+    snprintf(buf, sizeof buf, "%.7g", (double)x);
+    if (strtof(buf, NULL) != x)
+        snprintf(buf, sizeof buf, "%.9g", (double)x);
+    return cJSON_CreateRaw(buf);
+}
+
+cJSON *json_bytes_string(const unsigned char *s, size_t len)
+{
+    char small[64 * 3 + 1], *buf = len <= 64 ? small : malloc(3 * len + 1);
+    if (!buf)
+        return NULL;
+    size_t n = tok_utf8_sanitize(s, len, buf);
+    buf[n] = '\0';
+    cJSON *str = cJSON_CreateString(buf);
+    if (buf != small)
+        free(buf);
+    return str;
+}
+
+cJSON *json_token(const api_ctx *ctx, int id)
+{
+    cJSON *t = cJSON_CreateObject();
+    cJSON_AddNumberToObject(t, "id", id);
+    bool is_byte = id >= 0 && id < 256 && id != model_get_config(ctx->m)->bos_id;
+    unsigned char byte = (unsigned char)id;
+    cJSON_AddItemToObject(t, "text", json_bytes_string(&byte, is_byte ? 1 : 0));
+    cJSON *bytes = cJSON_AddArrayToObject(t, "bytes");
+    if (is_byte)
+        cJSON_AddItemToArray(bytes, cJSON_CreateNumber(id));
+    return t;
+}
+
+int json_reply(cJSON *root, int status, api_reply *r)
+{
+    char *s = root ? cJSON_PrintUnformatted(root) : NULL;
+    cJSON_Delete(root);
+    if (!s)
+        return -1;
+    r->status = status;
+    r->content_type = "application/json";
+    r->body = s;
+    r->len = strlen(s);
+    return 0;
+}
+
+void json_event(sbuf *b, cJSON *root)
+{
+    char *s = root ? cJSON_PrintUnformatted(root) : NULL;
+    cJSON_Delete(root);
+    if (!s) {
+        b->oom = true;
+        return;
+    }
+    sbuf_put(b, "data: ", 6);
+    sbuf_put(b, s, strlen(s));
+    sbuf_put(b, "\n\n", 2);
+    free(s);
+}
+
+/* ---- input ------------------------------------------------------------------ */
+
+static const cJSON *field(const cJSON *o, const char *name)
+{
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, name);
+    return f && !cJSON_IsNull(f) ? f : NULL;
+}
+
+int json_get_int(const cJSON *o, const char *name, long long lo, long long hi, long long *out, api_error *e)
+{
+    const cJSON *f = field(o, name);
+    if (!f)
+        return 0;
+    double v = f->valuedouble;
+    if (!cJSON_IsNumber(f) || v != floor(v)) {
+        api_error_set(e, 400, name, "%s must be an integer", name);
+        return -1;
+    }
+    if (v < (double)lo || v > (double)hi) {
+        api_error_set(e, 400, name, "%s must be between %lld and %lld", name, lo, hi);
+        return -1;
+    }
+    *out = (long long)v;
+    return 1;
+}
+
+int json_get_num(const cJSON *o, const char *name, double lo, double hi, double *out, api_error *e)
+{
+    const cJSON *f = field(o, name);
+    if (!f)
+        return 0;
+    if (!cJSON_IsNumber(f) || !isfinite(f->valuedouble)) {
+        api_error_set(e, 400, name, "%s must be a number", name);
+        return -1;
+    }
+    if (f->valuedouble < lo || f->valuedouble > hi) {
+        api_error_set(e, 400, name, "%s must be between %g and %g", name, lo, hi);
+        return -1;
+    }
+    *out = f->valuedouble;
+    return 1;
+}
+
+int json_get_bool(const cJSON *o, const char *name, bool *out, api_error *e)
+{
+    const cJSON *f = field(o, name);
+    if (!f)
+        return 0;
+    if (!cJSON_IsBool(f)) {
+        api_error_set(e, 400, name, "%s must be true or false", name);
+        return -1;
+    }
+    *out = cJSON_IsTrue(f);
+    return 1;
+}
+
+int json_get_string(const cJSON *o, const char *name, const char **out, api_error *e)
+{
+    const cJSON *f = field(o, name);
+    if (!f)
+        return 0;
+    if (!cJSON_IsString(f)) {
+        api_error_set(e, 400, name, "%s must be a string", name);
+        return -1;
+    }
+    *out = f->valuestring;
+    return 1;
+}
+
+/* Whether a JSON text holds the escape \u0000 in a string (an odd run of
+ * backslashes before "u0000"). */
+static bool has_escaped_nul(const char *s, size_t len)
+{
+    for (size_t i = 0; i + 6 <= len; i++) {
+        if (s[i] != '\\')
+            continue;
+        size_t run = 0;
+        while (i + run < len && s[i + run] == '\\')
+            run++;
+        i += run - 1;
+        if (run % 2 == 1 && i + 6 <= len && s[i + 1] == 'u' && memcmp(s + i + 2, "0000", 4) == 0)
+            return true;
+    }
+    return false;
+}
+
+cJSON *json_parse_object(const char *body, size_t len, api_error *e)
+{
+    if (!body || len == 0) {
+        api_error_set(e, 400, NULL, "the request body is empty; a JSON object is required");
+        return NULL;
+    }
+    const char *end = NULL;
+    cJSON *o = cJSON_ParseWithLengthOpts(body, len, &end, false);
+    if (!o) {
+        api_error_set(e, 400, NULL, "the request body is not valid JSON (near byte %zu)",
+                      end ? (size_t)(end - body) : (size_t)0);
+        return NULL;
+    }
+    size_t rest = (size_t)(end - body);
+    while (rest < len && (body[rest] == ' ' || body[rest] == '\n' || body[rest] == '\r' || body[rest] == '\t'))
+        rest++;
+    if (rest < len) {
+        cJSON_Delete(o);
+        api_error_set(e, 400, NULL, "the request body has data after the JSON value (at byte %zu)", rest);
+        return NULL;
+    }
+    if (!cJSON_IsObject(o)) {
+        cJSON_Delete(o);
+        api_error_set(e, 400, NULL, "the request body must be a JSON object");
+        return NULL;
+    }
+    if (has_escaped_nul(body, len)) {
+        cJSON_Delete(o);
+        api_error_set(e, 400, NULL, "strings must not contain U+0000");
+        return NULL;
+    }
+    return o;
+}
+
+int json_get_input(const api_ctx *ctx, const cJSON *o, const char *text_field, int max, bool allow_empty, int **ids,
+                   int *n, api_error *e)
+{
+    const model_config *c = model_get_config(ctx->m);
+    const char *text = NULL;
+    int has_text = json_get_string(o, text_field, &text, e);
+    if (has_text < 0)
+        return -1;
+    const cJSON *arr = field(o, "ids");
+    if (has_text && arr) {
+        api_error_set(e, 400, "ids", "give either %s or ids, not both", text_field);
+        return -1;
+    }
+    if (!has_text && !arr) {
+        if (allow_empty) {
+            text = "";
+        } else {
+            api_error_set(e, 400, text_field, "%s is required", text_field);
+            return -1;
+        }
+    }
+    if (arr) {
+        if (!cJSON_IsArray(arr)) {
+            api_error_set(e, 400, "ids", "ids must be an array of token ids");
+            return -1;
+        }
+        int k = cJSON_GetArraySize(arr);
+        const cJSON *first = cJSON_GetArrayItem(arr, 0);
+        bool lead_bos = first && cJSON_IsNumber(first) && first->valuedouble == c->bos_id;
+        int total = k + (lead_bos ? 0 : 1);
+        if (total - 1 > max) {
+            api_error_set(e, 413, "ids", "%d input tokens exceed the limit of %d", total - 1, max);
+            return -1;
+        }
+        if (total - 1 == 0 && !allow_empty) {
+            api_error_set(e, 400, "ids", "ids must not be empty");
+            return -1;
+        }
+        int *out = malloc((size_t)total * sizeof *out), i = 0;
+        if (!out) {
+            api_error_set(e, 500, NULL, "out of memory");
+            return -1;
+        }
+        if (!lead_bos)
+            out[i++] = c->bos_id;
+        const cJSON *it;
+        cJSON_ArrayForEach(it, arr)
+        {
+            double v = it->valuedouble;
+            if (!cJSON_IsNumber(it) || v != floor(v) || v < 0 || v >= c->vocab) {
+                free(out);
+                api_error_set(e, 400, "ids", "ids[%d] is not a token id (an integer in [0, %d))",
+                              i - (lead_bos ? 0 : 1), c->vocab);
+                return -1;
+            }
+            out[i++] = (int)v;
+        }
+        *ids = out;
+        *n = total;
+        return 0;
+    }
+    size_t len = strlen(text);
+    if (len == 0 && !allow_empty) {
+        api_error_set(e, 400, text_field, "%s must not be empty", text_field);
+        return -1;
+    }
+    if (len > (size_t)max) {
+        api_error_set(e, 413, text_field, "%zu input tokens exceed the limit of %d", len, max);
+        return -1;
+    }
+    int *out = malloc((len + 1) * sizeof *out);
+    if (!out) {
+        api_error_set(e, 500, NULL, "out of memory");
+        return -1;
+    }
+    tok_encode(text, len, out);
+    *ids = out;
+    *n = (int)len + 1;
+    return 0;
+}
+
+void api_topk(const float *lp, int n, int k, int *idx)
+{
+    if (k > n)
+        k = n;
+    int have = 0;
+    for (int i = 0; i < n; i++) {
+        /* Strictly greater: an equal later index never displaces an earlier one. */
+        if (have == k && !(lp[i] > lp[idx[k - 1]]))
+            continue;
+        int pos = have < k ? have++ : k - 1;
+        while (pos > 0 && lp[i] > lp[idx[pos - 1]]) {
+            idx[pos] = idx[pos - 1];
+            pos--;
+        }
+        idx[pos] = i;
+    }
+}

@@ -1,0 +1,182 @@
+/* metrics.c -- counters and histograms behind GET /metrics.
+ *
+ * Updates are relaxed atomic increments from any thread; a scrape reads each
+ * figure once, so a histogram's buckets may be a request apart from its count
+ * under load, which Prometheus tolerates.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "metrics.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const int STATUSES[METRICS_STATUSES] = {200, 400, 401, 404, 405, 413, 415, 500, 503, 504, 0, 0};
+#define N_KNOWN_STATUSES 10 /* the slot after them counts anything else */
+
+static const double DUR_BOUNDS[METRICS_DUR_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                        0.25,  0.5,    1,     2.5,  5,     10,   30};
+static const int BATCH_BOUNDS[METRICS_BATCH_BUCKETS] = {1, 2, 4, 8, 16, 32, 64, 128};
+
+static int status_slot(int status)
+{
+    for (int i = 0; i < N_KNOWN_STATUSES; i++)
+        if (STATUSES[i] == status)
+            return i;
+    return N_KNOWN_STATUSES;
+}
+
+void metrics_request(api_metrics *m, int route, int status, double seconds)
+{
+    if (route < 0 || route >= METRICS_ROUTES)
+        route = METRICS_ROUTES - 1;
+    atomic_fetch_add_explicit(&m->requests[route][status_slot(status)], 1, memory_order_relaxed);
+    for (int b = 0; b < METRICS_DUR_BUCKETS; b++)
+        if (seconds <= DUR_BOUNDS[b]) {
+            atomic_fetch_add_explicit(&m->dur_bucket[route][b], 1, memory_order_relaxed);
+            break;
+        }
+    atomic_fetch_add_explicit(&m->dur_count[route], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&m->dur_sum_us[route], (unsigned long)(seconds * 1e6 + 0.5), memory_order_relaxed);
+}
+
+void metrics_batch(api_metrics *m, int batch_size)
+{
+    for (int b = 0; b < METRICS_BATCH_BUCKETS; b++)
+        if (batch_size <= BATCH_BOUNDS[b]) {
+            atomic_fetch_add_explicit(&m->batch_bucket[b], 1, memory_order_relaxed);
+            break;
+        }
+    atomic_fetch_add_explicit(&m->batch_count, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&m->batch_sum, (unsigned long)batch_size, memory_order_relaxed);
+}
+
+/* A growable text buffer; on out of memory it stops growing and remembers. */
+typedef struct text {
+    char *p;
+    size_t len, cap;
+    int oom;
+} text;
+
+static void put(text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(text *t, const char *fmt, ...)
+{
+    if (t->oom)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(t->p + t->len, t->cap - t->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            t->oom = 1;
+            return;
+        }
+        if ((size_t)n < t->cap - t->len) {
+            t->len += (size_t)n;
+            return;
+        }
+        size_t cap = (t->cap + (size_t)n + 1) * 2;
+        char *q = realloc(t->p, cap);
+        if (!q) {
+            t->oom = 1;
+            return;
+        }
+        t->p = q;
+        t->cap = cap;
+    }
+}
+
+#define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
+
+char *metrics_render(const api_metrics *mc, const char *const *route_names, size_t *len)
+{
+    api_metrics *m = (api_metrics *)mc; /* atomic loads of a const object need a non-const pointer in C11 */
+    text t = {.cap = 16384};
+    t.p = malloc(t.cap);
+    if (!t.p)
+        return NULL;
+    t.p[0] = '\0';
+
+    put(&t, "# HELP attnlm_requests_total HTTP requests answered, by route and status.\n"
+            "# TYPE attnlm_requests_total counter\n");
+    for (int r = 0; r < METRICS_ROUTES; r++)
+        for (int s = 0; s <= N_KNOWN_STATUSES; s++) {
+            unsigned long v = LOAD(m->requests[r][s]);
+            if (!v)
+                continue;
+            if (s < N_KNOWN_STATUSES)
+                put(&t, "attnlm_requests_total{route=\"%s\",status=\"%d\"} %lu\n", route_names[r], STATUSES[s], v);
+            else
+                put(&t, "attnlm_requests_total{route=\"%s\",status=\"other\"} %lu\n", route_names[r], v);
+        }
+
+    put(&t, "# HELP attnlm_request_duration_seconds Time from a request's arrival to its last byte queued.\n"
+            "# TYPE attnlm_request_duration_seconds histogram\n");
+    for (int r = 0; r < METRICS_ROUTES; r++) {
+        unsigned long count = LOAD(m->dur_count[r]), cum = 0;
+        if (!count)
+            continue;
+        for (int b = 0; b < METRICS_DUR_BUCKETS; b++) {
+            cum += LOAD(m->dur_bucket[r][b]);
+            put(&t, "attnlm_request_duration_seconds_bucket{route=\"%s\",le=\"%g\"} %lu\n", route_names[r],
+                DUR_BOUNDS[b], cum);
+        }
+        put(&t, "attnlm_request_duration_seconds_bucket{route=\"%s\",le=\"+Inf\"} %lu\n", route_names[r], count);
+        put(&t, "attnlm_request_duration_seconds_sum{route=\"%s\"} %.6f\n", route_names[r],
+            (double)LOAD(m->dur_sum_us[r]) / 1e6);
+        put(&t, "attnlm_request_duration_seconds_count{route=\"%s\"} %lu\n", route_names[r], count);
+    }
+
+    put(&t,
+        "# HELP attnlm_input_tokens_total Tokens read from requests (prompts, scored and attended text).\n"
+        "# TYPE attnlm_input_tokens_total counter\nattnlm_input_tokens_total %lu\n"
+        "# HELP attnlm_generated_tokens_total Tokens generated.\n"
+        "# TYPE attnlm_generated_tokens_total counter\nattnlm_generated_tokens_total %lu\n",
+        LOAD(m->input_tokens), LOAD(m->generated_tokens));
+
+    put(&t,
+        "# HELP attnlm_queue_depth Requests waiting for a worker.\n"
+        "# TYPE attnlm_queue_depth gauge\nattnlm_queue_depth %ld\n"
+        "# HELP attnlm_active_sequences Sequences being decoded by the workers.\n"
+        "# TYPE attnlm_active_sequences gauge\nattnlm_active_sequences %ld\n"
+        "# HELP attnlm_requests_in_flight Requests received and not yet answered.\n"
+        "# TYPE attnlm_requests_in_flight gauge\nattnlm_requests_in_flight %ld\n",
+        LOAD(m->queue_depth), LOAD(m->active_sequences), LOAD(m->in_flight));
+
+    put(&t, "# HELP attnlm_batch_size Sequences advanced together by one decoding step.\n"
+            "# TYPE attnlm_batch_size histogram\n");
+    unsigned long cum = 0;
+    for (int b = 0; b < METRICS_BATCH_BUCKETS; b++) {
+        cum += LOAD(m->batch_bucket[b]);
+        put(&t, "attnlm_batch_size_bucket{le=\"%d\"} %lu\n", BATCH_BOUNDS[b], cum);
+    }
+    put(&t, "attnlm_batch_size_bucket{le=\"+Inf\"} %lu\nattnlm_batch_size_sum %lu\nattnlm_batch_size_count %lu\n",
+        LOAD(m->batch_count), LOAD(m->batch_sum), LOAD(m->batch_count));
+
+    put(&t,
+        "# HELP attnlm_rejected_total Requests refused because the queue was full or the server draining.\n"
+        "# TYPE attnlm_rejected_total counter\nattnlm_rejected_total %lu\n"
+        "# HELP attnlm_cancelled_total Requests whose client went away before the answer was complete.\n"
+        "# TYPE attnlm_cancelled_total counter\nattnlm_cancelled_total %lu\n"
+        "# HELP attnlm_timeouts_total Requests that ran past the deadline.\n"
+        "# TYPE attnlm_timeouts_total counter\nattnlm_timeouts_total %lu\n",
+        LOAD(m->rejected_queue_full), LOAD(m->cancelled), LOAD(m->timeouts));
+
+    put(&t,
+        "# HELP attnlm_model_load_seconds Time taken to load and check the model file.\n"
+        "# TYPE attnlm_model_load_seconds gauge\nattnlm_model_load_seconds %.6f\n"
+        "# HELP attnlm_model_parameters Parameters of the loaded model.\n"
+        "# TYPE attnlm_model_parameters gauge\nattnlm_model_parameters %llu\n"
+        "# HELP attnlm_workers Worker threads running the model.\n"
+        "# TYPE attnlm_workers gauge\nattnlm_workers %ld\n",
+        m->load_seconds, m->parameters, m->workers);
+
+    if (t.oom) {
+        free(t.p);
+        return NULL;
+    }
+    *len = t.len;
+    return t.p;
+}

@@ -1,0 +1,46 @@
+/* metrics.h -- the service's Prometheus metrics: counters and histograms
+ * updated by any thread with atomics, rendered in the text exposition format.
+ *
+ * Every name carries the attnlm_ prefix; counters end in _total and durations
+ * in _seconds.
+ */
+#ifndef ATTNLM_METRICS_H
+#define ATTNLM_METRICS_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+
+#define METRICS_ROUTES 12     /* the contract's routes plus "other" */
+#define METRICS_STATUSES 12   /* distinct status codes counted, see metrics.c */
+#define METRICS_DUR_BUCKETS 14
+#define METRICS_BATCH_BUCKETS 8
+
+/* All figures; zero-initialise, then metrics_init. */
+typedef struct api_metrics {
+    atomic_ulong requests[METRICS_ROUTES][METRICS_STATUSES];
+    atomic_ulong dur_bucket[METRICS_ROUTES][METRICS_DUR_BUCKETS]; /* cumulative at render */
+    atomic_ulong dur_count[METRICS_ROUTES];
+    atomic_ulong dur_sum_us[METRICS_ROUTES];
+    atomic_ulong input_tokens;
+    atomic_ulong generated_tokens;
+    atomic_ulong batch_bucket[METRICS_BATCH_BUCKETS];
+    atomic_ulong batch_count;
+    atomic_ulong batch_sum;
+    atomic_ulong rejected_queue_full;
+    atomic_ulong cancelled;  /* generations stopped by a client that went away */
+    atomic_ulong timeouts;
+    atomic_long queue_depth;
+    atomic_long active_sequences;
+    atomic_long in_flight;
+    double load_seconds;
+    long workers;
+    unsigned long long parameters;
+} api_metrics;
+
+/* route is an index from api_endpoint (or METRICS_ROUTES-1 for unknown paths). */
+void metrics_request(api_metrics *m, int route, int status, double seconds);
+void metrics_batch(api_metrics *m, int batch_size);
+/* Writes the exposition text into a buffer the caller frees; NULL on out of memory. */
+char *metrics_render(const api_metrics *m, const char *const *route_names, size_t *len);
+
+#endif

@@ -1,0 +1,619 @@
+/* test_api.c -- the API layer without a network: routing, request
+ * validation (status and offending field), and the answers built from the
+ * engine's numbers, on a small fixture model.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "api.h"
+#include "model.h"
+#include "testutil.h"
+
+#include "check_main.h"
+
+#include <check.h>
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static model *g_model;
+static api_metrics g_metrics;
+static api_ctx g_ctx;
+
+static void setup(void)
+{
+    char path[512], err[ATTNLM_ERR_LEN];
+    g_model = model_load(fixture_path(path, sizeof path, "gru_dot.safetensors"), err, sizeof err);
+    ck_assert_msg(g_model != NULL, "%s", err);
+    memset(&g_metrics, 0, sizeof g_metrics);
+    g_ctx = (api_ctx){
+        .m = g_model,
+        .model_id = "fixture",
+        .model_path = "gru_dot.safetensors",
+        .limits = {.max_body_bytes = 1 << 20,
+                   .max_input_tokens = 64,
+                   .max_new_tokens = 100,
+                   .max_attention_tokens = 32,
+                   .queue_size = 8,
+                   .workers = 1,
+                   .max_batch = 8},
+        .metrics = &g_metrics,
+    };
+    strcpy(g_ctx.sha256, "00");
+}
+
+static void teardown(void) { model_free(g_model); }
+
+/* Runs a job to its end on one worker; returns its status and body (caller frees). */
+static char *run_job(api_endpoint ep, const char *body, int *status)
+{
+    api_error e;
+    api_job *j = api_job_new(&g_ctx, ep, body, strlen(body), 12345, "test", &e);
+    ck_assert_msg(j != NULL, "%s: %d %s (%s)", body, e.status, e.message, e.param);
+    api_worker *w = api_worker_new(g_model, 8);
+    char *all = NULL, *data;
+    size_t total = 0;
+    api_job_start(j, w);
+    for (;;) {
+        size_t n = api_job_take_output(j, &data, status);
+        if (n) {
+            all = realloc(all, total + n + 1);
+            memcpy(all + total, data, n);
+            total += n;
+            free(data);
+        }
+        if (api_job_done(j))
+            break;
+        api_job *one[1] = {j};
+        ck_assert_int_gt(api_step(w, one, 1), 0);
+    }
+    size_t n = api_job_take_output(j, &data, status);
+    ck_assert_uint_eq(n, 0);
+    all = realloc(all, total + 1);
+    all[total] = '\0';
+    api_worker_free(w);
+    api_job_free(j);
+    return all;
+}
+
+static cJSON *run_json(api_endpoint ep, const char *body)
+{
+    int status;
+    char *s = run_job(ep, body, &status);
+    ck_assert_msg(status == 200, "%s -> %d %s", body, status, s);
+    cJSON *o = cJSON_Parse(s);
+    ck_assert_msg(o != NULL, "not JSON: %s", s);
+    free(s);
+    return o;
+}
+
+static double num(const cJSON *o, const char *k)
+{
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, k);
+    ck_assert_msg(cJSON_IsNumber(f), "%s is not a number", k);
+    return f->valuedouble;
+}
+
+/* ---- routing, errors, keys --------------------------------------------------- */
+
+START_TEST(test_routes)
+{
+    api_endpoint ep;
+    const char *allow = NULL;
+    ck_assert_int_eq(api_route("GET", "/health", &ep, &allow), 0);
+    ck_assert_int_eq(ep, API_EP_HEALTH);
+    ck_assert_int_eq(api_route("HEAD", "/v1/model", &ep, &allow), 0);
+    ck_assert_int_eq(api_route("POST", "/v1/score", &ep, &allow), 0);
+    ck_assert_int_eq(ep, API_EP_SCORE);
+    ck_assert_int_eq(api_route("GET", "/v1/score", &ep, &allow), 405);
+    ck_assert_str_eq(allow, "POST");
+    ck_assert_int_eq(api_route("DELETE", "/metrics", &ep, &allow), 405);
+    ck_assert_str_eq(allow, "GET, HEAD");
+    ck_assert_int_eq(api_route("GET", "/v1/scores", &ep, &allow), 404);
+    ck_assert_int_eq(api_route("GET", "/", &ep, &allow), 404);
+    ck_assert(api_endpoint_is_open(API_EP_METRICS));
+    ck_assert(!api_endpoint_is_open(API_EP_SCORE));
+    ck_assert(api_endpoint_is_job(API_EP_COMPLETIONS));
+    ck_assert(!api_endpoint_is_job(API_EP_TOKENIZE));
+}
+END_TEST
+
+START_TEST(test_error_body)
+{
+    api_error e;
+    api_reply r;
+    api_error_set(&e, 400, "top_k", "top_k must be between %d and %d", 0, 257);
+    ck_assert_int_eq(api_error_reply(&e, &r), 0);
+    ck_assert_int_eq(r.status, 400);
+    cJSON *o = cJSON_ParseWithLength(r.body, r.len), *err = cJSON_GetObjectItem(o, "error");
+    ck_assert_str_eq(cJSON_GetObjectItem(err, "message")->valuestring, "top_k must be between 0 and 257");
+    ck_assert_str_eq(cJSON_GetObjectItem(err, "type")->valuestring, "invalid_request_error");
+    ck_assert_str_eq(cJSON_GetObjectItem(err, "param")->valuestring, "top_k");
+    ck_assert_int_eq((int)num(err, "code"), 400);
+    cJSON_Delete(o);
+    free(r.body);
+
+    api_error_set(&e, 503, NULL, "busy");
+    ck_assert_int_eq(api_error_reply(&e, &r), 0);
+    o = cJSON_ParseWithLength(r.body, r.len);
+    err = cJSON_GetObjectItem(o, "error");
+    ck_assert(cJSON_IsNull(cJSON_GetObjectItem(err, "param")));
+    ck_assert_str_eq(cJSON_GetObjectItem(err, "type")->valuestring, "overloaded_error");
+    cJSON_Delete(o);
+    free(r.body);
+    ck_assert_str_eq(api_error_type(504), "timeout_error");
+    ck_assert_str_eq(api_error_type(413), "request_too_large");
+    ck_assert_str_eq(api_error_type(401), "authentication_error");
+}
+END_TEST
+
+START_TEST(test_api_key)
+{
+    ck_assert(api_key_matches("s3cret", "Bearer s3cret", NULL));
+    ck_assert(api_key_matches("s3cret", NULL, "s3cret"));
+    ck_assert(!api_key_matches("s3cret", "Bearer s3cre", NULL));
+    ck_assert(!api_key_matches("s3cret", "Bearer s3crett", NULL));
+    ck_assert(!api_key_matches("s3cret", "s3cret", NULL)); /* no Bearer */
+    ck_assert(!api_key_matches("s3cret", "Bearer ", ""));
+    ck_assert(!api_key_matches("s3cret", NULL, NULL));
+    ck_assert(!api_key_matches("s3cret", "Basic s3cret", "S3CRET"));
+}
+END_TEST
+
+/* ---- validation ------------------------------------------------------------ */
+
+typedef struct bad_case {
+    api_endpoint ep;
+    const char *body;
+    int status;
+    const char *param; /* "" for null */
+} bad_case;
+
+static const bad_case BAD[] = {
+    {API_EP_SCORE, "", 400, ""},
+    {API_EP_SCORE, "not json", 400, ""},
+    {API_EP_SCORE, "[1,2]", 400, ""},
+    {API_EP_SCORE, "{\"text\":\"a\"} trailing", 400, ""},
+    {API_EP_SCORE, "{}", 400, "text"},
+    {API_EP_SCORE, "{\"text\":5}", 400, "text"},
+    {API_EP_SCORE, "{\"text\":\"\"}", 400, "text"},
+    {API_EP_SCORE, "{\"text\":\"a\\u0000b\"}", 400, ""},
+    {API_EP_SCORE, "{\"text\":\"a\",\"top_k\":-1}", 400, "top_k"},
+    {API_EP_SCORE, "{\"text\":\"a\",\"top_k\":1.5}", 400, "top_k"},
+    {API_EP_SCORE, "{\"text\":\"a\",\"top_k\":\"5\"}", 400, "top_k"},
+    {API_EP_SCORE, "{\"text\":\"a\",\"top_k\":258}", 400, "top_k"},
+    {API_EP_SCORE, "{\"text\":\"a\",\"ids\":[1]}", 400, "ids"},
+    {API_EP_SCORE, "{\"ids\":[300]}", 400, "ids"},
+    {API_EP_SCORE, "{\"ids\":[-1]}", 400, "ids"},
+    {API_EP_SCORE, "{\"ids\":\"abc\"}", 400, "ids"},
+    {API_EP_SCORE, "{\"ids\":[]}", 400, "ids"},
+    {API_EP_SCORE, "{\"text\":\"a\",\"candidates\":\"b\"}", 400, "candidates"},
+    {API_EP_SCORE, "{\"text\":\"a\",\"candidates\":[\"\"]}", 400, "candidates"},
+    {API_EP_SCORE, "{\"text\":\"a\",\"candidates\":[1]}", 400, "candidates"},
+    {API_EP_SCORE,
+     "{\"text\":\"0123456789012345678901234567890123456789012345678901234567890123456789\"}", 413, "text"},
+    {API_EP_SCORE, "{\"text\":\"0123456789012345678901234567890123456789012345678901234567890\","
+                   "\"candidates\":[\"abcd\"]}",
+     413, "candidates"},
+    {API_EP_GENERATE, "{\"max_tokens\":101}", 400, "max_tokens"},
+    {API_EP_GENERATE, "{\"max_tokens\":-1}", 400, "max_tokens"},
+    {API_EP_GENERATE, "{\"temperature\":-0.1}", 400, "temperature"},
+    {API_EP_GENERATE, "{\"temperature\":\"hot\"}", 400, "temperature"},
+    {API_EP_GENERATE, "{\"top_p\":1.5}", 400, "top_p"},
+    {API_EP_GENERATE, "{\"top_k\":300}", 400, "top_k"},
+    {API_EP_GENERATE, "{\"seed\":1.5}", 400, "seed"},
+    {API_EP_GENERATE, "{\"stream\":\"yes\"}", 400, "stream"},
+    {API_EP_GENERATE, "{\"attention\":1}", 400, "attention"},
+    {API_EP_GENERATE, "{\"logprobs\":-2}", 400, "logprobs"},
+    {API_EP_GENERATE, "{\"stop\":5}", 400, "stop"},
+    {API_EP_GENERATE, "{\"stop\":[\"\"]}", 400, "stop"},
+    {API_EP_GENERATE, "{\"prompt\":7}", 400, "prompt"},
+    {API_EP_COMPLETIONS, "{\"prompt\":[\"a\"]}", 400, "prompt"},
+    {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"n\":0}", 400, "n"},
+    {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"n\":17}", 400, "n"},
+    {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"logprobs\":21}", 400, "logprobs"},
+    {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"echo\":\"x\"}", 400, "echo"},
+    {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"model\":5}", 400, "model"},
+    {API_EP_ATTENTION, "{\"text\":\"a\",\"format\":\"sparse\"}", 400, "format"},
+    {API_EP_ATTENTION, "{\"text\":\"012345678901234567890123456789012\"}", 413, "text"},
+};
+
+START_TEST(test_bad_requests_are_refused)
+{
+    const bad_case *c = &BAD[_i];
+    api_error e = {0};
+    api_job *j = api_job_new(&g_ctx, c->ep, c->body, strlen(c->body), 1, "t", &e);
+    ck_assert_msg(j == NULL, "accepted: %s", c->body);
+    ck_assert_msg(e.status == c->status, "%s: status %d, want %d (%s)", c->body, e.status, c->status, e.message);
+    ck_assert_msg(strcmp(e.param, c->param) == 0, "%s: param \"%s\", want \"%s\"", c->body, e.param, c->param);
+    ck_assert_msg(e.message[0] != '\0', "%s: no message", c->body);
+}
+END_TEST
+
+START_TEST(test_nulls_and_unknown_fields_are_defaults)
+{
+    cJSON *o = run_json(API_EP_SCORE, "{\"text\":\"ab\",\"top_k\":null,\"candidates\":null,\"user\":\"x\"}");
+    cJSON *tok = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "tokens"), 0);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(tok, "top")), 5);
+    cJSON_Delete(o);
+}
+END_TEST
+
+/* ---- answers --------------------------------------------------------------- */
+
+START_TEST(test_score_matches_engine)
+{
+    const char *text = "the whale";
+    const int T = 10, V = 257;
+    int ids[10] = {256};
+    for (int i = 0; i < 9; i++)
+        ids[i + 1] = (unsigned char)text[i];
+    float *lp = malloc((size_t)T * V * sizeof *lp);
+    char err[ATTNLM_ERR_LEN];
+    ck_assert_int_eq(model_forward(g_model, ids, T, lp, NULL, NULL, err, sizeof err), 0);
+
+    cJSON *o = run_json(API_EP_SCORE, "{\"text\":\"the whale\",\"top_k\":3,\"candidates\":[\" is\",\"x\"]}");
+    cJSON *toks = cJSON_GetObjectItem(o, "tokens");
+    ck_assert_int_eq(cJSON_GetArraySize(toks), 9);
+    double sum = 0;
+    for (int t = 1; t < T; t++) {
+        cJSON *tok = cJSON_GetArrayItem(toks, t - 1);
+        ck_assert_int_eq((int)num(tok, "id"), ids[t]);
+        double l = num(tok, "logprob");
+        ck_assert_msg(fabs(l - lp[(t - 1) * V + ids[t]]) < 1e-6, "position %d: %g vs %g", t, l,
+                      lp[(t - 1) * V + ids[t]]);
+        sum += l;
+        cJSON *top = cJSON_GetObjectItem(tok, "top");
+        ck_assert_int_eq(cJSON_GetArraySize(top), 3);
+        for (int k = 1; k < 3; k++)
+            ck_assert(num(cJSON_GetArrayItem(top, k - 1), "logprob") >= num(cJSON_GetArrayItem(top, k), "logprob"));
+        int best = (int)num(cJSON_GetArrayItem(top, 0), "id");
+        for (int v = 0; v < V; v++)
+            ck_assert(lp[(t - 1) * V + v] <= lp[(t - 1) * V + best]);
+    }
+    ck_assert(fabs(num(o, "logprob") - sum) < 1e-4);
+    ck_assert(fabs(num(o, "perplexity") - exp(-sum / 9)) < 1e-3 * exp(-sum / 9));
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(o, "next")), 3);
+    ck_assert_int_eq((int)num(cJSON_GetObjectItem(o, "usage"), "input_tokens"), 9);
+
+    /* A candidate's log-probability is what scoring the joined text gives its bytes. */
+    cJSON *cands = cJSON_GetObjectItem(o, "candidates");
+    ck_assert_int_eq(cJSON_GetArraySize(cands), 2);
+    int ids2[13] = {256};
+    const char *joined = "the whale is";
+    for (int i = 0; i < 12; i++)
+        ids2[i + 1] = (unsigned char)joined[i];
+    float *lp2 = malloc((size_t)13 * V * sizeof *lp2);
+    ck_assert_int_eq(model_forward(g_model, ids2, 13, lp2, NULL, NULL, err, sizeof err), 0);
+    double want = 0;
+    for (int t = 10; t < 13; t++)
+        want += lp2[(t - 1) * V + ids2[t]];
+    cJSON *c0 = cJSON_GetArrayItem(cands, 0);
+    ck_assert_str_eq(cJSON_GetObjectItem(c0, "text")->valuestring, " is");
+    ck_assert_msg(fabs(num(c0, "logprob") - want) < 1e-4, "candidate %g vs %g", num(c0, "logprob"), want);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(c0, "tokens")), 3);
+    double x = num(cJSON_GetArrayItem(cands, 1), "logprob");
+    ck_assert(fabs(x - lp[(T - 1) * V + 'x']) < 1e-5);
+    free(lp2);
+    free(lp);
+    cJSON_Delete(o);
+}
+END_TEST
+
+START_TEST(test_attention_rows)
+{
+    const int W = model_get_config(g_model)->window;
+    for (int dense = 0; dense < 2; dense++) {
+        cJSON *o = run_json(API_EP_ATTENTION, dense ? "{\"text\":\"attention, please\",\"format\":\"dense\"}"
+                                                    : "{\"text\":\"attention, please\"}");
+        const int T = 18;
+        ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(o, "tokens")), T);
+        ck_assert_int_eq((int)num(o, "window"), W);
+        ck_assert_str_eq(cJSON_GetObjectItem(o, "attention")->valuestring, "dot");
+        cJSON *rows = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "maps"), 0);
+        ck_assert_int_eq(cJSON_GetArraySize(rows), T);
+        for (int t = 0; t < T; t++) {
+            cJSON *row = cJSON_GetArrayItem(rows, t);
+            int want = dense ? T : (t + 1 < W ? t + 1 : W);
+            ck_assert_int_eq(cJSON_GetArraySize(row), want);
+            double s = 0;
+            for (int i = 0; i < want; i++) {
+                double v = cJSON_GetArrayItem(row, i)->valuedouble;
+                if (dense && (i > t || i < t - W + 1))
+                    ck_assert(v == 0.0);
+                s += v;
+            }
+            ck_assert_msg(fabs(s - 1.0) < 1e-5, "row %d sums to %g", t, s);
+        }
+        cJSON_Delete(o);
+    }
+}
+END_TEST
+
+/* Concatenated stream texts, checking each event is well-formed JSON or [DONE]. */
+static char *stream_text(const char *sse, int *events, const char **finish, bool openai)
+{
+    static char final_reason[16];
+    size_t cap = strlen(sse) + 1, len = 0;
+    char *text = calloc(1, cap);
+    *events = 0;
+    const char *p = sse;
+    bool done = false;
+    while (*p) {
+        ck_assert_msg(strncmp(p, "data: ", 6) == 0, "not an event: %.40s", p);
+        const char *end = strstr(p, "\n\n");
+        ck_assert(end != NULL);
+        ck_assert_msg(!done, "event after [DONE]");
+        if (strncmp(p + 6, "[DONE]", 6) == 0) {
+            done = true;
+        } else {
+            cJSON *ev = cJSON_ParseWithLength(p + 6, (size_t)(end - p - 6));
+            ck_assert_msg(ev != NULL, "bad event %.60s", p);
+            cJSON *t = openai ? cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(ev, "choices"), 0), "text")
+                              : cJSON_GetObjectItem(ev, "text");
+            if (cJSON_IsString(t)) {
+                size_t n = strlen(t->valuestring);
+                memcpy(text + len, t->valuestring, n);
+                len += n;
+            }
+            cJSON *fr = openai ? cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(ev, "choices"), 0),
+                                                     "finish_reason")
+                               : cJSON_GetObjectItem(ev, "finish_reason");
+            if (cJSON_IsString(fr))
+                snprintf(final_reason, sizeof final_reason, "%s", fr->valuestring);
+            (*events)++;
+            cJSON_Delete(ev);
+        }
+        p = end + 2;
+    }
+    ck_assert_msg(done, "stream did not end with [DONE]");
+    *finish = final_reason;
+    return text;
+}
+
+START_TEST(test_generation_is_reproducible_and_streams_alike)
+{
+    const char *req = "{\"prompt\":\"Call me\",\"max_tokens\":40,\"temperature\":0.9,\"seed\":7,\"logprobs\":2}";
+    cJSON *a = run_json(API_EP_GENERATE, req), *b = run_json(API_EP_GENERATE, req);
+    char *sa = cJSON_PrintUnformatted(a), *sb = cJSON_PrintUnformatted(b);
+    ck_assert_str_eq(sa, sb);
+    ck_assert_str_eq(cJSON_GetObjectItem(a, "finish_reason")->valuestring, "length");
+    cJSON *toks = cJSON_GetObjectItem(a, "tokens");
+    ck_assert_int_eq(cJSON_GetArraySize(toks), 40);
+    cJSON *usage = cJSON_GetObjectItem(a, "usage");
+    ck_assert_int_eq((int)num(usage, "prompt_tokens"), 7);
+    ck_assert_int_eq((int)num(usage, "completion_tokens"), 40);
+    for (int i = 0; i < 40; i++) {
+        cJSON *t = cJSON_GetArrayItem(toks, i);
+        ck_assert_int_ne((int)num(t, "id"), 256);
+        ck_assert(num(t, "logprob") <= 0.0);
+        ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(t, "top")), 2);
+    }
+
+    /* The same request streamed: same text, events end with the finish and [DONE]. */
+    const char *sreq = "{\"prompt\":\"Call me\",\"max_tokens\":40,\"temperature\":0.9,\"seed\":7,\"logprobs\":2,"
+                       "\"stream\":true}";
+    int status, events;
+    const char *finish;
+    char *sse = run_job(API_EP_GENERATE, sreq, &status);
+    ck_assert_int_eq(status, 200);
+    char *text = stream_text(sse, &events, &finish, false);
+    ck_assert_str_eq(text, cJSON_GetObjectItem(a, "text")->valuestring);
+    ck_assert_int_eq(events, 41);
+    ck_assert_str_eq(finish, "length");
+
+    /* Another seed, another text (the fixture's distribution is close to uniform). */
+    cJSON *c = run_json(API_EP_GENERATE, "{\"prompt\":\"Call me\",\"max_tokens\":40,\"temperature\":0.9,\"seed\":8}");
+    ck_assert_str_ne(cJSON_GetObjectItem(c, "text")->valuestring, cJSON_GetObjectItem(a, "text")->valuestring);
+    free(text);
+    free(sse);
+    free(sa);
+    free(sb);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    cJSON_Delete(c);
+}
+END_TEST
+
+START_TEST(test_stop_string_ends_generation)
+{
+    cJSON *a = run_json(API_EP_GENERATE, "{\"prompt\":\"x\",\"max_tokens\":60,\"temperature\":0.7,\"seed\":3}");
+    cJSON *toks = cJSON_GetObjectItem(a, "tokens");
+    /* Take generated bytes 20..22 as the stop string; the answer ends before its first occurrence. */
+    char stop[4];
+    for (int i = 0; i < 3; i++)
+        stop[i] = (char)num(cJSON_GetArrayItem(toks, 20 + i), "id");
+    stop[3] = '\0';
+    ck_assert_msg((unsigned char)stop[0] < 0x80 && (unsigned char)stop[1] < 0x80 && (unsigned char)stop[2] < 0x80 &&
+                      stop[0] && stop[1] && stop[2] && stop[0] != '"' && stop[0] != '\\' && stop[1] != '"' &&
+                      stop[1] != '\\' && stop[2] != '"' && stop[2] != '\\',
+                  "pick another seed: stop bytes are not plain ASCII");
+    int first = -1;
+    for (int i = 0; i + 3 <= 60 && first < 0; i++) {
+        bool m = true;
+        for (int k = 0; k < 3; k++)
+            m &= (int)num(cJSON_GetArrayItem(toks, i + k), "id") == (unsigned char)stop[k];
+        if (m)
+            first = i;
+    }
+    char req[256], *plain = NULL;
+    for (int streamed = 0; streamed < 2; streamed++) {
+        snprintf(req, sizeof req,
+                 "{\"prompt\":\"x\",\"max_tokens\":60,\"temperature\":0.7,\"seed\":3,\"stop\":[\"zzzz\",\"%s\"]%s}",
+                 stop, streamed ? ",\"stream\":true" : "");
+        int status, events;
+        const char *finish;
+        char *out = run_job(API_EP_GENERATE, req, &status), *text;
+        if (streamed) {
+            text = stream_text(out, &events, &finish, false);
+            ck_assert_str_eq(finish, "stop");
+        } else {
+            cJSON *o = cJSON_Parse(out);
+            text = strdup(cJSON_GetObjectItem(o, "text")->valuestring);
+            ck_assert_str_eq(cJSON_GetObjectItem(o, "finish_reason")->valuestring, "stop");
+            ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(o, "tokens")), first);
+            ck_assert_int_eq((int)num(cJSON_GetObjectItem(o, "usage"), "completion_tokens"), first + 3);
+            cJSON_Delete(o);
+        }
+        ck_assert_ptr_null(strstr(text, stop));
+        if (streamed)
+            ck_assert_str_eq(text, plain);
+        else
+            plain = strdup(text);
+        free(text);
+        free(out);
+    }
+    free(plain);
+    cJSON_Delete(a);
+}
+END_TEST
+
+/* Every event's text is whole UTF-8: the fixture model emits bytes >= 0x80 freely. */
+START_TEST(test_stream_sends_whole_characters)
+{
+    int status, events;
+    const char *finish;
+    char *sse = run_job(API_EP_GENERATE,
+                        "{\"prompt\":\"\",\"max_tokens\":80,\"temperature\":1.0,\"seed\":11,\"stream\":true}", &status);
+    const char *p = sse;
+    int held = 0;
+    while ((p = strstr(p, "data: {\"token\""))) {
+        const char *end = strstr(p, "\n\n");
+        cJSON *ev = cJSON_ParseWithLength(p + 6, (size_t)(end - p - 6));
+        const unsigned char *t = (const unsigned char *)cJSON_GetObjectItem(ev, "text")->valuestring;
+        held += t[0] == '\0';
+        for (size_t i = 0; t[i];) {
+            int n = t[i] < 0x80 ? 1 : t[i] >= 0xF0 ? 4 : t[i] >= 0xE0 ? 3 : 2;
+            ck_assert_msg(t[i] < 0x80 || t[i] >= 0xC2, "bad lead byte");
+            for (int k = 1; k < n; k++)
+                ck_assert_msg((t[i + k] & 0xC0) == 0x80, "split character in an event");
+            i += (size_t)n;
+        }
+        cJSON_Delete(ev);
+        p = end;
+    }
+    char *text = stream_text(sse, &events, &finish, false);
+    ck_assert_int_eq(events, 81);
+    free(text);
+    free(sse);
+}
+END_TEST
+
+START_TEST(test_completions_echo_scores_prompt)
+{
+    cJSON *s = run_json(API_EP_SCORE, "{\"text\":\"Call me Ishmael.\"}");
+    cJSON *o = run_json(API_EP_COMPLETIONS,
+                        "{\"model\":\"x\",\"prompt\":\"Call me Ishmael.\",\"max_tokens\":0,\"echo\":true,\"logprobs\":1}");
+    ck_assert_str_eq(cJSON_GetObjectItem(o, "object")->valuestring, "text_completion");
+    cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0);
+    ck_assert_str_eq(cJSON_GetObjectItem(ch, "text")->valuestring, "Call me Ishmael.");
+    ck_assert_str_eq(cJSON_GetObjectItem(ch, "finish_reason")->valuestring, "length");
+    cJSON *lpo = cJSON_GetObjectItem(ch, "logprobs");
+    cJSON *tl = cJSON_GetObjectItem(lpo, "token_logprobs"), *st = cJSON_GetObjectItem(s, "tokens");
+    ck_assert_int_eq(cJSON_GetArraySize(tl), 16);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(lpo, "tokens")), 16);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(lpo, "top_logprobs")), 16);
+    for (int i = 0; i < 16; i++) {
+        ck_assert(fabs(cJSON_GetArrayItem(tl, i)->valuedouble - num(cJSON_GetArrayItem(st, i), "logprob")) < 1e-6);
+        ck_assert_int_eq(cJSON_GetArrayItem(cJSON_GetObjectItem(lpo, "text_offset"), i)->valueint, i);
+    }
+    ck_assert_str_eq(cJSON_GetArrayItem(cJSON_GetObjectItem(lpo, "tokens"), 5)->valuestring, "m");
+    ck_assert_int_eq((int)num(cJSON_GetObjectItem(o, "usage"), "prompt_tokens"), 16);
+    ck_assert_int_eq((int)num(cJSON_GetObjectItem(o, "usage"), "completion_tokens"), 0);
+    cJSON_Delete(o);
+    cJSON_Delete(s);
+
+    /* n choices, streamed, each ends; [DONE] once. */
+    int status, events;
+    const char *finish;
+    char *sse = run_job(API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"max_tokens\":5,\"n\":3,\"stream\":true,\"seed\":1}",
+                        &status);
+    char *text = stream_text(sse, &events, &finish, true);
+    ck_assert_int_eq(events, 3 * 5 + 3);
+    ck_assert_str_eq(finish, "length");
+    free(text);
+    free(sse);
+}
+END_TEST
+
+START_TEST(test_inline_endpoints)
+{
+    api_reply r;
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_READY, NULL, 0, true, &r), 0);
+    ck_assert_int_eq(r.status, 503);
+    free(r.body);
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_TOKENIZE, "{\"text\":\"h\xC3\xA9\"}", 14, false, &r), 0);
+    cJSON *o = cJSON_Parse(r.body), *toks = cJSON_GetObjectItem(o, "tokens");
+    ck_assert_int_eq(cJSON_GetArraySize(toks), 3);
+    ck_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(toks, 1), "text")->valuestring, "\xEF\xBF\xBD");
+    ck_assert_int_eq(cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetArrayItem(toks, 2), "bytes"), 0)->valueint, 0xA9);
+    cJSON_Delete(o);
+    free(r.body);
+    const char *d = "{\"ids\":[256,104,195,169,255]}";
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_DETOKENIZE, d, strlen(d), false, &r), 0);
+    o = cJSON_Parse(r.body);
+    ck_assert_str_eq(cJSON_GetObjectItem(o, "text")->valuestring, "h\xC3\xA9\xEF\xBF\xBD");
+    cJSON_Delete(o);
+    free(r.body);
+    d = "{\"ids\":[1,257]}";
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_DETOKENIZE, d, strlen(d), false, &r), 0);
+    ck_assert_int_eq(r.status, 400);
+    ck_assert_ptr_nonnull(strstr(r.body, "\"param\":\"ids\""));
+    free(r.body);
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_MODEL, NULL, 0, false, &r), 0);
+    o = cJSON_Parse(r.body);
+    ck_assert_int_eq((int)num(cJSON_GetObjectItem(o, "limits"), "max_input_tokens"), 64);
+    ck_assert_int_eq((int)num(o, "parameters"), (int)model_param_count(g_model));
+    ck_assert(cJSON_IsNumber(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "metadata"), "layers")));
+    ck_assert(cJSON_IsString(cJSON_GetObjectItem(cJSON_GetObjectItem(o, "metadata"), "cell")));
+    cJSON_Delete(o);
+    free(r.body);
+}
+END_TEST
+
+START_TEST(test_metrics_exposition)
+{
+    metrics_request(&g_metrics, API_EP_SCORE, 200, 0.02);
+    metrics_request(&g_metrics, API_EP_SCORE, 413, 0.0001);
+    metrics_batch(&g_metrics, 5);
+    api_reply r;
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_METRICS, NULL, 0, false, &r), 0);
+    ck_assert_ptr_nonnull(strstr(r.body, "attnlm_requests_total{route=\"/v1/score\",status=\"200\"} 1\n"));
+    ck_assert_ptr_nonnull(strstr(r.body, "attnlm_requests_total{route=\"/v1/score\",status=\"413\"} 1\n"));
+    ck_assert_ptr_nonnull(strstr(r.body, "attnlm_request_duration_seconds_bucket{route=\"/v1/score\",le=\"0.025\"} 2\n"));
+    ck_assert_ptr_nonnull(strstr(r.body, "attnlm_request_duration_seconds_count{route=\"/v1/score\"} 2\n"));
+    ck_assert_ptr_nonnull(strstr(r.body, "attnlm_batch_size_bucket{le=\"4\"} 0\n"));
+    ck_assert_ptr_nonnull(strstr(r.body, "attnlm_batch_size_bucket{le=\"8\"} 1\n"));
+    ck_assert_ptr_nonnull(strstr(r.body, "# TYPE attnlm_generated_tokens_total counter\n"));
+    ck_assert_str_eq(r.content_type, "text/plain; version=0.0.4; charset=utf-8");
+    free(r.body);
+}
+END_TEST
+
+static Suite *api_suite(void)
+{
+    Suite *s = suite_create("api");
+    TCase *tc = tcase_create("api");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_routes);
+    tcase_add_test(tc, test_error_body);
+    tcase_add_test(tc, test_api_key);
+    tcase_add_loop_test(tc, test_bad_requests_are_refused, 0, (int)(sizeof BAD / sizeof *BAD));
+    tcase_add_test(tc, test_nulls_and_unknown_fields_are_defaults);
+    tcase_add_test(tc, test_score_matches_engine);
+    tcase_add_test(tc, test_attention_rows);
+    tcase_add_test(tc, test_generation_is_reproducible_and_streams_alike);
+    tcase_add_test(tc, test_stop_string_ends_generation);
+    tcase_add_test(tc, test_stream_sends_whole_characters);
+    tcase_add_test(tc, test_completions_echo_scores_prompt);
+    tcase_add_test(tc, test_inline_endpoints);
+    tcase_add_test(tc, test_metrics_exposition);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    return run_suite(api_suite());
+}
