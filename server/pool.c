@@ -1,0 +1,301 @@
+/* pool.c -- the worker pool and its continuous batching.
+ *
+ * A worker's loop: take what it fairly can from the queue (never more than
+ * max_batch sequences in hand, and not while another worker has less), start
+ * what it took (one-shot work runs to its end; generations are prefilled),
+ * drop tasks whose client left or whose deadline passed, then advance every
+ * generation it holds by one batched step and hand out what was produced.
+ * The pool's lock guards the queue and the per-worker loads only; model work
+ * and output happen outside it.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "pool.h"
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "err.h"
+
+typedef struct worker {
+    pool *p;
+    int index;
+    pthread_t thread;
+    bool started;
+    api_worker *aw;
+    pool_task **active; /* [max_batch + API_MAX_CHOICES] tasks being decoded */
+    api_job **jobs;     /* the same tasks' jobs, for api_step */
+    pool_task **taken;  /* tasks just taken from the queue */
+    int n_active;
+} worker;
+
+struct pool {
+    const api_ctx *ctx;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    pool_task *head, *tail; /* FIFO */
+    int queued, queue_cap, max_batch, n_workers;
+    int *load;  /* [n_workers] sequences each worker holds */
+    bool stop;
+    atomic_bool abort_all;
+    api_error abort_error;
+    worker *w;
+};
+
+int64_t pool_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Hands everything the job produced to the task's owner. */
+static void deliver(pool_task *t)
+{
+    char *data;
+    int status;
+    size_t n = api_job_take_output(t->job, &data, &status);
+    bool done = api_job_done(t->job);
+    if (n || done)
+        t->emit(t, status, data, n, done);
+}
+
+static void finish(worker *w, pool_task *t, bool cancelled)
+{
+    api_metrics *m = w->p->ctx->metrics;
+    atomic_fetch_add_explicit(&m->input_tokens, (unsigned long)api_job_input_tokens(t->job), memory_order_relaxed);
+    atomic_fetch_add_explicit(&m->generated_tokens, (unsigned long)api_job_output_tokens(t->job),
+                              memory_order_relaxed);
+    if (cancelled)
+        atomic_fetch_add_explicit(&m->cancelled, 1, memory_order_relaxed);
+    int weight = api_job_weight(t->job);
+    pool *p = w->p;
+    pthread_mutex_lock(&p->lock);
+    p->load[w->index] -= weight;
+    atomic_fetch_sub_explicit(&m->active_sequences, weight, memory_order_relaxed);
+    pthread_mutex_unlock(&p->lock);
+    t->release(t, cancelled);
+}
+
+/* Whether the task must leave before its next step: gone, late or aborted. */
+static bool check_leave(worker *w, pool_task *t, int64_t now)
+{
+    pool *p = w->p;
+    if (t->gone(t)) {
+        finish(w, t, true);
+        return true;
+    }
+    api_error e;
+    bool fail = false;
+    if (t->deadline_ns && now > t->deadline_ns) {
+        api_error_set(&e, 504, NULL, "the request ran past the server's deadline");
+        atomic_fetch_add_explicit(&p->ctx->metrics->timeouts, 1, memory_order_relaxed);
+        fail = true;
+    } else if (atomic_load_explicit(&p->abort_all, memory_order_relaxed)) {
+        pthread_mutex_lock(&p->lock);
+        e = p->abort_error;
+        pthread_mutex_unlock(&p->lock);
+        fail = true;
+    }
+    if (!fail)
+        return false;
+    api_job_fail(t->job, &e);
+    deliver(t);
+    finish(w, t, false);
+    return true;
+}
+
+/* The least load among the other workers. */
+static int min_other_load(const pool *p, int self)
+{
+    int m = -1;
+    for (int i = 0; i < p->n_workers; i++)
+        if (i != self && (m < 0 || p->load[i] < m))
+            m = p->load[i];
+    return m < 0 ? INT_MAX : m; /* alone: no one to leave work for */
+}
+
+/* Takes queued tasks this worker should run; called with the lock held. */
+static int take(worker *w, pool_task **taken, int max)
+{
+    pool *p = w->p;
+    int n = 0;
+    while (p->head && n < max) {
+        pool_task *t = p->head;
+        int weight = api_job_weight(t->job), load = p->load[w->index];
+        if (load > 0 && (load + weight > p->max_batch || load > min_other_load(p, w->index)))
+            break;
+        p->head = t->next;
+        if (!p->head)
+            p->tail = NULL;
+        p->queued--;
+        p->load[w->index] += weight;
+        atomic_fetch_sub_explicit(&p->ctx->metrics->queue_depth, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&p->ctx->metrics->active_sequences, weight, memory_order_relaxed);
+        taken[n++] = t;
+    }
+    return n;
+}
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    pool *p = w->p;
+    const int cap = p->max_batch + API_MAX_CHOICES;
+    pool_task **taken = w->taken;
+    for (;;) {
+        pthread_mutex_lock(&p->lock);
+        while (!p->stop && w->n_active == 0 && !p->head)
+            pthread_cond_wait(&p->wake, &p->lock);
+        if (p->stop && w->n_active == 0 && !p->head) {
+            pthread_mutex_unlock(&p->lock);
+            break;
+        }
+        int n_taken = take(w, taken, cap - w->n_active);
+        pthread_mutex_unlock(&p->lock);
+
+        int64_t now = pool_now_ns();
+        for (int i = 0; i < n_taken; i++) {
+            pool_task *t = taken[i];
+            if (check_leave(w, t, now))
+                continue;
+            api_job_start(t->job, w->aw);
+            deliver(t);
+            if (api_job_done(t->job)) {
+                finish(w, t, false);
+            } else {
+                w->active[w->n_active] = t;
+                w->jobs[w->n_active++] = t->job;
+            }
+        }
+
+        now = pool_now_ns();
+        int kept = 0;
+        for (int i = 0; i < w->n_active; i++)
+            if (!check_leave(w, w->active[i], now)) {
+                w->active[kept] = w->active[i];
+                w->jobs[kept++] = w->jobs[i];
+            }
+        w->n_active = kept;
+        if (w->n_active == 0)
+            continue;
+
+        int B = api_step(w->aw, w->jobs, w->n_active);
+        if (B > 0)
+            metrics_batch(p->ctx->metrics, B);
+        kept = 0;
+        for (int i = 0; i < w->n_active; i++) {
+            pool_task *t = w->active[i];
+            deliver(t);
+            if (api_job_done(t->job)) {
+                finish(w, t, false);
+            } else {
+                w->active[kept] = t;
+                w->jobs[kept++] = t->job;
+            }
+        }
+        w->n_active = kept;
+    }
+    return NULL;
+}
+
+pool *pool_new(const api_ctx *ctx, int workers, int queue, int max_batch, char *err, size_t errlen)
+{
+    pool *p = calloc(1, sizeof *p);
+    if (!p) {
+        err_set(err, errlen, "out of memory");
+        return NULL;
+    }
+    p->ctx = ctx;
+    p->queue_cap = queue;
+    p->max_batch = max_batch;
+    p->n_workers = workers;
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    p->load = calloc((size_t)workers, sizeof *p->load);
+    p->w = calloc((size_t)workers, sizeof *p->w);
+    if (!p->load || !p->w) {
+        err_set(err, errlen, "out of memory");
+        pool_free(p);
+        return NULL;
+    }
+    const int cap = max_batch + API_MAX_CHOICES;
+    for (int i = 0; i < workers; i++) {
+        worker *w = &p->w[i];
+        w->p = p;
+        w->index = i;
+        w->aw = api_worker_new(ctx->m, cap);
+        w->active = malloc((size_t)cap * sizeof *w->active);
+        w->jobs = malloc((size_t)cap * sizeof *w->jobs);
+        w->taken = malloc((size_t)cap * sizeof *w->taken);
+        if (!w->aw || !w->active || !w->jobs || !w->taken) {
+            err_set(err, errlen, "out of memory for worker %d", i);
+            pool_free(p);
+            return NULL;
+        }
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+            err_set(err, errlen, "cannot start worker thread %d", i);
+            pool_free(p);
+            return NULL;
+        }
+        w->started = true;
+    }
+    return p;
+}
+
+void pool_free(pool *p)
+{
+    if (!p)
+        return;
+    pthread_mutex_lock(&p->lock);
+    p->stop = true;
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+    for (int i = 0; p->w && i < p->n_workers; i++) {
+        worker *w = &p->w[i];
+        if (w->started)
+            pthread_join(w->thread, NULL);
+        api_worker_free(w->aw);
+        free(w->active);
+        free(w->jobs);
+        free(w->taken);
+    }
+    pthread_cond_destroy(&p->wake);
+    pthread_mutex_destroy(&p->lock);
+    free(p->load);
+    free(p->w);
+    free(p);
+}
+
+int pool_submit(pool *p, pool_task *t)
+{
+    pthread_mutex_lock(&p->lock);
+    if (p->stop || p->queued >= p->queue_cap) {
+        pthread_mutex_unlock(&p->lock);
+        return -1;
+    }
+    t->next = NULL;
+    if (p->tail)
+        p->tail->next = t;
+    else
+        p->head = t;
+    p->tail = t;
+    p->queued++;
+    atomic_fetch_add_explicit(&p->ctx->metrics->queue_depth, 1, memory_order_relaxed);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+    return 0;
+}
+
+void pool_abort(pool *p, const api_error *e)
+{
+    pthread_mutex_lock(&p->lock);
+    p->abort_error = *e;
+    atomic_store(&p->abort_all, true);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+}

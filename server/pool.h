@@ -1,0 +1,47 @@
+/* pool.h -- worker threads that run the model, fed by one bounded queue.
+ *
+ * Each worker owns its scratch (single-threaded BLAS, a batch of sequences)
+ * and advances all of its generations together, one step per token; new
+ * requests join between steps and finished, failed or abandoned ones leave.
+ * The pool knows nothing of HTTP: a task tells it how to hand output back,
+ * whether its client is still there, and when the pool is done with it.
+ */
+#ifndef ATTNLM_POOL_H
+#define ATTNLM_POOL_H
+
+#include "api.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct pool pool;
+typedef struct pool_task pool_task;
+
+/* One request's model work, owned by its submitter; the pool borrows it
+ * from pool_submit until it calls release. */
+struct pool_task {
+    api_job *job;
+    int64_t deadline_ns; /* CLOCK_MONOTONIC; 0: none */
+    /* Output for the client (data is the callee's to free), done when it is the last. */
+    void (*emit)(pool_task *t, int status, char *data, size_t len, bool done);
+    /* Whether the client has gone away. */
+    bool (*gone)(pool_task *t);
+    /* The pool will not touch the task again; cancelled if the client had gone. */
+    void (*release)(pool_task *t, bool cancelled);
+    pool_task *next; /* the pool's queue link */
+};
+
+/* Starts workers threads sharing ctx's model; each decodes at most max_batch
+ * sequences at once and at most queue tasks wait.  NULL with a message on failure. */
+pool *pool_new(const api_ctx *ctx, int workers, int queue, int max_batch, char *err, size_t errlen);
+/* Stops the workers once queue and batches are empty (see pool_abort) and frees the pool. */
+void pool_free(pool *p);
+
+/* Queues a task.  Returns 0, or -1 if the queue is full. */
+int pool_submit(pool *p, pool_task *t);
+/* Ends every queued and running task with e (used when draining runs out of time). */
+void pool_abort(pool *p, const api_error *e);
+/* Monotonic clock in nanoseconds. */
+int64_t pool_now_ns(void);
+
+#endif

@@ -1,0 +1,363 @@
+/* test_server.c -- the daemon's parts without a socket: settings from flags
+ * and environment, and the worker pool's batching, cancellation, deadlines
+ * and admission, with tasks whose callbacks record what the pool did.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "api.h"
+#include "config.h"
+#include "model.h"
+#include "pool.h"
+#include "testutil.h"
+
+#include "check_main.h"
+
+#include <check.h>
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ---- settings ------------------------------------------------------------- */
+
+static int load(srv_config *c, char **argv, int argc, char *err)
+{
+    FILE *devnull = fopen("/dev/null", "w");
+    int rc = config_load(c, argc, argv, devnull, err, ATTNLM_ERR_LEN);
+    fclose(devnull);
+    return rc;
+}
+
+START_TEST(test_config_defaults_flags_env)
+{
+    srv_config c;
+    char err[ATTNLM_ERR_LEN];
+    unsetenv("ATTNLM_PORT");
+    unsetenv("ATTNLM_MAX_BODY");
+    char *a0[] = {"attnlm-server"};
+    ck_assert_int_eq(load(&c, a0, 1, err), 0);
+    ck_assert_str_eq(c.host, "127.0.0.1");
+    ck_assert_int_eq(c.port, 8080);
+    ck_assert_str_eq(c.model, "models/default.safetensors");
+    ck_assert_int_eq(c.queue, 64);
+    ck_assert_int_eq(c.max_body, 1 << 20);
+    ck_assert_int_ge(c.workers, 1);
+
+    setenv("ATTNLM_PORT", "9001", 1);
+    setenv("ATTNLM_MAX_BODY", "2048", 1);
+    ck_assert_int_eq(load(&c, a0, 1, err), 0);
+    ck_assert_int_eq(c.port, 9001);
+    ck_assert_int_eq(c.max_body, 2048);
+
+    char *a1[] = {"attnlm-server", "--port", "9002", "--max-body=4096", "--api-key", "k", "--timeout", "2.5"};
+    ck_assert_int_eq(load(&c, a1, 8, err), 0);
+    ck_assert_int_eq(c.port, 9002); /* the flag wins */
+    ck_assert_int_eq(c.max_body, 4096);
+    ck_assert_str_eq(c.api_key, "k");
+    ck_assert(c.timeout == 2.5);
+    unsetenv("ATTNLM_PORT");
+    unsetenv("ATTNLM_MAX_BODY");
+
+    char *a2[] = {"attnlm-server", "--queue", "1", "--max-batch", "32"};
+    ck_assert_int_eq(load(&c, a2, 5, err), 0);
+    ck_assert_int_eq(c.max_batch, 1);
+}
+END_TEST
+
+START_TEST(test_config_refusals_name_the_setting)
+{
+    srv_config c;
+    char err[ATTNLM_ERR_LEN];
+    char *a1[] = {"attnlm-server", "--port", "70000"};
+    ck_assert_int_eq(load(&c, a1, 3, err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "--port"));
+    char *a2[] = {"attnlm-server", "--prot", "1"};
+    ck_assert_int_eq(load(&c, a2, 3, err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "--prot"));
+    char *a3[] = {"attnlm-server", "--workers"};
+    ck_assert_int_eq(load(&c, a3, 2, err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "--workers"));
+    char *a4[] = {"attnlm-server", "--timeout", "soon"};
+    ck_assert_int_eq(load(&c, a4, 3, err), -1);
+    setenv("ATTNLM_QUEUE", "0", 1);
+    char *a5[] = {"attnlm-server"};
+    ck_assert_int_eq(load(&c, a5, 1, err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "ATTNLM_QUEUE"));
+    unsetenv("ATTNLM_QUEUE");
+    char *a6[] = {"attnlm-server", "--help"};
+    ck_assert_int_eq(load(&c, a6, 2, err), 1);
+}
+END_TEST
+
+START_TEST(test_help_lists_every_variable)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    config_usage(f);
+    fclose(f);
+    const char *want[] = {"ATTNLM_HOST", "ATTNLM_PORT", "ATTNLM_MODEL", "ATTNLM_WORKERS", "ATTNLM_QUEUE",
+                          "ATTNLM_TIMEOUT", "ATTNLM_MAX_BODY", "ATTNLM_MAX_INPUT_TOKENS", "ATTNLM_MAX_NEW_TOKENS",
+                          "ATTNLM_MAX_ATTENTION_TOKENS", "ATTNLM_API_KEY", "ATTNLM_DRAIN_TIMEOUT", "--max-batch"};
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++)
+        ck_assert_msg(strstr(buf, want[i]) != NULL, "--help lacks %s", want[i]);
+    free(buf);
+}
+END_TEST
+
+/* ---- the pool ------------------------------------------------------------------ */
+
+static model *g_model;
+static api_metrics g_metrics;
+static api_ctx g_ctx;
+
+/* A task that records what the pool hands it. */
+typedef struct test_task {
+    pool_task t;
+    pthread_mutex_t lock;
+    pthread_cond_t cv;
+    char *out;
+    size_t len;
+    int status;
+    bool done, released, cancelled;
+    atomic_bool gone;
+} test_task;
+
+static void tt_emit(pool_task *t, int status, char *data, size_t len, bool done)
+{
+    test_task *x = (test_task *)t;
+    pthread_mutex_lock(&x->lock);
+    x->out = realloc(x->out, x->len + len + 1);
+    memcpy(x->out + x->len, data, len);
+    x->len += len;
+    x->out[x->len] = '\0';
+    x->status = status;
+    x->done |= done;
+    pthread_mutex_unlock(&x->lock);
+    free(data);
+}
+
+static bool tt_gone(pool_task *t) { return atomic_load(&((test_task *)t)->gone); }
+
+static void tt_release(pool_task *t, bool cancelled)
+{
+    test_task *x = (test_task *)t;
+    pthread_mutex_lock(&x->lock);
+    x->released = true;
+    x->cancelled = cancelled;
+    pthread_cond_broadcast(&x->cv);
+    pthread_mutex_unlock(&x->lock);
+}
+
+static test_task *tt_new(api_endpoint ep, const char *body, double timeout)
+{
+    test_task *x = calloc(1, sizeof *x);
+    api_error e;
+    x->t.job = api_job_new(&g_ctx, ep, body, strlen(body), 99, "t", &e);
+    ck_assert_msg(x->t.job != NULL, "%s", e.message);
+    x->t.emit = tt_emit;
+    x->t.gone = tt_gone;
+    x->t.release = tt_release;
+    x->t.deadline_ns = timeout > 0 ? pool_now_ns() + (int64_t)(timeout * 1e9) : 0;
+    pthread_mutex_init(&x->lock, NULL);
+    pthread_cond_init(&x->cv, NULL);
+    return x;
+}
+
+static void tt_wait(test_task *x)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 30;
+    pthread_mutex_lock(&x->lock);
+    while (!x->released)
+        ck_assert_int_eq(pthread_cond_timedwait(&x->cv, &x->lock, &until), 0);
+    pthread_mutex_unlock(&x->lock);
+}
+
+static void tt_free(test_task *x)
+{
+    api_job_free(x->t.job);
+    pthread_mutex_destroy(&x->lock);
+    pthread_cond_destroy(&x->cv);
+    free(x->out);
+    free(x);
+}
+
+static void pool_setup(void)
+{
+    char path[512], err[ATTNLM_ERR_LEN];
+    g_model = model_load(fixture_path(path, sizeof path, "lstm_additive.safetensors"), err, sizeof err);
+    ck_assert_msg(g_model != NULL, "%s", err);
+    memset(&g_metrics, 0, sizeof g_metrics);
+    g_ctx = (api_ctx){.m = g_model,
+                      .model_id = "fixture",
+                      .model_path = "x",
+                      .limits = {.max_body_bytes = 1 << 20,
+                                 .max_input_tokens = 256,
+                                 .max_new_tokens = 100000,
+                                 .max_attention_tokens = 64,
+                                 .queue_size = 16,
+                                 .workers = 2,
+                                 .max_batch = 8},
+                      .metrics = &g_metrics};
+}
+
+static void pool_teardown(void) { model_free(g_model); }
+
+/* Same text and tokens; log-probabilities equal to float rounding (a batch
+ * of one takes a matrix-vector product, larger batches a matrix product). */
+static void same_generation(const char *a, const char *b)
+{
+    cJSON *x = cJSON_Parse(a), *y = cJSON_Parse(b);
+    ck_assert_str_eq(cJSON_GetObjectItem(x, "text")->valuestring, cJSON_GetObjectItem(y, "text")->valuestring);
+    cJSON *tx = cJSON_GetObjectItem(x, "tokens"), *ty = cJSON_GetObjectItem(y, "tokens");
+    ck_assert_int_eq(cJSON_GetArraySize(tx), cJSON_GetArraySize(ty));
+    for (int i = 0; i < cJSON_GetArraySize(tx); i++) {
+        cJSON *u = cJSON_GetArrayItem(tx, i), *v = cJSON_GetArrayItem(ty, i);
+        ck_assert_int_eq(cJSON_GetObjectItem(u, "id")->valueint, cJSON_GetObjectItem(v, "id")->valueint);
+        ck_assert(fabs(cJSON_GetObjectItem(u, "logprob")->valuedouble - cJSON_GetObjectItem(v, "logprob")->valuedouble) <
+                  1e-5);
+    }
+    cJSON_Delete(x);
+    cJSON_Delete(y);
+}
+
+/* Generations submitted together are decoded together, and each answer is
+ * the one it gets alone. */
+START_TEST(test_pool_batches_and_matches_alone)
+{
+    enum { N = 6 };
+    char err[ATTNLM_ERR_LEN], body[160];
+    pool *p = pool_new(&g_ctx, 1, 16, 8, err, sizeof err);
+    ck_assert_msg(p != NULL, "%s", err);
+    test_task *alone[N], *together[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(body, sizeof body, "{\"prompt\":\"p%d\",\"max_tokens\":%d,\"seed\":%d,\"temperature\":0.8}", i,
+                 30 + 7 * i, i);
+        alone[i] = tt_new(API_EP_GENERATE, body, 0);
+        ck_assert_int_eq(pool_submit(p, &alone[i]->t), 0);
+        tt_wait(alone[i]);
+    }
+    unsigned long batches_before = atomic_load(&g_metrics.batch_count);
+    unsigned long rows_before = atomic_load(&g_metrics.batch_sum);
+    for (int i = 0; i < N; i++) {
+        snprintf(body, sizeof body, "{\"prompt\":\"p%d\",\"max_tokens\":%d,\"seed\":%d,\"temperature\":0.8}", i,
+                 30 + 7 * i, i);
+        together[i] = tt_new(API_EP_GENERATE, body, 0);
+        ck_assert_int_eq(pool_submit(p, &together[i]->t), 0);
+    }
+    for (int i = 0; i < N; i++) {
+        tt_wait(together[i]);
+        ck_assert_int_eq(together[i]->status, 200);
+        ck_assert(!together[i]->cancelled);
+        same_generation(together[i]->out, alone[i]->out);
+    }
+    unsigned long batches = atomic_load(&g_metrics.batch_count) - batches_before;
+    unsigned long rows = atomic_load(&g_metrics.batch_sum) - rows_before;
+    /* 6 sequences of 30..65 tokens alone would take 285 steps; together far fewer. */
+    ck_assert_msg(rows == 30 + 37 + 44 + 51 + 58 + 65, "rows %lu", rows);
+    ck_assert_msg(batches < 120, "%lu steps: no batching", batches);
+    ck_assert_int_eq(atomic_load(&g_metrics.active_sequences), 0);
+    ck_assert_int_eq(atomic_load(&g_metrics.queue_depth), 0);
+    pool_free(p);
+    for (int i = 0; i < N; i++) {
+        tt_free(alone[i]);
+        tt_free(together[i]);
+    }
+}
+END_TEST
+
+START_TEST(test_pool_drops_gone_and_late_tasks)
+{
+    char err[ATTNLM_ERR_LEN];
+    pool *p = pool_new(&g_ctx, 2, 16, 8, err, sizeof err);
+    test_task *gone = tt_new(API_EP_GENERATE, "{\"max_tokens\":100000,\"stream\":true}", 0);
+    test_task *late = tt_new(API_EP_GENERATE, "{\"max_tokens\":100000}", 0.2);
+    test_task *fine = tt_new(API_EP_SCORE, "{\"text\":\"still served\"}", 0);
+    ck_assert_int_eq(pool_submit(p, &gone->t), 0);
+    ck_assert_int_eq(pool_submit(p, &late->t), 0);
+    ck_assert_int_eq(pool_submit(p, &fine->t), 0);
+    tt_wait(fine);
+    ck_assert_int_eq(fine->status, 200);
+    /* The stream is producing; its client leaves. */
+    for (;;) {
+        pthread_mutex_lock(&gone->lock);
+        size_t n = gone->len;
+        pthread_mutex_unlock(&gone->lock);
+        if (n > 0)
+            break;
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    }
+    atomic_store(&gone->gone, true);
+    tt_wait(gone);
+    ck_assert(gone->cancelled);
+    tt_wait(late);
+    ck_assert(!late->cancelled);
+    ck_assert_int_eq(late->status, 504);
+    ck_assert_ptr_nonnull(strstr(late->out, "timeout_error"));
+    ck_assert_int_eq(atomic_load(&g_metrics.active_sequences), 0);
+    ck_assert_uint_eq(atomic_load(&g_metrics.cancelled), 1);
+    ck_assert_uint_eq(atomic_load(&g_metrics.timeouts), 1);
+    pool_free(p);
+    tt_free(gone);
+    tt_free(late);
+    tt_free(fine);
+}
+END_TEST
+
+/* With one worker holding one sequence and a queue of one, the third is refused;
+ * an abort ends everything held with its error. */
+START_TEST(test_pool_queue_bound_and_abort)
+{
+    char err[ATTNLM_ERR_LEN];
+    pool *p = pool_new(&g_ctx, 1, 1, 1, err, sizeof err);
+    test_task *a = tt_new(API_EP_GENERATE, "{\"max_tokens\":100000,\"stream\":true}", 0);
+    test_task *b = tt_new(API_EP_GENERATE, "{\"max_tokens\":100000}", 0);
+    test_task *c = tt_new(API_EP_GENERATE, "{\"max_tokens\":1}", 0);
+    ck_assert_int_eq(pool_submit(p, &a->t), 0);
+    while (atomic_load(&g_metrics.active_sequences) == 0)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    ck_assert_int_eq(pool_submit(p, &b->t), 0);
+    ck_assert_int_eq(pool_submit(p, &c->t), -1);
+    ck_assert_int_eq(atomic_load(&g_metrics.queue_depth), 1);
+    api_error e;
+    api_error_set(&e, 503, NULL, "shutting down");
+    pool_abort(p, &e);
+    tt_wait(a);
+    tt_wait(b);
+    ck_assert_ptr_nonnull(strstr(a->out, "overloaded_error"));
+    ck_assert_ptr_nonnull(strstr(a->out, "data: [DONE]"));
+    ck_assert_int_eq(b->status, 503);
+    pool_free(p);
+    tt_free(a);
+    tt_free(b);
+    tt_free(c);
+}
+END_TEST
+
+static Suite *server_suite(void)
+{
+    Suite *s = suite_create("server");
+    TCase *tc = tcase_create("config");
+    tcase_add_test(tc, test_config_defaults_flags_env);
+    tcase_add_test(tc, test_config_refusals_name_the_setting);
+    tcase_add_test(tc, test_help_lists_every_variable);
+    suite_add_tcase(s, tc);
+    TCase *tp = tcase_create("pool");
+    tcase_add_checked_fixture(tp, pool_setup, pool_teardown);
+    tcase_set_timeout(tp, 120);
+    tcase_add_test(tp, test_pool_batches_and_matches_alone);
+    tcase_add_test(tp, test_pool_drops_gone_and_late_tasks);
+    tcase_add_test(tp, test_pool_queue_bound_and_abort);
+    suite_add_tcase(s, tp);
+    return s;
+}
+
+int main(void)
+{
+    return run_suite(server_suite());
+}
