@@ -1,0 +1,4 @@
+-- wrk script: POST /v1/score with a 230-byte English text.
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"text":"It was a cold grey morning when the ship left the harbour, and the men stood along the rail in silence, each of them thinking of the long months ahead and of the whales that waited out beyond the edge of the known sea, so far off."}'
