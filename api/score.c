@@ -124,7 +124,7 @@ static int score_candidates(api_job *j, api_worker *w, const model_seq *seq, con
     }
     for (int k = 0; k < nc; k++) {
         cJSON *c = cJSON_CreateObject();
-        cJSON_AddStringToObject(c, "text", j->cands[k]);
+        cJSON_AddItemToObject(c, "text", json_bytes_string((const unsigned char *)j->cands[k], strlen(j->cands[k])));
         cJSON_AddItemToObject(c, "logprob", json_float((float)sum[k]));
         cJSON_AddItemToObject(c, "tokens", toks[k]);
         toks[k] = NULL;

@@ -301,6 +301,9 @@ static srv_req *req_new(srv *s, struct MHD_Connection *conn, const char *url, co
     r->start_ns = pool_now_ns();
     snprintf(r->method, sizeof r->method, "%s", method);
     snprintf(r->path, sizeof r->path, "%s", url);
+    for (char *c = r->path; *c; c++) /* the path goes into a log line: keep it one line */
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            *c = '?';
     r->route = METRICS_ROUTES - 1;
     r->fd = -1;
     const char *given = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
