@@ -74,6 +74,19 @@ int sampler_sample(sampler *s, const float *logits, const sampler_params *p, flo
     for (int i = 0; i < n; i++)
         c[i].p = (float)(c[i].p / sum);
     int k = p->top_k > 0 && p->top_k < n ? p->top_k : n;
+    if (k == n && !(p->top_p > 0.0f && p->top_p < 1.0f)) {
+        /* Nothing is cut: walk the distribution in id order, no sort needed. */
+        double r = (double)coin, cum = 0.0;
+        for (int i = 0; i < n; i++) {
+            cum += c[i].p;
+            if (r < cum && c[i].p > 0.0f)
+                return i;
+        }
+        for (int i = n - 1; i > 0; i--) /* rounding left r past the end: the last possible token */
+            if (c[i].p > 0.0f)
+                return i;
+        return 0;
+    }
     qsort(c, (size_t)n, sizeof *c, cmp_cand);
 
     double kept = 0.0;
