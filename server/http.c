@@ -518,6 +518,9 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     size_t n = strlen(msg);
     while (n && msg[n - 1] == '\n')
         msg[--n] = '\0';
+    /* A client that leaves mid-answer is already logged with its request. */
+    if (strstr(msg, "no longer available for sending") || strstr(msg, "Connection reset by peer"))
+        return;
     fprintf(stderr, "attnlm: http: %s\n", msg);
 }
 
