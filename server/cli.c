@@ -14,6 +14,7 @@
 
 #include <cblas.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,6 +171,7 @@ static int generate(const model *m, const options *o)
     float *logits = lp + (T - 1) * (size_t)V; /* log-probabilities sample like logits */
     fwrite(prompt, 1, len, stdout);
     for (long n = 0; n < o->max_tokens; n++) {
+        logits[model_get_config(m)->bos_id] = -INFINITY; /* as the service: BOS is never text */
         int next = sampler_sample(smp, logits, &sp, rng_uniform(&rng));
         putchar(next);
         if (model_step(m, batch, &seq, &next, 1, logits, NULL, err, sizeof err) < 0) {
