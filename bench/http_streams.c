@@ -68,6 +68,11 @@ static void *run(void *arg)
         size_t cap = 1 << 20, len = 0;
         char *buf = malloc(cap);
         ssize_t n;
+        if (!buf) {
+            c->failures++;
+            close(fd);
+            continue;
+        }
         int first = 0;
         while ((n = read(fd, buf + len, cap - len - 1)) > 0) {
             if (!first && count(buf + len, (size_t)n, "data: {\"token\"") > 0) {
@@ -77,8 +82,11 @@ static void *run(void *arg)
             }
             len += (size_t)n;
             if (cap - len < 65536) {
+                char *grown = realloc(buf, cap * 2);
+                if (!grown)
+                    break;
+                buf = grown;
                 cap *= 2;
-                buf = realloc(buf, cap);
             }
         }
         close(fd);

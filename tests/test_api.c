@@ -57,7 +57,9 @@ static char *run_job(api_endpoint ep, const char *body, int *status)
     for (;;) {
         size_t n = api_job_take_output(j, &data, status);
         if (n) {
-            all = realloc(all, total + n + 1);
+            char *grown = realloc(all, total + n + 1);
+            ck_assert_ptr_nonnull(grown);
+            all = grown;
             memcpy(all + total, data, n);
             total += n;
             free(data);
@@ -69,7 +71,9 @@ static char *run_job(api_endpoint ep, const char *body, int *status)
     }
     size_t n = api_job_take_output(j, &data, status);
     ck_assert_uint_eq(n, 0);
-    all = realloc(all, total + 1);
+    char *grown = realloc(all, total + 1);
+    ck_assert_ptr_nonnull(grown);
+    all = grown;
     all[total] = '\0';
     api_worker_free(w);
     api_job_free(j);
