@@ -75,6 +75,72 @@ struct model_batch {
 
 /* ---- small kernels ------------------------------------------------------- */
 
+/* Products of a few rows with a weight matrix: out[M, N] += in[M, K] . w[N, K]^T
+ * for 2 <= M <= SMALL_M.  Each row of w is read once for all M inputs, where a BLAS
+ * product first copies all of w into its packed layout (OpenBLAS 0.3.21 does so
+ * whatever M is: a 2-row product cost more than two matrix-vector products)
+ * and M matrix-vector products read w M times.  A row's result does not depend
+ * on M: each output is 16 lane sums in k order, then the lanes halved down to
+ * one, then the K % 16 tail, so a sequence's numbers are the same in any batch this size. */
+#define SMALL_M 8
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+
+static inline __attribute__((always_inline)) void small_rows(float *out, int ldo, const float *in, int ldi,
+                                                              const float *w, int ldw, const int M, int N, int K)
+{
+    const int K16 = K & ~15;
+    for (int j = 0; j < N; j++) {
+        const float *wj = w + (size_t)j * ldw;
+        v16 acc[SMALL_M];
+#pragma GCC unroll 8
+        for (int r = 0; r < M; r++)
+            acc[r] = (v16){0};
+        for (int k = 0; k < K16; k += 16) {
+            v16 wv;
+            memcpy(&wv, wj + k, sizeof wv);
+#pragma GCC unroll 8
+            for (int r = 0; r < M; r++) {
+                v16 xv;
+                memcpy(&xv, in + (size_t)r * ldi + k, sizeof xv);
+                acc[r] += wv * xv;
+            }
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < M; r++) {
+            /* Halving the lanes keeps the 15 additions of a sum mostly independent. */
+            v8 lo, hi;
+            memcpy(&lo, &acc[r], sizeof lo);
+            memcpy(&hi, (const char *)&acc[r] + sizeof lo, sizeof hi);
+            lo += hi;
+            v4 q0, q1;
+            memcpy(&q0, &lo, sizeof q0);
+            memcpy(&q1, (const char *)&lo + sizeof q0, sizeof q1);
+            q0 += q1;
+            float s = (q0[0] + q0[2]) + (q0[1] + q0[3]);
+            for (int k = K16; k < K; k++)
+                s += wj[k] * in[(size_t)r * ldi + k];
+            out[(size_t)r * ldo + j] += s;
+        }
+    }
+}
+
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+__attribute__((optimize("fp-contract=fast"))) static void gemm_small(float *out, int ldo, const float *in, int ldi,
+                                                                      const float *w, int ldw, int M, int N, int K)
+{
+    switch (M) {
+    case 2: small_rows(out, ldo, in, ldi, w, ldw, 2, N, K); break;
+    case 3: small_rows(out, ldo, in, ldi, w, ldw, 3, N, K); break;
+    case 4: small_rows(out, ldo, in, ldi, w, ldw, 4, N, K); break;
+    case 5: small_rows(out, ldo, in, ldi, w, ldw, 5, N, K); break;
+    case 6: small_rows(out, ldo, in, ldi, w, ldw, 6, N, K); break;
+    case 7: small_rows(out, ldo, in, ldi, w, ldw, 7, N, K); break;
+    default: small_rows(out, ldo, in, ldi, w, ldw, 8, N, K); break;
+    }
+}
+
 /* out[M, N] (+)= in[M, K] . w[N, K]^T + bias[N]; bias may be NULL.
  * With accumulate the product is added to out and bias is ignored. */
 static void linear(float *out, int ldo, const float *in, int ldi, const float *w, int ldw, const float *bias, int M,
@@ -90,6 +156,8 @@ static void linear(float *out, int ldo, const float *in, int ldi, const float *w
     }
     if (M == 1)
         cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, w, ldw, in, 1, 1.0f, out, 1);
+    else if (M <= SMALL_M)
+        gemm_small(out, ldo, in, ldi, w, ldw, M, N, K);
     else
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, in, ldi, w, ldw, 1.0f, out, ldo);
 }
@@ -633,64 +701,30 @@ static void attend_additive(const model *m, float *ctx, float *attn, float *scor
     }
 }
 
-int model_forward(const model *m, const int *tokens, int T, float *logprobs, float *attn, model_seq *seq,
-                  char *err, size_t errlen)
+/* Scratch of forward_tail for sequences of up to T positions. */
+static size_t tail_floats(const model *m, int T)
+{
+    const model_config *c = &m->cfg;
+    size_t P = c->attention == ATTN_ADDITIVE ? 2 * (size_t)c->attn_dim
+             : c->attention == ATTN_MULTIHEAD ? 3 * (size_t)c->hidden
+             : c->attention == ATTN_COSINE ? (size_t)c->hidden : 0;
+    return (size_t)T * P + 3 * (size_t)T * c->hidden + (size_t)ATTN_BLOCK * (ATTN_BLOCK + (size_t)c->window - 1) +
+           (size_t)c->window;
+}
+
+/* Attention, the sequence's ring (for a prefill) and the output layer of one
+ * sequence whose top-layer outputs are hs [T, H]; buf has tail_floats(m, T). */
+static void forward_tail(const model *m, const float *hs, int T, float *logprobs, float *attn, model_seq *seq,
+                         float *buf)
 {
     const model_config *c = &m->cfg;
     const model_weights *w = &m->w;
-    const int V = c->vocab, E = c->embed, H = c->hidden, GH = c->gates * c->hidden, W = c->window,
-              N = c->heads, A = c->attn_dim;
-    if (T < 1) {
-        err_set(err, errlen, "empty token sequence");
-        return -1;
-    }
-    if (check_tokens(m, tokens, T, err, errlen) < 0)
-        return -1;
-    if (seq && (seq->m != m || seq->pos != 0)) {
-        err_set(err, errlen, "prefill needs a fresh sequence of this model");
-        return -1;
-    }
+    const int V = c->vocab, H = c->hidden, W = c->window, N = c->heads, A = c->attn_dim;
     size_t P = c->attention == ATTN_ADDITIVE ? 2 * (size_t)A : c->attention == ATTN_MULTIHEAD ? 3 * (size_t)H
              : c->attention == ATTN_COSINE ? (size_t)H : 0;
-    size_t Tz = (size_t)T;
-    size_t n_x = Tz * (size_t)E, n_h = Tz * (size_t)H, n_gi = Tz * (size_t)GH, n_p = Tz * P,
-           n_s = (size_t)ATTN_BLOCK * (ATTN_BLOCK + (size_t)W - 1);
-    size_t total = n_x + 2 * n_h + n_gi + (size_t)GH + 2 * (size_t)H + n_p + 3 * n_h + n_s + (size_t)W;
-    float *buf = malloc(total * sizeof *buf);
-    if (!buf) {
-        err_set(err, errlen, "out of memory for a %d-token forward pass", T);
-        return -1;
-    }
-    float *x = buf, *hA = x + n_x, *hB = hA + n_h, *gi = hB + n_h, *gh = gi + n_gi, *hst = gh + GH, *cst = hst + H,
-          *proj = cst + H, *ctx = proj + n_p, *ctxh = ctx + n_h, *o = ctxh + n_h, *S = o + n_h, *scores = S + n_s;
-
-    for (int t = 0; t < T; t++)
-        memcpy(x + (size_t)t * E, w->embed + (size_t)tokens[t] * E, (size_t)E * sizeof *x);
-
-    /* Recurrent stack: input projections for all positions, then the recurrence. */
-    const float *in = x;
-    int in_dim = E;
-    float *hout = hA;
-    for (int k = 0; k < c->layers; k++) {
-        const layer_weights *l = &w->layer[k];
-        linear(gi, GH, in, in_dim, l->wih, in_dim, l->bih, T, GH, in_dim, false);
-        memset(hst, 0, (size_t)H * sizeof *hst);
-        memset(cst, 0, (size_t)H * sizeof *cst);
-        for (int t = 0; t < T; t++) {
-            linear(gh, GH, hst, H, l->whh, H, l->bhh, 1, GH, H, false);
-            cell_update(c, gi + (size_t)t * GH, gh, hst, cst);
-            memcpy(hout + (size_t)t * H, hst, (size_t)H * sizeof *hst);
-        }
-        if (seq) {
-            memcpy(seq->h + (size_t)k * H, hst, (size_t)H * sizeof *hst);
-            if (seq->c)
-                memcpy(seq->c + (size_t)k * H, cst, (size_t)H * sizeof *cst);
-        }
-        in = hout;
-        in_dim = H;
-        hout = hout == hA ? hB : hA;
-    }
-    const float *hs = in; /* [T, H] top layer */
+    size_t Tz = (size_t)T, n_h = Tz * (size_t)H;
+    float *proj = buf, *ctx = proj + Tz * P, *ctxh = ctx + n_h, *o = ctxh + n_h, *S = o + n_h,
+          *scores = S + (size_t)ATTN_BLOCK * (ATTN_BLOCK + (size_t)W - 1);
 
     if (attn)
         memset(attn, 0, Tz * (size_t)N * (size_t)W * sizeof *attn);
@@ -742,8 +776,107 @@ int model_forward(const model *m, const int *tokens, int T, float *logprobs, flo
         for (int t = 0; t < T; t++)
             model_log_softmax(logprobs + (size_t)t * V, logprobs + (size_t)t * V, V);
     }
+}
+
+int model_forward_batch(const model *m, int B, const int *const *tokens, const int *lens, float *const *logprobs,
+                        float *const *attn, model_seq *const *seqs, char *err, size_t errlen)
+{
+    const model_config *c = &m->cfg;
+    const model_weights *w = &m->w;
+    const int E = c->embed, H = c->hidden, GH = c->gates * c->hidden;
+    if (B < 1) {
+        err_set(err, errlen, "no sequences to run");
+        return -1;
+    }
+    size_t S = 0;
+    int Tmax = 0;
+    for (int b = 0; b < B; b++) {
+        if (lens[b] < 1) {
+            err_set(err, errlen, "empty token sequence");
+            return -1;
+        }
+        if (check_tokens(m, tokens[b], lens[b], err, errlen) < 0)
+            return -1;
+        if (seqs && seqs[b] && (seqs[b]->m != m || seqs[b]->pos != 0)) {
+            err_set(err, errlen, "prefill needs a fresh sequence of this model");
+            return -1;
+        }
+        S += (size_t)lens[b];
+        Tmax = lens[b] > Tmax ? lens[b] : Tmax;
+    }
+    size_t Bz = (size_t)B;
+    size_t total = S * (size_t)E + 2 * S * (size_t)H + S * (size_t)GH + Bz * ((size_t)GH + 2 * (size_t)H) +
+                   tail_floats(m, Tmax);
+    float *buf = malloc(total * sizeof *buf);
+    /* order: sequences by decreasing length, so the ones still running at a position are a prefix */
+    int *order = malloc(2 * Bz * sizeof *order), *off = order ? order + Bz : NULL;
+    if (!buf || !order) {
+        free(buf);
+        free(order);
+        err_set(err, errlen, "out of memory for a forward pass over %zu tokens", S);
+        return -1;
+    }
+    float *x = buf, *hA = x + S * E, *hB = hA + S * H, *gi = hB + S * H, *gh = gi + S * GH, *hst = gh + Bz * GH,
+          *cst = hst + Bz * H, *tail = cst + Bz * H;
+    for (int b = 0, pos = 0; b < B; b++) {
+        off[b] = pos;
+        pos += lens[b];
+        int r = b;
+        while (r > 0 && lens[order[r - 1]] < lens[b]) {
+            order[r] = order[r - 1];
+            r--;
+        }
+        order[r] = b;
+    }
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < lens[b]; t++)
+            memcpy(x + (size_t)(off[b] + t) * E, w->embed + (size_t)tokens[b][t] * E, (size_t)E * sizeof *x);
+
+    /* Recurrent stack: input projections of every position are one product;
+     * each position's recurrent product covers every sequence still running. */
+    const float *in = x;
+    int in_dim = E;
+    float *hout = hA;
+    for (int k = 0; k < c->layers; k++) {
+        const layer_weights *l = &w->layer[k];
+        linear(gi, GH, in, in_dim, l->wih, in_dim, l->bih, (int)S, GH, in_dim, false);
+        memset(hst, 0, Bz * (size_t)H * sizeof *hst);
+        memset(cst, 0, Bz * (size_t)H * sizeof *cst);
+        int running = B;
+        for (int t = 0; t < Tmax; t++) {
+            while (lens[order[running - 1]] <= t)
+                running--;
+            linear(gh, GH, hst, H, l->whh, H, l->bhh, running, GH, H, false);
+            for (int r = 0; r < running; r++) {
+                size_t p = (size_t)(off[order[r]] + t);
+                cell_update(c, gi + p * GH, gh + (size_t)r * GH, hst + (size_t)r * H, cst + (size_t)r * H);
+                memcpy(hout + p * H, hst + (size_t)r * H, (size_t)H * sizeof *hst);
+            }
+        }
+        for (int r = 0; seqs && r < B; r++) {
+            model_seq *sq = seqs[order[r]];
+            if (!sq)
+                continue;
+            memcpy(sq->h + (size_t)k * H, hst + (size_t)r * H, (size_t)H * sizeof *hst);
+            if (sq->c)
+                memcpy(sq->c + (size_t)k * H, cst + (size_t)r * H, (size_t)H * sizeof *cst);
+        }
+        in = hout;
+        in_dim = H;
+        hout = hout == hA ? hB : hA;
+    }
+    for (int b = 0; b < B; b++)
+        forward_tail(m, in + (size_t)off[b] * H, lens[b], logprobs ? logprobs[b] : NULL, attn ? attn[b] : NULL,
+                     seqs ? seqs[b] : NULL, tail);
+    free(order);
     free(buf);
     return 0;
+}
+
+int model_forward(const model *m, const int *tokens, int T, float *logprobs, float *attn, model_seq *seq,
+                  char *err, size_t errlen)
+{
+    return model_forward_batch(m, 1, &tokens, &T, &logprobs, &attn, &seq, err, errlen);
 }
 
 /* ---- batched incremental decoding ----------------------------------------- */

@@ -68,6 +68,15 @@ void model_meta_at(const model *m, int i, const char **key, const char **value);
 int model_forward(const model *m, const int *tokens, int T, float *logprobs, float *attn, model_seq *seq,
                   char *err, size_t errlen);
 
+/* The forward pass of B sequences at once: sequence b is tokens[b][lens[b]]
+ * and its outputs go to logprobs[b], attn[b] and seqs[b] exactly as with
+ * model_forward (any of the three arrays, or entries, may be NULL).  Each
+ * position's recurrent product covers every sequence still running, so the
+ * recurrent weights are read once per position for all of them.  Results
+ * agree with model_forward to float rounding. */
+int model_forward_batch(const model *m, int B, const int *const *tokens, const int *lens, float *const *logprobs,
+                        float *const *attn, model_seq *const *seqs, char *err, size_t errlen);
+
 /* A sequence at position 0.  NULL on out of memory.  Free with model_seq_free. */
 model_seq *model_seq_new(const model *m);
 void model_seq_free(model_seq *s);

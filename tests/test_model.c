@@ -296,6 +296,87 @@ START_TEST(test_seq_copy_continues_alike)
 }
 END_TEST
 
+
+/* Several sequences in one forward pass give each one's own numbers and state. */
+START_TEST(test_forward_batch_equals_alone)
+{
+    enum { NS = 4 };
+    model *m = load_combo(_i);
+    const model_config *c = model_get_config(m);
+    const int V = c->vocab, NW = c->heads * c->window;
+    const int lens[NS] = {7, 3 * c->window + 2, 1, c->window};
+    int tok[NS][64];
+    const int *tp[NS];
+    float *lp[NS], *at[NS];
+    model_seq *sq[NS];
+    char err[ATTNLM_ERR_LEN];
+    for (int b = 0; b < NS; b++) {
+        ck_assert_int_le(lens[b], 60);
+        fill_tokens(tok[b], lens[b] + 2, 100u + (unsigned)(_i * NS + b));
+        tp[b] = tok[b];
+        lp[b] = malloc((size_t)lens[b] * V * sizeof *lp[b]);
+        at[b] = malloc((size_t)lens[b] * NW * sizeof *at[b]);
+        sq[b] = model_seq_new(m);
+    }
+    ck_assert_int_eq(model_forward_batch(m, NS, tp, lens, lp, at, sq, err, sizeof err), 0);
+    model_batch *bt = model_batch_new(m, 1);
+    float *lp1 = malloc((size_t)64 * V * sizeof *lp1), *at1 = malloc((size_t)64 * NW * sizeof *at1);
+    float la[257], lb[257];
+    for (int b = 0; b < NS; b++) {
+        model_seq *one = model_seq_new(m);
+        ck_assert_int_eq(model_forward(m, tok[b], lens[b], lp1, at1, one, err, sizeof err), 0);
+        double dl = max_diff(lp[b], lp1, (size_t)lens[b] * V), da = max_diff(at[b], at1, (size_t)lens[b] * NW);
+        ck_assert_msg(dl <= 1e-4 && da <= 1e-5, "%s seq %d: logprob diff %g, attention diff %g", COMBOS[_i], b, dl,
+                      da);
+        /* The prefilled states continue alike. */
+        ck_assert_int_eq((int)model_seq_pos(sq[b]), lens[b]);
+        ck_assert_int_eq(model_step(m, bt, &sq[b], &tok[b][lens[b]], 1, la, NULL, err, sizeof err), 0);
+        ck_assert_int_eq(model_step(m, bt, &one, &tok[b][lens[b]], 1, lb, NULL, err, sizeof err), 0);
+        ck_assert_msg(max_diff(la, lb, (size_t)V) <= 1e-4, "%s seq %d: continuation differs", COMBOS[_i], b);
+        model_seq_free(one);
+    }
+    int bad_len[2] = {3, 0};
+    ck_assert_int_eq(model_forward_batch(m, 2, tp, bad_len, NULL, NULL, NULL, err, sizeof err), -1);
+    for (int b = 0; b < NS; b++) {
+        free(lp[b]);
+        free(at[b]);
+        model_seq_free(sq[b]);
+    }
+    free(lp1);
+    free(at1);
+    model_batch_free(bt);
+    model_free(m);
+}
+END_TEST
+
+/* The small-batch product gives a row the same numbers in any batch of 2 to 8. */
+START_TEST(test_step_rows_independent_of_small_batch)
+{
+    model *m = load_combo(_i);
+    const int V = model_get_config(m)->vocab;
+    char err[ATTNLM_ERR_LEN];
+    model_seq *s[8];
+    int tok[8];
+    for (int b = 0; b < 8; b++) {
+        s[b] = model_seq_new(m);
+        tok[b] = 256;
+    }
+    model_batch *bt = model_batch_new(m, 8);
+    float *l2 = malloc((size_t)8 * V * sizeof *l2), *l8 = malloc((size_t)8 * V * sizeof *l8);
+    ck_assert_int_eq(model_step(m, bt, s, tok, 2, l2, NULL, err, sizeof err), 0);
+    for (int b = 0; b < 8; b++)
+        model_seq_reset(s[b]);
+    ck_assert_int_eq(model_step(m, bt, s, tok, 8, l8, NULL, err, sizeof err), 0);
+    ck_assert_mem_eq(l2, l8, (size_t)2 * V * sizeof *l2);
+    free(l2);
+    free(l8);
+    model_batch_free(bt);
+    for (int b = 0; b < 8; b++)
+        model_seq_free(s[b]);
+    model_free(m);
+}
+END_TEST
+
 static Suite *model_suite(void)
 {
     Suite *s = suite_create("model");
@@ -305,6 +386,8 @@ static Suite *model_suite(void)
     tcase_add_loop_test(tc, test_incremental_equals_forward, 0, N_COMBOS);
     tcase_add_loop_test(tc, test_batch_equals_alone, 0, N_COMBOS);
     tcase_add_loop_test(tc, test_seq_copy_continues_alike, 0, N_COMBOS);
+    tcase_add_loop_test(tc, test_forward_batch_equals_alone, 0, N_COMBOS);
+    tcase_add_loop_test(tc, test_step_rows_independent_of_small_batch, 0, N_COMBOS);
     tcase_add_test(tc, test_bad_calls_are_refused);
     tcase_add_test(tc, test_config_from_metadata);
     tcase_add_loop_test(tc, test_threads_share_model, 0, 2);
