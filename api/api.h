@@ -133,6 +133,10 @@ bool api_job_done(const api_job *j);
  * first tokens.  Afterwards the job is done or has sequences to step. */
 void api_job_start(api_job *j, api_worker *w);
 
+/* api_job_start for n jobs taken together: score requests among them share
+ * one batched forward pass. */
+void api_job_start_many(api_job **jobs, int n, api_worker *w);
+
 /* Advances every sequence of the unfinished jobs[n] by one token in one batch.
  * Returns the batch size. */
 int api_step(api_worker *w, api_job *const *jobs, int n);

@@ -139,6 +139,8 @@ void job_finish_error(api_job *j, const api_error *e);
 /* score.c */
 int score_parse(api_job *j, const cJSON *o, api_error *e);
 void score_run(api_job *j, api_worker *w);
+/* Runs n score jobs through one batched forward pass. */
+void score_run_many(api_job **jobs, int n, api_worker *w);
 int attention_parse(api_job *j, const cJSON *o, api_error *e);
 void attention_run(api_job *j, api_worker *w);
 /* generate.c */

@@ -74,6 +74,23 @@ void api_job_start(api_job *j, api_worker *w)
     }
 }
 
+void api_job_start_many(api_job **jobs, int n, api_worker *w)
+{
+    api_job **scores = malloc((size_t)n * sizeof *scores);
+    int ns = 0;
+    for (int i = 0; i < n; i++) {
+        if (scores && jobs[i]->kind == JOB_SCORE)
+            scores[ns++] = jobs[i];
+        else
+            api_job_start(jobs[i], w);
+    }
+    if (ns) {
+        metrics_forward_batch(scores[0]->ctx->metrics, ns);
+        score_run_many(scores, ns, w);
+    }
+    free(scores);
+}
+
 void api_job_fail(api_job *j, const api_error *e)
 {
     if (j->done)

@@ -52,6 +52,17 @@ void metrics_batch(api_metrics *m, int batch_size)
     atomic_fetch_add_explicit(&m->batch_sum, (unsigned long)batch_size, memory_order_relaxed);
 }
 
+void metrics_forward_batch(api_metrics *m, int batch_size)
+{
+    for (int b = 0; b < METRICS_BATCH_BUCKETS; b++)
+        if (batch_size <= BATCH_BOUNDS[b]) {
+            atomic_fetch_add_explicit(&m->fwd_bucket[b], 1, memory_order_relaxed);
+            break;
+        }
+    atomic_fetch_add_explicit(&m->fwd_count, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&m->fwd_sum, (unsigned long)batch_size, memory_order_relaxed);
+}
+
 /* A growable text buffer; on out of memory it stops growing and remembers. */
 typedef struct text {
     char *p;
@@ -154,6 +165,18 @@ char *metrics_render(const api_metrics *mc, const char *const *route_names, size
     }
     put(&t, "attnlm_batch_size_bucket{le=\"+Inf\"} %lu\nattnlm_batch_size_sum %lu\nattnlm_batch_size_count %lu\n",
         LOAD(m->batch_count), LOAD(m->batch_sum), LOAD(m->batch_count));
+
+    put(&t, "# HELP attnlm_forward_batch_size Scoring requests sharing one full forward pass.\n"
+            "# TYPE attnlm_forward_batch_size histogram\n");
+    cum = 0;
+    for (int b = 0; b < METRICS_BATCH_BUCKETS; b++) {
+        cum += LOAD(m->fwd_bucket[b]);
+        put(&t, "attnlm_forward_batch_size_bucket{le=\"%d\"} %lu\n", BATCH_BOUNDS[b], cum);
+    }
+    put(&t,
+        "attnlm_forward_batch_size_bucket{le=\"+Inf\"} %lu\nattnlm_forward_batch_size_sum %lu\n"
+        "attnlm_forward_batch_size_count %lu\n",
+        LOAD(m->fwd_count), LOAD(m->fwd_sum), LOAD(m->fwd_count));
 
     put(&t,
         "# HELP attnlm_rejected_total Requests refused because the queue was full or the server draining.\n"

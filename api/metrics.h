@@ -26,6 +26,9 @@ typedef struct api_metrics {
     atomic_ulong batch_bucket[METRICS_BATCH_BUCKETS];
     atomic_ulong batch_count;
     atomic_ulong batch_sum;
+    atomic_ulong fwd_bucket[METRICS_BATCH_BUCKETS];
+    atomic_ulong fwd_count;
+    atomic_ulong fwd_sum;
     atomic_ulong rejected_queue_full;
     atomic_ulong cancelled;  /* generations stopped by a client that went away */
     atomic_ulong timeouts;
@@ -40,6 +43,8 @@ typedef struct api_metrics {
 /* route is an index from api_endpoint (or METRICS_ROUTES-1 for unknown paths). */
 void metrics_request(api_metrics *m, int route, int status, double seconds);
 void metrics_batch(api_metrics *m, int batch_size);
+/* A full forward pass shared by this many scoring requests. */
+void metrics_forward_batch(api_metrics *m, int batch_size);
 /* Writes the exposition text into a buffer the caller frees; NULL on out of memory. */
 char *metrics_render(const api_metrics *m, const char *const *route_names, size_t *len);
 

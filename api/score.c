@@ -161,21 +161,12 @@ static void finish_json(api_job *j, cJSON *root)
     j->done = true;
 }
 
-void score_run(api_job *j, api_worker *w)
+/* The answer of score job j from its forward pass: lp [T, V] and, with
+ * candidates, the state after the input in seq.  Frees lp and seq. */
+static void score_answer(api_job *j, api_worker *w, float *lp, model_seq *seq)
 {
     const api_ctx *ctx = j->ctx;
     const int V = model_get_config(ctx->m)->vocab, T = j->n_ids;
-    float *lp = malloc((size_t)T * V * sizeof *lp);
-    model_seq *seq = j->n_cands ? model_seq_new(ctx->m) : NULL;
-    char err[ATTNLM_ERR_LEN];
-    if (!lp || (j->n_cands && !seq)) {
-        fail_internal(j, "out of memory");
-        goto done;
-    }
-    if (model_forward(ctx->m, j->ids, T, lp, NULL, seq, err, sizeof err) < 0) {
-        fail_internal(j, err);
-        goto done;
-    }
     cJSON *root = cJSON_CreateObject(), *toks = cJSON_AddArrayToObject(root, "tokens");
     double sum = 0.0;
     for (int t = 1; t < T; t++) {
@@ -208,6 +199,43 @@ done:
     model_seq_free(seq);
     free(lp);
 }
+
+void score_run_many(api_job **jobs, int n, api_worker *w)
+{
+    const model *m = w->m;
+    const int V = model_get_config(m)->vocab;
+    const int **tokens = calloc((size_t)n, sizeof *tokens);
+    int *lens = calloc((size_t)n, sizeof *lens);
+    float **lp = calloc((size_t)n, sizeof *lp);
+    model_seq **seqs = calloc((size_t)n, sizeof *seqs);
+    bool ok = tokens && lens && lp && seqs;
+    for (int i = 0; ok && i < n; i++) {
+        tokens[i] = jobs[i]->ids;
+        lens[i] = jobs[i]->n_ids;
+        lp[i] = malloc((size_t)lens[i] * V * sizeof **lp);
+        seqs[i] = jobs[i]->n_cands ? model_seq_new(m) : NULL;
+        ok = lp[i] && (!jobs[i]->n_cands || seqs[i]);
+    }
+    char err[ATTNLM_ERR_LEN] = "out of memory";
+    if (ok && model_forward_batch(m, n, tokens, lens, lp, NULL, seqs, err, sizeof err) == 0) {
+        for (int i = 0; i < n; i++)
+            score_answer(jobs[i], w, lp[i], seqs[i]);
+    } else {
+        for (int i = 0; i < n; i++) {
+            fail_internal(jobs[i], err);
+            if (lp)
+                free(lp[i]);
+            if (seqs)
+                model_seq_free(seqs[i]);
+        }
+    }
+    free(tokens);
+    free(lens);
+    free(lp);
+    free(seqs);
+}
+
+void score_run(api_job *j, api_worker *w) { score_run_many(&j, 1, w); }
 
 int attention_parse(api_job *j, const cJSON *o, api_error *e)
 {

@@ -30,6 +30,7 @@ typedef struct worker {
     pool_task **active; /* [max_batch + API_MAX_CHOICES] tasks being decoded */
     api_job **jobs;     /* the same tasks' jobs, for api_step */
     pool_task **taken;  /* tasks just taken from the queue */
+    api_job **starting; /* their jobs */
     int n_active;
 } worker;
 
@@ -158,12 +159,18 @@ static void *worker_main(void *arg)
         int n_taken = take(w, taken, cap - w->n_active);
         pthread_mutex_unlock(&p->lock);
 
+        /* Start what was taken together: scoring requests share one forward pass. */
         int64_t now = pool_now_ns();
-        for (int i = 0; i < n_taken; i++) {
+        int n_start = 0;
+        for (int i = 0; i < n_taken; i++)
+            if (!check_leave(w, taken[i], now)) {
+                taken[n_start] = taken[i];
+                w->starting[n_start++] = taken[i]->job;
+            }
+        if (n_start)
+            api_job_start_many(w->starting, n_start, w->aw);
+        for (int i = 0; i < n_start; i++) {
             pool_task *t = taken[i];
-            if (check_leave(w, t, now))
-                continue;
-            api_job_start(t->job, w->aw);
             deliver(t);
             if (api_job_done(t->job)) {
                 finish(w, t, false);
@@ -232,7 +239,8 @@ pool *pool_new(const api_ctx *ctx, int workers, int queue, int max_batch, char *
         w->active = malloc((size_t)cap * sizeof *w->active);
         w->jobs = malloc((size_t)cap * sizeof *w->jobs);
         w->taken = malloc((size_t)cap * sizeof *w->taken);
-        if (!w->aw || !w->active || !w->jobs || !w->taken) {
+        w->starting = malloc((size_t)cap * sizeof *w->starting);
+        if (!w->aw || !w->active || !w->jobs || !w->taken || !w->starting) {
             err_set(err, errlen, "out of memory for worker %d", i);
             pool_free(p);
             return NULL;
@@ -263,6 +271,7 @@ void pool_free(pool *p)
         free(w->active);
         free(w->jobs);
         free(w->taken);
+        free(w->starting);
     }
     pthread_cond_destroy(&p->wake);
     pthread_mutex_destroy(&p->lock);
