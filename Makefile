@@ -24,13 +24,15 @@ OPT := -O2 -g
 endif
 
 # Recursive (=) so pkg-config runs after `make deps` has installed the libraries.
-CFLAGS_ALL = -std=c11 $(OPT) -pthread -Wall -Wextra -MMD -MP -Imodel -Iapi -Iserver \
+# -Wno-psabi: model/kernels.h passes 64-byte vectors only to always-inlined
+# helpers, so GCC's note about their calling convention never applies.
+CFLAGS_ALL = -std=c11 $(OPT) -pthread -Wall -Wextra -Wno-psabi -MMD -MP -Imodel -Iapi -Iserver \
 	$(shell pkg-config --cflags openblas libcjson) $(CFLAGS)
 LIBS_BLAS = $(shell pkg-config --libs openblas) -lm
 LIBS_HTTP = $(shell pkg-config --libs libmicrohttpd libcjson)
 LIBS_CHECK = $(shell pkg-config --libs check)
 
-MODEL_SRC := model/err.c model/safetensors.c model/model.c model/sampler.c model/tokenizer.c model/sha256.c
+MODEL_SRC := model/err.c model/safetensors.c model/kernels.c model/model.c model/sampler.c model/tokenizer.c model/sha256.c
 MODEL_OBJ := $(MODEL_SRC:%.c=$(BUILD)/%.o)
 MODEL_LIB := $(BUILD)/libattnlm_model.a
 
@@ -41,7 +43,7 @@ API_LIB := $(BUILD)/libattnlm_api.a
 SERVER_SRC := server/config.c server/pool.c server/http.c
 SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
 
-TEST_NAMES := test_safetensors test_model test_sampler test_tokenizer test_sha256
+TEST_NAMES := test_safetensors test_model test_sampler test_tokenizer test_sha256 test_kernels
 API_TEST_NAMES := test_api test_server
 TESTS := $(TEST_NAMES:%=$(BUILD)/tests/%) $(API_TEST_NAMES:%=$(BUILD)/tests/%)
 

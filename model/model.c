@@ -9,6 +9,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "model.h"
 
+#include "kernels.h"
 #include "safetensors.h"
 
 #include <cblas.h>
@@ -75,72 +76,6 @@ struct model_batch {
 
 /* ---- small kernels ------------------------------------------------------- */
 
-/* Products of a few rows with a weight matrix: out[M, N] += in[M, K] . w[N, K]^T
- * for 2 <= M <= SMALL_M.  Each row of w is read once for all M inputs, where a BLAS
- * product first copies all of w into its packed layout (OpenBLAS 0.3.21 does so
- * whatever M is: a 2-row product cost more than two matrix-vector products)
- * and M matrix-vector products read w M times.  A row's result does not depend
- * on M: each output is 16 lane sums in k order, then the lanes halved down to
- * one, then the K % 16 tail, so a sequence's numbers are the same in any batch this size. */
-#define SMALL_M 8
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v4 __attribute__((vector_size(16)));
-
-static inline __attribute__((always_inline)) void small_rows(float *out, int ldo, const float *in, int ldi,
-                                                              const float *w, int ldw, const int M, int N, int K)
-{
-    const int K16 = K & ~15;
-    for (int j = 0; j < N; j++) {
-        const float *wj = w + (size_t)j * ldw;
-        v16 acc[SMALL_M];
-#pragma GCC unroll 8
-        for (int r = 0; r < M; r++)
-            acc[r] = (v16){0};
-        for (int k = 0; k < K16; k += 16) {
-            v16 wv;
-            memcpy(&wv, wj + k, sizeof wv);
-#pragma GCC unroll 8
-            for (int r = 0; r < M; r++) {
-                v16 xv;
-                memcpy(&xv, in + (size_t)r * ldi + k, sizeof xv);
-                acc[r] += wv * xv;
-            }
-        }
-#pragma GCC unroll 8
-        for (int r = 0; r < M; r++) {
-            /* Halving the lanes keeps the 15 additions of a sum mostly independent. */
-            v8 lo, hi;
-            memcpy(&lo, &acc[r], sizeof lo);
-            memcpy(&hi, (const char *)&acc[r] + sizeof lo, sizeof hi);
-            lo += hi;
-            v4 q0, q1;
-            memcpy(&q0, &lo, sizeof q0);
-            memcpy(&q1, (const char *)&lo + sizeof q0, sizeof q1);
-            q0 += q1;
-            float s = (q0[0] + q0[2]) + (q0[1] + q0[3]);
-            for (int k = K16; k < K; k++)
-                s += wj[k] * in[(size_t)r * ldi + k];
-            out[(size_t)r * ldo + j] += s;
-        }
-    }
-}
-
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-__attribute__((optimize("fp-contract=fast"))) static void gemm_small(float *out, int ldo, const float *in, int ldi,
-                                                                      const float *w, int ldw, int M, int N, int K)
-{
-    switch (M) {
-    case 2: small_rows(out, ldo, in, ldi, w, ldw, 2, N, K); break;
-    case 3: small_rows(out, ldo, in, ldi, w, ldw, 3, N, K); break;
-    case 4: small_rows(out, ldo, in, ldi, w, ldw, 4, N, K); break;
-    case 5: small_rows(out, ldo, in, ldi, w, ldw, 5, N, K); break;
-    case 6: small_rows(out, ldo, in, ldi, w, ldw, 6, N, K); break;
-    case 7: small_rows(out, ldo, in, ldi, w, ldw, 7, N, K); break;
-    default: small_rows(out, ldo, in, ldi, w, ldw, 8, N, K); break;
-    }
-}
-
 /* out[M, N] (+)= in[M, K] . w[N, K]^T + bias[N]; bias may be NULL.
  * With accumulate the product is added to out and bias is ignored. */
 static void linear(float *out, int ldo, const float *in, int ldi, const float *w, int ldw, const float *bias, int M,
@@ -156,54 +91,36 @@ static void linear(float *out, int ldo, const float *in, int ldi, const float *w
     }
     if (M == 1)
         cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, w, ldw, in, 1, 1.0f, out, 1);
-    else if (M <= SMALL_M)
-        gemm_small(out, ldo, in, ldi, w, ldw, M, N, K);
+    else if (M <= KERN_SMALL_M)
+        kern_gemm_small(out, ldo, in, ldi, w, ldw, M, N, K);
     else
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, in, ldi, w, ldw, 1.0f, out, ldo);
 }
 
-/* exp for the activations: Cody-Waite reduction to |r| <= ln2/2 and a degree-6
- * polynomial (relative error about 2e-7), inlined.  libm's expf and tanhf (via
- * expm1f) cost a call each and were a fifth of scoring time.  Inputs are
- * clamped to [-87, 88], whose results are normal floats; NaN (only reachable
- * from overflowing weights) is clamped too, so the int conversion is defined. */
-static inline float fast_expf(float x)
+
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+__attribute__((optimize("fp-contract=fast"))) static void cell_update(const model_config *cfg, const float *gi,
+                                                                       const float *gh, float *h, float *c)
 {
-    x = !(x > -87.0f) ? -87.0f : x > 88.0f ? 88.0f : x;
-    /* k = round(x / ln2): truncating a positive number is floor, hence the +127. */
-    int k = (int)(x * 1.44269504f + 127.5f) - 127;
-    float r = x - (float)k * 0.693359375f + (float)k * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    union {
-        uint32_t u;
-        float f;
-    } scale = {.u = (uint32_t)(k + 127) << 23};
-    return p * scale.f;
-}
-
-static inline float sigmoidf(float x) { return 1.0f / (1.0f + fast_expf(-x)); }
-
-/* Absolute error about 1e-7; exact +-1 in the tails. */
-static inline float fast_tanhf(float x) { return 1.0f - 2.0f / (fast_expf(2.0f * x) + 1.0f); }
-
-/* One cell update for one row.  gi, gh: [G*H] projections including biases;
- * h [H] and c [H] (lstm) are read and overwritten. */
-static void cell_update(const model_config *cfg, const float *gi, const float *gh, float *h, float *c)
-{
-    const int H = cfg->hidden;
+    const int H = cfg->hidden, H16 = H & ~15;
     switch (cfg->cell) {
     case CELL_ELMAN:
-        for (int j = 0; j < H; j++)
+        for (int j = 0; j < H16; j += 16) {
+            v16 v = v16_tanh(v16_load(gi + j) + v16_load(gh + j));
+            memcpy(h + j, &v, sizeof v);
+        }
+        for (int j = H16; j < H; j++)
             h[j] = fast_tanhf(gi[j] + gh[j]);
         break;
     case CELL_GRU:
-        for (int j = 0; j < H; j++) {
+        for (int j = 0; j < H16; j += 16) {
+            v16 r = v16_sigmoid(v16_load(gi + j) + v16_load(gh + j));
+            v16 z = v16_sigmoid(v16_load(gi + H + j) + v16_load(gh + H + j));
+            v16 n = v16_tanh(v16_load(gi + 2 * H + j) + r * v16_load(gh + 2 * H + j));
+            v16 v = (1.0f - z) * n + z * v16_load(h + j);
+            memcpy(h + j, &v, sizeof v);
+        }
+        for (int j = H16; j < H; j++) {
             float r = sigmoidf(gi[j] + gh[j]);
             float z = sigmoidf(gi[H + j] + gh[H + j]);
             float n = fast_tanhf(gi[2 * H + j] + r * gh[2 * H + j]);
@@ -211,7 +128,17 @@ static void cell_update(const model_config *cfg, const float *gi, const float *g
         }
         break;
     case CELL_LSTM:
-        for (int j = 0; j < H; j++) {
+        for (int j = 0; j < H16; j += 16) {
+            v16 i = v16_sigmoid(v16_load(gi + j) + v16_load(gh + j));
+            v16 f = v16_sigmoid(v16_load(gi + H + j) + v16_load(gh + H + j));
+            v16 g = v16_tanh(v16_load(gi + 2 * H + j) + v16_load(gh + 2 * H + j));
+            v16 o = v16_sigmoid(v16_load(gi + 3 * H + j) + v16_load(gh + 3 * H + j));
+            v16 cv = f * v16_load(c + j) + i * g;
+            v16 hv = o * v16_tanh(cv);
+            memcpy(c + j, &cv, sizeof cv);
+            memcpy(h + j, &hv, sizeof hv);
+        }
+        for (int j = H16; j < H; j++) {
             float i = sigmoidf(gi[j] + gh[j]);
             float f = sigmoidf(gi[H + j] + gh[H + j]);
             float g = fast_tanhf(gi[2 * H + j] + gh[2 * H + j]);

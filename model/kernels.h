@@ -1,0 +1,92 @@
+/* kernels.h -- the engine's innermost loops: activations and a product for a
+ * few rows, written for 16-wide vectors (AVX-512 or AVX2 where the CPU has
+ * them, chosen at load time; plain SSE2 otherwise).
+ *
+ * Everything here is a pure function of its arguments.  The activations are
+ * inline so each caller's vector code keeps them in registers.
+ */
+#ifndef ATTNLM_KERNELS_H
+#define ATTNLM_KERNELS_H
+
+#include <stdint.h>
+#include <string.h>
+
+/* Vectors of 16 floats or ints; GCC splits them to what the target has. */
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+
+/* exp for the activations: Cody-Waite reduction to |r| <= ln2/2 and a degree-6
+ * polynomial (relative error about 2e-7), inlined.  libm's expf and tanhf (via
+ * expm1f) cost a call each and were a fifth of scoring time.  Inputs are
+ * clamped to [-87, 88], whose results are normal floats; NaN (only reachable
+ * from overflowing weights) is clamped too, so the int conversion is defined. */
+static inline float fast_expf(float x)
+{
+    x = !(x > -87.0f) ? -87.0f : x > 88.0f ? 88.0f : x;
+    /* k = round(x / ln2): truncating a positive number is floor, hence the +127. */
+    int k = (int)(x * 1.44269504f + 127.5f) - 127;
+    float r = x - (float)k * 0.693359375f + (float)k * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union {
+        uint32_t u;
+        float f;
+    } scale = {.u = (uint32_t)(k + 127) << 23};
+    return p * scale.f;
+}
+
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + fast_expf(-x)); }
+
+/* Absolute error about 1e-7; exact +-1 in the tails. */
+static inline float fast_tanhf(float x) { return 1.0f - 2.0f / (fast_expf(2.0f * x) + 1.0f); }
+
+/* One cell update for one row.  gi, gh: [G*H] projections including biases;
+ * h [H] and c [H] (lstm) are read and overwritten. */
+/* fast_expf's steps on whole vectors: GCC does not vectorize loops over the
+ * scalar version itself (their trip count is only known at run time, and -O2
+ * will not add the remainder loop that needs). */
+typedef int32_t v16i __attribute__((vector_size(64)));
+
+static inline __attribute__((always_inline)) v16 v16_splat(float x) { return (v16){0} + x; }
+
+static inline __attribute__((always_inline)) v16 v16_exp(v16 x)
+{
+    v16i keep = x > -87.0f; /* false for NaN too, as in fast_expf */
+    x = (v16)(((v16i)x & keep) | ((v16i)v16_splat(-87.0f) & ~keep));
+    v16i big = x > 88.0f;
+    x = (v16)(((v16i)v16_splat(88.0f) & big) | ((v16i)x & ~big));
+    v16i k = __builtin_convertvector(x * 1.44269504f + 127.5f, v16i) - 127;
+    v16 kf = __builtin_convertvector(k, v16);
+    v16 r = x - kf * 0.693359375f + kf * 2.12194440e-4f;
+    v16 p = v16_splat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    return p * (v16)((k + 127) << 23);
+}
+
+static inline __attribute__((always_inline)) v16 v16_sigmoid(v16 x) { return 1.0f / (1.0f + v16_exp(-x)); }
+static inline __attribute__((always_inline)) v16 v16_tanh(v16 x) { return 1.0f - 2.0f / (v16_exp(2.0f * x) + 1.0f); }
+
+static inline __attribute__((always_inline)) v16 v16_load(const float *p)
+{
+    v16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* out[M, N] += in[M, K] . w[N, K]^T for 2 <= M <= KERN_SMALL_M; rows of in, w
+ * and out are ldi, ldw and ldo floats apart.  See kernels.c. */
+#define KERN_SMALL_M 8
+void kern_gemm_small(float *out, int ldo, const float *in, int ldi, const float *w, int ldw, int M, int N, int K);
+
+#endif
