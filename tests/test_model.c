@@ -19,6 +19,8 @@ static const char *const COMBOS[] = {
     "elman_additive", "elman_dot", "elman_cosine", "elman_multihead",
     "gru_additive",   "gru_dot",   "gru_cosine",   "gru_multihead",
     "lstm_additive",  "lstm_dot",  "lstm_cosine",  "lstm_multihead",
+    /* hidden 40, embedding 24: the 16-wide vector paths and their remainders */
+    "wide_gru_multihead", "wide_lstm_cosine", "wide_elman_additive",
 };
 #define N_COMBOS ((int)(sizeof COMBOS / sizeof *COMBOS))
 

@@ -6,6 +6,8 @@ For every cell x attention combination: a small random model
 (<name>.expected.safetensors: "tokens" [T], "logprobs" [T, V] and the dense
 attention maps "attention" [N, T, T]).  The window is shorter than the text,
 there are 2 layers and multihead has 3 heads, so every code path is exercised.
+Three "wide" models (hidden 40, embedding 24) also take the engine's 16-wide
+vector paths together with their remainders.
 
 usage: make_fixtures.py OUT_DIR
 """
@@ -21,15 +23,18 @@ from attnlm import ATTENTIONS, CELLS, AttnLM, Config, band_to_dense, encode, sav
 TEXT = "Call me Ishmael. Whale \u2014 \u00bd fathom!"
 
 
-def build(cell, attention, seed):
+def build(cell, attention, seed, embed_dim=8, hidden=12, attn_dim=7, heads=3):
+    # Weights of N(0, 0.6) at hidden 12; wider models get the same pre-activation
+    # scale, so they are as far from chaotic as the narrow ones.
+    std = 0.6 * (12 / hidden) ** 0.5
     torch.manual_seed(seed)
-    cfg = Config(cell=cell, attention=attention, embed_dim=8, hidden=12, layers=2, window=5,
-                 attn_dim=7, heads=3)
+    cfg = Config(cell=cell, attention=attention, embed_dim=embed_dim, hidden=hidden, layers=2, window=5,
+                 attn_dim=attn_dim, heads=heads)
     model = AttnLM(cfg)
     with torch.no_grad():
         # Larger than default init, so attention is far from uniform and gates saturate sometimes.
         for name, p in model.named_parameters():
-            p.normal_(0.0, 0.6)
+            p.normal_(0.0, std)
         if attention == "cosine":
             model.attn.scale.fill_(4.0)
     model.eval()
@@ -42,8 +47,12 @@ def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
     tokens = torch.tensor([encode(TEXT)])
-    for n, (cell, attention) in enumerate((c, a) for c in CELLS for a in ATTENTIONS):
-        model = build(cell, attention, seed=100 + n)
+    combos = [(c, a, f"{c}_{a}", {}) for c in CELLS for a in ATTENTIONS]
+    wide = dict(embed_dim=24, hidden=40, attn_dim=20, heads=4)
+    combos += [("gru", "multihead", "wide_gru_multihead", wide), ("lstm", "cosine", "wide_lstm_cosine", wide),
+               ("elman", "additive", "wide_elman_additive", wide)]
+    for n, (cell, attention, name, sizes) in enumerate(combos):
+        model = build(cell, attention, seed=100 + n, **sizes)
         # The reference is computed in float64 so that it is exact to well below
         # the tolerance; the file stores the float32 weights it was computed from.
         ref = copy.deepcopy(model).double()
@@ -51,7 +60,6 @@ def main():
             logits, band = ref(tokens, need_weights=True)
             logprobs = torch.log_softmax(logits, -1)[0].float()
             dense = band_to_dense(band)[0].float()
-        name = f"{cell}_{attention}"
         md = model.cfg.metadata()
         md["name"] = f"fixture {name}"
         save_safetensors(os.path.join(out, name + ".safetensors"), model.state_dict(), md)
