@@ -31,11 +31,14 @@ url="http://127.0.0.1:$port"
 batch() {  # prints "count sum" of attnlm_batch_size
   curl -s "$url/metrics" | awk '/^attnlm_batch_size_count/ {c=$2} /^attnlm_batch_size_sum/ {s=$2} END {print c+0, s+0}'
 }
+fwd() {  # prints "count sum" of attnlm_forward_batch_size
+  curl -s "$url/metrics" | awk '/^attnlm_forward_batch_size_count/ {c=$2} /^attnlm_forward_batch_size_sum/ {s=$2} END {print c+0, s+0}'
+}
 declare -A summary
 
 echo; echo "== /v1/score, 230-byte text, wrk ${dur}s"
 for c in 1 8 64; do
-  read -r c0 s0 < <(batch)
+  read -r f0 g0 < <(fwd)
   out="$(wrk -t1 -c"$c" -d"${dur}s" --latency -s bench/score.lua "$url/v1/score")"
   rps="$(awk '/^Requests\/sec/ {print $2}' <<<"$out")"
   p50="$(awk '$1=="50%" {print $2}' <<<"$out")"
@@ -43,10 +46,11 @@ for c in 1 8 64; do
   p99="$(awk '$1=="99%" {print $2}' <<<"$out")"
   bad="$(awk '/Non-2xx/ {print $NF}' <<<"$out")"
   total="$(awk '/requests in/ {print $1}' <<<"$out")"
-  read -r c1 s1 < <(batch)
-  printf 'c=%-3s %8s req/s  p50 %-9s p90 %-9s p99 %-9s requests %s, non-2xx %s\n' "$c" "$rps" "$p50" "$p90" "$p99" \
-    "$total" "${bad:-0}"
-  summary["score$c"]="$rps req/s, p50 $p50, p99 $p99, non-2xx ${bad:-0}"
+  read -r f1 g1 < <(fwd)
+  share="$(awk -v n="$((f1 - f0))" -v r="$((g1 - g0))" 'BEGIN {printf "%.1f", n ? r / n : 0}')"
+  printf 'c=%-3s %8s req/s  p50 %-9s p90 %-9s p99 %-9s requests %s, non-2xx %s, requests per forward pass %s\n' \
+    "$c" "$rps" "$p50" "$p90" "$p99" "$total" "${bad:-0}" "$share"
+  summary["score$c"]="$rps req/s, p50 $p50, p99 $p99, non-2xx ${bad:-0}, $share per pass"
 done
 
 echo; echo "== streaming generation, 256 tokens per stream"
