@@ -41,26 +41,26 @@ void metrics_request(api_metrics *m, int route, int status, double seconds)
     atomic_fetch_add_explicit(&m->dur_sum_us[route], (unsigned long)(seconds * 1e6 + 0.5), memory_order_relaxed);
 }
 
-void metrics_batch(api_metrics *m, int batch_size)
+/* Counts value in the first bucket whose bound holds it, plus count and sum. */
+static void observe_size(atomic_ulong *bucket, atomic_ulong *count, atomic_ulong *sum, int value)
 {
     for (int b = 0; b < METRICS_BATCH_BUCKETS; b++)
-        if (batch_size <= BATCH_BOUNDS[b]) {
-            atomic_fetch_add_explicit(&m->batch_bucket[b], 1, memory_order_relaxed);
+        if (value <= BATCH_BOUNDS[b]) {
+            atomic_fetch_add_explicit(&bucket[b], 1, memory_order_relaxed);
             break;
         }
-    atomic_fetch_add_explicit(&m->batch_count, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&m->batch_sum, (unsigned long)batch_size, memory_order_relaxed);
+    atomic_fetch_add_explicit(count, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(sum, (unsigned long)value, memory_order_relaxed);
+}
+
+void metrics_batch(api_metrics *m, int batch_size)
+{
+    observe_size(m->batch_bucket, &m->batch_count, &m->batch_sum, batch_size);
 }
 
 void metrics_forward_batch(api_metrics *m, int batch_size)
 {
-    for (int b = 0; b < METRICS_BATCH_BUCKETS; b++)
-        if (batch_size <= BATCH_BOUNDS[b]) {
-            atomic_fetch_add_explicit(&m->fwd_bucket[b], 1, memory_order_relaxed);
-            break;
-        }
-    atomic_fetch_add_explicit(&m->fwd_count, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&m->fwd_sum, (unsigned long)batch_size, memory_order_relaxed);
+    observe_size(m->fwd_bucket, &m->fwd_count, &m->fwd_sum, batch_size);
 }
 
 /* A growable text buffer; on out of memory it stops growing and remembers. */
@@ -100,6 +100,19 @@ static void put(text *t, const char *fmt, ...)
 }
 
 #define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
+
+/* A histogram of sizes in the exposition format. */
+static void put_sizes(text *t, const char *name, const char *help, atomic_ulong *bucket, unsigned long count,
+                      unsigned long sum)
+{
+    put(t, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    unsigned long cum = 0;
+    for (int b = 0; b < METRICS_BATCH_BUCKETS; b++) {
+        cum += LOAD(bucket[b]);
+        put(t, "%s_bucket{le=\"%d\"} %lu\n", name, BATCH_BOUNDS[b], cum);
+    }
+    put(t, "%s_bucket{le=\"+Inf\"} %lu\n%s_sum %lu\n%s_count %lu\n", name, count, name, sum, name, count);
+}
 
 char *metrics_render(const api_metrics *mc, const char *const *route_names, size_t *len)
 {
@@ -156,27 +169,10 @@ char *metrics_render(const api_metrics *mc, const char *const *route_names, size
         "# TYPE attnlm_requests_in_flight gauge\nattnlm_requests_in_flight %ld\n",
         LOAD(m->queue_depth), LOAD(m->active_sequences), LOAD(m->in_flight));
 
-    put(&t, "# HELP attnlm_batch_size Sequences advanced together by one decoding step.\n"
-            "# TYPE attnlm_batch_size histogram\n");
-    unsigned long cum = 0;
-    for (int b = 0; b < METRICS_BATCH_BUCKETS; b++) {
-        cum += LOAD(m->batch_bucket[b]);
-        put(&t, "attnlm_batch_size_bucket{le=\"%d\"} %lu\n", BATCH_BOUNDS[b], cum);
-    }
-    put(&t, "attnlm_batch_size_bucket{le=\"+Inf\"} %lu\nattnlm_batch_size_sum %lu\nattnlm_batch_size_count %lu\n",
-        LOAD(m->batch_count), LOAD(m->batch_sum), LOAD(m->batch_count));
-
-    put(&t, "# HELP attnlm_forward_batch_size Scoring requests sharing one full forward pass.\n"
-            "# TYPE attnlm_forward_batch_size histogram\n");
-    cum = 0;
-    for (int b = 0; b < METRICS_BATCH_BUCKETS; b++) {
-        cum += LOAD(m->fwd_bucket[b]);
-        put(&t, "attnlm_forward_batch_size_bucket{le=\"%d\"} %lu\n", BATCH_BOUNDS[b], cum);
-    }
-    put(&t,
-        "attnlm_forward_batch_size_bucket{le=\"+Inf\"} %lu\nattnlm_forward_batch_size_sum %lu\n"
-        "attnlm_forward_batch_size_count %lu\n",
-        LOAD(m->fwd_count), LOAD(m->fwd_sum), LOAD(m->fwd_count));
+    put_sizes(&t, "attnlm_batch_size", "Sequences advanced together by one decoding step.", m->batch_bucket,
+              LOAD(m->batch_count), LOAD(m->batch_sum));
+    put_sizes(&t, "attnlm_forward_batch_size", "Scoring requests sharing one full forward pass.", m->fwd_bucket,
+              LOAD(m->fwd_count), LOAD(m->fwd_sum));
 
     put(&t,
         "# HELP attnlm_rejected_total Requests refused because the queue was full or the server draining.\n"

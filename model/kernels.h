@@ -21,18 +21,29 @@ typedef float v4 __attribute__((vector_size(16)));
  * expm1f) cost a call each and were a fifth of scoring time.  Inputs are
  * clamped to [-87, 88], whose results are normal floats; NaN (only reachable
  * from overflowing weights) is clamped too, so the int conversion is defined. */
+/* The reduction's and the polynomial's constants, shared by both versions. */
+#define EXP_LOG2E 1.44269504f
+#define EXP_LN2_HI 0.693359375f
+#define EXP_LN2_LO 2.12194440e-4f
+#define EXP_P6 1.9875691500e-4f
+#define EXP_P5 1.3981999507e-3f
+#define EXP_P4 8.3334519073e-3f
+#define EXP_P3 4.1665795894e-2f
+#define EXP_P2 1.6666665459e-1f
+#define EXP_P1 5.0000001201e-1f
+
 static inline float fast_expf(float x)
 {
     x = !(x > -87.0f) ? -87.0f : x > 88.0f ? 88.0f : x;
     /* k = round(x / ln2): truncating a positive number is floor, hence the +127. */
-    int k = (int)(x * 1.44269504f + 127.5f) - 127;
-    float r = x - (float)k * 0.693359375f + (float)k * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    int k = (int)(x * EXP_LOG2E + 127.5f) - 127;
+    float r = x - (float)k * EXP_LN2_HI + (float)k * EXP_LN2_LO;
+    float p = EXP_P6;
+    p = p * r + EXP_P5;
+    p = p * r + EXP_P4;
+    p = p * r + EXP_P3;
+    p = p * r + EXP_P2;
+    p = p * r + EXP_P1;
     p = p * r * r + r + 1.0f;
     union {
         uint32_t u;
@@ -61,15 +72,15 @@ static inline __attribute__((always_inline)) v16 v16_exp(v16 x)
     x = (v16)(((v16i)x & keep) | ((v16i)v16_splat(-87.0f) & ~keep));
     v16i big = x > 88.0f;
     x = (v16)(((v16i)v16_splat(88.0f) & big) | ((v16i)x & ~big));
-    v16i k = __builtin_convertvector(x * 1.44269504f + 127.5f, v16i) - 127;
+    v16i k = __builtin_convertvector(x * EXP_LOG2E + 127.5f, v16i) - 127;
     v16 kf = __builtin_convertvector(k, v16);
-    v16 r = x - kf * 0.693359375f + kf * 2.12194440e-4f;
-    v16 p = v16_splat(1.9875691500e-4f);
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    v16 r = x - kf * EXP_LN2_HI + kf * EXP_LN2_LO;
+    v16 p = v16_splat(EXP_P6);
+    p = p * r + EXP_P5;
+    p = p * r + EXP_P4;
+    p = p * r + EXP_P3;
+    p = p * r + EXP_P2;
+    p = p * r + EXP_P1;
     p = p * r * r + r + 1.0f;
     return p * (v16)((k + 127) << 23);
 }
