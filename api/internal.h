@@ -11,6 +11,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/* Most input tokens scored in one shared forward pass. */
+#define API_FORWARD_TOKENS 16384
+
 /* Bytes appended at the end; on out of memory it stops growing and says so in oom. */
 typedef struct sbuf {
     char *p;

@@ -84,9 +84,15 @@ void api_job_start_many(api_job **jobs, int n, api_worker *w)
         else
             api_job_start(jobs[i], w);
     }
-    if (ns) {
-        metrics_forward_batch(scores[0]->ctx->metrics, ns);
-        score_run_many(scores, ns, w);
+    /* Groups of at most API_FORWARD_TOKENS input tokens: a pass holds every
+     * position's activations at once, and 32 long inputs would need a gigabyte. */
+    for (int first = 0; first < ns;) {
+        int end = first, tokens = 0;
+        while (end < ns && (end == first || tokens + scores[end]->n_ids <= API_FORWARD_TOKENS))
+            tokens += scores[end++]->n_ids;
+        metrics_forward_batch(scores[first]->ctx->metrics, end - first);
+        score_run_many(scores + first, end - first, w);
+        first = end;
     }
     free(scores);
 }
