@@ -11,7 +11,6 @@
 #define _POSIX_C_SOURCE 200809L
 #include "pool.h"
 
-#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -40,6 +39,7 @@ struct pool {
     pthread_cond_t wake;
     pool_task *head, *tail; /* FIFO */
     int queued, queue_cap, max_batch, n_workers;
+    int queued_weight; /* sequences the queued tasks will decode */
     int *load;  /* [n_workers] sequences each worker holds */
     bool stop;
     atomic_bool abort_all;
@@ -110,30 +110,28 @@ static bool check_leave(worker *w, pool_task *t, int64_t now)
     return true;
 }
 
-/* The least load among the other workers. */
-static int min_other_load(const pool *p, int self)
-{
-    int m = -1;
-    for (int i = 0; i < p->n_workers; i++)
-        if (i != self && (m < 0 || p->load[i] < m))
-            m = p->load[i];
-    return m < 0 ? INT_MAX : m; /* alone: no one to leave work for */
-}
-
-/* Takes queued tasks this worker should run; called with the lock held. */
+/* Takes queued tasks this worker should run; called with the lock held.
+ * A worker takes up to its fair share of all the work in hand (queued plus
+ * every worker's load, divided by the number of workers), so a burst of
+ * requests is split between the workers instead of waiting for whichever
+ * finishes first, and never more than max_batch sequences. */
 static int take(worker *w, pool_task **taken, int max)
 {
     pool *p = w->p;
-    int n = 0;
+    int total = p->queued_weight;
+    for (int i = 0; i < p->n_workers; i++)
+        total += p->load[i];
+    int share = (total + p->n_workers - 1) / p->n_workers, n = 0;
     while (p->head && n < max) {
         pool_task *t = p->head;
         int weight = api_job_weight(t->job), load = p->load[w->index];
-        if (load > 0 && (load + weight > p->max_batch || load > min_other_load(p, w->index)))
+        if (load > 0 && (load + weight > p->max_batch || load + weight > share))
             break;
         p->head = t->next;
         if (!p->head)
             p->tail = NULL;
         p->queued--;
+        p->queued_weight -= weight;
         p->load[w->index] += weight;
         atomic_fetch_sub_explicit(&p->ctx->metrics->queue_depth, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&p->ctx->metrics->active_sequences, weight, memory_order_relaxed);
@@ -294,6 +292,7 @@ int pool_submit(pool *p, pool_task *t)
         p->head = t;
     p->tail = t;
     p->queued++;
+    p->queued_weight += api_job_weight(t->job);
     atomic_fetch_add_explicit(&p->ctx->metrics->queue_depth, 1, memory_order_relaxed);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->lock);
