@@ -1,12 +1,18 @@
 /* main.c -- attnlm-server: load the model, start the workers and the HTTP
  * front, wait for SIGTERM or SIGINT, then drain and stop.
  *
- * Signals are blocked in every thread and taken synchronously here with
- * sigwait, so no handler ever runs in the middle of a worker or of libmicrohttpd.
+ * The signal handler only writes the signal's number to a pipe that main
+ * reads: whichever thread the kernel picks runs it (OpenBLAS starts its own
+ * threads before main, so blocking signals in main's threads would not cover
+ * them), and everything else happens here, outside any handler.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <cblas.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,15 +35,55 @@ static const char *model_id(const model *m, const char *path)
     return slash ? slash + 1 : path;
 }
 
+static int signal_pipe[2] = {-1, -1};
+
+static void on_signal(int sig)
+{
+    int saved = errno;
+    unsigned char c = (unsigned char)sig;
+    ssize_t n = write(signal_pipe[1], &c, 1); /* a full pipe already says enough */
+    (void)n;
+    errno = saved;
+}
+
+static int signals_install(void)
+{
+    if (pipe(signal_pipe) < 0)
+        return -1;
+    for (int i = 0; i < 2; i++)
+        fcntl(signal_pipe[i], F_SETFD, FD_CLOEXEC);
+    fcntl(signal_pipe[1], F_SETFL, O_NONBLOCK);
+    struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    struct sigaction ign = {.sa_handler = SIG_IGN};
+    sigemptyset(&ign.sa_mask);
+    return sigaction(SIGTERM, &sa, NULL) | sigaction(SIGINT, &sa, NULL) | sigaction(SIGPIPE, &ign, NULL);
+}
+
+/* The next signal's number, waiting at most timeout_ms (-1: forever); 0 if none came. */
+static int signal_next(int timeout_ms)
+{
+    struct pollfd pfd = {.fd = signal_pipe[0], .events = POLLIN};
+    for (;;) {
+        int r = poll(&pfd, 1, timeout_ms);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return 0;
+        unsigned char c;
+        if (read(signal_pipe[0], &c, 1) == 1)
+            return c;
+    }
+}
+
 /* Waits up to secs for the in-flight requests; returns early on a second signal. */
-static bool wait_idle(srv *s, double secs, const sigset_t *sigs)
+static bool wait_idle(srv *s, double secs)
 {
     int64_t end = pool_now_ns() + (int64_t)(secs * 1e9);
-    struct timespec tick = {0, 10000000};
     while (srv_in_flight(s) > 0) {
         if (pool_now_ns() >= end)
             return false;
-        if (sigtimedwait(sigs, NULL, &tick) > 0) {
+        if (signal_next(10)) {
             fprintf(stderr, "attnlm: second signal: ending in-flight requests now\n");
             return false;
         }
@@ -57,12 +103,10 @@ int main(int argc, char **argv)
         return 2;
     }
 
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    if (signals_install() < 0) {
+        fprintf(stderr, "attnlm: cannot install signal handlers: %s\n", strerror(errno));
+        return 1;
+    }
     /* Each worker runs its own small products; BLAS threads would only contend. */
     openblas_set_num_threads(1);
 
@@ -122,17 +166,16 @@ int main(int argc, char **argv)
             model_attention_name(c->attention), c->window, (unsigned long long)model_param_count(m), load_seconds,
             cfg.workers, cfg.queue, cfg.max_batch);
 
-    int sig = 0;
-    sigwait(&sigs, &sig);
+    int sig = signal_next(-1);
     fprintf(stderr, "attnlm: %s: draining (%ld in flight, up to %g s)\n", sig == SIGINT ? "SIGINT" : "SIGTERM",
             srv_in_flight(s), cfg.drain_timeout);
     srv_drain_begin(s);
-    if (!wait_idle(s, cfg.drain_timeout, &sigs)) {
+    if (!wait_idle(s, cfg.drain_timeout)) {
         api_error e;
         api_error_set(&e, 503, NULL, "the server is shutting down");
         pool_abort(p, &e);
         /* Give the aborted answers a moment to reach their clients. */
-        wait_idle(s, 2.0, &sigs);
+        wait_idle(s, 2.0);
     }
     srv_stop(s);
     pool_free(p);

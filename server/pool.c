@@ -54,13 +54,22 @@ int64_t pool_now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Hands everything the job produced to the task's owner. */
-static void deliver(pool_task *t)
+static void count_tokens(api_metrics *m, const api_job *j)
+{
+    atomic_fetch_add_explicit(&m->input_tokens, (unsigned long)api_job_input_tokens(j), memory_order_relaxed);
+    atomic_fetch_add_explicit(&m->generated_tokens, (unsigned long)api_job_output_tokens(j), memory_order_relaxed);
+}
+
+/* Hands everything the job produced to the task's owner; a finished job's
+ * tokens are counted first, so a client that has its answer sees them in /metrics. */
+static void deliver(worker *w, pool_task *t)
 {
     char *data;
     int status;
     size_t n = api_job_take_output(t->job, &data, &status);
     bool done = api_job_done(t->job);
+    if (done)
+        count_tokens(w->p->ctx->metrics, t->job);
     if (n || done)
         t->emit(t, status, data, n, done);
 }
@@ -68,11 +77,10 @@ static void deliver(pool_task *t)
 static void finish(worker *w, pool_task *t, bool cancelled)
 {
     api_metrics *m = w->p->ctx->metrics;
-    atomic_fetch_add_explicit(&m->input_tokens, (unsigned long)api_job_input_tokens(t->job), memory_order_relaxed);
-    atomic_fetch_add_explicit(&m->generated_tokens, (unsigned long)api_job_output_tokens(t->job),
-                              memory_order_relaxed);
-    if (cancelled)
+    if (cancelled) {
+        count_tokens(m, t->job);
         atomic_fetch_add_explicit(&m->cancelled, 1, memory_order_relaxed);
+    }
     int weight = api_job_weight(t->job);
     pool *p = w->p;
     pthread_mutex_lock(&p->lock);
@@ -105,7 +113,7 @@ static bool check_leave(worker *w, pool_task *t, int64_t now)
     if (!fail)
         return false;
     api_job_fail(t->job, &e);
-    deliver(t);
+    deliver(w, t);
     finish(w, t, false);
     return true;
 }
@@ -169,7 +177,7 @@ static void *worker_main(void *arg)
             api_job_start_many(w->starting, n_start, w->aw);
         for (int i = 0; i < n_start; i++) {
             pool_task *t = taken[i];
-            deliver(t);
+            deliver(w, t);
             if (api_job_done(t->job)) {
                 finish(w, t, false);
             } else {
@@ -195,7 +203,7 @@ static void *worker_main(void *arg)
         kept = 0;
         for (int i = 0; i < w->n_active; i++) {
             pool_task *t = w->active[i];
-            deliver(t);
+            deliver(w, t);
             if (api_job_done(t->job)) {
                 finish(w, t, false);
             } else {

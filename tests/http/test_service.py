@@ -317,12 +317,12 @@ class Lifecycle(unittest.TestCase):
             self.stop_ok(s)
 
     def test_queue_full_503(self):
-        s = Server("--workers", "1", "--queue", "1")
+        s = Server("--workers", "1", "--queue", "1", "--max-new-tokens", "100000")
         try:
             results = []
 
             def run():
-                results.append(s.json("POST", "/v1/generate", {"max_tokens": 1500})[:3:2])
+                results.append(s.json("POST", "/v1/generate", {"max_tokens": 4000})[:3:2])
             th = [threading.Thread(target=run) for _ in range(5)]
             for t in th:
                 t.start()
@@ -337,12 +337,12 @@ class Lifecycle(unittest.TestCase):
             self.stop_ok(s)
 
     def test_disconnects_free_their_sequences(self):
-        s = Server()
+        s = Server("--max-new-tokens", "100000")
         try:
             for stream in (True, False):
                 before = s.metric("attnlm_cancelled_total")
                 sock = socket.create_connection(("127.0.0.1", s.port))
-                body = json.dumps({"max_tokens": 2000, "stream": stream}).encode()
+                body = json.dumps({"max_tokens": 50000, "stream": stream}).encode()
                 sock.sendall(b"POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
                 if stream:
@@ -364,20 +364,20 @@ class Lifecycle(unittest.TestCase):
             self.stop_ok(s)
 
     def test_timeout_504(self):
-        s = Server("--timeout", "0.5")
+        s = Server("--timeout", "0.5", "--max-new-tokens", "100000")
         try:
-            st, _, b = s.json("POST", "/v1/generate", {"max_tokens": 2000})
+            st, _, b = s.json("POST", "/v1/generate", {"max_tokens": 50000})
             self.assertEqual(st, 504)
             self.assertEqual(b["error"]["type"], "timeout_error")
         finally:
             self.stop_ok(s)
 
     def test_sigterm_drains_in_flight_generation(self):
-        s = Server()
+        s = Server("--max-new-tokens", "100000")
         result = {}
 
         def run():
-            result["r"] = s.json("POST", "/v1/generate", {"max_tokens": 1500, "seed": 1})
+            result["r"] = s.json("POST", "/v1/generate", {"max_tokens": 6000, "seed": 1})
         t = threading.Thread(target=run)
         t.start()
         deadline = time.time() + 10
@@ -395,7 +395,7 @@ class Lifecycle(unittest.TestCase):
         t.join(60)
         status, _, body = result["r"]
         self.assertEqual(status, 200)
-        self.assertEqual(body["usage"]["completion_tokens"], 1500)
+        self.assertEqual(body["usage"]["completion_tokens"], 6000)
         keep.close()
         self.stop_ok(s)
 
