@@ -279,7 +279,7 @@ START_TEST(test_pool_drops_gone_and_late_tasks)
     char err[ATTNLM_ERR_LEN];
     pool *p = pool_new(&g_ctx, 2, 16, 8, err, sizeof err);
     test_task *gone = tt_new(API_EP_GENERATE, "{\"max_tokens\":100000,\"stream\":true}", 0);
-    test_task *late = tt_new(API_EP_GENERATE, "{\"max_tokens\":100000}", 0.2);
+    test_task *late = tt_new(API_EP_GENERATE, "{\"max_tokens\":100000}", 0.05);
     test_task *fine = tt_new(API_EP_SCORE, "{\"text\":\"still served\"}", 0);
     ck_assert_int_eq(pool_submit(p, &gone->t), 0);
     ck_assert_int_eq(pool_submit(p, &late->t), 0);
