@@ -129,15 +129,7 @@ static int detokenize(const api_ctx *ctx, const char *body, size_t len, api_repl
     if (!o)
         return api_error_reply(&e, r);
     int *ids = NULL, n = 0;
-    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(o, "ids");
-    if (!arr || cJSON_IsNull(arr)) {
-        api_error_set(&e, 400, "ids", "ids is required");
-    } else if (!cJSON_IsArray(arr)) {
-        api_error_set(&e, 400, "ids", "ids must be an array of token ids");
-    } else {
-        /* Reuse the input reader for its checks; the leading BOS it adds is skipped below. */
-        json_get_input(ctx, o, "\x01", ctx->limits.max_input_tokens, true, &ids, &n, &e);
-    }
+    json_get_ids(ctx, o, ctx->limits.max_input_tokens, &ids, &n, &e);
     cJSON_Delete(o);
     if (!ids)
         return api_error_reply(&e, r);

@@ -57,6 +57,9 @@ cJSON *json_parse_object(const char *body, size_t len, api_error *e);
 int json_get_input(const api_ctx *ctx, const cJSON *o, const char *text_field, int max, bool allow_empty, int **ids,
                    int *n, api_error *e);
 
+/* Reads "ids" (required, may be empty) into [BOS] + ids as json_get_input does. */
+int json_get_ids(const api_ctx *ctx, const cJSON *o, int max, int **ids, int *n, api_error *e);
+
 /* Indices of the k largest of lp[n], largest first, ties to the lower index. */
 void api_topk(const float *lp, int n, int k, int *idx);
 

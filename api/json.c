@@ -357,10 +357,63 @@ cJSON *json_parse_object(const char *body, size_t len, api_error *e)
     return o;
 }
 
+/* Reads the token ids of arr into [BOS] + ids (BOS not repeated if arr starts with it). */
+static int read_ids(const api_ctx *ctx, const cJSON *arr, int max, bool allow_empty, int **ids, int *n, api_error *e)
+{
+    const model_config *c = model_get_config(ctx->m);
+    if (!cJSON_IsArray(arr)) {
+        api_error_set(e, 400, "ids", "ids must be an array of token ids");
+        return -1;
+    }
+    int k = cJSON_GetArraySize(arr);
+    const cJSON *first = cJSON_GetArrayItem(arr, 0);
+    bool lead_bos = first && cJSON_IsNumber(first) && first->valuedouble == c->bos_id;
+    int total = k + (lead_bos ? 0 : 1);
+    if (total - 1 > max) {
+        api_error_set(e, 413, "ids", "%d input tokens exceed the limit of %d", total - 1, max);
+        return -1;
+    }
+    if (total - 1 == 0 && !allow_empty) {
+        api_error_set(e, 400, "ids", "ids must not be empty");
+        return -1;
+    }
+    int *out = malloc((size_t)total * sizeof *out), i = 0;
+    if (!out) {
+        api_error_set(e, 500, NULL, "out of memory");
+        return -1;
+    }
+    if (!lead_bos)
+        out[i++] = c->bos_id;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, arr)
+    {
+        double v = it->valuedouble;
+        if (!cJSON_IsNumber(it) || v != floor(v) || v < 0 || v >= c->vocab) {
+            free(out);
+            api_error_set(e, 400, "ids", "ids[%d] is not a token id (an integer in [0, %d))", i - (lead_bos ? 0 : 1),
+                          c->vocab);
+            return -1;
+        }
+        out[i++] = (int)v;
+    }
+    *ids = out;
+    *n = total;
+    return 0;
+}
+
+int json_get_ids(const api_ctx *ctx, const cJSON *o, int max, int **ids, int *n, api_error *e)
+{
+    const cJSON *arr = field(o, "ids");
+    if (!arr) {
+        api_error_set(e, 400, "ids", "ids is required");
+        return -1;
+    }
+    return read_ids(ctx, arr, max, true, ids, n, e);
+}
+
 int json_get_input(const api_ctx *ctx, const cJSON *o, const char *text_field, int max, bool allow_empty, int **ids,
                    int *n, api_error *e)
 {
-    const model_config *c = model_get_config(ctx->m);
     const char *text = NULL;
     int has_text = json_get_string(o, text_field, &text, e);
     if (has_text < 0)
@@ -370,53 +423,14 @@ int json_get_input(const api_ctx *ctx, const cJSON *o, const char *text_field, i
         api_error_set(e, 400, "ids", "give either %s or ids, not both", text_field);
         return -1;
     }
-    if (!has_text && !arr) {
-        if (allow_empty) {
-            text = "";
-        } else {
+    if (arr)
+        return read_ids(ctx, arr, max, allow_empty, ids, n, e);
+    if (!has_text) {
+        if (!allow_empty) {
             api_error_set(e, 400, text_field, "%s is required", text_field);
             return -1;
         }
-    }
-    if (arr) {
-        if (!cJSON_IsArray(arr)) {
-            api_error_set(e, 400, "ids", "ids must be an array of token ids");
-            return -1;
-        }
-        int k = cJSON_GetArraySize(arr);
-        const cJSON *first = cJSON_GetArrayItem(arr, 0);
-        bool lead_bos = first && cJSON_IsNumber(first) && first->valuedouble == c->bos_id;
-        int total = k + (lead_bos ? 0 : 1);
-        if (total - 1 > max) {
-            api_error_set(e, 413, "ids", "%d input tokens exceed the limit of %d", total - 1, max);
-            return -1;
-        }
-        if (total - 1 == 0 && !allow_empty) {
-            api_error_set(e, 400, "ids", "ids must not be empty");
-            return -1;
-        }
-        int *out = malloc((size_t)total * sizeof *out), i = 0;
-        if (!out) {
-            api_error_set(e, 500, NULL, "out of memory");
-            return -1;
-        }
-        if (!lead_bos)
-            out[i++] = c->bos_id;
-        const cJSON *it;
-        cJSON_ArrayForEach(it, arr)
-        {
-            double v = it->valuedouble;
-            if (!cJSON_IsNumber(it) || v != floor(v) || v < 0 || v >= c->vocab) {
-                free(out);
-                api_error_set(e, 400, "ids", "ids[%d] is not a token id (an integer in [0, %d))",
-                              i - (lead_bos ? 0 : 1), c->vocab);
-                return -1;
-            }
-            out[i++] = (int)v;
-        }
-        *ids = out;
-        *n = total;
-        return 0;
+        text = "";
     }
     size_t len = strlen(text);
     if (len == 0 && !allow_empty) {
