@@ -73,6 +73,12 @@ int generate_parse(api_job *j, const cJSON *o, uint64_t seed, api_error *e)
             json_get_bool(o, "echo", &echo, e) < 0 || json_get_string(o, "model", &model_name, e) < 0)
             return -1;
         gp->logprobs = has_lp == 1;
+        const cJSON *so = cJSON_GetObjectItemCaseSensitive(o, "stream_options");
+        if (so && !cJSON_IsNull(so) &&
+            (!cJSON_IsObject(so) || json_get_bool(so, "include_usage", &gp->include_usage, e) < 0)) {
+            api_error_set(e, 400, "stream_options", "stream_options must be {\"include_usage\": true|false}");
+            return -1;
+        }
         /* The contract's completions prompt is a string; an absent one is the empty prompt. */
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(o, "prompt");
         if (p && !cJSON_IsNull(p) && !cJSON_IsString(p)) {
@@ -186,13 +192,20 @@ static cJSON *openai_logprobs_new(void)
     return lpo;
 }
 
-static cJSON *openai_chunk(api_job *j, int index, cJSON *text, cJSON *logprobs, const char *finish)
+/* {"id", "object", "created", "model"} of every completion answer and chunk. */
+static cJSON *openai_head(const api_job *j)
 {
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "id", j->id);
     cJSON_AddStringToObject(root, "object", "text_completion");
     cJSON_AddNumberToObject(root, "created", (double)j->created);
     cJSON_AddStringToObject(root, "model", j->ctx->model_id);
+    return root;
+}
+
+static cJSON *openai_chunk(api_job *j, int index, cJSON *text, cJSON *logprobs, const char *finish)
+{
+    cJSON *root = openai_head(j);
     cJSON *choices = cJSON_AddArrayToObject(root, "choices"), *c = cJSON_CreateObject();
     cJSON_AddItemToObject(c, "text", text);
     cJSON_AddNumberToObject(c, "index", index);
@@ -313,11 +326,7 @@ static void answer(api_job *j, api_worker *w)
         cJSON_AddNumberToObject(usage, "prompt_tokens", j->n_ids - 1);
         cJSON_AddNumberToObject(usage, "completion_tokens", ch->n_out);
     } else {
-        root = cJSON_CreateObject();
-        cJSON_AddStringToObject(root, "id", j->id);
-        cJSON_AddStringToObject(root, "object", "text_completion");
-        cJSON_AddNumberToObject(root, "created", (double)j->created);
-        cJSON_AddStringToObject(root, "model", j->ctx->model_id);
+        root = openai_head(j);
         cJSON *choices = cJSON_AddArrayToObject(root, "choices");
         const size_t P = (size_t)j->n_ids - 1;
         int completion = 0;
@@ -381,6 +390,19 @@ static void progress(api_job *j, api_worker *w)
         for (int k = 0; k < j->gp.n; k++)
             stream_choice(j, w, k);
         if (all_done(j)) {
+            if (j->gp.include_usage) {
+                /* OpenAI's stream_options.include_usage: a last chunk with no choices. */
+                cJSON *root = openai_head(j), *usage = cJSON_CreateObject();
+                cJSON_AddArrayToObject(root, "choices");
+                int completion = 0;
+                for (int k = 0; k < j->gp.n; k++)
+                    completion += j->ch[k].n_out;
+                cJSON_AddNumberToObject(usage, "prompt_tokens", j->n_ids - 1);
+                cJSON_AddNumberToObject(usage, "completion_tokens", completion);
+                cJSON_AddNumberToObject(usage, "total_tokens", j->n_ids - 1 + completion);
+                cJSON_AddItemToObject(root, "usage", usage);
+                json_event(&j->out, root);
+            }
             sbuf_put(&j->out, "data: [DONE]\n\n", 14);
             j->done = true;
         }

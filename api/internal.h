@@ -76,6 +76,7 @@ typedef struct gen_params {
     bool logprobs;    /* per-token log-probabilities in the answer (OpenAI: "logprobs" given) */
     bool attention;   /* /v1/generate: attention rows per token */
     bool echo;        /* OpenAI: the prompt is part of the answer */
+    bool include_usage; /* OpenAI stream_options: a usage chunk before [DONE] */
     int n;            /* choices */
 } gen_params;
 

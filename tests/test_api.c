@@ -218,6 +218,7 @@ static const bad_case BAD[] = {
     {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"logprobs\":21}", 400, "logprobs"},
     {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"echo\":\"x\"}", 400, "echo"},
     {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"model\":5}", 400, "model"},
+    {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"stream_options\":5}", 400, "stream_options"},
     {API_EP_ATTENTION, "{\"text\":\"a\",\"format\":\"sparse\"}", 400, "format"},
     {API_EP_ATTENTION, "{\"text\":\"012345678901234567890123456789012\"}", 413, "text"},
 };
@@ -548,6 +549,18 @@ START_TEST(test_completions_echo_scores_prompt)
     char *text = stream_text(sse, &events, &finish, true);
     ck_assert_int_eq(events, 3 * 5 + 3);
     ck_assert_str_eq(finish, "length");
+    free(text);
+    free(sse);
+
+    /* stream_options.include_usage adds one chunk with no choices and the usage. */
+    sse = run_job(API_EP_COMPLETIONS,
+                  "{\"prompt\":\"ab\",\"max_tokens\":4,\"n\":2,\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
+                  &status);
+    text = stream_text(sse, &events, &finish, true);
+    ck_assert_int_eq(events, 2 * 4 + 2 + 1);
+    const char *last = strstr(sse, "\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":8,\"total_tokens\":10}}");
+    ck_assert_ptr_nonnull(last);
+    ck_assert_ptr_nonnull(strstr(last, "data: [DONE]"));
     free(text);
     free(sse);
 }
