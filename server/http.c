@@ -557,7 +557,7 @@ srv *srv_start(const srv_config *cfg, const api_ctx *ctx, pool *p, char *err, si
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)60, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!s->d) {
-        err_set(err, errlen, "cannot listen on %s port %ld (address in use, or not an address of this machine?)",
+        err_set(err, errlen, "cannot listen on %s port %ld (the line above says why)",
                 cfg->host, cfg->port);
         free(s);
         return NULL;
