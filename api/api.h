@@ -35,6 +35,7 @@ typedef enum {
     API_EP_GENERATE,
     API_EP_ATTENTION,
     API_EP_COMPLETIONS,
+    API_EP_MODEL_BY_ID, /* GET /v1/models/{id} */
     API_EP_COUNT
 } api_endpoint;
 
@@ -104,10 +105,10 @@ int api_error_reply(const api_error *e, api_reply *r);
 bool api_key_matches(const char *key, const char *authorization, const char *x_api_key);
 
 /* Answers the endpoints that need no model work (health, ready, metrics, model,
- * models, tokenize, detokenize).  gauges are the server's live figures for
+ * models, tokenize, detokenize); path is the request's, for /v1/models/{id}.  gauges are the server's live figures for
  * /metrics.  Returns 0 with r filled (success or a 4xx), -1 on out of memory. */
-int api_handle_inline(const api_ctx *ctx, api_endpoint ep, const char *body, size_t len, bool draining,
-                      api_reply *r);
+int api_handle_inline(const api_ctx *ctx, api_endpoint ep, const char *path, const char *body, size_t len,
+                      bool draining, api_reply *r);
 
 /* ---- jobs ----------------------------------------------------------------- */
 

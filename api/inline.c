@@ -90,17 +90,34 @@ static long long unix_time(const char *iso)
     return days * 86400 + h * 3600 + mi * 60 + s;
 }
 
-static cJSON *models_list(const api_ctx *ctx)
+/* The OpenAI model object of the served model. */
+static cJSON *openai_model(const api_ctx *ctx)
 {
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "object", "list");
-    cJSON *data = cJSON_AddArrayToObject(root, "data"), *m = cJSON_CreateObject();
+    cJSON *m = cJSON_CreateObject();
     cJSON_AddStringToObject(m, "id", ctx->model_id);
     cJSON_AddStringToObject(m, "object", "model");
     cJSON_AddNumberToObject(m, "created", (double)unix_time(model_meta(ctx->m, "created")));
     cJSON_AddStringToObject(m, "owned_by", "attnlm");
-    cJSON_AddItemToArray(data, m);
+    return m;
+}
+
+static cJSON *models_list(const api_ctx *ctx)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "object", "list");
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(root, "data"), openai_model(ctx));
     return root;
+}
+
+/* GET /v1/models/{id}: the model if the id is its name. */
+static int model_by_id(const api_ctx *ctx, const char *path, api_reply *r)
+{
+    const char *id = strrchr(path, '/') + 1;
+    if (strcmp(id, ctx->model_id) == 0)
+        return json_reply(openai_model(ctx), 200, r);
+    api_error e;
+    api_error_set(&e, 404, "model", "no model named \"%.100s\"; this server has \"%s\"", id, ctx->model_id);
+    return api_error_reply(&e, r);
 }
 
 static int tokenize(const api_ctx *ctx, const char *body, size_t len, api_reply *r)
@@ -157,8 +174,8 @@ static int text_reply(const char *s, int status, api_reply *r)
     return 0;
 }
 
-int api_handle_inline(const api_ctx *ctx, api_endpoint ep, const char *body, size_t len, bool draining,
-                      api_reply *r)
+int api_handle_inline(const api_ctx *ctx, api_endpoint ep, const char *path, const char *body, size_t len,
+                      bool draining, api_reply *r)
 {
     switch (ep) {
     case API_EP_HEALTH: return text_reply("{\"status\":\"ok\"}", 200, r);
@@ -175,6 +192,7 @@ int api_handle_inline(const api_ctx *ctx, api_endpoint ep, const char *body, siz
     }
     case API_EP_MODEL: return json_reply(model_info(ctx), 200, r);
     case API_EP_MODELS: return json_reply(models_list(ctx), 200, r);
+    case API_EP_MODEL_BY_ID: return model_by_id(ctx, path, r);
     case API_EP_TOKENIZE: return tokenize(ctx, body, len, r);
     case API_EP_DETOKENIZE: return detokenize(ctx, body, len, r);
     default: {

@@ -61,12 +61,17 @@ static const route ROUTES[API_EP_COUNT] = {
     [API_EP_GENERATE] = {"/v1/generate", true, false, true},
     [API_EP_ATTENTION] = {"/v1/attention", true, false, true},
     [API_EP_COMPLETIONS] = {"/v1/completions", true, false, true},
+    [API_EP_MODEL_BY_ID] = {"/v1/models/{id}", false, false, false}, /* matched by prefix below */
 };
+
+#define MODELS_PREFIX "/v1/models/" 
 
 int api_route(const char *method, const char *path, api_endpoint *ep, const char **allow)
 {
     for (int i = 0; i < API_EP_COUNT; i++) {
-        if (strcmp(path, ROUTES[i].path) != 0)
+        bool by_id = i == API_EP_MODEL_BY_ID && strncmp(path, MODELS_PREFIX, strlen(MODELS_PREFIX)) == 0 &&
+                     path[strlen(MODELS_PREFIX)] != '\0';
+        if (!by_id && strcmp(path, ROUTES[i].path) != 0)
             continue;
         *ep = (api_endpoint)i;
         bool ok = ROUTES[i].post ? strcmp(method, "POST") == 0

@@ -10,7 +10,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 
-#define METRICS_ROUTES 12     /* the contract's routes plus "other" */
+#define METRICS_ROUTES 13     /* the routes of api.h plus "other" */
 #define METRICS_STATUSES 12   /* distinct status codes counted, see metrics.c */
 #define METRICS_DUR_BUCKETS 14
 #define METRICS_BATCH_BUCKETS 8

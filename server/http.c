@@ -481,7 +481,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     if (api_endpoint_is_job(ep))
         return submit_job(r);
     api_reply rep;
-    if (api_handle_inline(s->ctx, ep, r->body, r->body_len, atomic_load(&s->draining), &rep) < 0)
+    if (api_handle_inline(s->ctx, ep, url, r->body, r->body_len, atomic_load(&s->draining), &rep) < 0)
         return MHD_NO;
     return queue(r, rep.status, rep.content_type, rep.body, rep.len);
 }

@@ -569,10 +569,10 @@ END_TEST
 START_TEST(test_inline_endpoints)
 {
     api_reply r;
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_READY, NULL, 0, true, &r), 0);
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_READY, NULL, NULL, 0, true, &r), 0);
     ck_assert_int_eq(r.status, 503);
     free(r.body);
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_TOKENIZE, "{\"text\":\"h\xC3\xA9\"}", 14, false, &r), 0);
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_TOKENIZE, NULL, "{\"text\":\"h\xC3\xA9\"}", 14, false, &r), 0);
     cJSON *o = cJSON_Parse(r.body), *toks = cJSON_GetObjectItem(o, "tokens");
     ck_assert_int_eq(cJSON_GetArraySize(toks), 3);
     ck_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(toks, 1), "text")->valuestring, "\xEF\xBF\xBD");
@@ -580,17 +580,17 @@ START_TEST(test_inline_endpoints)
     cJSON_Delete(o);
     free(r.body);
     const char *d = "{\"ids\":[256,104,195,169,255]}";
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_DETOKENIZE, d, strlen(d), false, &r), 0);
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_DETOKENIZE, NULL, d, strlen(d), false, &r), 0);
     o = cJSON_Parse(r.body);
     ck_assert_str_eq(cJSON_GetObjectItem(o, "text")->valuestring, "h\xC3\xA9\xEF\xBF\xBD");
     cJSON_Delete(o);
     free(r.body);
     d = "{\"ids\":[1,257]}";
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_DETOKENIZE, d, strlen(d), false, &r), 0);
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_DETOKENIZE, NULL, d, strlen(d), false, &r), 0);
     ck_assert_int_eq(r.status, 400);
     ck_assert_ptr_nonnull(strstr(r.body, "\"param\":\"ids\""));
     free(r.body);
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_MODEL, NULL, 0, false, &r), 0);
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_MODEL, NULL, NULL, 0, false, &r), 0);
     o = cJSON_Parse(r.body);
     ck_assert_int_eq((int)num(cJSON_GetObjectItem(o, "limits"), "max_input_tokens"), 64);
     ck_assert_int_eq((int)num(o, "parameters"), (int)model_param_count(g_model));
@@ -601,13 +601,33 @@ START_TEST(test_inline_endpoints)
 }
 END_TEST
 
+START_TEST(test_model_by_id)
+{
+    api_endpoint ep;
+    const char *allow;
+    ck_assert_int_eq(api_route("GET", "/v1/models/fixture", &ep, &allow), 0);
+    ck_assert_int_eq(ep, API_EP_MODEL_BY_ID);
+    ck_assert_int_eq(api_route("GET", "/v1/models/", &ep, &allow), 404);
+    ck_assert_int_eq(api_route("POST", "/v1/models/fixture", &ep, &allow), 405);
+    api_reply r;
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_MODEL_BY_ID, "/v1/models/fixture", NULL, 0, false, &r), 0);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_ptr_nonnull(strstr(r.body, "\"id\":\"fixture\""));
+    free(r.body);
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_MODEL_BY_ID, "/v1/models/other", NULL, 0, false, &r), 0);
+    ck_assert_int_eq(r.status, 404);
+    ck_assert_ptr_nonnull(strstr(r.body, "\"param\":\"model\""));
+    free(r.body);
+}
+END_TEST
+
 START_TEST(test_metrics_exposition)
 {
     metrics_request(&g_metrics, API_EP_SCORE, 200, 0.02);
     metrics_request(&g_metrics, API_EP_SCORE, 413, 0.0001);
     metrics_batch(&g_metrics, 5);
     api_reply r;
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_METRICS, NULL, 0, false, &r), 0);
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_METRICS, NULL, NULL, 0, false, &r), 0);
     ck_assert_ptr_nonnull(strstr(r.body, "attnlm_requests_total{route=\"/v1/score\",status=\"200\"} 1\n"));
     ck_assert_ptr_nonnull(strstr(r.body, "attnlm_requests_total{route=\"/v1/score\",status=\"413\"} 1\n"));
     ck_assert_ptr_nonnull(strstr(r.body, "attnlm_request_duration_seconds_bucket{route=\"/v1/score\",le=\"0.025\"} 2\n"));
@@ -638,6 +658,7 @@ static Suite *api_suite(void)
     tcase_add_test(tc, test_stream_sends_whole_characters);
     tcase_add_test(tc, test_completions_echo_scores_prompt);
     tcase_add_test(tc, test_inline_endpoints);
+    tcase_add_test(tc, test_model_by_id);
     tcase_add_test(tc, test_metrics_exposition);
     suite_add_tcase(s, tc);
     return s;

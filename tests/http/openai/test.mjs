@@ -20,9 +20,17 @@ function assert(cond, msg) { if (!cond) throw new Error(msg); }
 const params = { model: 'default', prompt: 'Call me Ishmael. ', max_tokens: 40, temperature: 0.8, seed: 5 };
 let plain;
 
-await check('models.list', async () => {
+await check('models.list and models.retrieve', async () => {
   const list = await client.models.list();
   assert(list.data.length === 1 && typeof list.data[0].id === 'string', JSON.stringify(list.data));
+  const one = await client.models.retrieve(list.data[0].id);
+  assert(one.id === list.data[0].id && one.object === 'model', JSON.stringify(one));
+  try {
+    await client.models.retrieve('no-such-model');
+    throw new Error('found a model that does not exist');
+  } catch (e) {
+    assert(e instanceof OpenAI.NotFoundError, `${e}`);
+  }
 });
 
 await check('completions.create', async () => {
