@@ -67,6 +67,7 @@ static cJSON *model_info(const api_ctx *ctx)
     cJSON_AddNumberToObject(cfg, "heads", c->heads);
     cJSON_AddNumberToObject(cfg, "bos_id", c->bos_id);
     cJSON_AddNumberToObject(root, "parameters", (double)model_param_count(m));
+    cJSON_AddNumberToObject(root, "parameter_count", (double)model_param_count(m));
     cJSON_AddStringToObject(root, "sha256", ctx->sha256);
     cJSON_AddStringToObject(root, "file", ctx->model_path);
     cJSON_AddItemToObject(root, "load_seconds", cJSON_CreateNumber(round(ctx->load_seconds * 1e6) / 1e6));
