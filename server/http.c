@@ -95,7 +95,10 @@ static void req_unref(srv_req *r)
 
 /* ---- answering ------------------------------------------------------------ */
 
-static enum MHD_Result queue(srv_req *r, int status, const char *content_type, char *body, size_t len)
+/* Queues an answer whose body (malloc'ed) libmicrohttpd frees; allow is the
+ * Allow header of a 405, or NULL. */
+static enum MHD_Result queue(srv_req *r, int status, const char *content_type, char *body, size_t len,
+                             const char *allow)
 {
     struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
     if (!resp) {
@@ -104,6 +107,8 @@ static enum MHD_Result queue(srv_req *r, int status, const char *content_type, c
     }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     MHD_add_response_header(resp, "X-Request-Id", r->id);
+    if (allow)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
     if (status == 503)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (status == 401)
@@ -120,24 +125,7 @@ static enum MHD_Result reply_error(srv_req *r, const api_error *e, const char *a
     api_reply rep;
     if (api_error_reply(e, &rep) < 0)
         return MHD_NO;
-    struct MHD_Response *resp = MHD_create_response_from_buffer(rep.len, rep.body, MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-        free(rep.body);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, rep.content_type);
-    MHD_add_response_header(resp, "X-Request-Id", r->id);
-    if (allow)
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
-    if (e->status == 503)
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
-    if (e->status == 401)
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
-    enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)e->status, resp);
-    MHD_destroy_response(resp);
-    r->status = e->status;
-    r->ph = PH_REPLIED;
-    return ok;
+    return queue(r, e->status, rep.content_type, rep.body, rep.len, allow);
 }
 
 static enum MHD_Result fail(srv_req *r, int status, const char *param, const char *fmt, ...)
@@ -425,7 +413,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         pthread_mutex_unlock(&r->lock);
         if (!out)
             return MHD_NO;
-        return queue(r, status, "application/json", out, len);
+        return queue(r, status, "application/json", out, len, NULL);
     }
     if (r->ph == PH_REPLIED) {
         *upload_data_size = 0; /* the rest of a refused body is read and dropped */
@@ -483,7 +471,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     api_reply rep;
     if (api_handle_inline(s->ctx, ep, url, r->body, r->body_len, atomic_load(&s->draining), &rep) < 0)
         return MHD_NO;
-    return queue(r, rep.status, rep.content_type, rep.body, rep.len);
+    return queue(r, rep.status, rep.content_type, rep.body, rep.len, NULL);
 }
 
 static void completed(void *cls, struct MHD_Connection *conn, void **req_cls, enum MHD_RequestTerminationCode toe)
