@@ -115,7 +115,10 @@ size_t api_job_take_output(api_job *j, char **data, int *status)
         sbuf_free(&j->out);
         j->done = true;
         *status = 500;
-        *data = strdup("{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":500}}");
+        *data = strdup(j->stream ? "data: {\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
+                                   "\"param\":null,\"code\":500}}\n\ndata: [DONE]\n\n"
+                                 : "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,"
+                                   "\"code\":500}}");
         return *data ? strlen(*data) : 0;
     }
     if (!j->stream && !j->done) {
