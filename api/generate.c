@@ -126,12 +126,13 @@ void generate_free(api_job *j)
 
 /* ---- output -------------------------------------------------------------- */
 
-/* The OpenAI rendering of a token: its character if ASCII, else "bytes:\xNN". */
+/* The OpenAI rendering of a token: its character if ASCII, else "bytes:\xNN".
+ * NUL is rendered as bytes too, as it cannot be a C string's character. */
 static void openai_token_str(const api_ctx *ctx, int id, char out[16])
 {
     if (id == model_get_config(ctx->m)->bos_id || id < 0 || id > 255)
         snprintf(out, 16, "<|bos|>");
-    else if (id < 0x80)
+    else if (id > 0 && id < 0x80)
         snprintf(out, 16, "%c", id);
     else
         snprintf(out, 16, "bytes:\\x%02x", id);

@@ -189,14 +189,56 @@ cJSON *json_float(float x)
     return cJSON_CreateRaw(buf);
 }
 
+/* Writes s[0..len) as a quoted JSON string.  Unlike cJSON_CreateString this
+ * keeps a NUL byte (as \u0000) instead of ending the string there.  out needs
+ * room for 6 * len + 2 bytes.  Returns the bytes written. */
+static size_t json_quote(const char *s, size_t len, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t n = 0;
+    out[n++] = '"';
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        const char *esc = NULL;
+        switch (c) {
+        case '"': esc = "\\\""; break;
+        case '\\': esc = "\\\\"; break;
+        case '\b': esc = "\\b"; break;
+        case '\f': esc = "\\f"; break;
+        case '\n': esc = "\\n"; break;
+        case '\r': esc = "\\r"; break;
+        case '\t': esc = "\\t"; break;
+        default: break;
+        }
+        if (esc) {
+            out[n++] = esc[0];
+            out[n++] = esc[1];
+        } else if (c < 0x20) {
+            memcpy(out + n, "\\u00", 4);
+            out[n + 4] = hex[c >> 4];
+            out[n + 5] = hex[c & 15];
+            n += 6;
+        } else {
+            out[n++] = (char)c;
+        }
+    }
+    out[n++] = '"';
+    return n;
+}
+
 cJSON *json_bytes_string(const unsigned char *s, size_t len)
 {
-    char small[64 * 3 + 1], *buf = len <= 64 ? small : malloc(3 * len + 1);
+    /* Sanitising at most triples the bytes; quoting a control byte takes six. */
+    size_t clean_cap = 3 * len, quoted_cap = 6 * len + 3;
+    char small[64 * 9 + 3];
+    char *buf = len <= 64 ? small : malloc(clean_cap + quoted_cap);
     if (!buf)
         return NULL;
+    char *quoted = buf + clean_cap;
     size_t n = tok_utf8_sanitize(s, len, buf);
-    buf[n] = '\0';
-    cJSON *str = cJSON_CreateString(buf);
+    size_t q = json_quote(buf, n, quoted);
+    quoted[q] = '\0';
+    cJSON *str = cJSON_CreateRaw(quoted);
     if (buf != small)
         free(buf);
     return str;
@@ -311,19 +353,51 @@ int json_get_string(const cJSON *o, const char *name, const char **out, api_erro
     return 1;
 }
 
-/* Whether a JSON text holds the escape \u0000 in a string (an odd run of
- * backslashes before "u0000"). */
-static bool has_escaped_nul(const char *s, size_t len)
+/* Whether the (valid) JSON object text s holds the escape \u0000 in a string.
+ * cJSON would decode it and cut the string there, so such a request is
+ * refused.  key receives the top-level field it sits in ("" if unknown). */
+static bool find_escaped_nul(const char *s, size_t len, char *key, size_t key_cap)
 {
-    for (size_t i = 0; i + 6 <= len; i++) {
-        if (s[i] != '\\')
+    int depth = 0;
+    bool in_str = false, is_key = false, expect_key = false;
+    size_t start = 0;
+    key[0] = '\0';
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (in_str) {
+            if (c == '\\') {
+                if (i + 6 <= len && s[i + 1] == 'u' && memcmp(s + i + 2, "0000", 4) == 0) {
+                    if (is_key)
+                        key[0] = '\0';
+                    return true;
+                }
+                i++;
+            } else if (c == '"') {
+                in_str = false;
+                size_t n = i - start;
+                if (is_key && n < key_cap && !memchr(s + start, '\\', n)) {
+                    memcpy(key, s + start, n);
+                    key[n] = '\0';
+                } else if (is_key) {
+                    key[0] = '\0';
+                }
+            }
             continue;
-        size_t run = 0;
-        while (i + run < len && s[i + run] == '\\')
-            run++;
-        i += run - 1;
-        if (run % 2 == 1 && i + 6 <= len && s[i + 1] == 'u' && memcmp(s + i + 2, "0000", 4) == 0)
-            return true;
+        }
+        switch (c) {
+        case '{': depth++; expect_key = depth == 1; break;
+        case '[': depth++; break;
+        case '}':
+        case ']': depth--; break;
+        case ',': expect_key = depth == 1; break;
+        case '"':
+            in_str = true;
+            is_key = depth == 1 && expect_key;
+            expect_key = false;
+            start = i + 1;
+            break;
+        default: break;
+        }
     }
     return false;
 }
@@ -354,9 +428,13 @@ cJSON *json_parse_object(const char *body, size_t len, api_error *e)
         api_error_set(e, 400, NULL, "the request body must be a JSON object");
         return NULL;
     }
-    if (has_escaped_nul(body, len)) {
+    char key[64];
+    if (find_escaped_nul(body, len, key, sizeof key)) {
         cJSON_Delete(o);
-        api_error_set(e, 400, NULL, "strings must not contain U+0000");
+        if (key[0])
+            api_error_set(e, 400, key, "%s must not contain U+0000 (send such bytes as ids)", key);
+        else
+            api_error_set(e, 400, NULL, "strings must not contain U+0000");
         return NULL;
     }
     return o;
@@ -459,6 +537,8 @@ int json_get_input(const api_ctx *ctx, const cJSON *o, const char *text_field, i
 
 void api_topk(const float *lp, int n, int k, int *idx)
 {
+    if (k <= 0)
+        return;
     if (k > n)
         k = n;
     int have = 0;

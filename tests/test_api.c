@@ -181,7 +181,9 @@ static const bad_case BAD[] = {
     {API_EP_SCORE, "{}", 400, "text"},
     {API_EP_SCORE, "{\"text\":5}", 400, "text"},
     {API_EP_SCORE, "{\"text\":\"\"}", 400, "text"},
-    {API_EP_SCORE, "{\"text\":\"a\\u0000b\"}", 400, ""},
+    {API_EP_SCORE, "{\"text\":\"a\\u0000b\"}", 400, "text"},
+    {API_EP_SCORE, "{\"text\":\"a\",\"candidates\":[\"x\",\"\\\\\\u0000\"]}", 400, "candidates"},
+    {API_EP_SCORE, "{\"text\":\"a\",\"x\\u0000\":1}", 400, ""},
     {API_EP_SCORE, "{\"text\":\"a\",\"top_k\":-1}", 400, "top_k"},
     {API_EP_SCORE, "{\"text\":\"a\",\"top_k\":1.5}", 400, "top_k"},
     {API_EP_SCORE, "{\"text\":\"a\",\"top_k\":\"5\"}", 400, "top_k"},
@@ -204,6 +206,7 @@ static const bad_case BAD[] = {
     {API_EP_GENERATE, "{\"temperature\":-0.1}", 400, "temperature"},
     {API_EP_GENERATE, "{\"temperature\":\"hot\"}", 400, "temperature"},
     {API_EP_GENERATE, "{\"top_p\":1.5}", 400, "top_p"},
+    {API_EP_GENERATE, "{\"top_p\":-0.5}", 400, "top_p"},
     {API_EP_GENERATE, "{\"top_k\":300}", 400, "top_k"},
     {API_EP_GENERATE, "{\"seed\":1.5}", 400, "seed"},
     {API_EP_GENERATE, "{\"stream\":\"yes\"}", 400, "stream"},
@@ -211,6 +214,7 @@ static const bad_case BAD[] = {
     {API_EP_GENERATE, "{\"logprobs\":-2}", 400, "logprobs"},
     {API_EP_GENERATE, "{\"stop\":5}", 400, "stop"},
     {API_EP_GENERATE, "{\"stop\":[\"\"]}", 400, "stop"},
+    {API_EP_GENERATE, "{\"prompt\":\"a\\\\u0000\",\"stop\":{\"a\":\"\\u0000\"}}", 400, "stop"},
     {API_EP_GENERATE, "{\"prompt\":7}", 400, "prompt"},
     {API_EP_COMPLETIONS, "{\"prompt\":[\"a\"]}", 400, "prompt"},
     {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"n\":0}", 400, "n"},
@@ -517,6 +521,49 @@ START_TEST(test_stream_sends_whole_characters)
 }
 END_TEST
 
+/* k = 0 alternatives and the byte 0, both of which once slipped past the edges. */
+START_TEST(test_zero_alternatives_and_nul_bytes)
+{
+    cJSON *o = run_json(API_EP_SCORE, "{\"text\":\"ab\",\"top_k\":0}");
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(o, "next")), 0);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "tokens"), 1), "top")), 0);
+    cJSON_Delete(o);
+
+    o = run_json(API_EP_COMPLETIONS, "{\"prompt\":\"ab\",\"max_tokens\":0,\"echo\":true,\"logprobs\":0}");
+    cJSON *lpo = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0), "logprobs");
+    cJSON *top = cJSON_GetObjectItem(lpo, "top_logprobs");
+    ck_assert_int_eq(cJSON_GetArraySize(top), 2);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetArrayItem(top, 1)), 1); /* only the token itself */
+    ck_assert(cJSON_IsNumber(cJSON_GetObjectItem(cJSON_GetArrayItem(top, 1), "b")));
+    cJSON_Delete(o);
+
+    /* Byte 0 is a token like any other: it is escaped, never a string's end. */
+    api_reply r;
+    const char *d = "{\"ids\":[65,0,66]}";
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_DETOKENIZE, NULL, d, strlen(d), false, &r), 0);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_msg(strstr(r.body, "\"text\":\"A\\u0000B\"") != NULL, "%s", r.body);
+    free(r.body);
+    int status;
+    char *s = run_job(API_EP_SCORE, "{\"ids\":[0,10,34,92,1]}", &status);
+    ck_assert_int_eq(status, 200);
+    ck_assert_msg(strstr(s, "\"text\":\"\\u0000\"") && strstr(s, "\"text\":\"\\n\"") &&
+                      strstr(s, "\"text\":\"\\\"\"") && strstr(s, "\"text\":\"\\\\\"") &&
+                      strstr(s, "\"text\":\"\\u0001\""),
+                  "%s", s);
+    o = cJSON_Parse(s);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "tokens"), 2), "text")->valuestring,
+                     "\"");
+    cJSON_Delete(o);
+    free(s);
+    s = run_job(API_EP_COMPLETIONS, "{\"ids\":[0],\"max_tokens\":0,\"echo\":true,\"logprobs\":1}", &status);
+    ck_assert_int_eq(status, 200);
+    ck_assert_msg(strstr(s, "\"text\":\"\\u0000\"") && strstr(s, "\"tokens\":[\"bytes:\\\\x00\"]"), "%s", s);
+    free(s);
+}
+END_TEST
+
 START_TEST(test_completions_echo_scores_prompt)
 {
     cJSON *s = run_json(API_EP_SCORE, "{\"text\":\"Call me Ishmael.\"}");
@@ -656,6 +703,7 @@ static Suite *api_suite(void)
     tcase_add_test(tc, test_generation_is_reproducible_and_streams_alike);
     tcase_add_test(tc, test_stop_string_ends_generation);
     tcase_add_test(tc, test_stream_sends_whole_characters);
+    tcase_add_test(tc, test_zero_alternatives_and_nul_bytes);
     tcase_add_test(tc, test_completions_echo_scores_prompt);
     tcase_add_test(tc, test_inline_endpoints);
     tcase_add_test(tc, test_model_by_id);
