@@ -74,7 +74,7 @@ int sampler_sample(sampler *s, const float *logits, const sampler_params *p, flo
     for (int i = 0; i < n; i++)
         c[i].p = (float)(c[i].p / sum);
     int k = p->top_k > 0 && p->top_k < n ? p->top_k : n;
-    if (k == n && !(p->top_p > 0.0f && p->top_p < 1.0f)) {
+    if (k == n && !(p->top_p < 1.0f)) {
         /* Nothing is cut: walk the distribution in id order, no sort needed. */
         double r = (double)coin, cum = 0.0;
         for (int i = 0; i < n; i++) {
@@ -92,8 +92,8 @@ int sampler_sample(sampler *s, const float *logits, const sampler_params *p, flo
     double kept = 0.0;
     for (int i = 0; i < k; i++)
         kept += c[i].p;
-    if (p->top_p > 0.0f && p->top_p < 1.0f) {
-        /* smallest prefix whose share of the top-k mass reaches top_p */
+    if (p->top_p < 1.0f) {
+        /* smallest prefix whose share of the top-k mass reaches top_p (one token for 0) */
         double cum = 0.0, target = p->top_p * kept;
         int m = 0;
         while (m < k) {

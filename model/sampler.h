@@ -15,7 +15,7 @@
 typedef struct sampler_params {
     float temperature; /* <= 0: greedy (argmax) */
     int top_k;         /* keep the k most likely tokens; <= 0: all */
-    float top_p;       /* keep the smallest set whose probability reaches p; >= 1: all */
+    float top_p;       /* keep the smallest set whose probability reaches p (0: the top token; >= 1: all) */
 } sampler_params;
 
 typedef struct sampler sampler;

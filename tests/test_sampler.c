@@ -90,7 +90,7 @@ START_TEST(test_top_p_stays_in_nucleus)
     float x[V];
     int order[V];
     uint64_t rng = 5;
-    const float ps[] = {0.1f, 0.5f, 0.9f};
+    const float ps[] = {0.0f, 0.1f, 0.5f, 0.9f};
     for (int trial = 0; trial < 10; trial++) {
         random_logits(x, (uint64_t)trial + 200);
         rank(x, order);
@@ -98,8 +98,8 @@ START_TEST(test_top_p_stays_in_nucleus)
         for (int i = 0; i < V; i++)
             sum += prob[i] = exp((double)x[i] - mx);
         for (size_t pi = 0; pi < sizeof ps / sizeof *ps; pi++) {
-            int nucleus = 0; /* smallest prefix reaching p */
-            for (double cum = 0.0; cum < ps[pi] * (1 - 1e-6);)
+            int nucleus = 1; /* smallest prefix reaching p, at least one token */
+            for (double cum = prob[order[0]] / sum; cum < ps[pi] * (1 - 1e-6);)
                 cum += prob[order[nucleus++]] / sum;
             sampler_params p = {1.0f, 0, ps[pi]};
             for (int n = 0; n < 2000; n++) {
