@@ -118,10 +118,10 @@ int sha256_file(const char *path, char hex[65], char *err, size_t errlen)
     size_t n;
     while ((n = fread(buf, 1, sizeof buf, f)) > 0)
         sha256_update(&c, buf, n);
-    int bad = ferror(f);
+    int bad = ferror(f) ? errno : 0;
     fclose(f);
     if (bad) {
-        err_set(err, errlen, "cannot read %s", path);
+        err_set(err, errlen, "cannot read %s: %s", path, strerror(bad));
         return -1;
     }
     unsigned char d[32];

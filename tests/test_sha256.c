@@ -85,6 +85,9 @@ START_TEST(test_file_digest)
     unlink(path);
     ck_assert_int_eq(sha256_file(path, hex, err, sizeof err), -1);
     ck_assert_ptr_nonnull(strstr(err, path));
+    /* A directory opens but cannot be read: the reason is named. */
+    ck_assert_int_eq(sha256_file("/", hex, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "cannot read /: Is a directory") != NULL, "%s", err);
 }
 END_TEST
 
