@@ -1,40 +1,74 @@
 #!/usr/bin/env bash
-# Runs the official openai npm client (test.mjs) against attnlm-server, without
-# and with an API key.  Installs the pinned client on first use.
+# The official openai npm client (test.mjs) against attnlm-server, twice:
+# without an API key, and with --api-key secret (right key works, wrong key 401).
+#   ATTNLM_SERVER  server binary (default build/attnlm-server, relative to the repo)
+# Installs the pinned client (package-lock.json) into node_modules on first use.
+# Exits non-zero if a check fails, the server does not start, or the server
+# does not exit with status 0 on SIGTERM.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
-server="${ATTNLM_SERVER:-$root/build/attnlm-server}"
 cd "$root"
-command -v node >/dev/null || { echo "openai test: node is missing (make deps installs it)"; exit 1; }
-if [ ! -d "$here/node_modules/openai" ]; then
-  (cd "$here" && npm ci --no-audit --no-fund --silent)
+server="${ATTNLM_SERVER:-build/attnlm-server}"
+model="models/default.safetensors"
+
+command -v node >/dev/null || { echo "openai test: node is missing (make deps installs it)" >&2; exit 1; }
+[ -x "$server" ] || { echo "openai test: no server binary $server" >&2; exit 1; }
+
+# Install when node_modules is missing or holds another version than the lock file pins.
+pinned="$(node -e 'console.log(require(process.argv[1]).packages["node_modules/openai"].version)' "$here/package-lock.json")"
+installed="$(node -e 'try { console.log(require(process.argv[1]).version) } catch { console.log("none") }' \
+  "$here/node_modules/openai/package.json")"
+if [ "$installed" != "$pinned" ]; then
+  echo "openai test: installing openai@$pinned (npm ci)"
+  (cd "$here" && npm ci --no-audit --no-fund --loglevel=error)
 fi
+echo "openai test: openai@$pinned on node $(node --version), server $server"
 
 log="$(mktemp)"
 pid=
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; rm -f "$log"; }
+cleanup() {
+  if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  rm -f "$log"
+}
 trap cleanup EXIT
 
-run_with() {  # run_with KEY [server flags...]
-  local key="$1"; shift
-  "$server" --host 127.0.0.1 --port 0 --model models/default.safetensors "$@" 2>"$log" &
+failures=0
+run_with() {  # run_with CLIENT_KEY [SERVER_KEY]
+  local client_key="$1" server_key="${2:-}" port="" rc=0
+  local flags=(--host 127.0.0.1 --port 0 --model "$model")
+  [ -n "$server_key" ] && flags+=(--api-key "$server_key")
+  : >"$log"
+  "$server" "${flags[@]}" 2>"$log" &
   pid=$!
-  local port=
   for _ in $(seq 300); do
-    port="$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$log")"
+    port="$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$log" | head -1)"
     [ -n "$port" ] && break
-    kill -0 "$pid" 2>/dev/null || { cat "$log"; echo "openai test: server exited"; exit 1; }
+    kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
-  [ -n "$port" ] || { cat "$log"; echo "openai test: server did not start"; exit 1; }
-  node "$here/test.mjs" "http://127.0.0.1:$port/v1" "$key"
+  if [ -z "$port" ]; then
+    cat "$log" >&2
+    echo "openai test: the server did not start" >&2
+    exit 1
+  fi
+  node "$here/test.mjs" "http://127.0.0.1:$port/v1" "$client_key" "$server_key" || failures=$((failures + 1))
   kill -TERM "$pid"
-  local rc=0
   wait "$pid" || rc=$?
   pid=
-  [ "$rc" -eq 0 ] || { tail -20 "$log"; echo "openai test: server exited with $rc"; exit 1; }
+  if [ "$rc" -ne 0 ]; then
+    tail -5 "$log" >&2
+    echo "FAIL server exited with status $rc after SIGTERM (expected 0)"
+    failures=$((failures + 1))
+  else
+    echo "ok   server exited with status 0 after SIGTERM"
+  fi
 }
 
 run_with unused
-run_with sekret --api-key sekret
+run_with secret secret
+if [ "$failures" -ne 0 ]; then
+  echo "openai test: FAILED ($failures failing run(s) or server exit(s))"
+  exit 1
+fi
+echo "openai test: all passed"

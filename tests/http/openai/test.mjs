@@ -1,98 +1,177 @@
-// The official openai client against a running attnlm-server.
-// Usage: node test.mjs BASE_URL API_KEY   (BASE_URL ends in /v1)
+// The official openai npm client against a running attnlm-server.
+// Usage: node test.mjs BASE_URL API_KEY [SERVER_KEY]
+//   BASE_URL ends in /v1; API_KEY is what the client sends; SERVER_KEY is the
+//   key the server was started with (absent: the server has no key).
+// Prints one line per check and a summary; exits 1 if any check failed.
 import OpenAI from 'openai';
 
-const [baseURL, apiKey] = process.argv.slice(2);
-const client = new OpenAI({ baseURL, apiKey, maxRetries: 0 });
-let failures = 0;
+const [baseURL, apiKey, serverKey = ''] = process.argv.slice(2);
+if (!baseURL || !apiKey) {
+  console.error('usage: node test.mjs BASE_URL API_KEY [SERVER_KEY]');
+  process.exit(2);
+}
+const root = baseURL.replace(/\/v1\/?$/, '');
+const client = new OpenAI({ baseURL, apiKey, maxRetries: 0, timeout: 60_000 });
+const mode = serverKey ? 'api key' : 'no key';
+let passed = 0, failed = 0;
 
 async function check(name, fn) {
   try {
-    await fn();
-    console.log(`ok   ${name}`);
+    const note = await fn();
+    passed++;
+    console.log(`ok   [${mode}] ${name}${note ? ` (${note})` : ''}`);
   } catch (e) {
-    failures++;
-    console.log(`FAIL ${name}: ${e.stack || e}`);
+    failed++;
+    console.log(`FAIL [${mode}] ${name}: ${e && e.stack ? e.stack.split('\n').slice(0, 3).join(' | ') : e}`);
   }
 }
 function assert(cond, msg) { if (!cond) throw new Error(msg); }
+const json = (x) => JSON.stringify(x);
+const isCount = (x) => Number.isInteger(x) && x >= 0;
 
-const params = { model: 'default', prompt: 'Call me Ishmael. ', max_tokens: 40, temperature: 0.8, seed: 5 };
-let plain;
-
-await check('models.list and models.retrieve', async () => {
-  const list = await client.models.list();
-  assert(list.data.length === 1 && typeof list.data[0].id === 'string', JSON.stringify(list.data));
-  const one = await client.models.retrieve(list.data[0].id);
-  assert(one.id === list.data[0].id && one.object === 'model', JSON.stringify(one));
-  try {
-    await client.models.retrieve('no-such-model');
-    throw new Error('found a model that does not exist');
-  } catch (e) {
-    assert(e instanceof OpenAI.NotFoundError, `${e}`);
-  }
-});
-
-await check('completions.create', async () => {
-  plain = await client.completions.create(params);
-  assert(plain.object === 'text_completion', plain.object);
-  const c = plain.choices[0];
-  assert(c.finish_reason === 'length', c.finish_reason);
-  assert(Buffer.byteLength(c.text) >= 1, 'empty text');
-  assert(plain.usage.prompt_tokens === 17 && plain.usage.completion_tokens === 40, JSON.stringify(plain.usage));
-  assert(plain.usage.total_tokens === 57, 'total_tokens');
-  const again = await client.completions.create(params);
-  assert(again.choices[0].text === c.text, 'same seed, different text');
-});
-
-await check('completions.create stream', async () => {
-  const stream = await client.completions.create({ ...params, stream: true });
-  let text = '', last = null, chunks = 0;
-  for await (const chunk of stream) {
-    text += chunk.choices[0].text;
-    last = chunk.choices[0].finish_reason ?? last;
-    chunks++;
-  }
-  assert(chunks >= 40, `only ${chunks} chunks`);
-  assert(last === 'length', `finish_reason ${last}`);
-  assert(text === plain.choices[0].text, `streamed ${JSON.stringify(text)} != ${JSON.stringify(plain.choices[0].text)}`);
-});
-
-await check('echo + logprobs + max_tokens 0 scores the prompt', async () => {
-  const prompt = 'It was the best of times.';
-  const r = await client.completions.create({ model: 'default', prompt, max_tokens: 0, echo: true, logprobs: 1 });
-  const lp = r.choices[0].logprobs;
-  assert(r.choices[0].text === prompt, r.choices[0].text);
-  assert(lp.token_logprobs.length === prompt.length, `${lp.token_logprobs.length} logprobs`);
-  assert(lp.token_logprobs.every((x) => Number.isFinite(x) && x <= 0), 'non-finite logprob');
-  const res = await fetch(baseURL.replace(/\/v1$/, '') + '/v1/score', {
+// Direct calls for what the client has no method for (/v1/score, /v1/model).
+async function post(path, body) {
+  const res = await fetch(root + path, {
     method: 'POST',
     headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${apiKey}` },
-    body: JSON.stringify({ text: prompt }),
+    body: json(body),
   });
-  const score = await res.json();
-  const sum = lp.token_logprobs.reduce((a, b) => a + b, 0);
-  assert(Math.abs(sum - score.logprob) < 1e-3, `sum ${sum} vs /v1/score ${score.logprob}`);
+  if (res.status !== 200) throw new Error(`${path}: HTTP ${res.status} ${await res.text()}`);
+  return res.json();
+}
+
+// One request that, with the same seed, the plain and the streamed check both make.
+const prompt = 'Call me Ishmael. Some years ago';
+const params = { model: 'attnlm', prompt, max_tokens: 40, temperature: 0.8, seed: 1234 };
+let plain = null;
+
+await check('(a) completions.create: text_completion shape, length, usage', async () => {
+  plain = await client.completions.create(params);
+  assert(plain.object === 'text_completion', `object ${plain.object}`);
+  assert(typeof plain.id === 'string' && plain.id.length > 0, `id ${plain.id}`);
+  assert(Number.isInteger(plain.created), `created ${plain.created}`);
+  assert(typeof plain.model === 'string', `model ${plain.model}`);
+  assert(Array.isArray(plain.choices) && plain.choices.length === 1, `${plain.choices.length} choices`);
+  const c = plain.choices[0];
+  assert(c.index === 0, `index ${c.index}`);
+  assert(typeof c.text === 'string', `text ${typeof c.text}`);
+  assert(c.finish_reason === 'length', `finish_reason ${c.finish_reason}`);
+  // One token is one byte; only U+FFFD (an incomplete UTF-8 sequence replaced) changes the count.
+  const bytes = Buffer.byteLength(c.text);
+  if (!c.text.includes('\uFFFD'))
+    assert(bytes === params.max_tokens, `${bytes} bytes of text for ${params.max_tokens} tokens: ${json(c.text)}`);
+  const u = plain.usage;
+  assert(u && isCount(u.prompt_tokens) && isCount(u.completion_tokens) && isCount(u.total_tokens), `usage ${json(u)}`);
+  assert(u.prompt_tokens === Buffer.byteLength(prompt), `prompt_tokens ${u.prompt_tokens} for ${Buffer.byteLength(prompt)} bytes`);
+  assert(u.completion_tokens === params.max_tokens, `completion_tokens ${u.completion_tokens}`);
+  assert(u.total_tokens === u.prompt_tokens + u.completion_tokens, `total_tokens ${u.total_tokens}`);
+  const again = await client.completions.create(params);
+  assert(again.choices[0].text === c.text, 'same seed and request, different text');
+  return `${bytes} bytes: ${json(c.text.slice(0, 30))}...`;
 });
 
-await check('bad request is a 400 APIError', async () => {
+await check('(b) completions.create stream: same text as (a), finish_reason last', async () => {
+  assert(plain, 'needs (a)');
+  const stream = await client.completions.create({ ...params, stream: true });
+  let text = '', chunks = 0, last = null, finishes = 0;
+  for await (const chunk of stream) {
+    assert(chunk.object === 'text_completion', `chunk object ${chunk.object}`);
+    assert(chunk.choices.length === 1 && typeof chunk.choices[0].text === 'string', `chunk ${json(chunk)}`);
+    text += chunk.choices[0].text;
+    if (chunk.choices[0].finish_reason != null) finishes++;
+    last = chunk;
+    chunks++;
+  }
+  assert(chunks >= 2, `only ${chunks} chunks`);
+  assert(last.choices[0].finish_reason === 'length', `last chunk finish_reason ${last.choices[0].finish_reason}`);
+  assert(finishes === 1, `${finishes} chunks carry a finish_reason`);
+  assert(text === plain.choices[0].text, `streamed ${json(text)} != ${json(plain.choices[0].text)}`);
+  return `${chunks} chunks`;
+});
+
+// A prompt with multi-byte characters: one logprob per byte, not per character.
+const scored = 'It was the best of times \u2014 a na\u00efve whale, and the worst.';
+for (const logprobs of [0, 1]) {
+  await check(`(c) echo + logprobs ${logprobs} + max_tokens 0 scores the prompt like /v1/score`, async () => {
+    const r = await client.completions.create({ model: 'attnlm', prompt: scored, max_tokens: 0, echo: true, logprobs });
+    const c = r.choices[0];
+    assert(c.text === scored, `echoed ${json(c.text)}`);
+    const lp = c.logprobs;
+    const n = Buffer.byteLength(scored);
+    assert(lp && Array.isArray(lp.token_logprobs), `logprobs ${json(lp)}`);
+    assert(lp.token_logprobs.length === n, `${lp.token_logprobs.length} token_logprobs for ${n} bytes`);
+    assert(lp.tokens.length === n && lp.text_offset.length === n, `${lp.tokens.length} tokens, ${lp.text_offset.length} offsets`);
+    assert(lp.token_logprobs.every((x) => typeof x === 'number' && Number.isFinite(x) && x <= 0),
+      `not all finite: ${json(lp.token_logprobs)}`);
+    assert(r.usage.prompt_tokens === n && r.usage.completion_tokens === 0, `usage ${json(r.usage)}`);
+    const score = await post('/v1/score', { text: scored });
+    const sum = lp.token_logprobs.reduce((a, b) => a + b, 0);
+    assert(Math.abs(sum - score.logprob) <= 1e-4, `sum ${sum} vs /v1/score ${score.logprob}`);
+    return `${n} bytes, sum ${sum.toFixed(6)}, /v1/score ${score.logprob}`;
+  });
+}
+
+await check('(d) models.list returns the model id (and models.retrieve finds it)', async () => {
+  const model = await fetch(root + '/v1/model', { headers: { Authorization: `Bearer ${apiKey}` } }).then((r) => r.json());
+  const list = await client.models.list();
+  const ids = list.data.map((m) => m.id);
+  assert(ids.length === 1, `models ${json(ids)}`);
+  assert(ids[0] === model.id, `models.list ${ids[0]} vs /v1/model id ${model.id}`);
+  assert(list.data[0].object === 'model', `object ${list.data[0].object}`);
+  const one = await client.models.retrieve(ids[0]);
+  assert(one.id === ids[0], `retrieve ${json(one)}`);
+  let err = null;
+  try {
+    await client.models.retrieve('no-such-model');
+  } catch (e) {
+    err = e;
+  }
+  assert(err instanceof OpenAI.NotFoundError && err.status === 404, `retrieve of an unknown model: ${err}`);
+  return ids[0];
+});
+
+await check('(e) temperature -1 rejects with a 400 APIError', async () => {
+  let err = null;
   try {
     await client.completions.create({ ...params, temperature: -1 });
-    throw new Error('accepted temperature -1');
   } catch (e) {
-    assert(e instanceof OpenAI.APIError && e.status === 400, `${e}`);
+    err = e;
   }
+  assert(err, 'temperature -1 was accepted');
+  assert(err instanceof OpenAI.APIError, `${err}`);
+  assert(err instanceof OpenAI.BadRequestError && err.status === 400, `status ${err.status}: ${err}`);
+  assert(err.type === 'invalid_request_error', `type ${err.type}`);
+  assert(err.param === 'temperature', `param ${err.param}`);
+  return err.message;
 });
 
-await check('wrong key is a 401 AuthenticationError', async () => {
-  const bad = new OpenAI({ baseURL, apiKey: apiKey + 'x', maxRetries: 0 });
+await check('(f) a wrong key rejects with a 401 AuthenticationError (any key passes without --api-key)', async () => {
+  if (!serverKey) {
+    const any = new OpenAI({ baseURL, apiKey: 'anything', maxRetries: 0 });
+    const r = await any.completions.create({ ...params, max_tokens: 1 });
+    assert(r.choices.length === 1, `${json(r)}`);
+    return 'server has no key';
+  }
+  const bad = new OpenAI({ baseURL, apiKey: serverKey + '-wrong', maxRetries: 0 });
+  let err = null;
   try {
     await bad.completions.create(params);
-    if (apiKey !== 'unused') throw new Error('accepted a wrong key');
   } catch (e) {
-    assert(e instanceof OpenAI.AuthenticationError && e.status === 401, `${e}`);
+    err = e;
   }
+  assert(err, 'a wrong key was accepted');
+  assert(err instanceof OpenAI.AuthenticationError && err.status === 401, `${err}`);
+  assert(err.type === 'authentication_error', `type ${err.type}`);
+  let listErr = null;
+  try {
+    await bad.models.list();
+  } catch (e) {
+    listErr = e;
+  }
+  assert(listErr instanceof OpenAI.AuthenticationError, `models.list with a wrong key: ${listErr}`);
+  const open = await fetch(root + '/health');
+  assert(open.status === 200, `/health without a key: ${open.status}`);
 });
 
-console.log(failures ? `${failures} check(s) failed` : 'all checks passed');
-process.exit(failures ? 1 : 0);
+console.log(`[${mode}] ${passed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);
