@@ -121,6 +121,8 @@ test-unit: $(TESTS) $(BUILD)/tests/parity_check
 test-http: $(BUILD)/attnlm-server $(BUILD)/attnlm
 	@echo "== HTTP integration: $(BUILD)/attnlm-server"
 	@ATTNLM_SERVER=$(BUILD)/attnlm-server ATTNLM_CLI=$(BUILD)/attnlm $(PYTHON) tests/http/test_service.py
+	@echo "== HTTP endpoints in detail: $(BUILD)/attnlm-server"
+	@ATTNLM_SERVER=$(BUILD)/attnlm-server ATTNLM_CLI=$(BUILD)/attnlm $(PYTHON) tests/http/test_http.py
 	@echo "== OpenAI client (npm openai) against $(BUILD)/attnlm-server"
 	@ATTNLM_SERVER=$(BUILD)/attnlm-server tests/http/openai/run.sh
 
