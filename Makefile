@@ -40,7 +40,7 @@ API_SRC := api/json.c api/inline.c api/score.c api/generate.c api/job.c api/metr
 API_OBJ := $(API_SRC:%.c=$(BUILD)/%.o)
 API_LIB := $(BUILD)/libattnlm_api.a
 
-SERVER_SRC := server/config.c server/pool.c server/http.c
+SERVER_SRC := server/config.c server/pool.c server/http.c server/probe.c
 SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
 
 TEST_NAMES := test_safetensors test_model test_sampler test_tokenizer test_sha256 test_kernels

@@ -136,7 +136,10 @@ void config_usage(FILE *out)
         }
         fprintf(out, "  --%-21s %-28s default %s\n      %s\n", o->name, env, def, o->help);
     }
-    fputs("  --help                  print this and exit\n", out);
+    fputs("  --health                ask the server at --host/--port for /health and exit 0 if it\n"
+          "                          answers 200, 1 otherwise (for container health checks)\n"
+          "  --help                  print this and exit\n",
+          out);
 }
 
 int config_load(srv_config *c, int argc, char **argv, FILE *out, char *err, size_t errlen)
@@ -154,6 +157,10 @@ int config_load(srv_config *c, int argc, char **argv, FILE *out, char *err, size
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             config_usage(out);
             return 1;
+        }
+        if (strcmp(a, "--health") == 0) {
+            c->health_check = 1;
+            continue;
         }
         if (strncmp(a, "--", 2) != 0) {
             err_set(err, errlen, "unexpected argument \"%s\" (see --help)", a);

@@ -22,6 +22,7 @@ typedef struct srv_config {
     long max_attention_tokens;
     const char *api_key;  /* "" = none */
     double drain_timeout; /* seconds */
+    int health_check;     /* --health: probe a running server's /health instead of serving */
 } srv_config;
 
 /* Fills c from argv and the environment.  Returns 0, 1 if --help was asked

@@ -23,6 +23,7 @@
 #include "http.h"
 #include "model.h"
 #include "pool.h"
+#include "probe.h"
 #include "sha256.h"
 
 /* Name reported to OpenAI clients: the file's "name" metadata, else its file name. */
@@ -101,6 +102,16 @@ int main(int argc, char **argv)
     if (rc < 0) {
         fprintf(stderr, "attnlm: %s\n", err);
         return 2;
+    }
+    if (cfg.health_check) {
+        int status = probe_http(cfg.host, cfg.port, "/health", 3.0, err, sizeof err);
+        if (status == 200)
+            return 0;
+        if (status > 0)
+            fprintf(stderr, "attnlm: /health answered %d\n", status);
+        else
+            fprintf(stderr, "attnlm: health check failed: %s\n", err);
+        return 1;
     }
 
     if (signals_install() < 0) {

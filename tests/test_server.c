@@ -7,14 +7,19 @@
 #include "config.h"
 #include "model.h"
 #include "pool.h"
+#include "probe.h"
 #include "testutil.h"
 
 #include "check_main.h"
 
 #include <check.h>
 #include <cjson/cJSON.h>
+#include <arpa/inet.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +27,57 @@
 #include <time.h>
 
 /* ---- settings ------------------------------------------------------------- */
+
+/* A listener on loopback that answers one connection with fixed bytes. */
+typedef struct canned {
+    int fd;
+    const char *answer;
+    char request[256];
+} canned;
+
+static void *canned_serve(void *arg)
+{
+    canned *c = arg;
+    int conn = accept(c->fd, NULL, NULL);
+    if (conn < 0)
+        return NULL;
+    ssize_t n = recv(conn, c->request, sizeof c->request - 1, 0);
+    c->request[n > 0 ? n : 0] = '\0';
+    if (send(conn, c->answer, strlen(c->answer), MSG_NOSIGNAL) < 0)
+        c->request[0] = '\0';
+    close(conn);
+    return NULL;
+}
+
+static int probe_canned(const char *answer, char *request, char *err)
+{
+    canned c = {.answer = answer};
+    c.fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    ck_assert_int_eq(bind(c.fd, (struct sockaddr *)&a, sizeof a), 0);
+    ck_assert_int_eq(listen(c.fd, 1), 0);
+    ck_assert_int_eq(getsockname(c.fd, (struct sockaddr *)&a, &len), 0);
+    pthread_t t;
+    pthread_create(&t, NULL, canned_serve, &c);
+    int status = probe_http("0.0.0.0", ntohs(a.sin_port), "/health", 5.0, err, ATTNLM_ERR_LEN);
+    pthread_join(t, NULL);
+    close(c.fd);
+    strcpy(request, c.request);
+    return status;
+}
+
+START_TEST(test_health_probe_reads_the_status)
+{
+    char req[256], err[ATTNLM_ERR_LEN];
+    ck_assert_int_eq(probe_canned("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", req, err), 200);
+    ck_assert_msg(strncmp(req, "GET /health HTTP/1.0\r\n", 22) == 0, "%s", req);
+    ck_assert_int_eq(probe_canned("HTTP/1.0 503 Service Unavailable\r\n\r\n", req, err), 503);
+    ck_assert_int_eq(probe_canned("SSH-2.0-OpenSSH\r\n", req, err), -1);
+    ck_assert_msg(strstr(err, "did not answer HTTP") != NULL, "%s", err);
+    ck_assert_int_eq(probe_canned("", req, err), -1);
+}
+END_TEST
 
 static int load(srv_config *c, char **argv, int argc, char *err)
 {
@@ -349,6 +405,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, test_config_defaults_flags_env);
     tcase_add_test(tc, test_config_refusals_name_the_setting);
     tcase_add_test(tc, test_help_lists_every_variable);
+    tcase_add_test(tc, test_health_probe_reads_the_status);
     suite_add_tcase(s, tc);
     TCase *tp = tcase_create("pool");
     tcase_add_checked_fixture(tp, pool_setup, pool_teardown);

@@ -415,6 +415,22 @@ class Lifecycle(unittest.TestCase):
                 self.assertIn(path, lines[0])
                 self.assertNotIn("listening", p.stderr)
 
+    def test_health_flag_probes_a_running_server(self):
+        s = Server(model=FIXTURE)
+        try:
+            port = str(s.port)
+            p = subprocess.run([SERVER, "--health", "--port", port], capture_output=True, text=True, timeout=30)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            # the container's way: settings from the environment, a wildcard host means loopback
+            env = dict(os.environ, ATTNLM_HOST="0.0.0.0", ATTNLM_PORT=port)
+            p = subprocess.run([SERVER, "--health"], capture_output=True, text=True, timeout=30, env=env)
+            self.assertEqual(p.returncode, 0, p.stderr)
+        finally:
+            self.stop_ok(s)
+        p = subprocess.run([SERVER, "--health", "--port", port], capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("cannot connect to 127.0.0.1:" + port, p.stderr)
+
     def test_multihead_attention_heads(self):
         s = Server(model=MULTIHEAD)
         try:
