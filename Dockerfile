@@ -1,0 +1,47 @@
+# attnlm-server with the shipped default model.
+#
+#   docker build -t attnlm .
+#   docker run --rm -p 8080:8080 attnlm
+#
+# Another model: mount it over the default, or elsewhere and point ATTNLM_MODEL at it:
+#   docker run --rm -p 8080:8080 -v "$PWD/my.safetensors:/models/model.safetensors:ro" attnlm
+# Every flag of attnlm-server is an ATTNLM_* variable (-e ATTNLM_WORKERS=4) or an argument
+# after the image name (docker run ... attnlm --workers 4).
+
+ARG BASE=debian:bookworm-slim
+
+FROM ${BASE} AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev make pkg-config \
+      libopenblas-dev libcjson-dev libmicrohttpd-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY Makefile ./
+COPY model/ model/
+COPY api/ api/
+COPY server/ server/
+# -O2 without debug information; the runtime image has no debugger to use it.
+RUN make build/attnlm-server OPT=-O2 && strip build/attnlm-server
+
+FROM ${BASE}
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libopenblas0-pthread libcjson1 libmicrohttpd12 \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log \
+ && groupadd --system --gid 10001 attnlm \
+ && useradd --system --uid 10001 --gid attnlm --home-dir /nonexistent --no-create-home \
+      --shell /usr/sbin/nologin attnlm
+COPY --from=build /src/build/attnlm-server /usr/local/bin/attnlm-server
+COPY models/default.safetensors /models/model.safetensors
+
+# Each worker runs its own single-threaded BLAS calls: OpenBLAS's thread pool would sit idle.
+ENV ATTNLM_HOST=0.0.0.0 \
+    ATTNLM_PORT=8080 \
+    ATTNLM_MODEL=/models/model.safetensors \
+    OPENBLAS_NUM_THREADS=1
+USER 10001:10001
+EXPOSE 8080
+STOPSIGNAL SIGTERM
+# The binary probes its own /health (no curl or wget in the image).
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 CMD ["attnlm-server", "--health"]
+ENTRYPOINT ["attnlm-server"]
