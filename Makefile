@@ -61,7 +61,8 @@ TRAIN_ARGS := --train data/train.txt --val data/val.txt --out $(DEFAULT_MODEL) -
 	--seq-len 256 --batch 32 --steps 1400 --lr 5e-3 --warmup 50 --dropout 0.1 --eval-every 200 \
 	--threads 2 --seed 1
 
-.PHONY: all deps test test-unit test-http run data train fixtures bench bench-http clean
+.PHONY: all deps test test-unit test-http run data train fixtures bench bench-http image-test scale-test \
+	k8s-check install install-test uninstall clean
 .SECONDARY:
 
 all: $(MODEL_LIB) $(BUILD)/attnlm $(BUILD)/attnlm-server
@@ -157,6 +158,44 @@ bench-http: $(BUILD)/attnlm-server $(BUILD)/bench/http_streams
 	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
 	@bench/http.sh $(BUILD)/attnlm-server $(BUILD)/bench/http_streams $(DEFAULT_MODEL)
+
+# Container image, replicas behind nginx, Kubernetes manifests (deploy/).
+image-test:
+	@bash deploy/test-image.sh
+
+scale-test: $(BUILD)/attnlm-server
+	@command -v nginx >/dev/null || { echo "scale-test: installing nginx"; \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y -qq --no-install-recommends nginx-light >/dev/null; }
+	@bash deploy/scale-test.sh $(BUILD)/attnlm-server
+
+k8s-check: $(BUILD)/attnlm-server
+	@command -v yamllint >/dev/null || { echo "k8s-check: installing yamllint"; \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y -qq --no-install-recommends yamllint >/dev/null; }
+	yamllint --strict -c deploy/.yamllint deploy/
+	$(PYTHON) deploy/check-k8s.py $(BUILD)/attnlm-server deploy/k8s
+
+# Bare-metal install: the binaries, the default model and the systemd unit.
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+DATADIR ?= $(PREFIX)/share/attnlm
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+install: build/attnlm-server build/attnlm
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/models $(DESTDIR)$(UNITDIR)
+	install -m 0755 build/attnlm-server build/attnlm $(DESTDIR)$(BINDIR)/
+	install -m 0644 $(DEFAULT_MODEL) $(DESTDIR)$(DATADIR)/models/default.safetensors
+	sed -e 's|/usr/local/bin/|$(BINDIR)/|g' -e 's|/usr/local/share/attnlm/|$(DATADIR)/|g' \
+	  deploy/attnlm.service >$(DESTDIR)$(UNITDIR)/attnlm.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/attnlm.service
+
+install-test: build/attnlm-server build/attnlm
+	@bash deploy/test-install.sh
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/attnlm-server $(DESTDIR)$(BINDIR)/attnlm \
+	  $(DESTDIR)$(DATADIR)/models/default.safetensors $(DESTDIR)$(UNITDIR)/attnlm.service
+	-rmdir $(DESTDIR)$(DATADIR)/models $(DESTDIR)$(DATADIR)
 
 clean:
 	rm -rf build
