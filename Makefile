@@ -167,14 +167,14 @@ scale-test: $(BUILD)/attnlm-server
 	@command -v nginx >/dev/null || { echo "scale-test: installing nginx"; \
 	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get install -y -qq --no-install-recommends nginx-light >/dev/null; }
-	@bash deploy/scale-test.sh $(BUILD)/attnlm-server
+	@$(PYTHON) deploy/scale-test.py $(BUILD)/attnlm-server
 
 k8s-check: $(BUILD)/attnlm-server
 	@command -v yamllint >/dev/null || { echo "k8s-check: installing yamllint"; \
 	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get install -y -qq --no-install-recommends yamllint >/dev/null; }
 	yamllint --strict -c deploy/.yamllint deploy/
-	$(PYTHON) deploy/check-k8s.py $(BUILD)/attnlm-server deploy/k8s
+	$(PYTHON) deploy/check-manifests.py $(BUILD)/attnlm-server
 
 # Bare-metal install: the binaries, the default model and the systemd unit.
 PREFIX ?= /usr/local

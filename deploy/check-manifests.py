@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""make k8s-check: the Kubernetes manifests and the compose file against the real server.
+
+    python3 deploy/check-manifests.py SERVER_BINARY
+
+Reads the flags and their ATTNLM_* variables from `SERVER_BINARY --help` (no list is kept
+here), then checks deploy/k8s/*.yaml and deploy/docker-compose.yml:
+  - the expected kinds are there; selectors, the HPA's and the Service's targets match the
+    Deployment;
+  - every ATTNLM_* name used is one the server reads, and the server starts with the
+    ConfigMap's settings (port and host changed to a free loopback port) and answers the
+    probes' paths with 200;
+  - probes are /ready (readiness) and /health (liveness) on the container port, which is
+    ATTNLM_PORT; the Service's targetPort is that port;
+  - the grace period outlasts the preStop pause plus ATTNLM_DRAIN_TIMEOUT;
+  - non-root, read-only root filesystem, no privilege escalation, CPU and memory requests and
+    limits, and no more workers than the CPU limit.
+Prints one line per check; exits 1 if any fails.
+"""
+import glob
+import http.client
+import os
+import re
+import subprocess
+import sys
+import time
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+failures = 0
+
+
+def report(ok, what):
+    global failures
+    print("%s %s" % ("ok  " if ok else "FAIL", what))
+    if not ok:
+        failures += 1
+    return ok
+
+
+def server_flags(binary):
+    """{ENV_NAME: default string} from --help."""
+    out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30).stdout
+    flags = {}
+    for m in re.finditer(r"^\s+--([a-z-]+)\s+(ATTNLM_[A-Z_]+)\s+default (\S+)", out, re.M):
+        flags[m.group(2)] = m.group(3).strip('"')
+    return flags
+
+
+def cpu_cores(q):
+    q = str(q)
+    return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+
+def run_server(binary, env):
+    """Starts the server with env, GETs /ready and /health, stops it.  Returns (statuses, rc, log)."""
+    full = dict(os.environ)
+    full.update(env)
+    full.update(ATTNLM_HOST="127.0.0.1", ATTNLM_PORT="0",
+                ATTNLM_MODEL=os.path.join(ROOT, "models", "default.safetensors"))
+    proc = subprocess.Popen([binary], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=full, text=True)
+    statuses, lines = {}, []
+    try:
+        port, deadline = None, time.monotonic() + 30
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+            if m:
+                port = int(m.group(1))
+        if port is not None:
+            for path in ("/ready", "/health"):
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                c.request("GET", path)
+                statuses[path] = c.getresponse().status
+                c.close()
+        proc.terminate()
+        rc = proc.wait(60)
+        lines.append(proc.stderr.read())
+        return statuses, rc, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def main():
+    if len(sys.argv) not in (2, 3):
+        print("usage: check-manifests.py SERVER_BINARY [K8S_DIR]", file=sys.stderr)
+        return 2
+    binary = sys.argv[1]
+    k8s = sys.argv[2] if len(sys.argv) == 3 else os.path.join(ROOT, "deploy", "k8s")
+    flags = server_flags(binary)
+    if not report(len(flags) >= 10, "%d ATTNLM_* settings read from %s --help" % (len(flags), binary)):
+        return 1
+
+    docs = []
+    for path in sorted(glob.glob(os.path.join(k8s, "*.yaml"))):
+        with open(path) as f:
+            docs += [(os.path.basename(path), d) for d in yaml.safe_load_all(f) if d]
+    by_kind = {}
+    for name, d in docs:
+        by_kind.setdefault(d.get("kind"), []).append(d)
+    for kind in ("ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"):
+        report(len(by_kind.get(kind, [])) == 1, "one %s" % kind)
+    if failures:
+        return 1
+    cm = by_kind["ConfigMap"][0]
+    dep = by_kind["Deployment"][0]
+    svc = by_kind["Service"][0]
+    hpa = by_kind["HorizontalPodAutoscaler"][0]
+    pdb = by_kind["PodDisruptionBudget"][0]
+    with open(os.path.join(k8s, "kustomization.yaml")) as f:
+        kust = yaml.safe_load(f)
+    report(sorted(kust["resources"]) == sorted({n for n, _ in docs if n != "kustomization.yaml"}),
+           "kustomization.yaml lists every manifest")
+
+    # ---- names and settings ------------------------------------------------------------
+    settings = {k: str(v) for k, v in cm["data"].items()}
+    pod = dep["spec"]["template"]["spec"]
+    ctr = pod["containers"][0]
+    used = set(settings) | {e["name"] for e in ctr.get("env", []) if e["name"].startswith("ATTNLM_")}
+    unknown = sorted(n for n in used if n not in flags)
+    report(not unknown, "every ATTNLM_* name is read by the server%s" % (": unknown %s" % unknown if unknown else ""))
+    ref = [e["configMapRef"]["name"] for e in ctr.get("envFrom", []) if "configMapRef" in e]
+    report(ref == [cm["metadata"]["name"]], "the container takes its settings from ConfigMap %s" % cm["metadata"]["name"])
+    for e in ctr.get("env", []):
+        if e["name"] == "ATTNLM_API_KEY":
+            report("secretKeyRef" in e.get("valueFrom", {}), "ATTNLM_API_KEY comes from a Secret")
+    report(settings.get("ATTNLM_HOST") in ("0.0.0.0", "::"), "ATTNLM_HOST listens on every interface")
+    statuses, rc, log = run_server(binary, {k: v for k, v in settings.items() if k != "ATTNLM_MODEL"})
+    report(statuses == {"/ready": 200, "/health": 200} and rc == 0,
+           "the server starts with the ConfigMap's settings, answers /ready and /health with 200, exits 0 "
+           "(got %s, exit %s)%s" % (statuses, rc, "" if rc == 0 and statuses else "\n" + log[-600:]))
+
+    # ---- ports and probes ----------------------------------------------------------------
+    port = int(settings.get("ATTNLM_PORT", flags["ATTNLM_PORT"]))
+    cports = {p.get("name"): p["containerPort"] for p in ctr["ports"]}
+    report(list(cports.values()) == [port], "containerPort %s is ATTNLM_PORT %d" % (list(cports.values()), port))
+
+    def probe_port(p):
+        return cports.get(p) if isinstance(p, str) else p
+
+    for probe, path in (("readinessProbe", "/ready"), ("livenessProbe", "/health")):
+        get = ctr.get(probe, {}).get("httpGet", {})
+        report(get.get("path") == path and probe_port(get.get("port")) == port,
+               "%s GET %s on port %s" % (probe, get.get("path"), get.get("port")))
+    if "startupProbe" in ctr:
+        get = ctr["startupProbe"].get("httpGet", {})
+        report(get.get("path") in ("/health", "/ready") and probe_port(get.get("port")) == port,
+               "startupProbe GET %s" % get.get("path"))
+    target = svc["spec"]["ports"][0]["targetPort"]
+    report(probe_port(target) == port, "Service targetPort %s reaches the container" % target)
+
+    # ---- selectors ---------------------------------------------------------------------------
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    matches = lambda sel: bool(sel) and all(labels.get(k) == v for k, v in sel.items())
+    report(matches(dep["spec"]["selector"]["matchLabels"]), "the Deployment's selector matches its pods")
+    report(matches(svc["spec"]["selector"]), "the Service selects the pods")
+    report(matches(pdb["spec"]["selector"]["matchLabels"]), "the PodDisruptionBudget selects the pods")
+    tgt = hpa["spec"]["scaleTargetRef"]
+    report(tgt["kind"] == "Deployment" and tgt["name"] == dep["metadata"]["name"], "the HPA scales the Deployment")
+    report(hpa["spec"]["minReplicas"] >= 2 and hpa["spec"]["maxReplicas"] >= hpa["spec"]["minReplicas"],
+           "the HPA keeps at least 2 replicas")
+
+    # ---- termination -------------------------------------------------------------------------
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    cmd = ctr.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    pause = float(cmd[1]) if len(cmd) == 2 and cmd[0] == "sleep" else None
+    drain = float(settings.get("ATTNLM_DRAIN_TIMEOUT", flags["ATTNLM_DRAIN_TIMEOUT"]))
+    report(pause is not None, "preStop pauses (%s)" % cmd)
+    report(pause is not None and grace > pause + drain,
+           "terminationGracePeriodSeconds %s > preStop %s s + drain %s s" % (grace, pause, drain))
+
+    # ---- security and resources ----------------------------------------------------------
+    psc, csc = pod.get("securityContext", {}), ctr.get("securityContext", {})
+    report(psc.get("runAsNonRoot") is True and psc.get("runAsUser", 0) != 0, "runs as a non-root user")
+    report(csc.get("readOnlyRootFilesystem") is True, "read-only root filesystem")
+    report(csc.get("allowPrivilegeEscalation") is False, "no privilege escalation")
+    report("ALL" in csc.get("capabilities", {}).get("drop", []), "all capabilities dropped")
+    res = ctr.get("resources", {})
+    have = all(k in res.get(w, {}) for w in ("requests", "limits") for k in ("cpu", "memory"))
+    report(have, "CPU and memory requests and limits")
+    if have:
+        workers = int(settings.get("ATTNLM_WORKERS", "1"))
+        limit = cpu_cores(res["limits"]["cpu"])
+        report(workers <= limit, "ATTNLM_WORKERS %d within the CPU limit %g" % (workers, limit))
+
+    # ---- compose ---------------------------------------------------------------------------
+    with open(os.path.join(ROOT, "deploy", "docker-compose.yml")) as f:
+        compose = yaml.safe_load(f)
+    app = compose["services"]["attnlm"]
+    unknown = sorted(n for n in app.get("environment", {}) if n not in flags)
+    report(not unknown, "docker-compose.yml: every ATTNLM_* name is read by the server%s"
+           % (": unknown %s" % unknown if unknown else ""))
+    report(app.get("healthcheck", {}).get("test") == ["CMD", "attnlm-server", "--health"],
+           "docker-compose.yml: health check by attnlm-server --health")
+    with open(os.path.join(ROOT, "deploy", "nginx.conf")) as f:
+        conf = f.read()
+    report(re.search(r"server attnlm:%s\b" % app["environment"].get("ATTNLM_PORT", 8080), conf) is not None,
+           "nginx.conf's upstream is the compose service on its port")
+
+    print("%s: %d failed" % ("manifests", failures))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
