@@ -57,6 +57,7 @@ class Replica:
         self.index = index
         self.log_path = os.path.join(work, "replica%d.log" % index)
         self.log = open(self.log_path, "ab")
+        start = self.log.tell()  # a restarted replica appends to its log
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
         self.proc = subprocess.Popen(
             [binary, "--host", "127.0.0.1", "--port", str(port), "--model", MODEL, "--workers", "1",
@@ -64,7 +65,6 @@ class Replica:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log, env=env)
         self.port = None
         deadline = time.monotonic() + 30
-        start = os.path.getsize(self.log_path) if port else 0
         while self.port is None:
             with open(self.log_path, "rb") as f:
                 f.seek(start)
