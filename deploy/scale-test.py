@@ -109,6 +109,7 @@ class Replica:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        self.log.close()
 
 
 class Nginx:

@@ -9,17 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "err.h"
+#include "pool.h"
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+static double now_s(void) { return (double)pool_now_ns() / 1e9; }
 
 /* Waits for fd to be ready for events until the deadline; 0 when ready. */
 static int wait_fd(int fd, short events, double deadline)
