@@ -42,6 +42,8 @@ static const option OPTIONS[] = {
     {"api-key", OPT_STR, OFF(api_key), 0, 0, "require this key (Authorization: Bearer or X-Api-Key); empty: none"},
     {"drain-timeout", OPT_DOUBLE, OFF(drain_timeout), 0, 86400,
      "seconds to let in-flight requests finish after SIGTERM"},
+    {"port-file", OPT_STR, OFF(port_file), 0, 0,
+     "once listening, write the bound port (one line) to this file, for scripts; empty: none"},
 };
 #define N_OPTIONS (sizeof OPTIONS / sizeof *OPTIONS)
 
@@ -67,6 +69,7 @@ static void defaults(srv_config *c)
         .max_attention_tokens = 512,
         .api_key = "",
         .drain_timeout = 30,
+        .port_file = "",
     };
 }
 

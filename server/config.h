@@ -22,6 +22,7 @@ typedef struct srv_config {
     long max_attention_tokens;
     const char *api_key;  /* "" = none */
     double drain_timeout; /* seconds */
+    const char *port_file; /* "" = none: where to write the bound port once listening */
     int health_check;     /* --health: probe a running server's /health instead of serving */
 } srv_config;
 

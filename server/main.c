@@ -77,6 +77,29 @@ static int signal_next(int timeout_ms)
     }
 }
 
+/* Writes the port to path through a temporary file and a rename, so a script
+ * polling for the file never reads half of it.  Returns 0, or -1 with errno. */
+static int write_port_file(const char *path, int port)
+{
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return -1;
+    int ok = fprintf(f, "%d\n", port) > 0;
+    ok &= fclose(f) == 0;
+    if (!ok || rename(tmp, path) < 0) {
+        int saved = errno;
+        unlink(tmp);
+        errno = saved;
+        return -1;
+    }
+    return 0;
+}
+
 /* Waits up to secs for the in-flight requests; returns early on a second signal. */
 static bool wait_idle(srv *s, double secs)
 {
@@ -169,6 +192,13 @@ int main(int argc, char **argv)
         model_free(m);
         return 1;
     }
+    if (*cfg.port_file && write_port_file(cfg.port_file, srv_port(s)) < 0) {
+        fprintf(stderr, "attnlm: cannot write --port-file %s: %s\n", cfg.port_file, strerror(errno));
+        srv_stop(s);
+        pool_free(p);
+        model_free(m);
+        return 1;
+    }
     const model_config *c = model_get_config(m);
     fprintf(stderr,
             "attnlm: listening on http://%s:%d (model %s: %s x%d h%d %s w%d, %llu params, loaded in %.3f s; "
@@ -191,6 +221,8 @@ int main(int argc, char **argv)
     srv_stop(s);
     pool_free(p);
     model_free(m);
+    if (*cfg.port_file)
+        unlink(cfg.port_file); /* the port is no longer ours */
     fprintf(stderr, "attnlm: stopped\n");
     return 0;
 }
