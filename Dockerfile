@@ -17,6 +17,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile ./
+COPY common/ common/
 COPY model/ model/
 COPY api/ api/
 COPY server/ server/

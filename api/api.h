@@ -39,6 +39,8 @@ typedef enum {
     API_EP_COUNT
 } api_endpoint;
 
+_Static_assert(METRICS_ROUTES == API_EP_COUNT + 1, "metrics count every route of api_endpoint plus \"other\"");
+
 /* The server's limits, also reported by GET /v1/model. */
 typedef struct api_limits {
     size_t max_body_bytes;
@@ -105,8 +107,9 @@ int api_error_reply(const api_error *e, api_reply *r);
 bool api_key_matches(const char *key, const char *authorization, const char *x_api_key);
 
 /* Answers the endpoints that need no model work (health, ready, metrics, model,
- * models, tokenize, detokenize); path is the request's, for /v1/models/{id}.  gauges are the server's live figures for
- * /metrics.  Returns 0 with r filled (success or a 4xx), -1 on out of memory. */
+ * models, tokenize, detokenize); path is the request's, for /v1/models/{id};
+ * draining turns /ready into 503.  Returns 0 with r filled (success or a
+ * 4xx), -1 on out of memory. */
 int api_handle_inline(const api_ctx *ctx, api_endpoint ep, const char *path, const char *body, size_t len,
                       bool draining, api_reply *r);
 

@@ -11,15 +11,14 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
-#include "tokenizer.h"
+#include "rng.h"
+#include "utf8.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#define OPENAI_MAX_LOGPROBS 20
 
 static int parse_stop(gen_params *gp, const cJSON *o, api_error *e)
 {
@@ -126,99 +125,6 @@ void generate_free(api_job *j)
 
 /* ---- output -------------------------------------------------------------- */
 
-/* The OpenAI rendering of a token: its character if ASCII, else "bytes:\xNN".
- * NUL is rendered as bytes too, as it cannot be a C string's character. */
-static void openai_token_str(const api_ctx *ctx, int id, char out[16])
-{
-    if (id == model_get_config(ctx->m)->bos_id || id < 0 || id > 255)
-        snprintf(out, 16, "<|bos|>");
-    else if (id > 0 && id < 0x80)
-        snprintf(out, 16, "%c", id);
-    else
-        snprintf(out, 16, "bytes:\\x%02x", id);
-}
-
-static cJSON *openai_top(const api_ctx *ctx, const int *ids, const float *lps, int k, int chosen, float chosen_lp)
-{
-    cJSON *d = cJSON_CreateObject();
-    char s[16];
-    for (int i = 0; i < k; i++) {
-        openai_token_str(ctx, ids[i], s);
-        cJSON_AddItemToObject(d, s, json_float(lps[i]));
-    }
-    openai_token_str(ctx, chosen, s);
-    if (!cJSON_HasObjectItem(d, s))
-        cJSON_AddItemToObject(d, s, json_float(chosen_lp));
-    return d;
-}
-
-/* Appends prompt token t (1 <= t < n_ids) to an OpenAI logprobs object. */
-static void openai_add_prompt_token(api_job *j, api_worker *w, cJSON *lpo, int t, size_t offset)
-{
-    const int V = model_get_config(j->ctx->m)->vocab, id = j->ids[t];
-    const float *row = j->prompt_lp + (size_t)(t - 1) * V;
-    char s[16];
-    openai_token_str(j->ctx, id, s);
-    cJSON_AddItemToArray(cJSON_GetObjectItem(lpo, "tokens"), cJSON_CreateString(s));
-    cJSON_AddItemToArray(cJSON_GetObjectItem(lpo, "token_logprobs"), json_float(row[id]));
-    int k = j->gp.top;
-    api_topk(row, V, k, w->idx);
-    float tl[OPENAI_MAX_LOGPROBS];
-    for (int i = 0; i < k; i++)
-        tl[i] = row[w->idx[i]];
-    cJSON_AddItemToArray(cJSON_GetObjectItem(lpo, "top_logprobs"), openai_top(j->ctx, w->idx, tl, k, id, row[id]));
-    cJSON_AddItemToArray(cJSON_GetObjectItem(lpo, "text_offset"), cJSON_CreateNumber((double)offset));
-}
-
-static void openai_add_gen_token(api_job *j, const gen_choice *ch, cJSON *lpo, int i, size_t offset)
-{
-    char s[16];
-    openai_token_str(j->ctx, ch->ids[i], s);
-    cJSON_AddItemToArray(cJSON_GetObjectItem(lpo, "tokens"), cJSON_CreateString(s));
-    cJSON_AddItemToArray(cJSON_GetObjectItem(lpo, "token_logprobs"), json_float(ch->lp[i]));
-    int k = j->gp.top;
-    cJSON_AddItemToArray(cJSON_GetObjectItem(lpo, "top_logprobs"),
-                         openai_top(j->ctx, ch->top_ids + (size_t)i * k, ch->top_lp + (size_t)i * k, k, ch->ids[i],
-                                    ch->lp[i]));
-    cJSON_AddItemToArray(cJSON_GetObjectItem(lpo, "text_offset"), cJSON_CreateNumber((double)offset));
-}
-
-static cJSON *openai_logprobs_new(void)
-{
-    cJSON *lpo = cJSON_CreateObject();
-    cJSON_AddArrayToObject(lpo, "tokens");
-    cJSON_AddArrayToObject(lpo, "token_logprobs");
-    cJSON_AddArrayToObject(lpo, "top_logprobs");
-    cJSON_AddArrayToObject(lpo, "text_offset");
-    return lpo;
-}
-
-/* {"id", "object", "created", "model"} of every completion answer and chunk. */
-static cJSON *openai_head(const api_job *j)
-{
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "id", j->id);
-    cJSON_AddStringToObject(root, "object", "text_completion");
-    cJSON_AddNumberToObject(root, "created", (double)j->created);
-    cJSON_AddStringToObject(root, "model", j->ctx->model_id);
-    return root;
-}
-
-static cJSON *openai_chunk(api_job *j, int index, cJSON *text, cJSON *logprobs, const char *finish)
-{
-    cJSON *root = openai_head(j);
-    cJSON *choices = cJSON_AddArrayToObject(root, "choices"), *c = cJSON_CreateObject();
-    cJSON_AddItemToObject(c, "text", text);
-    cJSON_AddNumberToObject(c, "index", index);
-    cJSON_AddItemToObject(c, "logprobs", logprobs ? logprobs : cJSON_CreateNull());
-    if (finish)
-        cJSON_AddStringToObject(c, "finish_reason", finish);
-    else
-        cJSON_AddNullToObject(c, "finish_reason");
-    cJSON_AddItemToArray(choices, c);
-    return root;
-}
-
 /* The native token object of generated token i, with logprob, top and attention. */
 static cJSON *gen_token(api_job *j, const gen_choice *ch, int i)
 {
@@ -257,25 +163,19 @@ static cJSON *gen_text(const gen_choice *ch, size_t from, size_t to)
 }
 
 /* Stream events for the tokens of choice k that became certain, and its end. */
-static void stream_choice(api_job *j, api_worker *w, int k)
+static void stream_choice(api_job *j, int k)
 {
     gen_choice *ch = &j->ch[k];
     const bool openai = j->kind == JOB_COMPLETIONS;
     for (; ch->emitted < ch->keep; ch->emitted++) {
         int i = ch->emitted;
         bool last = ch->done && i == ch->keep - 1;
-        size_t upto = last ? (size_t)ch->keep : tok_utf8_complete(ch->out, (size_t)i + 1);
+        size_t upto = last ? (size_t)ch->keep : utf8_complete(ch->out, (size_t)i + 1);
         cJSON *text = gen_text(ch, ch->text_sent, upto);
         if (upto > ch->text_sent)
             ch->text_sent = upto;
         if (openai) {
-            cJSON *lpo = NULL;
-            if (j->gp.logprobs) {
-                lpo = openai_logprobs_new();
-                size_t base = j->gp.echo ? (size_t)j->n_ids - 1 : 0;
-                openai_add_gen_token(j, ch, lpo, i, base + (size_t)i);
-            }
-            json_event(&j->out, openai_chunk(j, k, text, lpo, NULL));
+            openai_stream_token(j, k, i, text);
         } else {
             cJSON *ev = cJSON_CreateObject();
             cJSON_AddItemToObject(ev, "token", gen_token(j, ch, i));
@@ -283,7 +183,6 @@ static void stream_choice(api_job *j, api_worker *w, int k)
             json_event(&j->out, ev);
         }
     }
-    (void)w;
     if (!ch->done || ch->end_sent)
         return;
     ch->end_sent = true;
@@ -291,14 +190,12 @@ static void stream_choice(api_job *j, api_worker *w, int k)
     cJSON *rest = gen_text(ch, ch->text_sent, (size_t)ch->keep);
     ch->text_sent = (size_t)ch->keep;
     if (openai) {
-        json_event(&j->out, openai_chunk(j, k, rest, NULL, ch->finish));
+        openai_stream_end(j, k, rest);
     } else {
         cJSON *ev = cJSON_CreateObject();
         cJSON_AddItemToObject(ev, "text", rest);
         cJSON_AddStringToObject(ev, "finish_reason", ch->finish);
-        cJSON *usage = cJSON_AddObjectToObject(ev, "usage");
-        cJSON_AddNumberToObject(usage, "prompt_tokens", j->n_ids - 1);
-        cJSON_AddNumberToObject(usage, "completion_tokens", ch->n_out);
+        cJSON_AddItemToObject(ev, "usage", json_usage(j->n_ids - 1, ch->n_out, false));
         json_event(&j->out, ev);
     }
 }
@@ -311,77 +208,18 @@ static bool all_done(const api_job *j)
     return true;
 }
 
-/* The whole answer of a non-streaming job, once every choice is done. */
-static void answer(api_job *j, api_worker *w)
+/* The whole /v1/generate answer of a non-streaming job. */
+static cJSON *generate_answer(api_job *j)
 {
-    cJSON *root;
-    if (j->kind == JOB_GENERATE) {
-        gen_choice *ch = &j->ch[0];
-        root = cJSON_CreateObject();
-        cJSON_AddItemToObject(root, "text", gen_text(ch, 0, (size_t)ch->keep));
-        cJSON *toks = cJSON_AddArrayToObject(root, "tokens");
-        for (int i = 0; i < ch->keep; i++)
-            cJSON_AddItemToArray(toks, gen_token(j, ch, i));
-        cJSON_AddStringToObject(root, "finish_reason", ch->finish);
-        cJSON *usage = cJSON_AddObjectToObject(root, "usage");
-        cJSON_AddNumberToObject(usage, "prompt_tokens", j->n_ids - 1);
-        cJSON_AddNumberToObject(usage, "completion_tokens", ch->n_out);
-    } else {
-        root = openai_head(j);
-        cJSON *choices = cJSON_AddArrayToObject(root, "choices");
-        const size_t P = (size_t)j->n_ids - 1;
-        int completion = 0;
-        for (int k = 0; k < j->gp.n; k++) {
-            gen_choice *ch = &j->ch[k];
-            completion += ch->n_out;
-            /* Prompt and output as one byte string, repaired once, so a character
-             * split across them is not mangled. */
-            size_t pl = j->gp.echo ? P : 0, total = pl + (size_t)ch->keep;
-            unsigned char *all = malloc(total + 1);
-            if (!all) {
-                cJSON_Delete(root);
-                api_error e;
-                api_error_set(&e, 500, NULL, "out of memory");
-                job_finish_error(j, &e);
-                return;
-            }
-            for (size_t i = 0; i < pl; i++)
-                all[i] = (unsigned char)j->ids[i + 1];
-            if (ch->keep)
-                memcpy(all + pl, ch->out, (size_t)ch->keep);
-            cJSON *c = cJSON_CreateObject();
-            cJSON_AddItemToObject(c, "text", json_bytes_string(all, total));
-            free(all);
-            cJSON_AddNumberToObject(c, "index", k);
-            if (j->gp.logprobs) {
-                cJSON *lpo = openai_logprobs_new();
-                if (j->gp.echo)
-                    for (size_t t = 1; t <= P; t++)
-                        openai_add_prompt_token(j, w, lpo, (int)t, t - 1);
-                for (int i = 0; i < ch->keep; i++)
-                    openai_add_gen_token(j, ch, lpo, i, pl + (size_t)i);
-                cJSON_AddItemToObject(c, "logprobs", lpo);
-            } else {
-                cJSON_AddNullToObject(c, "logprobs");
-            }
-            cJSON_AddStringToObject(c, "finish_reason", ch->finish);
-            cJSON_AddItemToArray(choices, c);
-        }
-        cJSON *usage = cJSON_AddObjectToObject(root, "usage");
-        cJSON_AddNumberToObject(usage, "prompt_tokens", (double)P);
-        cJSON_AddNumberToObject(usage, "completion_tokens", completion);
-        cJSON_AddNumberToObject(usage, "total_tokens", (double)P + completion);
-    }
-    char *s = cJSON_PrintUnformatted(root);
-    cJSON_Delete(root);
-    if (!s) {
-        j->out.oom = true;
-    } else {
-        sbuf_put(&j->out, s, strlen(s));
-        free(s);
-    }
-    j->status = 200;
-    j->done = true;
+    gen_choice *ch = &j->ch[0];
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddItemToObject(root, "text", gen_text(ch, 0, (size_t)ch->keep));
+    cJSON *toks = cJSON_AddArrayToObject(root, "tokens");
+    for (int i = 0; i < ch->keep; i++)
+        cJSON_AddItemToArray(toks, gen_token(j, ch, i));
+    cJSON_AddStringToObject(root, "finish_reason", ch->finish);
+    cJSON_AddItemToObject(root, "usage", json_usage(j->n_ids - 1, ch->n_out, false));
+    return root;
 }
 
 /* After any progress: stream what is certain, or answer once all is done. */
@@ -389,26 +227,22 @@ static void progress(api_job *j, api_worker *w)
 {
     if (j->stream) {
         for (int k = 0; k < j->gp.n; k++)
-            stream_choice(j, w, k);
+            stream_choice(j, k);
         if (all_done(j)) {
-            if (j->gp.include_usage) {
-                /* OpenAI's stream_options.include_usage: a last chunk with no choices. */
-                cJSON *root = openai_head(j), *usage = cJSON_CreateObject();
-                cJSON_AddArrayToObject(root, "choices");
-                int completion = 0;
-                for (int k = 0; k < j->gp.n; k++)
-                    completion += j->ch[k].n_out;
-                cJSON_AddNumberToObject(usage, "prompt_tokens", j->n_ids - 1);
-                cJSON_AddNumberToObject(usage, "completion_tokens", completion);
-                cJSON_AddNumberToObject(usage, "total_tokens", j->n_ids - 1 + completion);
-                cJSON_AddItemToObject(root, "usage", usage);
-                json_event(&j->out, root);
-            }
-            sbuf_put(&j->out, "data: [DONE]\n\n", 14);
+            if (j->gp.include_usage)
+                openai_stream_usage(j);
+            buf_puts(&j->out, "data: [DONE]\n\n");
             j->done = true;
         }
     } else if (all_done(j)) {
-        answer(j, w);
+        cJSON *root = j->kind == JOB_GENERATE ? generate_answer(j) : openai_answer(j, w);
+        if (root) {
+            job_finish(j, root);
+        } else {
+            api_error e;
+            api_error_set(&e, 500, NULL, "out of memory");
+            job_finish_error(j, &e);
+        }
     }
 }
 
@@ -501,7 +335,7 @@ void generate_start(api_job *j, api_worker *w)
         gen_choice *ch = &j->ch[k];
         if (alloc_choice(j, ch) < 0)
             goto oom;
-        ch->rng = j->gp.seed ^ ((uint64_t)k * 0x9E3779B97F4A7C15ull);
+        ch->rng = j->gp.seed ^ ((uint64_t)k * RNG_GOLDEN);
         ch->next = j->ids[P];
         if (k == 0 && P > 0 && model_forward(ctx->m, j->ids, P, j->prompt_lp, NULL, ch->seq, err, sizeof err) < 0) {
             api_error_set(&e, 500, NULL, "%s", err);
@@ -515,25 +349,8 @@ void generate_start(api_job *j, api_worker *w)
             ch->finish = "length";
         }
     }
-    if (j->stream && j->kind == JOB_COMPLETIONS && j->gp.echo) {
-        for (int k = 0; k < j->gp.n; k++) {
-            cJSON *lpo = NULL;
-            if (j->gp.logprobs) {
-                lpo = openai_logprobs_new();
-                for (int t = 1; t <= P; t++)
-                    openai_add_prompt_token(j, w, lpo, t, (size_t)t - 1);
-            }
-            unsigned char *pb = malloc((size_t)P + 1);
-            if (!pb) {
-                cJSON_Delete(lpo);
-                goto oom;
-            }
-            for (int t = 0; t < P; t++)
-                pb[t] = (unsigned char)j->ids[t + 1];
-            json_event(&j->out, openai_chunk(j, k, json_bytes_string(pb, (size_t)P), lpo, NULL));
-            free(pb);
-        }
-    }
+    if (j->stream && j->kind == JOB_COMPLETIONS && j->gp.echo && openai_stream_echo(j, w) < 0)
+        goto oom;
     progress(j, w);
     return;
 oom:
@@ -554,7 +371,7 @@ int generate_collect(api_job *j, model_seq **seqs, int *tokens)
     return B;
 }
 
-void generate_advance(api_job *j, api_worker *w, const float *logits, const float *attn)
+void generate_advance(api_job *j, api_worker *w, float *logits, const float *attn)
 {
     const model_config *c = model_get_config(j->ctx->m);
     const size_t V = (size_t)c->vocab, NW = (size_t)c->heads * c->window;
@@ -563,8 +380,7 @@ void generate_advance(api_job *j, api_worker *w, const float *logits, const floa
         gen_choice *ch = &j->ch[k];
         if (ch->done)
             continue;
-        /* The worker's logits rows are scratch; sampling may mask them. */
-        accept_token(j, w, ch, (float *)logits + b * V, attn ? attn + b * NW : NULL);
+        accept_token(j, w, ch, logits + b * V, attn ? attn + b * NW : NULL);
         j->output_tokens++;
         b++;
     }

@@ -1,10 +1,12 @@
-/* internal.h -- shared inside api/ only: the job structure, JSON helpers and
- * a growable byte buffer.  The server sees none of this (api.h is its view).
+/* internal.h -- shared inside api/ only: the job structure and the helpers
+ * the endpoint files share (JSON in json.c, errors in route.c, the OpenAI
+ * shapes in openai.c).  The server sees none of this (api.h is its view).
  */
 #ifndef ATTNLM_API_INTERNAL_H
 #define ATTNLM_API_INTERNAL_H
 
 #include "api.h"
+#include "buf.h"
 #include "sampler.h"
 
 #include <cjson/cJSON.h>
@@ -13,16 +15,6 @@
 
 /* Most input tokens scored in one shared forward pass. */
 #define API_FORWARD_TOKENS 16384
-
-/* Bytes appended at the end; on out of memory it stops growing and says so in oom. */
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    bool oom;
-} sbuf;
-
-void sbuf_put(sbuf *b, const void *data, size_t len);
-void sbuf_free(sbuf *b);
 
 /* ---- JSON output ---------------------------------------------------------- */
 
@@ -34,11 +26,17 @@ cJSON *json_float(float x);
 cJSON *json_token(const api_ctx *ctx, int id);
 /* A string of bytes that may be ill-formed UTF-8, repaired as in json_token. */
 cJSON *json_bytes_string(const unsigned char *s, size_t len);
-/* Prints root compactly into r (status 200 JSON unless set) and frees root.
- * Returns 0, or -1 on out of memory. */
+/* Prints root compactly into r as a JSON answer of this status and frees
+ * root.  Returns 0, or -1 on out of memory. */
 int json_reply(cJSON *root, int status, api_reply *r);
+/* Appends root, printed compactly, to b and frees root (NULL: out of memory). */
+void json_print(buf *b, cJSON *root);
 /* Appends "data: <root>\n\n" to b and frees root. */
-void json_event(sbuf *b, cJSON *root);
+void json_event(buf *b, cJSON *root);
+/* {"error": {"message", "type", "param", "code"}} of e (route.c). */
+cJSON *json_error(const api_error *e);
+/* {"prompt_tokens", "completion_tokens"} and, with total, "total_tokens". */
+cJSON *json_usage(int prompt_tokens, int completion_tokens, bool total);
 
 /* ---- JSON input -------------------------------------------------------------
  * Each returns 1 when the field is present and valid, 0 when it is absent or
@@ -108,7 +106,7 @@ struct api_job {
     bool stream;
     bool done;
     int status;       /* of a non-streaming answer */
-    sbuf out;         /* produced, not yet taken */
+    buf out;          /* produced, not yet taken */
     int *ids;         /* [n_ids] model input, BOS first */
     int n_ids;
     int output_tokens;
@@ -141,8 +139,22 @@ struct api_worker {
     int *first;       /* [cap] each job's first row in the batch */
 };
 
-/* job.c */
+/* job.c: a job's whole answer.  job_finish prints root as the 200 answer
+ * and frees it; job_finish_error answers e (a stream: an error event and its
+ * end).  Both mark the job done. */
+void job_finish(api_job *j, cJSON *root);
 void job_finish_error(api_job *j, const api_error *e);
+/* openai.c: the OpenAI shapes of a completions job.  openai_answer is the
+ * whole non-streamed answer (NULL on out of memory); the stream functions
+ * append chunks to j->out: token i of choice k with its text, choice k's end
+ * with the rest of its text, the usage chunk, and the echoed prompt (-1 on
+ * out of memory). */
+#define OPENAI_MAX_LOGPROBS 20
+cJSON *openai_answer(api_job *j, api_worker *w);
+void openai_stream_token(api_job *j, int k, int i, cJSON *text);
+void openai_stream_end(api_job *j, int k, cJSON *rest);
+void openai_stream_usage(api_job *j);
+int openai_stream_echo(api_job *j, api_worker *w);
 /* score.c */
 int score_parse(api_job *j, const cJSON *o, api_error *e);
 void score_run(api_job *j, api_worker *w);
@@ -154,7 +166,8 @@ void attention_run(api_job *j, api_worker *w);
 int generate_parse(api_job *j, const cJSON *o, uint64_t seed, api_error *e);
 void generate_start(api_job *j, api_worker *w);
 int generate_collect(api_job *j, model_seq **seqs, int *tokens);
-void generate_advance(api_job *j, api_worker *w, const float *logits, const float *attn);
+/* logits [n, V] are the job's rows of the step (scratch: sampling masks them). */
+void generate_advance(api_job *j, api_worker *w, float *logits, const float *attn);
 void generate_fail(api_job *j, const api_error *e);
 void generate_free(api_job *j);
 

@@ -4,7 +4,6 @@
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
 
-#include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,7 +54,7 @@ void api_job_free(api_job *j)
     for (int i = 0; i < j->n_cands; i++)
         free(j->cands[i]);
     free(j->ids);
-    sbuf_free(&j->out);
+    buf_free(&j->out);
     free(j);
 }
 
@@ -112,7 +111,7 @@ size_t api_job_take_output(api_job *j, char **data, int *status)
     *status = j->status ? j->status : 200;
     if (j->out.oom) {
         /* Nothing sensible can be said in a half-written answer. */
-        sbuf_free(&j->out);
+        buf_free(&j->out);
         j->done = true;
         *status = 500;
         *data = strdup(j->stream ? "data: {\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
@@ -126,10 +125,28 @@ size_t api_job_take_output(api_job *j, char **data, int *status)
         return 0;
     }
     size_t n = j->out.len;
-    *data = n ? j->out.p : NULL;
-    if (n)
-        j->out = (sbuf){0};
+    *data = n ? buf_take(&j->out, NULL) : NULL;
     return n;
+}
+
+void job_finish(api_job *j, cJSON *root)
+{
+    json_print(&j->out, root);
+    j->status = 200;
+    j->done = true;
+}
+
+void job_finish_error(api_job *j, const api_error *e)
+{
+    if (j->stream) {
+        json_event(&j->out, json_error(e));
+        buf_puts(&j->out, "data: [DONE]\n\n");
+    } else {
+        j->status = e->status;
+        j->out.len = 0;
+        json_print(&j->out, json_error(e));
+    }
+    j->done = true;
 }
 
 api_worker *api_worker_new(const model *m, int max_batch)

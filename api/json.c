@@ -1,180 +1,16 @@
 /* json.c -- the API's JSON conventions: numbers that round-trip, tokens,
- * error bodies, typed field access with the offending field named; plus
- * routing and the API key check.
+ * strings of arbitrary bytes, typed field access with the offending field
+ * named, and the input every model endpoint reads (text or token ids).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
 #include "tokenizer.h"
+#include "utf8.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* ---- bytes ------------------------------------------------------------- */
-
-void sbuf_put(sbuf *b, const void *data, size_t len)
-{
-    if (b->oom || len == 0)
-        return;
-    if (b->len + len > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + len)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, data, len);
-    b->len += len;
-}
-
-void sbuf_free(sbuf *b)
-{
-    free(b->p);
-    *b = (sbuf){0};
-}
-
-/* ---- routing --------------------------------------------------------------- */
-
-typedef struct route {
-    const char *path;
-    bool post;
-    bool open;
-    bool job;
-} route;
-
-static const route ROUTES[API_EP_COUNT] = {
-    [API_EP_HEALTH] = {"/health", false, true, false},
-    [API_EP_READY] = {"/ready", false, true, false},
-    [API_EP_METRICS] = {"/metrics", false, true, false},
-    [API_EP_MODEL] = {"/v1/model", false, false, false},
-    [API_EP_MODELS] = {"/v1/models", false, false, false},
-    [API_EP_TOKENIZE] = {"/v1/tokenize", true, false, false},
-    [API_EP_DETOKENIZE] = {"/v1/detokenize", true, false, false},
-    [API_EP_SCORE] = {"/v1/score", true, false, true},
-    [API_EP_GENERATE] = {"/v1/generate", true, false, true},
-    [API_EP_ATTENTION] = {"/v1/attention", true, false, true},
-    [API_EP_COMPLETIONS] = {"/v1/completions", true, false, true},
-    [API_EP_MODEL_BY_ID] = {"/v1/models/{id}", false, false, false}, /* matched by prefix below */
-};
-
-#define MODELS_PREFIX "/v1/models/" 
-
-int api_route(const char *method, const char *path, api_endpoint *ep, const char **allow)
-{
-    for (int i = 0; i < API_EP_COUNT; i++) {
-        bool by_id = i == API_EP_MODEL_BY_ID && strncmp(path, MODELS_PREFIX, strlen(MODELS_PREFIX)) == 0 &&
-                     path[strlen(MODELS_PREFIX)] != '\0';
-        if (!by_id && strcmp(path, ROUTES[i].path) != 0)
-            continue;
-        *ep = (api_endpoint)i;
-        bool ok = ROUTES[i].post ? strcmp(method, "POST") == 0
-                                 : strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
-        if (ok)
-            return 0;
-        *allow = ROUTES[i].post ? "POST" : "GET, HEAD";
-        return 405;
-    }
-    return 404;
-}
-
-const char *api_endpoint_path(api_endpoint ep) { return ep < API_EP_COUNT ? ROUTES[ep].path : "other"; }
-bool api_endpoint_is_open(api_endpoint ep) { return ep < API_EP_COUNT && ROUTES[ep].open; }
-bool api_endpoint_is_job(api_endpoint ep) { return ep < API_EP_COUNT && ROUTES[ep].job; }
-
-/* ---- errors ------------------------------------------------------------ */
-
-void api_error_set(api_error *e, int status, const char *param, const char *fmt, ...)
-{
-    e->status = status;
-    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e->message, sizeof e->message, fmt, ap);
-    va_end(ap);
-}
-
-const char *api_error_type(int status)
-{
-    switch (status) {
-    case 400: return "invalid_request_error";
-    case 401: return "authentication_error";
-    case 404: return "not_found_error";
-    case 405: return "method_not_allowed";
-    case 413: return "request_too_large";
-    case 415: return "unsupported_media_type";
-    case 503: return "overloaded_error";
-    case 504: return "timeout_error";
-    default: return status >= 500 ? "server_error" : "invalid_request_error";
-    }
-}
-
-static cJSON *error_object(const api_error *e)
-{
-    cJSON *root = cJSON_CreateObject(), *err = cJSON_AddObjectToObject(root, "error");
-    cJSON_AddStringToObject(err, "message", e->message);
-    cJSON_AddStringToObject(err, "type", api_error_type(e->status));
-    if (e->param[0])
-        cJSON_AddStringToObject(err, "param", e->param);
-    else
-        cJSON_AddNullToObject(err, "param");
-    cJSON_AddNumberToObject(err, "code", e->status);
-    return root;
-}
-
-int api_error_reply(const api_error *e, api_reply *r) { return json_reply(error_object(e), e->status, r); }
-
-void job_finish_error(api_job *j, const api_error *e)
-{
-    if (j->stream) {
-        json_event(&j->out, error_object(e));
-        sbuf_put(&j->out, "data: [DONE]\n\n", 14);
-    } else {
-        j->status = e->status;
-        j->out.len = 0;
-        cJSON *root = error_object(e);
-        char *s = cJSON_PrintUnformatted(root);
-        cJSON_Delete(root);
-        if (s)
-            sbuf_put(&j->out, s, strlen(s));
-        else
-            j->out.oom = true;
-        free(s);
-    }
-    j->done = true;
-}
-
-/* ---- API key ------------------------------------------------------------- */
-
-/* Compares in time that depends only on the lengths, not on where they differ. */
-static bool same_secret(const char *key, const char *given)
-{
-    size_t kl = strlen(key), gl = strlen(given);
-    unsigned diff = (unsigned)(kl ^ gl);
-    for (size_t i = 0; i < kl; i++)
-        diff |= (unsigned char)key[i] ^ (unsigned char)given[gl ? i % gl : 0];
-    return diff == 0 && gl > 0;
-}
-
-bool api_key_matches(const char *key, const char *authorization, const char *x_api_key)
-{
-    bool ok = false;
-    if (authorization && strncmp(authorization, "Bearer ", 7) == 0) {
-        const char *t = authorization + 7;
-        while (*t == ' ')
-            t++;
-        ok |= same_secret(key, t);
-    }
-    if (x_api_key)
-        ok |= same_secret(key, x_api_key);
-    return ok;
-}
 
 /* ---- output ------------------------------------------------------------------ */
 
@@ -235,7 +71,7 @@ cJSON *json_bytes_string(const unsigned char *s, size_t len)
     if (!buf)
         return NULL;
     char *quoted = buf + clean_cap;
-    size_t n = tok_utf8_sanitize(s, len, buf);
+    size_t n = utf8_sanitize(s, len, buf);
     size_t q = json_quote(buf, n, quoted);
     quoted[q] = '\0';
     cJSON *str = cJSON_CreateRaw(quoted);
@@ -270,7 +106,7 @@ int json_reply(cJSON *root, int status, api_reply *r)
     return 0;
 }
 
-void json_event(sbuf *b, cJSON *root)
+void json_print(buf *b, cJSON *root)
 {
     char *s = root ? cJSON_PrintUnformatted(root) : NULL;
     cJSON_Delete(root);
@@ -278,10 +114,25 @@ void json_event(sbuf *b, cJSON *root)
         b->oom = true;
         return;
     }
-    sbuf_put(b, "data: ", 6);
-    sbuf_put(b, s, strlen(s));
-    sbuf_put(b, "\n\n", 2);
+    buf_puts(b, s);
     free(s);
+}
+
+void json_event(buf *b, cJSON *root)
+{
+    buf_puts(b, "data: ");
+    json_print(b, root);
+    buf_puts(b, "\n\n");
+}
+
+cJSON *json_usage(int prompt_tokens, int completion_tokens, bool total)
+{
+    cJSON *u = cJSON_CreateObject();
+    cJSON_AddNumberToObject(u, "prompt_tokens", prompt_tokens);
+    cJSON_AddNumberToObject(u, "completion_tokens", completion_tokens);
+    if (total)
+        cJSON_AddNumberToObject(u, "total_tokens", (double)prompt_tokens + completion_tokens);
+    return u;
 }
 
 /* ---- input ------------------------------------------------------------------ */

@@ -7,7 +7,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include "metrics.h"
 
-#include <stdarg.h>
+#include "buf.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,67 +64,27 @@ void metrics_forward_batch(api_metrics *m, int batch_size)
     observe_size(m->fwd_bucket, &m->fwd_count, &m->fwd_sum, batch_size);
 }
 
-/* A growable text buffer; on out of memory it stops growing and remembers. */
-typedef struct text {
-    char *p;
-    size_t len, cap;
-    int oom;
-} text;
-
-static void put(text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(text *t, const char *fmt, ...)
-{
-    if (t->oom)
-        return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(t->p + t->len, t->cap - t->len, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            t->oom = 1;
-            return;
-        }
-        if ((size_t)n < t->cap - t->len) {
-            t->len += (size_t)n;
-            return;
-        }
-        size_t cap = (t->cap + (size_t)n + 1) * 2;
-        char *q = realloc(t->p, cap);
-        if (!q) {
-            t->oom = 1;
-            return;
-        }
-        t->p = q;
-        t->cap = cap;
-    }
-}
-
 #define LOAD(x) atomic_load_explicit(&(x), memory_order_relaxed)
 
 /* A histogram of sizes in the exposition format. */
-static void put_sizes(text *t, const char *name, const char *help, atomic_ulong *bucket, unsigned long count,
+static void put_sizes(buf *t, const char *name, const char *help, atomic_ulong *bucket, unsigned long count,
                       unsigned long sum)
 {
-    put(t, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    buf_printf(t, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
     unsigned long cum = 0;
     for (int b = 0; b < METRICS_BATCH_BUCKETS; b++) {
         cum += LOAD(bucket[b]);
-        put(t, "%s_bucket{le=\"%d\"} %lu\n", name, BATCH_BOUNDS[b], cum);
+        buf_printf(t, "%s_bucket{le=\"%d\"} %lu\n", name, BATCH_BOUNDS[b], cum);
     }
-    put(t, "%s_bucket{le=\"+Inf\"} %lu\n%s_sum %lu\n%s_count %lu\n", name, count, name, sum, name, count);
+    buf_printf(t, "%s_bucket{le=\"+Inf\"} %lu\n%s_sum %lu\n%s_count %lu\n", name, count, name, sum, name, count);
 }
 
 char *metrics_render(const api_metrics *mc, const char *const *route_names, size_t *len)
 {
     api_metrics *m = (api_metrics *)mc; /* atomic loads of a const object need a non-const pointer in C11 */
-    text t = {.cap = 16384};
-    t.p = malloc(t.cap);
-    if (!t.p)
-        return NULL;
-    t.p[0] = '\0';
+    buf t = {0};
 
-    put(&t, "# HELP attnlm_requests_total HTTP requests answered, by route and status.\n"
+    buf_printf(&t, "# HELP attnlm_requests_total HTTP requests answered, by route and status.\n"
             "# TYPE attnlm_requests_total counter\n");
     for (int r = 0; r < METRICS_ROUTES; r++)
         for (int s = 0; s <= N_KNOWN_STATUSES; s++) {
@@ -131,12 +92,12 @@ char *metrics_render(const api_metrics *mc, const char *const *route_names, size
             if (!v)
                 continue;
             if (s < N_KNOWN_STATUSES)
-                put(&t, "attnlm_requests_total{route=\"%s\",status=\"%d\"} %lu\n", route_names[r], STATUSES[s], v);
+                buf_printf(&t, "attnlm_requests_total{route=\"%s\",status=\"%d\"} %lu\n", route_names[r], STATUSES[s], v);
             else
-                put(&t, "attnlm_requests_total{route=\"%s\",status=\"other\"} %lu\n", route_names[r], v);
+                buf_printf(&t, "attnlm_requests_total{route=\"%s\",status=\"other\"} %lu\n", route_names[r], v);
         }
 
-    put(&t, "# HELP attnlm_request_duration_seconds Time from a request's arrival to its last byte queued.\n"
+    buf_printf(&t, "# HELP attnlm_request_duration_seconds Time from a request's arrival to its last byte queued.\n"
             "# TYPE attnlm_request_duration_seconds histogram\n");
     for (int r = 0; r < METRICS_ROUTES; r++) {
         unsigned long count = LOAD(m->dur_count[r]), cum = 0;
@@ -144,23 +105,23 @@ char *metrics_render(const api_metrics *mc, const char *const *route_names, size
             continue;
         for (int b = 0; b < METRICS_DUR_BUCKETS; b++) {
             cum += LOAD(m->dur_bucket[r][b]);
-            put(&t, "attnlm_request_duration_seconds_bucket{route=\"%s\",le=\"%g\"} %lu\n", route_names[r],
+            buf_printf(&t, "attnlm_request_duration_seconds_bucket{route=\"%s\",le=\"%g\"} %lu\n", route_names[r],
                 DUR_BOUNDS[b], cum);
         }
-        put(&t, "attnlm_request_duration_seconds_bucket{route=\"%s\",le=\"+Inf\"} %lu\n", route_names[r], count);
-        put(&t, "attnlm_request_duration_seconds_sum{route=\"%s\"} %.6f\n", route_names[r],
+        buf_printf(&t, "attnlm_request_duration_seconds_bucket{route=\"%s\",le=\"+Inf\"} %lu\n", route_names[r], count);
+        buf_printf(&t, "attnlm_request_duration_seconds_sum{route=\"%s\"} %.6f\n", route_names[r],
             (double)LOAD(m->dur_sum_us[r]) / 1e6);
-        put(&t, "attnlm_request_duration_seconds_count{route=\"%s\"} %lu\n", route_names[r], count);
+        buf_printf(&t, "attnlm_request_duration_seconds_count{route=\"%s\"} %lu\n", route_names[r], count);
     }
 
-    put(&t,
+    buf_printf(&t,
         "# HELP attnlm_input_tokens_total Tokens read from requests (prompts, scored and attended text).\n"
         "# TYPE attnlm_input_tokens_total counter\nattnlm_input_tokens_total %lu\n"
         "# HELP attnlm_generated_tokens_total Tokens generated.\n"
         "# TYPE attnlm_generated_tokens_total counter\nattnlm_generated_tokens_total %lu\n",
         LOAD(m->input_tokens), LOAD(m->generated_tokens));
 
-    put(&t,
+    buf_printf(&t,
         "# HELP attnlm_queue_depth Requests waiting for a worker.\n"
         "# TYPE attnlm_queue_depth gauge\nattnlm_queue_depth %ld\n"
         "# HELP attnlm_active_sequences Sequences being decoded by the workers.\n"
@@ -174,7 +135,7 @@ char *metrics_render(const api_metrics *mc, const char *const *route_names, size
     put_sizes(&t, "attnlm_forward_batch_size", "Scoring requests sharing one full forward pass.", m->fwd_bucket,
               LOAD(m->fwd_count), LOAD(m->fwd_sum));
 
-    put(&t,
+    buf_printf(&t,
         "# HELP attnlm_rejected_total Requests refused because the queue was full or the server draining.\n"
         "# TYPE attnlm_rejected_total counter\nattnlm_rejected_total %lu\n"
         "# HELP attnlm_cancelled_total Requests whose client went away before the answer was complete.\n"
@@ -183,7 +144,7 @@ char *metrics_render(const api_metrics *mc, const char *const *route_names, size
         "# TYPE attnlm_timeouts_total counter\nattnlm_timeouts_total %lu\n",
         LOAD(m->rejected_queue_full), LOAD(m->cancelled), LOAD(m->timeouts));
 
-    put(&t,
+    buf_printf(&t,
         "# HELP attnlm_model_load_seconds Time taken to load and check the model file.\n"
         "# TYPE attnlm_model_load_seconds gauge\nattnlm_model_load_seconds %.6f\n"
         "# HELP attnlm_model_parameters Parameters of the loaded model.\n"
@@ -193,9 +154,8 @@ char *metrics_render(const api_metrics *mc, const char *const *route_names, size
         m->load_seconds, m->parameters, m->workers);
 
     if (t.oom) {
-        free(t.p);
+        buf_free(&t);
         return NULL;
     }
-    *len = t.len;
-    return t.p;
+    return buf_take(&t, len);
 }

@@ -15,7 +15,7 @@
 #define METRICS_DUR_BUCKETS 14
 #define METRICS_BATCH_BUCKETS 8
 
-/* All figures; zero-initialise, then metrics_init. */
+/* All figures; zero-initialised, then the gauges set once before serving. */
 typedef struct api_metrics {
     atomic_ulong requests[METRICS_ROUTES][METRICS_STATUSES];
     atomic_ulong dur_bucket[METRICS_ROUTES][METRICS_DUR_BUCKETS]; /* cumulative at render */

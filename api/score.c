@@ -6,7 +6,6 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
-#include "tokenizer.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -147,20 +146,6 @@ static void fail_internal(api_job *j, const char *what)
     job_finish_error(j, &e);
 }
 
-static void finish_json(api_job *j, cJSON *root)
-{
-    char *s = cJSON_PrintUnformatted(root);
-    cJSON_Delete(root);
-    if (!s) {
-        fail_internal(j, "out of memory");
-        return;
-    }
-    sbuf_put(&j->out, s, strlen(s));
-    free(s);
-    j->status = 200;
-    j->done = true;
-}
-
 /* The answer of score job j from its forward pass: lp [T, V] and, with
  * candidates, the state after the input in seq.  Frees lp and seq. */
 static void score_answer(api_job *j, api_worker *w, float *lp, model_seq *seq)
@@ -194,7 +179,7 @@ static void score_answer(api_job *j, api_worker *w, float *lp, model_seq *seq)
     cJSON_AddItemToObject(root, "perplexity", json_float((float)exp(-sum / (T - 1))));
     cJSON *usage = cJSON_AddObjectToObject(root, "usage");
     cJSON_AddNumberToObject(usage, "input_tokens", T - 1);
-    finish_json(j, root);
+    job_finish(j, root);
 done:
     model_seq_free(seq);
     free(lp);
@@ -298,5 +283,5 @@ void attention_run(api_job *j, api_worker *w)
     cJSON *usage = cJSON_AddObjectToObject(root, "usage");
     cJSON_AddNumberToObject(usage, "input_tokens", T - 1);
     free(band);
-    finish_json(j, root);
+    job_finish(j, root);
 }

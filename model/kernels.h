@@ -1,103 +1,38 @@
-/* kernels.h -- the engine's innermost loops: activations and a product for a
- * few rows, written for 16-wide vectors (AVX-512 or AVX2 where the CPU has
- * them, chosen at load time; plain SSE2 otherwise).
+/* kernels.h -- the engine's innermost loops, compiled once per instruction set
+ * (AVX-512, AVX2+FMA, baseline x86-64) and chosen once, by the CPU's
+ * features, when the first model loads.
  *
- * Everything here is a pure function of its arguments.  The activations are
- * inline so each caller's vector code keeps them in registers.
+ * Every kernel is a pure function of its arguments.  kernels_isa.c holds their
+ * only source; the build compiles it three times with different target flags,
+ * each defining one kern_ops table, so GCC and clang alike see vector code for
+ * one instruction set at a time.
  */
 #ifndef ATTNLM_KERNELS_H
 #define ATTNLM_KERNELS_H
 
-#include <stdint.h>
-#include <string.h>
+#include <stdbool.h>
 
-/* Vectors of 16 floats or ints; GCC splits them to what the target has. */
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v4 __attribute__((vector_size(16)));
-
-/* exp for the activations: Cody-Waite reduction to |r| <= ln2/2 and a degree-6
- * polynomial (relative error about 2e-7), inlined.  libm's expf and tanhf (via
- * expm1f) cost a call each and were a fifth of scoring time.  Inputs are
- * clamped to [-87, 88], whose results are normal floats; NaN (only reachable
- * from overflowing weights) is clamped too, so the int conversion is defined. */
-/* The reduction's and the polynomial's constants, shared by both versions. */
-#define EXP_LOG2E 1.44269504f
-#define EXP_LN2_HI 0.693359375f
-#define EXP_LN2_LO 2.12194440e-4f
-#define EXP_P6 1.9875691500e-4f
-#define EXP_P5 1.3981999507e-3f
-#define EXP_P4 8.3334519073e-3f
-#define EXP_P3 4.1665795894e-2f
-#define EXP_P2 1.6666665459e-1f
-#define EXP_P1 5.0000001201e-1f
-
-static inline float fast_expf(float x)
-{
-    x = !(x > -87.0f) ? -87.0f : x > 88.0f ? 88.0f : x;
-    /* k = round(x / ln2): truncating a positive number is floor, hence the +127. */
-    int k = (int)(x * EXP_LOG2E + 127.5f) - 127;
-    float r = x - (float)k * EXP_LN2_HI + (float)k * EXP_LN2_LO;
-    float p = EXP_P6;
-    p = p * r + EXP_P5;
-    p = p * r + EXP_P4;
-    p = p * r + EXP_P3;
-    p = p * r + EXP_P2;
-    p = p * r + EXP_P1;
-    p = p * r * r + r + 1.0f;
-    union {
-        uint32_t u;
-        float f;
-    } scale = {.u = (uint32_t)(k + 127) << 23};
-    return p * scale.f;
-}
-
-static inline float sigmoidf(float x) { return 1.0f / (1.0f + fast_expf(-x)); }
-
-/* Absolute error about 1e-7; exact +-1 in the tails. */
-static inline float fast_tanhf(float x) { return 1.0f - 2.0f / (fast_expf(2.0f * x) + 1.0f); }
-
-/* One cell update for one row.  gi, gh: [G*H] projections including biases;
- * h [H] and c [H] (lstm) are read and overwritten. */
-/* fast_expf's steps on whole vectors: GCC does not vectorize loops over the
- * scalar version itself (their trip count is only known at run time, and -O2
- * will not add the remainder loop that needs). */
-typedef int32_t v16i __attribute__((vector_size(64)));
-
-static inline __attribute__((always_inline)) v16 v16_splat(float x) { return (v16){0} + x; }
-
-static inline __attribute__((always_inline)) v16 v16_exp(v16 x)
-{
-    v16i keep = x > -87.0f; /* false for NaN too, as in fast_expf */
-    x = (v16)(((v16i)x & keep) | ((v16i)v16_splat(-87.0f) & ~keep));
-    v16i big = x > 88.0f;
-    x = (v16)(((v16i)v16_splat(88.0f) & big) | ((v16i)x & ~big));
-    v16i k = __builtin_convertvector(x * EXP_LOG2E + 127.5f, v16i) - 127;
-    v16 kf = __builtin_convertvector(k, v16);
-    v16 r = x - kf * EXP_LN2_HI + kf * EXP_LN2_LO;
-    v16 p = v16_splat(EXP_P6);
-    p = p * r + EXP_P5;
-    p = p * r + EXP_P4;
-    p = p * r + EXP_P3;
-    p = p * r + EXP_P2;
-    p = p * r + EXP_P1;
-    p = p * r * r + r + 1.0f;
-    return p * (v16)((k + 127) << 23);
-}
-
-static inline __attribute__((always_inline)) v16 v16_sigmoid(v16 x) { return 1.0f / (1.0f + v16_exp(-x)); }
-static inline __attribute__((always_inline)) v16 v16_tanh(v16 x) { return 1.0f - 2.0f / (v16_exp(2.0f * x) + 1.0f); }
-
-static inline __attribute__((always_inline)) v16 v16_load(const float *p)
-{
-    v16 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-/* out[M, N] += in[M, K] . w[N, K]^T for 2 <= M <= KERN_SMALL_M; rows of in, w
- * and out are ldi, ldw and ldo floats apart.  See kernels.c. */
+/* Most rows kern_ops.gemm_small takes; more go to BLAS. */
 #define KERN_SMALL_M 8
-void kern_gemm_small(float *out, int ldo, const float *in, int ldi, const float *w, int ldw, int M, int N, int K);
+
+/* The kernels of one instruction set. */
+typedef struct kern_ops {
+    const char *name; /* "avx512", "avx2" or "generic" */
+    /* out[M, N] += in[M, K] . w[N, K]^T for 2 <= M <= KERN_SMALL_M; rows of in, w
+     * and out are ldi, ldw and ldo floats apart.  A row's numbers do not depend on M. */
+    void (*gemm_small)(float *out, int ldo, const float *in, int ldi, const float *w, int ldw, int M, int N, int K);
+    /* One recurrent cell update of one row (cell: 0 elman, 1 gru, 2 lstm).
+     * gi, gh: [G*H] input and recurrent projections, biases included;
+     * h [H] and, for lstm, c [H] are read and overwritten. */
+    void (*cell_update)(int cell, int H, const float *gi, const float *gh, float *h, float *c);
+} kern_ops;
+
+/* The tables; avx512 and avx2 exist only in x86-64 builds. */
+extern const kern_ops kern_ops_avx512, kern_ops_avx2, kern_ops_generic;
+
+/* Whether this CPU can run table k. */
+bool kern_runs(const kern_ops *k);
+/* The fastest table this CPU runs. */
+const kern_ops *kern_best(void);
 
 #endif

@@ -20,10 +20,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "err.h"
+#include "err.h" /* common/ */
 
-typedef enum { CELL_ELMAN, CELL_GRU, CELL_LSTM } model_cell;
-typedef enum { ATTN_ADDITIVE, ATTN_DOT, ATTN_COSINE, ATTN_MULTIHEAD } model_attention;
+typedef enum { CELL_ELMAN, CELL_GRU, CELL_LSTM, CELL_COUNT } model_cell;
+typedef enum { ATTN_ADDITIVE, ATTN_DOT, ATTN_COSINE, ATTN_MULTIHEAD, ATTN_COUNT } model_attention;
 
 /* Hyperparameters, as read from the file's metadata. */
 typedef struct model_config {
@@ -54,6 +54,8 @@ const char *model_cell_name(model_cell c);
 const char *model_attention_name(model_attention a);
 /* Number of parameters (sum of tensor sizes). */
 uint64_t model_param_count(const model *m);
+/* The instruction set the engine's kernels use on this CPU ("avx512", "avx2", "generic"). */
+const char *model_kernels(const model *m);
 /* Metadata of the file, including provenance; value NULL if key is absent. */
 const char *model_meta(const model *m, const char *key);
 int model_meta_count(const model *m);

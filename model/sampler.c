@@ -115,16 +115,3 @@ int sampler_sample(sampler *s, const float *logits, const sampler_params *p, flo
     }
     return pick;
 }
-
-uint64_t rng_next(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-float rng_uniform(uint64_t *state)
-{
-    return (float)(rng_next(state) >> 40) * (1.0f / 16777216.0f);
-}

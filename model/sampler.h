@@ -2,14 +2,12 @@
  *
  * Sampling is a pure function of the logits, the parameters and one uniform
  * random number, so a test can pin the outcome; the random number comes from
- * a per-request generator (rng_*), so the same seed gives the same tokens
+ * a per-request generator (common/rng.h), so the same seed gives the same tokens
  * whatever else is decoded alongside.  A sampler holds scratch for one
  * vocabulary size and belongs to one thread at a time.
  */
 #ifndef ATTNLM_SAMPLER_H
 #define ATTNLM_SAMPLER_H
-
-#include <stdint.h>
 
 /* How to pick a token. */
 typedef struct sampler_params {
@@ -29,10 +27,5 @@ int sampler_sample(sampler *s, const float *logits, const sampler_params *p, flo
 
 /* Index of the largest of x[n]; the lowest index among equals. */
 int sampler_argmax(const float *x, int n);
-
-/* splitmix64: a small, fast generator whose whole state is one seed-derived word. */
-uint64_t rng_next(uint64_t *state);
-/* Uniform in [0, 1) with 24 bits of precision. */
-float rng_uniform(uint64_t *state);
 
 #endif

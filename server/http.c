@@ -31,7 +31,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "buf.h"
+#include "clock.h"
 #include "err.h"
+#include "rng.h"
 
 #define PROBE_INTERVAL_NS 20000000 /* how often a worker checks a waiting client's socket */
 #define STREAM_BLOCK 4096
@@ -62,9 +65,7 @@ typedef struct srv_req {
     api_endpoint ep;
     int route; /* metrics route index */
     phase ph;
-    /* the body, capped at max_body */
-    char *body;
-    size_t body_len, body_cap;
+    buf body; /* capped at max_body */
     bool too_large;
     /* shared with the worker, under lock */
     pthread_mutex_t lock;
@@ -72,8 +73,8 @@ typedef struct srv_req {
     bool finished;
     bool streaming;
     int status;
-    char *out;        /* answer, or stream bytes not yet sent */
-    size_t out_len, out_sent, out_cap;
+    buf out;          /* answer, or stream bytes not yet sent */
+    size_t out_sent;  /* of a stream's bytes in out */
     int in_tokens, out_tokens;
     /* client presence */
     atomic_bool closed;
@@ -88,8 +89,8 @@ static void req_unref(srv_req *r)
         return;
     api_job_free(r->task.job);
     pthread_mutex_destroy(&r->lock);
-    free(r->body);
-    free(r->out);
+    buf_free(&r->body);
+    buf_free(&r->out);
     free(r);
 }
 
@@ -148,29 +149,12 @@ static void task_emit(pool_task *t, int status, char *data, size_t len, bool don
     srv_req *r = (srv_req *)t;
     pthread_mutex_lock(&r->lock);
     if (r->streaming) {
-        if (len) {
-            if (r->out_len + len > r->out_cap) {
-                size_t cap = r->out_cap ? r->out_cap : 4096;
-                while (cap < r->out_len + len)
-                    cap *= 2;
-                char *p = realloc(r->out, cap);
-                if (p) {
-                    r->out = p;
-                    r->out_cap = cap;
-                } else {
-                    len = 0; /* dropped; the stream's end still arrives */
-                }
-            }
-            if (len) {
-                memcpy(r->out + r->out_len, data, len);
-                r->out_len += len;
-            }
-        }
+        buf_put(&r->out, data, len);
+        r->out.oom = false; /* bytes that did not fit are dropped; the stream's end still arrives */
         free(data);
     } else {
-        free(r->out);
-        r->out = data;
-        r->out_len = len;
+        buf_free(&r->out);
+        r->out = (buf){.p = data, .len = len, .cap = len};
         r->status = status;
     }
     r->in_tokens = api_job_input_tokens(t->job);
@@ -192,7 +176,7 @@ static bool task_gone(pool_task *t)
     if (r->streaming || r->gone_seen)
         return r->gone_seen;
     /* A suspended connection does not notice a disconnect: look at its socket. */
-    int64_t now = pool_now_ns();
+    int64_t now = clock_now_ns();
     if (now - r->last_probe_ns < PROBE_INTERVAL_NS)
         return false;
     r->last_probe_ns = now;
@@ -212,9 +196,8 @@ static void task_release(pool_task *t, bool cancelled)
         r->finished = true;
         bool resume = r->suspended;
         r->suspended = false;
-        if (!r->streaming && !r->out) {
+        if (!r->streaming && !r->out.p)
             r->status = 499; /* logged only: the client closed the request */
-        }
         pthread_mutex_unlock(&r->lock);
         if (resume)
             MHD_resume_connection(r->conn);
@@ -224,18 +207,18 @@ static void task_release(pool_task *t, bool cancelled)
 
 /* ---- streaming ------------------------------------------------------------------ */
 
-static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+static ssize_t stream_read(void *cls, uint64_t pos, char *dst, size_t max)
 {
     (void)pos;
     srv_req *r = cls;
     pthread_mutex_lock(&r->lock);
-    size_t avail = r->out_len - r->out_sent;
+    size_t avail = r->out.len - r->out_sent;
     if (avail) {
         size_t n = avail < max ? avail : max;
-        memcpy(buf, r->out + r->out_sent, n);
+        memcpy(dst, r->out.p + r->out_sent, n);
         r->out_sent += n;
-        if (r->out_sent == r->out_len)
-            r->out_len = r->out_sent = 0;
+        if (r->out_sent == r->out.len)
+            r->out.len = r->out_sent = 0;
         pthread_mutex_unlock(&r->lock);
         return (ssize_t)n;
     }
@@ -268,14 +251,6 @@ static bool sane_request_id(const char *s)
     return true;
 }
 
-static uint64_t mix64(uint64_t x)
-{
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
-
 static srv_req *req_new(srv *s, struct MHD_Connection *conn, const char *url, const char *method)
 {
     srv_req *r = calloc(1, sizeof *r);
@@ -286,7 +261,7 @@ static srv_req *req_new(srv *s, struct MHD_Connection *conn, const char *url, co
     atomic_init(&r->refs, 1);
     atomic_init(&r->closed, false);
     pthread_mutex_init(&r->lock, NULL);
-    r->start_ns = pool_now_ns();
+    r->start_ns = clock_now_ns();
     snprintf(r->method, sizeof r->method, "%s", method);
     snprintf(r->path, sizeof r->path, "%s", url);
     for (char *c = r->path; *c; c++) /* the path goes into a log line: keep it one line */
@@ -299,7 +274,7 @@ static srv_req *req_new(srv *s, struct MHD_Connection *conn, const char *url, co
         snprintf(r->id, sizeof r->id, "%s", given);
     else
         snprintf(r->id, sizeof r->id, "%016llx",
-                 (unsigned long long)mix64(s->id_base + atomic_fetch_add(&s->next_id, 1)));
+                 (unsigned long long)rng_hash(s->id_base + atomic_fetch_add(&s->next_id, 1)));
     atomic_fetch_add(&s->in_flight, 1);
     atomic_fetch_add(&s->ctx->metrics->in_flight, 1);
     return r;
@@ -324,8 +299,8 @@ static enum MHD_Result submit_job(srv_req *r)
         return fail(r, 503, NULL, "the server is shutting down");
     }
     api_error e;
-    uint64_t seed = mix64(s->id_base ^ (uint64_t)r->start_ns ^ atomic_fetch_add(&s->next_id, 1));
-    api_job *job = api_job_new(s->ctx, r->ep, r->body, r->body_len, seed, r->id, &e);
+    uint64_t seed = rng_hash(s->id_base ^ (uint64_t)r->start_ns ^ atomic_fetch_add(&s->next_id, 1));
+    api_job *job = api_job_new(s->ctx, r->ep, r->body.p, r->body.len, seed, r->id, &e);
     if (!job)
         return reply_error(r, &e, NULL);
     r->task = (pool_task){
@@ -406,10 +381,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     if (r->ph == PH_WAIT) {
         /* Resumed by a worker: the answer is ready, or the client left. */
         pthread_mutex_lock(&r->lock);
-        char *out = r->out;
-        size_t len = r->out_len;
+        size_t len;
+        char *out = buf_take(&r->out, &len);
         int status = r->status;
-        r->out = NULL;
         pthread_mutex_unlock(&r->lock);
         if (!out)
             return MHD_NO;
@@ -423,23 +397,12 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
-        if (r->too_large || r->body_len + n > (size_t)s->cfg->max_body) {
+        if (r->too_large || r->body.len + n > (size_t)s->cfg->max_body) {
             r->too_large = true;
             return MHD_YES;
         }
-        if (r->body_len + n > r->body_cap) {
-            size_t cap = r->body_cap ? r->body_cap : 1024;
-            while (cap < r->body_len + n)
-                cap *= 2;
-            char *p = realloc(r->body, cap);
-            if (!p)
-                return MHD_NO;
-            r->body = p;
-            r->body_cap = cap;
-        }
-        memcpy(r->body + r->body_len, upload_data, n);
-        r->body_len += n;
-        return MHD_YES;
+        buf_put(&r->body, upload_data, n);
+        return r->body.oom ? MHD_NO : MHD_YES;
     }
 
     /* The whole request is in. */
@@ -469,7 +432,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     if (api_endpoint_is_job(ep))
         return submit_job(r);
     api_reply rep;
-    if (api_handle_inline(s->ctx, ep, url, r->body, r->body_len, atomic_load(&s->draining), &rep) < 0)
+    if (api_handle_inline(s->ctx, ep, url, r->body.p, r->body.len, atomic_load(&s->draining), &rep) < 0)
         return MHD_NO;
     return queue(r, rep.status, rep.content_type, rep.body, rep.len, NULL);
 }
@@ -482,7 +445,7 @@ static void completed(void *cls, struct MHD_Connection *conn, void **req_cls, en
     if (!r)
         return;
     *req_cls = NULL;
-    double secs = (double)(pool_now_ns() - r->start_ns) / 1e9;
+    double secs = clock_seconds(r->start_ns, clock_now_ns());
     pthread_mutex_lock(&r->lock);
     int status = r->status ? r->status : 500, in = r->in_tokens, out = r->out_tokens;
     bool cut = r->streaming && !r->finished;
@@ -526,7 +489,7 @@ srv *srv_start(const srv_config *cfg, const api_ctx *ctx, pool *p, char *err, si
     s->pool = p;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    s->id_base = mix64((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)getpid());
+    s->id_base = rng_hash((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)getpid());
 
     char port[16];
     snprintf(port, sizeof port, "%ld", cfg->port);

@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "api.h"
+#include "clock.h"
 #include "config.h"
 #include "http.h"
 #include "model.h"
@@ -103,9 +104,9 @@ static int write_port_file(const char *path, int port)
 /* Waits up to secs for the in-flight requests; returns early on a second signal. */
 static bool wait_idle(srv *s, double secs)
 {
-    int64_t end = pool_now_ns() + (int64_t)(secs * 1e9);
+    int64_t end = clock_now_ns() + (int64_t)(secs * 1e9);
     while (srv_in_flight(s) > 0) {
-        if (pool_now_ns() >= end)
+        if (clock_now_ns() >= end)
             return false;
         if (signal_next(10)) {
             fprintf(stderr, "attnlm: second signal: ending in-flight requests now\n");
@@ -144,13 +145,13 @@ int main(int argc, char **argv)
     /* Each worker runs its own small products; BLAS threads would only contend. */
     openblas_set_num_threads(1);
 
-    int64_t t0 = pool_now_ns();
+    int64_t t0 = clock_now_ns();
     model *m = model_load(cfg.model, err, sizeof err);
     if (!m) {
         fprintf(stderr, "attnlm: cannot load %s: %s\n", cfg.model, err);
         return 1;
     }
-    double load_seconds = (double)(pool_now_ns() - t0) / 1e9;
+    double load_seconds = clock_seconds(t0, clock_now_ns());
 
     static api_metrics metrics;
     api_ctx ctx = {

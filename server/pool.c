@@ -16,8 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "clock.h"
 #include "err.h"
 
 typedef struct worker {
@@ -46,13 +46,6 @@ struct pool {
     api_error abort_error;
     worker *w;
 };
-
-int64_t pool_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 static void count_tokens(api_metrics *m, const api_job *j)
 {
@@ -166,7 +159,7 @@ static void *worker_main(void *arg)
         pthread_mutex_unlock(&p->lock);
 
         /* Start what was taken together: scoring requests share one forward pass. */
-        int64_t now = pool_now_ns();
+        int64_t now = clock_now_ns();
         int n_start = 0;
         for (int i = 0; i < n_taken; i++)
             if (!check_leave(w, taken[i], now)) {
@@ -186,7 +179,7 @@ static void *worker_main(void *arg)
             }
         }
 
-        now = pool_now_ns();
+        now = clock_now_ns();
         int kept = 0;
         for (int i = 0; i < w->n_active; i++)
             if (!check_leave(w, w->active[i], now)) {

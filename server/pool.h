@@ -21,7 +21,7 @@ typedef struct pool_task pool_task;
  * from pool_submit until it calls release. */
 struct pool_task {
     api_job *job;
-    int64_t deadline_ns; /* CLOCK_MONOTONIC; 0: none */
+    int64_t deadline_ns; /* clock_now_ns() time; 0: none */
     /* Output for the client (data is the callee's to free), done when it is the last. */
     void (*emit)(pool_task *t, int status, char *data, size_t len, bool done);
     /* Whether the client has gone away. */
@@ -41,7 +41,5 @@ void pool_free(pool *p);
 int pool_submit(pool *p, pool_task *t);
 /* Ends every queued and running task with e (used when draining runs out of time). */
 void pool_abort(pool *p, const api_error *e);
-/* Monotonic clock in nanoseconds. */
-int64_t pool_now_ns(void);
 
 #endif

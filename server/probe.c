@@ -11,10 +11,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "err.h"
-#include "pool.h"
 
-static double now_s(void) { return (double)pool_now_ns() / 1e9; }
+static double now_s(void) { return (double)clock_now_ns() / 1e9; }
 
 /* Waits for fd to be ready for events until the deadline; 0 when ready. */
 static int wait_fd(int fd, short events, double deadline)

@@ -2,9 +2,9 @@
 # End-to-end check of the training side against the engine: train a tiny model
 # for a few steps on a small text, export it, and compare the C engine's
 # log-probabilities and attention maps with PyTorch's on a held-out sentence.
-# usage: pipeline.sh PARITY_CHECK_BINARY
+# usage: pipeline.sh ATTNLM_CLI  (its `parity` command compares the engine with PyTorch)
 set -euo pipefail
-check=$1
+cli=$1
 py=${PYTHON:-/usr/bin/python3}
 if ! "$py" -c 'import torch' 2>/dev/null; then
     # CI installs PyTorch with `make deps`, so there its absence is a failure.
@@ -37,7 +37,7 @@ for combo in "lstm additive" "gru multihead" "elman cosine"; do
     grep -q "^exported" "$work/train.log"
     "$py" "$here/train/dump_expected.py" "$work/m.safetensors" "$(printf 'Starbuck, the whale! \xc3\xa9 (far ahead)')" \
         "$work/expected.safetensors"
-    if "$check" "$work/m.safetensors" "$work/expected.safetensors"; then
+    if "$cli" parity --model "$work/m.safetensors" --expected "$work/expected.safetensors"; then
         pass=$((pass + 1))
     else
         fail=$((fail + 1))

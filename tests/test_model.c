@@ -4,6 +4,7 @@
  * models of every cell x attention combination with PyTorch's outputs.
  */
 #include "model.h"
+#include "parity.h"
 #include "testutil.h"
 
 #include "check_main.h"

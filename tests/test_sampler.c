@@ -1,4 +1,5 @@
 /* test_sampler.c -- greedy, temperature, top-k, top-p and the seeded generator. */
+#include "rng.h"
 #include "sampler.h"
 
 #include "check_main.h"

@@ -8,6 +8,7 @@
 #include "model.h"
 #include "pool.h"
 #include "probe.h"
+#include "clock.h"
 #include "testutil.h"
 
 #include "check_main.h"
@@ -220,7 +221,7 @@ static test_task *tt_new(api_endpoint ep, const char *body, double timeout)
     x->t.emit = tt_emit;
     x->t.gone = tt_gone;
     x->t.release = tt_release;
-    x->t.deadline_ns = timeout > 0 ? pool_now_ns() + (int64_t)(timeout * 1e9) : 0;
+    x->t.deadline_ns = timeout > 0 ? clock_now_ns() + (int64_t)(timeout * 1e9) : 0;
     pthread_mutex_init(&x->lock, NULL);
     pthread_cond_init(&x->cv, NULL);
     return x;

@@ -1,5 +1,6 @@
 /* test_tokenizer.c -- byte tokenizer and the UTF-8 completeness rule of streams. */
 #include "tokenizer.h"
+#include "utf8.h"
 
 #include "check_main.h"
 
@@ -30,19 +31,19 @@ END_TEST
 START_TEST(test_utf8_complete)
 {
     const unsigned char *euro = (const unsigned char *)"a\xe2\x82\xac"; /* a€ */
-    ck_assert_uint_eq(tok_utf8_complete(euro, 4), 4);
-    ck_assert_uint_eq(tok_utf8_complete(euro, 3), 1); /* half a euro sign is held back */
-    ck_assert_uint_eq(tok_utf8_complete(euro, 2), 1);
-    ck_assert_uint_eq(tok_utf8_complete(euro, 1), 1);
+    ck_assert_uint_eq(utf8_complete(euro, 4), 4);
+    ck_assert_uint_eq(utf8_complete(euro, 3), 1); /* half a euro sign is held back */
+    ck_assert_uint_eq(utf8_complete(euro, 2), 1);
+    ck_assert_uint_eq(utf8_complete(euro, 1), 1);
     const unsigned char *emoji = (const unsigned char *)"\xf0\x9f\x90\xb3"; /* 🐳 */
     for (size_t n = 1; n < 4; n++)
-        ck_assert_uint_eq(tok_utf8_complete(emoji, n), 0);
-    ck_assert_uint_eq(tok_utf8_complete(emoji, 4), 4);
+        ck_assert_uint_eq(utf8_complete(emoji, n), 0);
+    ck_assert_uint_eq(utf8_complete(emoji, 4), 4);
     /* bytes that can never complete are released, not held forever */
-    ck_assert_uint_eq(tok_utf8_complete((const unsigned char *)"ab\x80", 3), 3);
-    ck_assert_uint_eq(tok_utf8_complete((const unsigned char *)"ab\xff", 3), 3);
-    ck_assert_uint_eq(tok_utf8_complete((const unsigned char *)"\xe2" "a", 2), 2);
-    ck_assert_uint_eq(tok_utf8_complete((const unsigned char *)"", 0), 0);
+    ck_assert_uint_eq(utf8_complete((const unsigned char *)"ab\x80", 3), 3);
+    ck_assert_uint_eq(utf8_complete((const unsigned char *)"ab\xff", 3), 3);
+    ck_assert_uint_eq(utf8_complete((const unsigned char *)"\xe2" "a", 2), 2);
+    ck_assert_uint_eq(utf8_complete((const unsigned char *)"", 0), 0);
 }
 END_TEST
 
@@ -98,7 +99,7 @@ static const struct {
 START_TEST(test_sanitize_like_python)
 {
     char out[64];
-    size_t n = tok_utf8_sanitize((const unsigned char *)SANITIZE[_i].in, SANITIZE[_i].in_len, out);
+    size_t n = utf8_sanitize((const unsigned char *)SANITIZE[_i].in, SANITIZE[_i].in_len, out);
     ck_assert_uint_eq(n, SANITIZE[_i].out_len);
     ck_assert_mem_eq(out, SANITIZE[_i].out, n);
 }

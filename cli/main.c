@@ -1,14 +1,17 @@
-/* cli.c -- `attnlm`: the engine from a shell.
+/* main.c -- `attnlm`: the engine from a shell.
  *
  *   attnlm info     --model M                 configuration and provenance
  *   attnlm score    --model M --text T        per-byte log-probabilities, nats/byte
  *   attnlm generate --model M --prompt P [--max-tokens N --temperature X --top-k K --top-p P --seed S]
+ *   attnlm parity   --model M --expected E    the engine against a PyTorch dump of M (exit 1 if off)
  *
  * Generation prefills the prompt with the full-sequence pass and then decodes
  * one token at a time with model_step, exactly as the service does.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "model.h"
+#include "parity.h"
+#include "rng.h"
 #include "sampler.h"
 #include "tokenizer.h"
 
@@ -20,7 +23,7 @@
 #include <string.h>
 
 typedef struct options {
-    const char *cmd, *model, *text;
+    const char *cmd, *model, *text, *expected;
     long max_tokens;
     double temperature, top_p;
     long top_k;
@@ -32,7 +35,8 @@ static void usage(FILE *to)
     fputs("usage: attnlm info     --model FILE\n"
           "       attnlm score    --model FILE --text TEXT\n"
           "       attnlm generate --model FILE --prompt TEXT [--max-tokens N (200)] [--temperature X (0.8)]\n"
-          "                       [--top-k K (0: off)] [--top-p P (1: off)] [--seed S (1)]\n",
+          "                       [--top-k K (0: off)] [--top-p P (1: off)] [--seed S (1)]\n"
+          "       attnlm parity   --model FILE --expected DUMP (from train/dump_expected.py)\n",
           to);
 }
 
@@ -68,6 +72,8 @@ static int parse_args(int argc, char **argv, options *o)
             o->model = v;
         } else if (!strcmp(f, "--text") || !strcmp(f, "--prompt")) {
             o->text = v;
+        } else if (!strcmp(f, "--expected")) {
+            o->expected = v;
         } else if (!strcmp(f, "--max-tokens")) {
             if (parse_num(f, v, 0, 1e6, &d) < 0)
                 return -1;
@@ -190,6 +196,21 @@ done:
     return rc;
 }
 
+/* Exit status 0 when the engine matches the dump within tolerance. */
+static int parity(const options *o)
+{
+    char err[ATTNLM_ERR_LEN];
+    parity_result r;
+    if (parity_compare(o->model, o->expected, &r, err, sizeof err) < 0) {
+        fprintf(stderr, "attnlm: parity: %s\n", err);
+        return 1;
+    }
+    int ok = r.logprob_err <= PARITY_TOL_LOGPROB && r.attn_err <= PARITY_TOL_ATTN;
+    printf("%s: %d tokens, max |logprob diff| %.3g (tol %g), max |attention diff| %.3g (tol %g): %s\n", o->model,
+           r.tokens, r.logprob_err, PARITY_TOL_LOGPROB, r.attn_err, PARITY_TOL_ATTN, ok ? "ok" : "MISMATCH");
+    return ok ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     options o;
@@ -197,7 +218,7 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (strcmp(o.cmd, "info") && strcmp(o.cmd, "score") && strcmp(o.cmd, "generate")) {
+    if (strcmp(o.cmd, "info") && strcmp(o.cmd, "score") && strcmp(o.cmd, "generate") && strcmp(o.cmd, "parity")) {
         usage(strcmp(o.cmd, "--help") && strcmp(o.cmd, "-h") ? stderr : stdout);
         return strcmp(o.cmd, "--help") && strcmp(o.cmd, "-h") ? 2 : 0;
     }
@@ -205,7 +226,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "attnlm: score needs --text\n");
         return 2;
     }
+    if (!strcmp(o.cmd, "parity") && !o.expected) {
+        fprintf(stderr, "attnlm: parity needs --expected\n");
+        return 2;
+    }
     openblas_set_num_threads(1);
+    if (!strcmp(o.cmd, "parity"))
+        return parity(&o);
     char err[ATTNLM_ERR_LEN];
     model *m = model_load(o.model, err, sizeof err);
     if (!m) {

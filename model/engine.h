@@ -1,0 +1,134 @@
+/* engine.h -- inside model/ only: the structures behind model.h's opaque
+ * types, the attention mechanisms' descriptors, and the helpers the loader,
+ * the forward pass and the mechanisms share.
+ *
+ * Each attention mechanism is one attn_mech (attention.c): its metadata name,
+ * its tensors and their shapes, the widths it caches and projects, and the
+ * functions that project and score.  The rest of the engine asks the
+ * descriptor and never names a mechanism, so adding one touches attention.c
+ * and the table in it.
+ */
+#ifndef ATTNLM_ENGINE_H
+#define ATTNLM_ENGINE_H
+
+#include "kernels.h"
+#include "model.h"
+#include "safetensors.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define ATTN_MAX_TENSORS 4 /* tensors one mechanism adds */
+#define ATTN_BLOCK 64      /* query rows per banded attention product */
+
+/* A tensor dimension in terms of the configuration. */
+typedef enum { DIM_1, DIM_A, DIM_H, DIM_3H } attn_dim_sym;
+
+/* One tensor a mechanism needs: its name in the file and its shape. */
+typedef struct attn_tensor {
+    const char *name;
+    int ndim;
+    attn_dim_sym dims[2];
+} attn_tensor;
+
+/* One recurrent layer's weights. */
+typedef struct layer_weights {
+    const float *wih; /* [G*H, E or H] */
+    const float *whh; /* [G*H, H] */
+    const float *bih; /* [G*H] */
+    const float *bhh; /* [G*H] */
+} layer_weights;
+
+/* All weights: read-only pointers into the loaded file. */
+typedef struct model_weights {
+    const float *embed;                   /* [V, E] */
+    layer_weights *layer;                 /* [L] */
+    const float *attn[ATTN_MAX_TENSORS];  /* the mechanism's tensors, in its table's order */
+    const float *comb_w, *comb_b;         /* [H, 2H], [H] */
+    const float *out_w, *out_b;           /* [V, H], [V] */
+} model_weights;
+
+typedef struct attn_mech attn_mech;
+
+struct model {
+    model_config cfg;
+    model_weights w;
+    const attn_mech *attn;
+    const kern_ops *kern;
+    st_file *file;
+    uint64_t n_params;
+    int proj_dim; /* P: floats of one position's attention projections (0: none) */
+    int key_dim;  /* floats a ring slot caches besides h (0: none) */
+};
+
+struct model_seq {
+    const model *m;
+    int64_t pos;
+    float *h;      /* [L, H] */
+    float *c;      /* [L, H], lstm only */
+    float *ring_h; /* [W, H] top-layer outputs; slot i % W holds position i */
+    float *ring_k; /* [W, key_dim] the cached part of each slot's projections, or NULL */
+};
+
+struct model_batch {
+    int cap;
+    float *x;       /* [cap, E] embeddings */
+    float *hbuf[2]; /* [cap, H] layer states, alternating between layers */
+    float *gi, *gh; /* [cap, G*H] input and recurrent projections */
+    float *proj;    /* [cap, P] attention projections */
+    float *ctx;     /* [cap, H] */
+    float *ctxh;    /* [cap, H] heads' outputs before a mechanism's output projection */
+    float *o;       /* [cap, H] */
+    float *scores;  /* [W] */
+};
+
+/* One attention mechanism. */
+struct attn_mech {
+    const char *name;          /* the "attention" metadata value */
+    const char *size_key;      /* metadata key sizing it ("attn_dim", "heads") or NULL */
+    attn_tensor tensors[ATTN_MAX_TENSORS];
+    int n_tensors;
+    /* Sets cfg->attn_dim and cfg->heads from the size_key value (0 if absent);
+     * -1 with a message if they do not fit the rest of cfg. */
+    int (*configure)(model_config *cfg, int size, char *err, size_t errlen);
+    /* Floats one position's projections take, and how many of them (the last
+     * ones) a decoding sequence caches per window slot to score later positions. */
+    int (*proj_dim)(const model_config *cfg);
+    int (*key_dim)(const model_config *cfg);
+    /* proj [T, P] <- the projections of hs [T, H]; NULL when there are none. */
+    void (*project)(const model *m, float *proj, const float *hs, int T);
+    /* Full sequence: ctx [T, H] from hs [T, H] and proj [T, P]; band maps
+     * [T, N, W] into attn unless NULL (zeroed by the caller).  ctxh [T, H] and
+     * S [ATTN_BLOCK * (ATTN_BLOCK + W - 1) + W] are scratch. */
+    void (*attend_seq)(const model *m, float *ctx, float *ctxh, float *attn, float *S, const float *proj,
+                       const float *hs, int T);
+    /* One step of one sequence whose slot for this position already holds h
+     * and its cached projections: writes ctx [H] (or the heads' outputs, when
+     * out_proj is set) and the band row [N, W] unless NULL.  row is this
+     * position's projections [P]; scores [W] is scratch. */
+    void (*attend_step)(const model *m, const model_seq *s, const float *row, const float *h, float *ctx,
+                        float *band, float *scores);
+    /* When set, the context is this projection of the heads' outputs:
+     * ctx [rows, H] <- ctxh [rows, H]. */
+    void (*out_proj)(const model *m, float *ctx, const float *ctxh, int rows);
+};
+
+/* The mechanism of a model_attention value. */
+const attn_mech *attn_at(int i);
+/* A symbolic dimension's value. */
+int attn_dim_value(attn_dim_sym d, const model_config *c);
+
+/* out[M, N] (+)= in[M, K] . w[N, K]^T + bias[N]; bias may be NULL.  With
+ * accumulate the product is added to out and bias is ignored. */
+void linear(const model *m, float *out, int ldo, const float *in, int ldi, const float *w, int ldw,
+            const float *bias, int M, int N, int K, bool accumulate);
+void softmax_inplace(float *x, int n);
+/* Writes the weights over a sequence's valid ring slots (0 .. n-1) into the
+ * band row of position pos.  Slot s holds position pos - ((pos - s) mod W). */
+void write_band(float *band, const float *weights, int n, int64_t pos, int W);
+/* Windowed attention of one head over T positions, in diagonal blocks (see attention.c). */
+void attend_banded(float *ctx, int ldc, float *attn, float *S, const float *q, int ldq, const float *keys, int ldk,
+                   const float *vals, int ldv, int T, int dk, int dv, int W, int N, int head, float scale);
+
+#endif

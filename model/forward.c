@@ -1,0 +1,348 @@
+/* forward.c -- the full-sequence forward pass and batched incremental decoding.
+ *
+ * Both paths compute the function of docs/FORMAT.md.  The forward pass turns
+ * everything that is not sequential into matrix products over all positions
+ * (input projections, attention in diagonal blocks, output projections); the
+ * step path does the same over the sequences of a batch.  Only the recurrence
+ * itself is a matrix-vector product per position.  What is particular to an
+ * attention mechanism is asked of its descriptor (engine.h).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "engine.h"
+#include "vecmath.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- shared helpers ---------------------------------------------------------- */
+
+void linear(const model *m, float *out, int ldo, const float *in, int ldi, const float *w, int ldw,
+            const float *bias, int M, int N, int K, bool accumulate)
+{
+    if (!accumulate) {
+        for (int r = 0; r < M; r++) {
+            if (bias)
+                memcpy(out + (size_t)r * ldo, bias, (size_t)N * sizeof *out);
+            else
+                memset(out + (size_t)r * ldo, 0, (size_t)N * sizeof *out);
+        }
+    }
+    if (M == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, w, ldw, in, 1, 1.0f, out, 1);
+    else if (M <= KERN_SMALL_M)
+        m->kern->gemm_small(out, ldo, in, ldi, w, ldw, M, N, K);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, in, ldi, w, ldw, 1.0f, out, ldo);
+}
+
+void softmax_inplace(float *x, int n)
+{
+    float mx = x[0];
+    for (int i = 1; i < n; i++)
+        if (x[i] > mx)
+            mx = x[i];
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        x[i] = fast_expf(x[i] - mx);
+        sum += x[i];
+    }
+    float inv = 1.0f / sum;
+    for (int i = 0; i < n; i++)
+        x[i] *= inv;
+}
+
+void model_log_softmax(float *out, const float *logits, int n)
+{
+    float mx = logits[0];
+    for (int i = 1; i < n; i++)
+        if (logits[i] > mx)
+            mx = logits[i];
+    double sum = 0.0;
+    for (int i = 0; i < n; i++)
+        sum += exp((double)(logits[i] - mx));
+    float lse = mx + (float)log(sum);
+    for (int i = 0; i < n; i++)
+        out[i] = logits[i] - lse;
+}
+
+void write_band(float *band, const float *weights, int n, int64_t pos, int W)
+{
+    for (int s = 0; s < n; s++) {
+        int d = (int)((pos - s) % W);
+        band[W - 1 - d] = weights[s];
+    }
+}
+
+static int check_tokens(const model *m, const int *tokens, int n, char *err, size_t errlen)
+{
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab) {
+            err_set(err, errlen, "token %d at position %d is outside the vocabulary [0, %d)", tokens[i], i,
+                    m->cfg.vocab);
+            return -1;
+        }
+    return 0;
+}
+
+/* o [M, H] <- tanh(combine [h ; ctx]), then logits [M, V] <- out(o). */
+static void output_layer(const model *m, float *logits, float *o, const float *h, const float *ctx, int M)
+{
+    const model_weights *w = &m->w;
+    const int V = m->cfg.vocab, H = m->cfg.hidden;
+    linear(m, o, H, h, H, w->comb_w, 2 * H, w->comb_b, M, H, H, false);
+    linear(m, o, H, ctx, H, w->comb_w + H, 2 * H, NULL, M, H, H, true);
+    for (size_t i = 0; i < (size_t)M * H; i++)
+        o[i] = fast_tanhf(o[i]);
+    linear(m, logits, V, o, H, w->out_w, H, w->out_b, M, V, H, false);
+}
+
+/* ---- full-sequence forward ------------------------------------------------- */
+
+/* Scratch of forward_tail for sequences of up to T positions. */
+static size_t tail_floats(const model *m, int T)
+{
+    const model_config *c = &m->cfg;
+    return (size_t)T * (size_t)m->proj_dim + 3 * (size_t)T * c->hidden +
+           (size_t)ATTN_BLOCK * (ATTN_BLOCK + (size_t)c->window - 1) + (size_t)c->window;
+}
+
+/* Attention, the sequence's ring (for a prefill) and the output layer of one
+ * sequence whose top-layer outputs are hs [T, H]; buf has tail_floats(m, T). */
+static void forward_tail(const model *m, const float *hs, int T, float *logprobs, float *attn, model_seq *seq,
+                         float *buf)
+{
+    const model_config *c = &m->cfg;
+    const attn_mech *a = m->attn;
+    const int V = c->vocab, H = c->hidden, W = c->window, N = c->heads, P = m->proj_dim;
+    size_t Tz = (size_t)T, n_h = Tz * (size_t)H;
+    float *proj = buf, *ctx = proj + Tz * P, *ctxh = ctx + n_h, *o = ctxh + n_h, *S = o + n_h;
+
+    if (attn)
+        memset(attn, 0, Tz * (size_t)N * (size_t)W * sizeof *attn);
+    if (a->project)
+        a->project(m, proj, hs, T);
+    a->attend_seq(m, ctx, ctxh, attn, S, proj, hs, T);
+    if (a->out_proj)
+        a->out_proj(m, ctx, ctxh, T);
+    if (seq) {
+        int n = T < W ? T : W;
+        for (int i = T - n; i < T; i++) {
+            size_t slot = (size_t)(i % W);
+            memcpy(seq->ring_h + slot * H, hs + (size_t)i * H, (size_t)H * sizeof *hs);
+            if (m->key_dim)
+                memcpy(seq->ring_k + slot * m->key_dim, proj + (size_t)i * P + (P - m->key_dim),
+                       (size_t)m->key_dim * sizeof *proj);
+        }
+        seq->pos = T;
+    }
+    if (logprobs) {
+        output_layer(m, logprobs, o, hs, ctx, T);
+        for (int t = 0; t < T; t++)
+            model_log_softmax(logprobs + (size_t)t * V, logprobs + (size_t)t * V, V);
+    }
+}
+
+int model_forward_batch(const model *m, int B, const int *const *tokens, const int *lens, float *const *logprobs,
+                        float *const *attn, model_seq *const *seqs, char *err, size_t errlen)
+{
+    const model_config *c = &m->cfg;
+    const model_weights *w = &m->w;
+    const int E = c->embed, H = c->hidden, GH = c->gates * c->hidden;
+    if (B < 1) {
+        err_set(err, errlen, "no sequences to run");
+        return -1;
+    }
+    size_t S = 0;
+    int Tmax = 0;
+    for (int b = 0; b < B; b++) {
+        if (lens[b] < 1) {
+            err_set(err, errlen, "empty token sequence");
+            return -1;
+        }
+        if (check_tokens(m, tokens[b], lens[b], err, errlen) < 0)
+            return -1;
+        if (seqs && seqs[b] && (seqs[b]->m != m || seqs[b]->pos != 0)) {
+            err_set(err, errlen, "prefill needs a fresh sequence of this model");
+            return -1;
+        }
+        S += (size_t)lens[b];
+        Tmax = lens[b] > Tmax ? lens[b] : Tmax;
+    }
+    size_t Bz = (size_t)B;
+    size_t total = S * (size_t)E + 2 * S * (size_t)H + S * (size_t)GH + Bz * ((size_t)GH + 2 * (size_t)H) +
+                   tail_floats(m, Tmax);
+    float *buf = malloc(total * sizeof *buf);
+    /* order: sequences by decreasing length, so the ones still running at a position are a prefix */
+    int *order = malloc(2 * Bz * sizeof *order), *off = order ? order + Bz : NULL;
+    if (!buf || !order) {
+        free(buf);
+        free(order);
+        err_set(err, errlen, "out of memory for a forward pass over %zu tokens", S);
+        return -1;
+    }
+    float *x = buf, *hA = x + S * E, *hB = hA + S * H, *gi = hB + S * H, *gh = gi + S * GH, *hst = gh + Bz * GH,
+          *cst = hst + Bz * H, *tail = cst + Bz * H;
+    for (int b = 0, pos = 0; b < B; b++) {
+        off[b] = pos;
+        pos += lens[b];
+        int r = b;
+        while (r > 0 && lens[order[r - 1]] < lens[b]) {
+            order[r] = order[r - 1];
+            r--;
+        }
+        order[r] = b;
+    }
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < lens[b]; t++)
+            memcpy(x + (size_t)(off[b] + t) * E, w->embed + (size_t)tokens[b][t] * E, (size_t)E * sizeof *x);
+
+    /* Recurrent stack: input projections of every position are one product;
+     * each position's recurrent product covers every sequence still running. */
+    const float *in = x;
+    int in_dim = E;
+    float *hout = hA;
+    for (int k = 0; k < c->layers; k++) {
+        const layer_weights *l = &w->layer[k];
+        linear(m, gi, GH, in, in_dim, l->wih, in_dim, l->bih, (int)S, GH, in_dim, false);
+        memset(hst, 0, Bz * (size_t)H * sizeof *hst);
+        memset(cst, 0, Bz * (size_t)H * sizeof *cst);
+        int running = B;
+        for (int t = 0; t < Tmax; t++) {
+            while (lens[order[running - 1]] <= t)
+                running--;
+            linear(m, gh, GH, hst, H, l->whh, H, l->bhh, running, GH, H, false);
+            for (int r = 0; r < running; r++) {
+                size_t p = (size_t)(off[order[r]] + t);
+                m->kern->cell_update(c->cell, H, gi + p * GH, gh + (size_t)r * GH, hst + (size_t)r * H,
+                                     cst + (size_t)r * H);
+                memcpy(hout + p * H, hst + (size_t)r * H, (size_t)H * sizeof *hst);
+            }
+        }
+        for (int r = 0; seqs && r < B; r++) {
+            model_seq *sq = seqs[order[r]];
+            if (!sq)
+                continue;
+            memcpy(sq->h + (size_t)k * H, hst + (size_t)r * H, (size_t)H * sizeof *hst);
+            if (sq->c)
+                memcpy(sq->c + (size_t)k * H, cst + (size_t)r * H, (size_t)H * sizeof *cst);
+        }
+        in = hout;
+        in_dim = H;
+        hout = hout == hA ? hB : hA;
+    }
+    for (int b = 0; b < B; b++)
+        forward_tail(m, in + (size_t)off[b] * H, lens[b], logprobs ? logprobs[b] : NULL, attn ? attn[b] : NULL,
+                     seqs ? seqs[b] : NULL, tail);
+    free(order);
+    free(buf);
+    return 0;
+}
+
+int model_forward(const model *m, const int *tokens, int T, float *logprobs, float *attn, model_seq *seq,
+                  char *err, size_t errlen)
+{
+    return model_forward_batch(m, 1, &tokens, &T, &logprobs, &attn, &seq, err, errlen);
+}
+
+/* ---- batched incremental decoding ----------------------------------------- */
+
+model_batch *model_batch_new(const model *m, int max_batch)
+{
+    const model_config *c = &m->cfg;
+    if (max_batch < 1)
+        return NULL;
+    size_t B = (size_t)max_batch, H = (size_t)c->hidden, GH = (size_t)c->gates * H, P = (size_t)m->proj_dim;
+    size_t total = B * (size_t)c->embed + 2 * B * H + 2 * B * GH + B * P + 3 * B * H + (size_t)c->window;
+    model_batch *b = calloc(1, sizeof *b);
+    float *buf = calloc(total, sizeof *buf);
+    if (!b || !buf) {
+        free(b);
+        free(buf);
+        return NULL;
+    }
+    b->cap = max_batch;
+    b->x = buf;
+    b->hbuf[0] = b->x + B * (size_t)c->embed;
+    b->hbuf[1] = b->hbuf[0] + B * H;
+    b->gi = b->hbuf[1] + B * H;
+    b->gh = b->gi + B * GH;
+    b->proj = b->gh + B * GH;
+    b->ctx = b->proj + B * P;
+    b->ctxh = b->ctx + B * H;
+    b->o = b->ctxh + B * H;
+    b->scores = b->o + B * H;
+    return b;
+}
+
+void model_batch_free(model_batch *b)
+{
+    if (!b)
+        return;
+    free(b->x);
+    free(b);
+}
+
+int model_step(const model *m, model_batch *bt, model_seq *const *seqs, const int *tokens, int B, float *logits,
+               float *attn, char *err, size_t errlen)
+{
+    const model_config *c = &m->cfg;
+    const model_weights *w = &m->w;
+    const attn_mech *a = m->attn;
+    const int E = c->embed, H = c->hidden, GH = c->gates * c->hidden, W = c->window, N = c->heads,
+              P = m->proj_dim, KD = m->key_dim;
+    if (B < 1 || B > bt->cap) {
+        err_set(err, errlen, "batch of %d sequences, this scratch holds 1 to %d", B, bt->cap);
+        return -1;
+    }
+    if (check_tokens(m, tokens, B, err, errlen) < 0)
+        return -1;
+    for (int b = 0; b < B; b++)
+        if (seqs[b]->m != m) {
+            err_set(err, errlen, "sequence %d belongs to another model", b);
+            return -1;
+        }
+
+    for (int b = 0; b < B; b++)
+        memcpy(bt->x + (size_t)b * E, w->embed + (size_t)tokens[b] * E, (size_t)E * sizeof *bt->x);
+    const float *in = bt->x;
+    int in_dim = E;
+    for (int k = 0; k < c->layers; k++) {
+        const layer_weights *l = &w->layer[k];
+        float *hp = bt->hbuf[k % 2];
+        for (int b = 0; b < B; b++)
+            memcpy(hp + (size_t)b * H, seqs[b]->h + (size_t)k * H, (size_t)H * sizeof *hp);
+        linear(m, bt->gi, GH, in, in_dim, l->wih, in_dim, l->bih, B, GH, in_dim, false);
+        linear(m, bt->gh, GH, hp, H, l->whh, H, l->bhh, B, GH, H, false);
+        for (int b = 0; b < B; b++) {
+            float *hrow = hp + (size_t)b * H;
+            m->kern->cell_update(c->cell, H, bt->gi + (size_t)b * GH, bt->gh + (size_t)b * GH, hrow,
+                                 seqs[b]->c ? seqs[b]->c + (size_t)k * H : NULL);
+            memcpy(seqs[b]->h + (size_t)k * H, hrow, (size_t)H * sizeof *hrow);
+        }
+        in = hp;
+        in_dim = H;
+    }
+    const float *top = in; /* [B, H] */
+
+    if (a->project)
+        a->project(m, bt->proj, top, B);
+    if (attn)
+        memset(attn, 0, (size_t)B * N * W * sizeof *attn);
+    float *heads_out = a->out_proj ? bt->ctxh : bt->ctx;
+    for (int b = 0; b < B; b++) {
+        model_seq *s = seqs[b];
+        const float *h = top + (size_t)b * H, *row = bt->proj + (size_t)b * P;
+        size_t slot = (size_t)(s->pos % W);
+        memcpy(s->ring_h + slot * H, h, (size_t)H * sizeof *h);
+        if (KD)
+            memcpy(s->ring_k + slot * KD, row + (P - KD), (size_t)KD * sizeof *row);
+        a->attend_step(m, s, row, h, heads_out + (size_t)b * H, attn ? attn + (size_t)b * N * W : NULL, bt->scores);
+        s->pos++;
+    }
+    if (a->out_proj)
+        a->out_proj(m, bt->ctx, bt->ctxh, B);
+    output_layer(m, logits, bt->o, top, bt->ctx, B);
+    return 0;
+}

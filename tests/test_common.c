@@ -1,0 +1,86 @@
+/* test_common.c -- the utilities every layer uses: the growable buffer, the
+ * random number generator and the clock. */
+#define _POSIX_C_SOURCE 200809L
+#include "buf.h"
+#include "clock.h"
+#include "rng.h"
+
+#include "check_main.h"
+
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+START_TEST(test_buf_grows_and_formats)
+{
+    buf b = {0};
+    ck_assert_str_eq(buf_cstr(&b), "");
+    for (int i = 0; i < 1000; i++)
+        buf_printf(&b, "%d,", i);
+    ck_assert(!b.oom);
+    ck_assert_uint_eq(b.len, 3890); /* 10*2 + 90*3 + 900*4 */
+    ck_assert(strncmp(b.p, "0,1,2,", 6) == 0);
+    ck_assert(strncmp(b.p + b.len - 4, "999,", 4) == 0);
+    /* A formatted piece longer than the stack buffer buf_printf tries first. */
+    char big[1000];
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    buf_printf(&b, "[%s]", big);
+    ck_assert_uint_eq(b.len, 3890 + 1001);
+    ck_assert(b.p[b.len - 1] == ']' && b.p[3890] == '[');
+    buf_consume(&b, 3890);
+    ck_assert_uint_eq(b.len, 1001);
+    ck_assert(b.p[0] == '[');
+    buf_putc(&b, 'z');
+    ck_assert_str_eq(buf_cstr(&b) + 1000, "]z");
+    size_t n;
+    char *p = buf_take(&b, &n);
+    ck_assert_uint_eq(n, 1002);
+    ck_assert_ptr_null(b.p);
+    ck_assert_uint_eq(b.len, 0);
+    free(p);
+    buf_put(&b, "abc", 3);
+    buf_consume(&b, 5);
+    ck_assert_uint_eq(b.len, 0);
+    buf_free(&b);
+    buf_free(&b); /* freeing an empty buffer is harmless */
+}
+END_TEST
+
+START_TEST(test_rng_is_splitmix64)
+{
+    /* The reference sequence of splitmix64 from seed 0. */
+    uint64_t s = 0;
+    ck_assert(rng_next(&s) == 0xE220A8397B1DCDAFull);
+    ck_assert(rng_next(&s) == 0x6E789E6AA1B965F4ull);
+    ck_assert(rng_hash(0) == 0xE220A8397B1DCDAFull);
+    uint64_t a = 42, b = 42;
+    for (int i = 0; i < 1000; i++) {
+        float u = rng_uniform(&a);
+        ck_assert(u >= 0.0f && u < 1.0f);
+        ck_assert(u == rng_uniform(&b));
+    }
+}
+END_TEST
+
+START_TEST(test_clock_moves_forward)
+{
+    int64_t t0 = clock_now_ns();
+    nanosleep(&(struct timespec){0, 2000000}, NULL);
+    int64_t t1 = clock_now_ns();
+    ck_assert(t1 - t0 >= 2000000);
+    ck_assert(clock_seconds(t0, t1) >= 0.002 && clock_seconds(t0, t1) < 10.0);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("common");
+    TCase *tc = tcase_create("common");
+    tcase_add_test(tc, test_buf_grows_and_formats);
+    tcase_add_test(tc, test_rng_is_splitmix64);
+    tcase_add_test(tc, test_clock_moves_forward);
+    suite_add_tcase(s, tc);
+    return run_suite(s);
+}
