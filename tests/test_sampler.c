@@ -178,14 +178,6 @@ END_TEST
 
 int main(void)
 {
-    Suite *s = suite_create("sampler");
-    TCase *tc = tcase_create("sampling");
-    tcase_add_test(tc, test_temperature_zero_is_argmax);
-    tcase_add_test(tc, test_top_k_stays_in_set);
-    tcase_add_test(tc, test_top_p_stays_in_nucleus);
-    tcase_add_test(tc, test_temperature_distribution);
-    tcase_add_test(tc, test_seed_reproduces);
-    tcase_add_test(tc, test_rng_range);
-    suite_add_tcase(s, tc);
-    return run_suite(s);
+    return CHECK_MAIN("sampler", test_temperature_zero_is_argmax, test_top_k_stays_in_set, test_top_p_stays_in_nucleus,
+                      test_temperature_distribution, test_seed_reproduces, test_rng_range);
 }

@@ -398,26 +398,16 @@ START_TEST(test_pool_queue_bound_and_abort)
 }
 END_TEST
 
-static Suite *server_suite(void)
-{
-    Suite *s = suite_create("server");
-    TCase *tc = tcase_create("config");
-    tcase_add_test(tc, test_config_defaults_flags_env);
-    tcase_add_test(tc, test_config_refusals_name_the_setting);
-    tcase_add_test(tc, test_help_lists_every_variable);
-    tcase_add_test(tc, test_health_probe_reads_the_status);
-    suite_add_tcase(s, tc);
-    TCase *tp = tcase_create("pool");
-    tcase_add_checked_fixture(tp, pool_setup, pool_teardown);
-    tcase_set_timeout(tp, 120);
-    tcase_add_test(tp, test_pool_batches_and_matches_alone);
-    tcase_add_test(tp, test_pool_drops_gone_and_late_tasks);
-    tcase_add_test(tp, test_pool_queue_bound_and_abort);
-    suite_add_tcase(s, tp);
-    return s;
-}
-
 int main(void)
 {
-    return run_suite(server_suite());
+    const check_case cases[] = {
+        {"config",
+         CHECK_TESTS(CHECK_TEST(test_config_defaults_flags_env), CHECK_TEST(test_config_refusals_name_the_setting),
+                     CHECK_TEST(test_help_lists_every_variable), CHECK_TEST(test_health_probe_reads_the_status))},
+        {"pool",
+         CHECK_TESTS(CHECK_TEST(test_pool_batches_and_matches_alone), CHECK_TEST(test_pool_drops_gone_and_late_tasks),
+                     CHECK_TEST(test_pool_queue_bound_and_abort)),
+         .setup = pool_setup, .teardown = pool_teardown, .timeout = 120},
+    };
+    return check_main("server", cases, sizeof cases / sizeof *cases);
 }
