@@ -7,6 +7,7 @@
 #include "model.h"
 #include "testutil.h"
 
+#include "api_fixture.h"
 #include "check_main.h"
 
 #include <check.h>
@@ -22,23 +23,14 @@ static api_ctx g_ctx;
 
 static void setup(void)
 {
-    char path[512], err[ATTNLM_ERR_LEN];
-    g_model = model_load(fixture_path(path, sizeof path, "gru_dot.safetensors"), err, sizeof err);
-    ck_assert_msg(g_model != NULL, "%s", err);
-    memset(&g_metrics, 0, sizeof g_metrics);
-    g_ctx = (api_ctx){
-        .m = g_model,
-        .model_id = "fixture",
-        .model_path = "gru_dot.safetensors",
-        .limits = {.max_body_bytes = 1 << 20,
-                   .max_input_tokens = 64,
-                   .max_new_tokens = 100,
-                   .max_attention_tokens = 32,
-                   .queue_size = 8,
-                   .workers = 1,
-                   .max_batch = 8},
-        .metrics = &g_metrics,
-    };
+    g_model = load_api_fixture(&g_ctx, &g_metrics, "gru_dot.safetensors",
+                               (api_limits){.max_body_bytes = 1 << 20,
+                                            .max_input_tokens = 64,
+                                            .max_new_tokens = 100,
+                                            .max_attention_tokens = 32,
+                                            .queue_size = 8,
+                                            .workers = 1,
+                                            .max_batch = 8});
     strcpy(g_ctx.sha256, "00");
 }
 
