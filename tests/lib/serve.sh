@@ -14,7 +14,9 @@
 #       it: the startup line ("attnlm: listening on ...") follows the port file by a moment.
 #       For messages and checks of them; the port comes from the port file.
 #   serve_stop [SIGNAL]
-#       Sends SIGNAL (default TERM) to $pid and waits for it; sets rc to its exit status and
+#       Sends SIGNAL (default TERM) to $pid, then serve_wait.
+#   serve_wait
+#       Waits for $pid to exit (after a signal sent otherwise); sets rc to its exit status and
 #       clears pid.
 
 serve_start() {
@@ -57,8 +59,12 @@ serve_log_has() {
 }
 
 serve_stop() {
-  rc=0
   kill -"${1:-TERM}" "$pid" 2>/dev/null || true
+  serve_wait
+}
+
+serve_wait() {
+  rc=0
   wait "$pid" || rc=$?
   pid=
 }
