@@ -27,7 +27,7 @@ command -v wrk >/dev/null || { echo "bench-http: wrk is not installed (apt-get i
 [ -x "$streams" ] || { echo "bench-http: no stream client $streams" >&2; exit 1; }
 [ -r "$model" ] || { echo "bench-http: no model $model" >&2; exit 1; }
 
-# shellcheck source=../tests/lib/serve.sh
+# shellcheck source=tests/lib/serve.sh
 . "$here/../tests/lib/serve.sh"
 work="$(mktemp -d)"
 log="$work/server.log" before="$work/before" after="$work/after"

@@ -19,7 +19,7 @@
 #   ATTNLM_IMAGE_MAX_MB the size the runtime image must stay under (default 150)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=../tests/lib/serve.sh
+# shellcheck source=tests/lib/serve.sh
 . tests/lib/serve.sh
 
 image=attnlm:test

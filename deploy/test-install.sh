@@ -9,7 +9,7 @@
 #   4. make uninstall removes what was installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=../tests/lib/serve.sh
+# shellcheck source=tests/lib/serve.sh
 . tests/lib/serve.sh
 die() { printf 'install-test: FAILED: %s\n' "$*" >&2; exit 1; }
 

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # serve.sh -- start attnlm-server from a shell script and learn its port from its port file.
 # Sourced by bench/http.sh, tests/http/openai/run.sh, deploy/test-install.sh and
 # deploy/test-image.sh (tests/lib/attnlm_server.py does the same for Python).
@@ -18,6 +19,8 @@
 #   serve_wait
 #       Waits for $pid to exit (after a signal sent otherwise); sets rc to its exit status and
 #       clears pid.
+# pid, port and rc are the caller's variables:
+# shellcheck disable=SC2034
 
 serve_start() {
   local file="$1" log="$2" i

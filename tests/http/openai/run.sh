@@ -25,7 +25,7 @@ if [ "$installed" != "$pinned" ]; then
 fi
 echo "openai test: openai@$pinned on node $(node --version), server $server"
 
-# shellcheck source=../../lib/serve.sh
+# shellcheck source=tests/lib/serve.sh
 . "$root/tests/lib/serve.sh"
 work="$(mktemp -d)"
 log="$work/server.log"
