@@ -168,10 +168,8 @@ test-unit: $(TESTS)
 	done
 
 test-http: $(BUILD)/attnlm-server $(BUILD)/attnlm
-	@echo "== HTTP integration: $(BUILD)/attnlm-server"
-	@ATTNLM_SERVER=$(BUILD)/attnlm-server ATTNLM_CLI=$(BUILD)/attnlm $(PYTHON) tests/http/test_service.py
-	@echo "== HTTP endpoints in detail: $(BUILD)/attnlm-server"
-	@ATTNLM_SERVER=$(BUILD)/attnlm-server ATTNLM_CLI=$(BUILD)/attnlm $(PYTHON) tests/http/test_http.py
+	@echo "== HTTP suite (tests/http): $(BUILD)/attnlm-server"
+	@ATTNLM_SERVER=$(BUILD)/attnlm-server ATTNLM_CLI=$(BUILD)/attnlm $(PYTHON) tests/http/run.py
 	@echo "== OpenAI client (npm openai) against $(BUILD)/attnlm-server"
 	@ATTNLM_SERVER=$(BUILD)/attnlm-server tests/http/openai/run.sh
 

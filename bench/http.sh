@@ -27,11 +27,14 @@ command -v wrk >/dev/null || { echo "bench-http: wrk is not installed (apt-get i
 [ -x "$streams" ] || { echo "bench-http: no stream client $streams" >&2; exit 1; }
 [ -r "$model" ] || { echo "bench-http: no model $model" >&2; exit 1; }
 
-log="$(mktemp)" before="$(mktemp)" after="$(mktemp)"
+# shellcheck source=tests/lib/serve.sh
+. "$here/../tests/lib/serve.sh"
+work="$(mktemp -d)"
+log="$work/server.log" before="$work/before" after="$work/after"
 pid=
 cleanup() {
   if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -f "$log" "$before" "$after"
+  rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -43,20 +46,9 @@ echo "kernel: $(uname -srm)"
 echo "wrk:    $(wrk -v 2>&1 | head -1 | sed 's/ Copyright.*//')"
 echo "date:   $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
-"$server" --host 127.0.0.1 --port 0 --model "$model" 2>"$log" &
-pid=$!
-port=
-for _ in $(seq 300); do
-  port="$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$log" | head -1)"
-  [ -n "$port" ] && break
-  kill -0 "$pid" 2>/dev/null || break
-  sleep 0.1
-done
-if [ -z "$port" ]; then
-  cat "$log" >&2
-  echo "bench-http: the server did not start" >&2
-  exit 1
-fi
+serve_start "$work/port" "$log" "$server" --host 127.0.0.1 --port 0 --model "$model" --port-file "$work/port" \
+  || { echo "bench-http: the server did not start" >&2; exit 1; }
+serve_log_has "listening on" || true
 echo "server: $(sed -n 's/^attnlm: listening on //p' "$log" | head -1)"
 echo "        default flags (workers = cores, queue 64, max batch 32)"
 
@@ -173,10 +165,7 @@ for n in 1 8 32; do
   S[mean$n]="$(hist_delta attnlm_batch_size | sed -n 's/^mean \([0-9.]*\).*/\1/p')"
 done
 
-kill -TERM "$pid"
-rc=0
-wait "$pid" || rc=$?
-pid=
+serve_stop TERM
 
 echo
 echo "== summary ($(nproc) cores, server default flags, ${dur}s per phase)"

@@ -18,16 +18,16 @@ here), then checks deploy/k8s/*.yaml and deploy/docker-compose.yml:
 Prints one line per check; exits 1 if any fails.
 """
 import glob
-import http.client
 import os
 import re
 import subprocess
 import sys
-import time
 
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
+from attnlm_server import Server, StartError  # noqa: E402
 failures = 0
 
 
@@ -54,38 +54,22 @@ def cpu_cores(q):
 
 
 def run_server(binary, env):
-    """Starts the server with env, GETs /ready and /health, stops it.  Returns (statuses, rc, log)."""
-    full = dict(os.environ)
-    full.update(env)
-    full.update(ATTNLM_HOST="127.0.0.1", ATTNLM_PORT="0",
-                ATTNLM_MODEL=os.path.join(ROOT, "models", "default.safetensors"))
-    proc = subprocess.Popen([binary], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=full, text=True)
-    statuses, lines = {}, []
+    """Starts the server with no flags, every setting from env (the port file too, as
+    ATTNLM_PORT_FILE), GETs /ready and /health, stops it.  Returns (statuses, rc, log)."""
+    env = dict(env, ATTNLM_HOST="127.0.0.1", ATTNLM_PORT="0",
+               ATTNLM_MODEL=os.path.join(ROOT, "models", "default.safetensors"))
     try:
-        port, deadline = None, time.monotonic() + 30
-        while port is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            lines.append(line)
-            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
-            if m:
-                port = int(m.group(1))
-        if port is not None:
-            for path in ("/ready", "/health"):
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                c.request("GET", path)
-                statuses[path] = c.getresponse().status
-                c.close()
-        proc.terminate()
-        rc = proc.wait(60)
-        lines.append(proc.stderr.read())
-        return statuses, rc, "".join(lines)
+        srv = Server(binary=binary, host=None, port=None, model=None, env=env, port_file_env=True,
+                     startup_timeout=30)
+    except StartError as e:
+        return {}, None, str(e)
+    statuses = {}
+    try:
+        for path in ("/ready", "/health"):
+            statuses[path] = srv.request("GET", path, timeout=10)[0]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        rc = srv.stop(60)
+    return statuses, rc, srv.stderr()
 
 
 def main():

@@ -31,10 +31,12 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
+from attnlm_server import Server, StartError, StopError, parse_prom  # noqa: E402
+
 MODEL = os.path.join(ROOT, "models", "default.safetensors")
 CONF = os.path.join(ROOT, "deploy", "nginx.conf")
 WORK_ROUTES = ("/v1/score", "/v1/generate", "/v1/completions")
-LISTEN_RE = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 
 
 class Failed(Exception):
@@ -53,63 +55,36 @@ def free_port():
 
 
 class Replica:
+    """One attnlm-server (tests/lib/attnlm_server.py starts it), its stderr appended to
+    replicaN.log: a restarted replica appends to the same log, on the same port."""
+
     def __init__(self, binary, work, index, port=0):
         self.index = index
-        self.log_path = os.path.join(work, "replica%d.log" % index)
-        self.log = open(self.log_path, "ab")
-        start = self.log.tell()  # a restarted replica appends to its log
-        env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-        self.proc = subprocess.Popen(
-            [binary, "--host", "127.0.0.1", "--port", str(port), "--model", MODEL, "--workers", "1",
-             "--drain-timeout", "20"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log, env=env)
-        self.port = None
-        deadline = time.monotonic() + 30
-        while self.port is None:
-            with open(self.log_path, "rb") as f:
-                f.seek(start)
-                m = LISTEN_RE.search(f.read().decode("utf-8", "replace"))
-            if m:
-                self.port = int(m.group(1))
-            elif self.proc.poll() is not None or time.monotonic() > deadline:
-                raise Failed("replica %d did not start:\n%s" % (index, self.tail()))
-            else:
-                time.sleep(0.05)
+        try:
+            self.server = Server("--workers", "1", "--drain-timeout", "20", binary=binary, model=MODEL, port=port,
+                                 log_path=os.path.join(work, "replica%d.log" % index), startup_timeout=30)
+        except StartError as e:
+            raise Failed("replica %d did not start: %s" % (index, e))
+        self.port = self.server.port
 
     def tail(self, n=15):
-        with open(self.log_path, "rb") as f:
-            return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-n:])
+        return self.server.stderr(last=n)
 
     def served(self):
         """Requests this replica answered on the model routes, from its own /metrics."""
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        c.request("GET", "/metrics")
-        text = c.getresponse().read().decode()
-        c.close()
-        total = 0
-        for line in text.splitlines():
-            if line.startswith("attnlm_requests_total{"):
-                route = re.search(r'route="([^"]*)"', line).group(1)
-                if route in WORK_ROUTES:
-                    total += int(float(line.rsplit(" ", 1)[1]))
-        return total
+        text, _ = self.server.metrics_text()
+        return int(sum(v for name, labels, v in parse_prom(text)
+                       if name == "attnlm_requests_total" and labels.get("route") in WORK_ROUTES))
 
     def stop(self, timeout=60):
-        """SIGTERM; returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        """SIGTERM; returns the exit status ("hung" if it had to be killed)."""
         try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            return self.server.stop(timeout)
+        except StopError:
             return "hung"
 
     def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.log.close()
+        self.server.kill()
 
 
 class Nginx:

@@ -8,7 +8,8 @@
 #   2. podman build --format docker (HEALTHCHECK is not part of OCI images) --pull=never
 #      --isolation chroot;
 #   3. podman create + podman mount, then the image's entrypoint run under chroot,
-#      as the image's user, with the image's environment, on a loopback port;
+#      as the image's user, with the image's environment, on a free port that it writes
+#      to a port file inside the mounted root (ATTNLM_PORT=0, ATTNLM_PORT_FILE=/tmp/port);
 #   4. curl /health, /v1/model, /v1/score, /v1/generate (also streamed), the
 #      HEALTHCHECK command, then SIGTERM during a generation: it must finish and
 #      the server exit 0.
@@ -18,6 +19,8 @@
 #   ATTNLM_IMAGE_MAX_MB the size the runtime image must stay under (default 150)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tests/lib/serve.sh
+. tests/lib/serve.sh
 
 image=attnlm:test
 base=docker.io/library/debian:bookworm-slim
@@ -108,20 +111,15 @@ mapfile -t health_argv < <(python3 -c 'import json,sys; t=json.loads(sys.argv[1]
 
 ctr="$(podman create "$image")"
 mnt="$(podman mount "$ctr")"
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-# The image's own environment, with the port moved to a free one (the network is the host's)
-# and room for a generation long enough to be caught in flight by SIGTERM.
-run_env=(env -i "${env_list[@]}" "ATTNLM_PORT=$port" "ATTNLM_MAX_NEW_TOKENS=20000")
+# The image's own environment, with the port moved to a free one that the server writes to a
+# file inside its root (the network is the host's), and room for a generation long enough to
+# be caught in flight by SIGTERM.
+run_env=(env -i "${env_list[@]}" "ATTNLM_MAX_NEW_TOKENS=20000")
 log="$work/server.log"
-step "chroot $mnt as $user: ${entry_argv[*]} (ATTNLM_PORT=$port)"
-chroot --userspec="$user" "$mnt" "${run_env[@]}" "${entry_argv[@]}" 2>"$log" &
-pid=$!
-for _ in $(seq 100); do
-  grep -q "listening on" "$log" && break
-  kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "the server exited at start"; }
-  sleep 0.1
-done
-grep -q "listening on" "$log" || { cat "$log" >&2; die "the server did not start"; }
+step "chroot $mnt as $user: ${entry_argv[*]} (ATTNLM_PORT=0, ATTNLM_PORT_FILE=/tmp/port)"
+serve_start "$mnt/tmp/port" "$log" chroot --userspec="$user" "$mnt" \
+  "${run_env[@]}" ATTNLM_PORT=0 ATTNLM_PORT_FILE=/tmp/port "${entry_argv[@]}" || die "the server did not start"
+serve_log_has "listening on" || { cat "$log" >&2; die "no startup line"; }
 sed -n 's/^attnlm: //p' "$log" | head -1
 grep -q "listening on http://0.0.0.0:$port" "$log" || die "not listening on 0.0.0.0 (ATTNLM_HOST from the image)"
 
@@ -143,7 +141,8 @@ check "POST /v1/generate" '"finish_reason":"length"' "${json[@]}" \
   -d '{"prompt":"Call me Ishmael.","max_tokens":24,"seed":1}' "$url/v1/generate"
 check "POST /v1/generate stream" 'data: \[DONE\]' -N "${json[@]}" \
   -d '{"prompt":"The sea","max_tokens":24,"seed":1,"stream":true}' "$url/v1/generate"
-chroot --userspec="$user" "$mnt" "${run_env[@]}" "${health_argv[@]}" || die "the HEALTHCHECK command failed"
+chroot --userspec="$user" "$mnt" "${run_env[@]}" "ATTNLM_PORT=$port" "${health_argv[@]}" \
+  || die "the HEALTHCHECK command failed"
 echo "ok   HEALTHCHECK ${health_argv[*]}: exit 0"
 
 # ---- 4. SIGTERM drains a generation in flight -----------------------------------------
@@ -159,12 +158,11 @@ done
 [ "$(active)" = 1 ] || die "the long generation did not start"
 kill -TERM "$pid"
 wait "$client" || die "the generation in flight failed during the drain"
-rc=0
-wait "$pid" || rc=$?
-pid=
+serve_wait
 grep -q '"completion_tokens":20000' "$work/long.json" || die "the drained generation is incomplete: $(head -c 300 "$work/long.json")"
 grep -q "draining (1 in flight" "$log" || { cat "$log" >&2; die "the server did not report draining"; }
 [ "$rc" -eq 0 ] || { tail -5 "$log" >&2; die "the server exited with $rc after SIGTERM"; }
+[ ! -e "$mnt/tmp/port" ] || die "the port file is left after a clean exit"
 echo "ok   in-flight generation completed (20000 tokens); server exit status 0"
 tail -2 "$log" | sed 's/^/     /'
 

@@ -9,6 +9,8 @@
 #   4. make uninstall removes what was installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tests/lib/serve.sh
+. tests/lib/serve.sh
 die() { printf 'install-test: FAILED: %s\n' "$*" >&2; exit 1; }
 
 if ! command -v systemd-analyze >/dev/null; then
@@ -58,24 +60,18 @@ done
 echo "== the unit's command, environment and signal, as nobody"
 exec_start="$(sed -n 's/^ExecStart=//p' "$unit")"
 mapfile -t unit_env < <(sed -n 's/^Environment=//p' "$unit")
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+run="$work/run"  # where nobody may write the port file
+install -d -o 65534 -g 65534 "$run"
 log="$work/server.log"
-setpriv --reuid=65534 --regid=65534 --clear-groups \
-  env -i "${unit_env[@]}" ATTNLM_HOST=127.0.0.1 ATTNLM_PORT="$port" $exec_start 2>"$log" &
-pid=$!
-for _ in $(seq 100); do
-  grep -q "listening on" "$log" && break
-  kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "the server exited at start"; }
-  sleep 0.1
-done
-grep -q "listening on" "$log" || { cat "$log" >&2; die "the server did not start"; }
+serve_start "$run/port" "$log" setpriv --reuid=65534 --regid=65534 --clear-groups \
+  env -i "${unit_env[@]}" ATTNLM_HOST=127.0.0.1 ATTNLM_PORT=0 ATTNLM_PORT_FILE="$run/port" $exec_start \
+  || die "the server did not start"
 "$prefix/bin/attnlm-server" --health --port "$port" || die "--health against the installed server"
 sig="$(sed -n 's/^KillSignal=SIG//p' "$unit")"
-kill -"$sig" "$pid"
-rc=0
-wait "$pid" || rc=$?
-pid=
+serve_stop "$sig"
 [ "$rc" -eq 0 ] || { cat "$log" >&2; die "exit status $rc after SIG$sig"; }
+[ ! -e "$run/port" ] || die "the port file is left after a clean exit"
+serve_log_has "listening on" || die "no startup line"
 echo "ok   $(sed -n 's/^attnlm: listening on //p' "$log" | cut -d' ' -f1-4); /health 200; exit 0 on SIG$sig"
 
 echo "== make uninstall"

@@ -7,6 +7,7 @@
 #include "model.h"
 #include "testutil.h"
 
+#include "api_fixture.h"
 #include "check_main.h"
 
 #include <check.h>
@@ -22,23 +23,14 @@ static api_ctx g_ctx;
 
 static void setup(void)
 {
-    char path[512], err[ATTNLM_ERR_LEN];
-    g_model = model_load(fixture_path(path, sizeof path, "gru_dot.safetensors"), err, sizeof err);
-    ck_assert_msg(g_model != NULL, "%s", err);
-    memset(&g_metrics, 0, sizeof g_metrics);
-    g_ctx = (api_ctx){
-        .m = g_model,
-        .model_id = "fixture",
-        .model_path = "gru_dot.safetensors",
-        .limits = {.max_body_bytes = 1 << 20,
-                   .max_input_tokens = 64,
-                   .max_new_tokens = 100,
-                   .max_attention_tokens = 32,
-                   .queue_size = 8,
-                   .workers = 1,
-                   .max_batch = 8},
-        .metrics = &g_metrics,
-    };
+    g_model = load_api_fixture(&g_ctx, &g_metrics, "gru_dot.safetensors",
+                               (api_limits){.max_body_bytes = 1 << 20,
+                                            .max_input_tokens = 64,
+                                            .max_new_tokens = 100,
+                                            .max_attention_tokens = 32,
+                                            .queue_size = 8,
+                                            .workers = 1,
+                                            .max_batch = 8});
     strcpy(g_ctx.sha256, "00");
 }
 
@@ -688,32 +680,21 @@ START_TEST(test_metrics_exposition)
 }
 END_TEST
 
-static Suite *api_suite(void)
-{
-    Suite *s = suite_create("api");
-    TCase *tc = tcase_create("api");
-    tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, test_routes);
-    tcase_add_test(tc, test_error_body);
-    tcase_add_test(tc, test_api_key);
-    tcase_add_loop_test(tc, test_bad_requests_are_refused, 0, (int)(sizeof BAD / sizeof *BAD));
-    tcase_add_test(tc, test_nulls_and_unknown_fields_are_defaults);
-    tcase_add_test(tc, test_score_matches_engine);
-    tcase_add_test(tc, test_attention_rows);
-    tcase_add_test(tc, test_generation_is_reproducible_and_streams_alike);
-    tcase_add_test(tc, test_stop_string_ends_generation);
-    tcase_add_test(tc, test_stream_sends_whole_characters);
-    tcase_add_test(tc, test_zero_alternatives_and_nul_bytes);
-    tcase_add_test(tc, test_completions_echo_scores_prompt);
-    tcase_add_test(tc, test_inline_endpoints);
-    tcase_add_test(tc, test_model_by_id);
-    tcase_add_test(tc, test_metrics_exposition);
-    suite_add_tcase(s, tc);
-    return s;
-}
-
 int main(void)
 {
-    return run_suite(api_suite());
+    const check_case api = {
+        "api",
+        CHECK_TESTS(CHECK_TEST(test_routes), CHECK_TEST(test_error_body), CHECK_TEST(test_api_key),
+                    CHECK_LOOP(test_bad_requests_are_refused, (int)(sizeof BAD / sizeof *BAD)),
+                    CHECK_TEST(test_nulls_and_unknown_fields_are_defaults), CHECK_TEST(test_score_matches_engine),
+                    CHECK_TEST(test_attention_rows), CHECK_TEST(test_generation_is_reproducible_and_streams_alike),
+                    CHECK_TEST(test_stop_string_ends_generation), CHECK_TEST(test_stream_sends_whole_characters),
+                    CHECK_TEST(test_zero_alternatives_and_nul_bytes), CHECK_TEST(test_completions_echo_scores_prompt),
+                    CHECK_TEST(test_inline_endpoints), CHECK_TEST(test_model_by_id),
+                    CHECK_TEST(test_metrics_exposition)),
+        .setup = setup,
+        .teardown = teardown,
+        .timeout = 60,
+    };
+    return check_main("api", &api, 1);
 }

@@ -74,13 +74,4 @@ START_TEST(test_clock_moves_forward)
 }
 END_TEST
 
-int main(void)
-{
-    Suite *s = suite_create("common");
-    TCase *tc = tcase_create("common");
-    tcase_add_test(tc, test_buf_grows_and_formats);
-    tcase_add_test(tc, test_rng_is_splitmix64);
-    tcase_add_test(tc, test_clock_moves_forward);
-    suite_add_tcase(s, tc);
-    return run_suite(s);
-}
+int main(void) { return CHECK_MAIN("common", test_buf_grows_and_formats, test_rng_is_splitmix64, test_clock_moves_forward); }

@@ -305,19 +305,12 @@ END_TEST
 
 int main(void)
 {
-    Suite *s = suite_create("http");
-    TCase *tc = tcase_create("http");
-    tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, test_routes_and_refusals);
-    tcase_add_test(tc, test_job_answered_by_a_worker);
-    tcase_add_test(tc, test_stream_and_client_leaving);
-    tcase_add_test(tc, test_drain_turns_ready);
-    suite_add_tcase(s, tc);
-    TCase *tk = tcase_create("key");
-    tcase_add_checked_fixture(tk, setup_key, teardown);
-    tcase_set_timeout(tk, 60);
-    tcase_add_test(tk, test_api_key);
-    suite_add_tcase(s, tk);
-    return run_suite(s);
+    const check_case cases[] = {
+        {"http",
+         CHECK_TESTS(CHECK_TEST(test_routes_and_refusals), CHECK_TEST(test_job_answered_by_a_worker),
+                     CHECK_TEST(test_stream_and_client_leaving), CHECK_TEST(test_drain_turns_ready)),
+         .setup = setup, .teardown = teardown, .timeout = 60},
+        {"key", CHECK_TESTS(CHECK_TEST(test_api_key)), .setup = setup_key, .teardown = teardown, .timeout = 60},
+    };
+    return check_main("http", cases, sizeof cases / sizeof *cases);
 }

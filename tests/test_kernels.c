@@ -171,12 +171,6 @@ END_TEST
 
 int main(void)
 {
-    Suite *s = suite_create("kernels");
-    TCase *tc = tcase_create("kernels");
-    tcase_add_test(tc, test_gemm_small_matches_reference);
-    tcase_add_test(tc, test_gemm_small_rows_independent);
-    tcase_add_test(tc, test_cell_update);
-    tcase_add_test(tc, test_activations);
-    suite_add_tcase(s, tc);
-    return run_suite(s);
+    return CHECK_MAIN("kernels", test_gemm_small_matches_reference, test_gemm_small_rows_independent,
+                      test_cell_update, test_activations);
 }

@@ -380,25 +380,20 @@ START_TEST(test_step_rows_independent_of_small_batch)
 }
 END_TEST
 
-static Suite *model_suite(void)
-{
-    Suite *s = suite_create("model");
-    TCase *tc = tcase_create("parity");
-    tcase_set_timeout(tc, 120);
-    tcase_add_loop_test(tc, test_parity_with_pytorch, 0, N_COMBOS);
-    tcase_add_loop_test(tc, test_incremental_equals_forward, 0, N_COMBOS);
-    tcase_add_loop_test(tc, test_batch_equals_alone, 0, N_COMBOS);
-    tcase_add_loop_test(tc, test_seq_copy_continues_alike, 0, N_COMBOS);
-    tcase_add_loop_test(tc, test_forward_batch_equals_alone, 0, N_COMBOS);
-    tcase_add_loop_test(tc, test_step_rows_independent_of_small_batch, 0, N_COMBOS);
-    tcase_add_test(tc, test_bad_calls_are_refused);
-    tcase_add_test(tc, test_config_from_metadata);
-    tcase_add_loop_test(tc, test_threads_share_model, 0, 2);
-    suite_add_tcase(s, tc);
-    return s;
-}
-
 int main(void)
 {
-    return run_suite(model_suite());
+    const check_case parity = {
+        "parity",
+        CHECK_TESTS(CHECK_LOOP(test_parity_with_pytorch, N_COMBOS),
+                    CHECK_LOOP(test_incremental_equals_forward, N_COMBOS),
+                    CHECK_LOOP(test_batch_equals_alone, N_COMBOS),
+                    CHECK_LOOP(test_seq_copy_continues_alike, N_COMBOS),
+                    CHECK_LOOP(test_forward_batch_equals_alone, N_COMBOS),
+                    CHECK_LOOP(test_step_rows_independent_of_small_batch, N_COMBOS),
+                    CHECK_TEST(test_bad_calls_are_refused),
+                    CHECK_TEST(test_config_from_metadata),
+                    CHECK_LOOP(test_threads_share_model, 2)),
+        .timeout = 120,
+    };
+    return check_main("model", &parity, 1);
 }

@@ -418,20 +418,14 @@ START_TEST(test_reader_api)
 }
 END_TEST
 
-static Suite *st_suite(void)
-{
-    Suite *s = suite_create("safetensors");
-    TCase *tc = tcase_create("loader");
-    tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_add_loop_test(tc, test_broken_file_is_refused, 0, N_BROKEN);
-    tcase_add_loop_test(tc, test_good_file_loads, 0, 2);
-    tcase_add_test(tc, test_unreadable_files);
-    tcase_add_test(tc, test_reader_api);
-    suite_add_tcase(s, tc);
-    return s;
-}
-
 int main(void)
 {
-    return run_suite(st_suite());
+    const check_case loader = {
+        "loader",
+        CHECK_TESTS(CHECK_LOOP(test_broken_file_is_refused, N_BROKEN), CHECK_LOOP(test_good_file_loads, 2),
+                    CHECK_TEST(test_unreadable_files), CHECK_TEST(test_reader_api)),
+        .setup = setup,
+        .teardown = teardown,
+    };
+    return check_main("safetensors", &loader, 1);
 }

@@ -17,9 +17,10 @@ static void random_logits(float *x, uint64_t seed)
         x[i] = 6.0f * rng_uniform(&seed) - 3.0f;
 }
 
-/* Ids ordered by logit, highest first (ties: lower id first). */
-static void rank(const float *x, int *order)
+/* Random logits from seed, and their ids ordered by logit, highest first (ties: lower id first). */
+static void random_ranked(float *x, int *order, uint64_t seed)
 {
+    random_logits(x, seed);
     for (int i = 0; i < V; i++)
         order[i] = i;
     for (int i = 0; i < V; i++)
@@ -29,6 +30,16 @@ static void rank(const float *x, int *order)
                 order[i] = order[j];
                 order[j] = t;
             }
+}
+
+/* Samples a token with p and returns its rank in order (0: the most likely). */
+static int sampled_rank(sampler *s, const float *x, const int *order, const sampler_params *p, uint64_t *rng)
+{
+    int tok = sampler_sample(s, x, p, rng_uniform(rng));
+    int r = 0;
+    while (order[r] != tok)
+        r++;
+    return r;
 }
 
 START_TEST(test_temperature_zero_is_argmax)
@@ -62,19 +73,15 @@ START_TEST(test_top_k_stays_in_set)
     uint64_t rng = 99;
     const int ks[] = {1, 2, 5, 40};
     for (int trial = 0; trial < 10; trial++) {
-        random_logits(x, (uint64_t)trial + 100);
-        rank(x, order);
+        random_ranked(x, order, (uint64_t)trial + 100);
         for (size_t ki = 0; ki < sizeof ks / sizeof *ks; ki++) {
             sampler_params p = {1.5f, ks[ki], 1.0f};
             int seen_outside = 0, distinct = 0, hit[V] = {0};
             for (int n = 0; n < 2000; n++) {
-                int tok = sampler_sample(s, x, &p, rng_uniform(&rng));
-                int r = 0;
-                while (order[r] != tok)
-                    r++;
+                int r = sampled_rank(s, x, order, &p, &rng);
                 seen_outside += r >= ks[ki];
-                distinct += !hit[tok];
-                hit[tok] = 1;
+                distinct += !hit[r];
+                hit[r] = 1;
             }
             ck_assert_int_eq(seen_outside, 0);
             if (ks[ki] <= 5) /* a flat-ish distribution visits every member of a small set */
@@ -93,8 +100,7 @@ START_TEST(test_top_p_stays_in_nucleus)
     uint64_t rng = 5;
     const float ps[] = {0.0f, 0.1f, 0.5f, 0.9f};
     for (int trial = 0; trial < 10; trial++) {
-        random_logits(x, (uint64_t)trial + 200);
-        rank(x, order);
+        random_ranked(x, order, (uint64_t)trial + 200);
         double prob[V], sum = 0.0, mx = x[order[0]];
         for (int i = 0; i < V; i++)
             sum += prob[i] = exp((double)x[i] - mx);
@@ -104,10 +110,7 @@ START_TEST(test_top_p_stays_in_nucleus)
                 cum += prob[order[nucleus++]] / sum;
             sampler_params p = {1.0f, 0, ps[pi]};
             for (int n = 0; n < 2000; n++) {
-                int tok = sampler_sample(s, x, &p, rng_uniform(&rng));
-                int r = 0;
-                while (order[r] != tok)
-                    r++;
+                int r = sampled_rank(s, x, order, &p, &rng);
                 ck_assert_msg(r < nucleus, "top_p %g chose rank %d, nucleus %d", ps[pi], r, nucleus);
             }
         }
@@ -179,14 +182,6 @@ END_TEST
 
 int main(void)
 {
-    Suite *s = suite_create("sampler");
-    TCase *tc = tcase_create("sampling");
-    tcase_add_test(tc, test_temperature_zero_is_argmax);
-    tcase_add_test(tc, test_top_k_stays_in_set);
-    tcase_add_test(tc, test_top_p_stays_in_nucleus);
-    tcase_add_test(tc, test_temperature_distribution);
-    tcase_add_test(tc, test_seed_reproduces);
-    tcase_add_test(tc, test_rng_range);
-    suite_add_tcase(s, tc);
-    return run_suite(s);
+    return CHECK_MAIN("sampler", test_temperature_zero_is_argmax, test_top_k_stays_in_set, test_top_p_stays_in_nucleus,
+                      test_temperature_distribution, test_seed_reproduces, test_rng_range);
 }

@@ -11,6 +11,7 @@
 #include "clock.h"
 #include "testutil.h"
 
+#include "api_fixture.h"
 #include "check_main.h"
 
 #include <check.h>
@@ -183,6 +184,11 @@ typedef struct test_task {
     atomic_bool gone;
 } test_task;
 
+/* What a pool test starts, freed by pool_teardown: the pool, then its tasks. */
+static pool *g_pool;
+static test_task *g_tasks[16];
+static int g_n_tasks;
+
 static void tt_emit(pool_task *t, int status, char *data, size_t len, bool done)
 {
     test_task *x = (test_task *)t;
@@ -224,6 +230,16 @@ static test_task *tt_new(api_endpoint ep, const char *body, double timeout)
     x->t.deadline_ns = timeout > 0 ? clock_now_ns() + (int64_t)(timeout * 1e9) : 0;
     pthread_mutex_init(&x->lock, NULL);
     pthread_cond_init(&x->cv, NULL);
+    ck_assert_int_lt(g_n_tasks, (int)(sizeof g_tasks / sizeof *g_tasks));
+    g_tasks[g_n_tasks++] = x;
+    return x;
+}
+
+/* A task submitted to the test's pool, which must take it. */
+static test_task *tt_submit(api_endpoint ep, const char *body, double timeout)
+{
+    test_task *x = tt_new(ep, body, timeout);
+    ck_assert_int_eq(pool_submit(g_pool, &x->t), 0);
     return x;
 }
 
@@ -249,24 +265,38 @@ static void tt_free(test_task *x)
 
 static void pool_setup(void)
 {
-    char path[512], err[ATTNLM_ERR_LEN];
-    g_model = model_load(fixture_path(path, sizeof path, "lstm_additive.safetensors"), err, sizeof err);
-    ck_assert_msg(g_model != NULL, "%s", err);
-    memset(&g_metrics, 0, sizeof g_metrics);
-    g_ctx = (api_ctx){.m = g_model,
-                      .model_id = "fixture",
-                      .model_path = "x",
-                      .limits = {.max_body_bytes = 1 << 20,
-                                 .max_input_tokens = 256,
-                                 .max_new_tokens = 100000,
-                                 .max_attention_tokens = 64,
-                                 .queue_size = 16,
-                                 .workers = 2,
-                                 .max_batch = 8},
-                      .metrics = &g_metrics};
+    g_model = load_api_fixture(&g_ctx, &g_metrics, "lstm_additive.safetensors",
+                               (api_limits){.max_body_bytes = 1 << 20,
+                                            .max_input_tokens = 256,
+                                            .max_new_tokens = 100000,
+                                            .max_attention_tokens = 64,
+                                            .queue_size = 16,
+                                            .workers = 2,
+                                            .max_batch = 8});
 }
 
-static void pool_teardown(void) { model_free(g_model); }
+/* The test's pool, freed with its tasks by pool_teardown. */
+static void start_pool(int workers, int queue, int max_batch)
+{
+    char err[ATTNLM_ERR_LEN];
+    g_pool = pool_new(&g_ctx, workers, queue, max_batch, err, sizeof err);
+    ck_assert_msg(g_pool != NULL, "%s", err);
+}
+
+static void pool_teardown(void)
+{
+    if (g_pool) {
+        api_error e;
+        api_error_set(&e, 503, NULL, "test over"); /* ends what a failed test left running */
+        pool_abort(g_pool, &e);
+        pool_free(g_pool);
+        g_pool = NULL;
+    }
+    for (int i = 0; i < g_n_tasks; i++)
+        tt_free(g_tasks[i]);
+    g_n_tasks = 0;
+    model_free(g_model);
+}
 
 /* Same text and tokens; log-probabilities equal to float rounding (a batch
  * of one takes a matrix-vector product, larger batches a matrix product). */
@@ -291,25 +321,19 @@ static void same_generation(const char *a, const char *b)
 START_TEST(test_pool_batches_and_matches_alone)
 {
     enum { N = 6 };
-    char err[ATTNLM_ERR_LEN], body[160];
-    pool *p = pool_new(&g_ctx, 1, 16, 8, err, sizeof err);
-    ck_assert_msg(p != NULL, "%s", err);
+    char body[N][160];
+    start_pool(1, 16, 8);
     test_task *alone[N], *together[N];
     for (int i = 0; i < N; i++) {
-        snprintf(body, sizeof body, "{\"prompt\":\"p%d\",\"max_tokens\":%d,\"seed\":%d,\"temperature\":0.8}", i,
-                 30 + 7 * i, i);
-        alone[i] = tt_new(API_EP_GENERATE, body, 0);
-        ck_assert_int_eq(pool_submit(p, &alone[i]->t), 0);
+        snprintf(body[i], sizeof body[i], "{\"prompt\":\"p%d\",\"max_tokens\":%d,\"seed\":%d,\"temperature\":0.8}",
+                 i, 30 + 7 * i, i);
+        alone[i] = tt_submit(API_EP_GENERATE, body[i], 0);
         tt_wait(alone[i]);
     }
     unsigned long batches_before = atomic_load(&g_metrics.batch_count);
     unsigned long rows_before = atomic_load(&g_metrics.batch_sum);
-    for (int i = 0; i < N; i++) {
-        snprintf(body, sizeof body, "{\"prompt\":\"p%d\",\"max_tokens\":%d,\"seed\":%d,\"temperature\":0.8}", i,
-                 30 + 7 * i, i);
-        together[i] = tt_new(API_EP_GENERATE, body, 0);
-        ck_assert_int_eq(pool_submit(p, &together[i]->t), 0);
-    }
+    for (int i = 0; i < N; i++)
+        together[i] = tt_submit(API_EP_GENERATE, body[i], 0);
     for (int i = 0; i < N; i++) {
         tt_wait(together[i]);
         ck_assert_int_eq(together[i]->status, 200);
@@ -323,24 +347,15 @@ START_TEST(test_pool_batches_and_matches_alone)
     ck_assert_msg(batches < 120, "%lu steps: no batching", batches);
     ck_assert_int_eq(atomic_load(&g_metrics.active_sequences), 0);
     ck_assert_int_eq(atomic_load(&g_metrics.queue_depth), 0);
-    pool_free(p);
-    for (int i = 0; i < N; i++) {
-        tt_free(alone[i]);
-        tt_free(together[i]);
-    }
 }
 END_TEST
 
 START_TEST(test_pool_drops_gone_and_late_tasks)
 {
-    char err[ATTNLM_ERR_LEN];
-    pool *p = pool_new(&g_ctx, 2, 16, 8, err, sizeof err);
-    test_task *gone = tt_new(API_EP_GENERATE, "{\"max_tokens\":100000,\"stream\":true}", 0);
-    test_task *late = tt_new(API_EP_GENERATE, "{\"max_tokens\":100000}", 0.05);
-    test_task *fine = tt_new(API_EP_SCORE, "{\"text\":\"still served\"}", 0);
-    ck_assert_int_eq(pool_submit(p, &gone->t), 0);
-    ck_assert_int_eq(pool_submit(p, &late->t), 0);
-    ck_assert_int_eq(pool_submit(p, &fine->t), 0);
+    start_pool(2, 16, 8);
+    test_task *gone = tt_submit(API_EP_GENERATE, "{\"max_tokens\":100000,\"stream\":true}", 0);
+    test_task *late = tt_submit(API_EP_GENERATE, "{\"max_tokens\":100000}", 0.05);
+    test_task *fine = tt_submit(API_EP_SCORE, "{\"text\":\"still served\"}", 0);
     tt_wait(fine);
     ck_assert_int_eq(fine->status, 200);
     /* The stream is producing; its client leaves. */
@@ -362,10 +377,6 @@ START_TEST(test_pool_drops_gone_and_late_tasks)
     ck_assert_int_eq(atomic_load(&g_metrics.active_sequences), 0);
     ck_assert_uint_eq(atomic_load(&g_metrics.cancelled), 1);
     ck_assert_uint_eq(atomic_load(&g_metrics.timeouts), 1);
-    pool_free(p);
-    tt_free(gone);
-    tt_free(late);
-    tt_free(fine);
 }
 END_TEST
 
@@ -373,52 +384,35 @@ END_TEST
  * an abort ends everything held with its error. */
 START_TEST(test_pool_queue_bound_and_abort)
 {
-    char err[ATTNLM_ERR_LEN];
-    pool *p = pool_new(&g_ctx, 1, 1, 1, err, sizeof err);
-    test_task *a = tt_new(API_EP_GENERATE, "{\"max_tokens\":100000,\"stream\":true}", 0);
-    test_task *b = tt_new(API_EP_GENERATE, "{\"max_tokens\":100000}", 0);
-    test_task *c = tt_new(API_EP_GENERATE, "{\"max_tokens\":1}", 0);
-    ck_assert_int_eq(pool_submit(p, &a->t), 0);
+    start_pool(1, 1, 1);
+    test_task *a = tt_submit(API_EP_GENERATE, "{\"max_tokens\":100000,\"stream\":true}", 0);
     while (atomic_load(&g_metrics.active_sequences) == 0)
         nanosleep(&(struct timespec){0, 1000000}, NULL);
-    ck_assert_int_eq(pool_submit(p, &b->t), 0);
-    ck_assert_int_eq(pool_submit(p, &c->t), -1);
+    test_task *b = tt_submit(API_EP_GENERATE, "{\"max_tokens\":100000}", 0);
+    test_task *c = tt_new(API_EP_GENERATE, "{\"max_tokens\":1}", 0);
+    ck_assert_int_eq(pool_submit(g_pool, &c->t), -1);
     ck_assert_int_eq(atomic_load(&g_metrics.queue_depth), 1);
     api_error e;
     api_error_set(&e, 503, NULL, "shutting down");
-    pool_abort(p, &e);
+    pool_abort(g_pool, &e);
     tt_wait(a);
     tt_wait(b);
     ck_assert_ptr_nonnull(strstr(a->out, "overloaded_error"));
     ck_assert_ptr_nonnull(strstr(a->out, "data: [DONE]"));
     ck_assert_int_eq(b->status, 503);
-    pool_free(p);
-    tt_free(a);
-    tt_free(b);
-    tt_free(c);
 }
 END_TEST
 
-static Suite *server_suite(void)
-{
-    Suite *s = suite_create("server");
-    TCase *tc = tcase_create("config");
-    tcase_add_test(tc, test_config_defaults_flags_env);
-    tcase_add_test(tc, test_config_refusals_name_the_setting);
-    tcase_add_test(tc, test_help_lists_every_variable);
-    tcase_add_test(tc, test_health_probe_reads_the_status);
-    suite_add_tcase(s, tc);
-    TCase *tp = tcase_create("pool");
-    tcase_add_checked_fixture(tp, pool_setup, pool_teardown);
-    tcase_set_timeout(tp, 120);
-    tcase_add_test(tp, test_pool_batches_and_matches_alone);
-    tcase_add_test(tp, test_pool_drops_gone_and_late_tasks);
-    tcase_add_test(tp, test_pool_queue_bound_and_abort);
-    suite_add_tcase(s, tp);
-    return s;
-}
-
 int main(void)
 {
-    return run_suite(server_suite());
+    const check_case cases[] = {
+        {"config",
+         CHECK_TESTS(CHECK_TEST(test_config_defaults_flags_env), CHECK_TEST(test_config_refusals_name_the_setting),
+                     CHECK_TEST(test_help_lists_every_variable), CHECK_TEST(test_health_probe_reads_the_status))},
+        {"pool",
+         CHECK_TESTS(CHECK_TEST(test_pool_batches_and_matches_alone), CHECK_TEST(test_pool_drops_gone_and_late_tasks),
+                     CHECK_TEST(test_pool_queue_bound_and_abort)),
+         .setup = pool_setup, .teardown = pool_teardown, .timeout = 120},
+    };
+    return check_main("server", cases, sizeof cases / sizeof *cases);
 }

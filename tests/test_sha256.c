@@ -93,11 +93,5 @@ END_TEST
 
 int main(void)
 {
-    Suite *s = suite_create("sha256");
-    TCase *tc = tcase_create("sha256");
-    tcase_add_test(tc, test_known_vectors);
-    tcase_add_test(tc, test_split_anywhere_same_digest);
-    tcase_add_test(tc, test_file_digest);
-    suite_add_tcase(s, tc);
-    return run_suite(s);
+    return CHECK_MAIN("sha256", test_known_vectors, test_split_anywhere_same_digest, test_file_digest);
 }

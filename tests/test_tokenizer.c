@@ -107,11 +107,8 @@ END_TEST
 
 int main(void)
 {
-    Suite *s = suite_create("tokenizer");
-    TCase *tc = tcase_create("bytes");
-    tcase_add_test(tc, test_encode_decode);
-    tcase_add_test(tc, test_utf8_complete);
-    tcase_add_loop_test(tc, test_sanitize_like_python, 0, (int)(sizeof SANITIZE / sizeof *SANITIZE));
-    suite_add_tcase(s, tc);
-    return run_suite(s);
+    const check_case bytes = {"bytes", CHECK_TESTS(CHECK_TEST(test_encode_decode), CHECK_TEST(test_utf8_complete),
+                                                   CHECK_LOOP(test_sanitize_like_python,
+                                                              (int)(sizeof SANITIZE / sizeof *SANITIZE)))};
+    return check_main("tokenizer", &bytes, 1);
 }

@@ -25,37 +25,26 @@ if [ "$installed" != "$pinned" ]; then
 fi
 echo "openai test: openai@$pinned on node $(node --version), server $server"
 
-log="$(mktemp)"
+# shellcheck source=tests/lib/serve.sh
+. "$root/tests/lib/serve.sh"
+work="$(mktemp -d)"
+log="$work/server.log"
 pid=
 cleanup() {
   if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -f "$log"
+  rm -rf "$work"
 }
 trap cleanup EXIT
 
 failures=0
 run_with() {  # run_with CLIENT_KEY [SERVER_KEY]
   local client_key="$1" server_key="${2:-}" port="" rc=0
-  local flags=(--host 127.0.0.1 --port 0 --model "$model")
+  local flags=(--host 127.0.0.1 --port 0 --model "$model" --port-file "$work/port")
   [ -n "$server_key" ] && flags+=(--api-key "$server_key")
-  : >"$log"
-  "$server" "${flags[@]}" 2>"$log" &
-  pid=$!
-  for _ in $(seq 300); do
-    port="$(sed -n 's/.*listening on http:\/\/127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$log" | head -1)"
-    [ -n "$port" ] && break
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if [ -z "$port" ]; then
-    cat "$log" >&2
-    echo "openai test: the server did not start" >&2
-    exit 1
-  fi
+  serve_start "$work/port" "$log" "$server" "${flags[@]}" \
+    || { echo "openai test: the server did not start" >&2; exit 1; }
   node "$here/test.mjs" "http://127.0.0.1:$port/v1" "$client_key" "$server_key" || failures=$((failures + 1))
-  kill -TERM "$pid"
-  wait "$pid" || rc=$?
-  pid=
+  serve_stop TERM
   if [ "$rc" -ne 0 ]; then
     tail -5 "$log" >&2
     echo "FAIL server exited with status $rc after SIGTERM (expected 0)"
