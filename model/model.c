@@ -266,15 +266,19 @@ static int check_finite(const st_file *f, char *err, size_t errlen)
     return 0;
 }
 
-model *model_load(const char *path, char *err, size_t errlen)
+/* Takes f (freed on failure) and builds the model its contents describe. */
+static model *model_from(st_file *f, char *err, size_t errlen)
 {
+    if (!f)
+        return NULL;
     model *m = calloc(1, sizeof *m);
     if (!m) {
+        st_close(f);
         err_set(err, errlen, "out of memory");
         return NULL;
     }
-    m->file = st_open(path, err, errlen);
-    if (!m->file || read_config(m->file, &m->cfg, err, errlen) < 0)
+    m->file = f;
+    if (read_config(m->file, &m->cfg, err, errlen) < 0)
         goto fail;
     m->attn = attn_at(m->cfg.attention);
     if (bind_weights(m, err, errlen) < 0 || check_finite(m->file, err, errlen) < 0)
@@ -290,6 +294,13 @@ fail:
     return NULL;
 }
 
+model *model_load(const char *path, char *err, size_t errlen) { return model_from(st_open(path, err, errlen), err, errlen); }
+
+model *model_load_mem(const void *data, size_t len, char *err, size_t errlen)
+{
+    return model_from(st_open_mem(data, len, err, errlen), err, errlen);
+}
+
 void model_free(model *m)
 {
     if (!m)
@@ -302,6 +313,7 @@ void model_free(model *m)
 const model_config *model_get_config(const model *m) { return &m->cfg; }
 uint64_t model_param_count(const model *m) { return m->n_params; }
 const char *model_kernels(const model *m) { return m->kern->name; }
+const char *model_sha256(const model *m) { return st_sha256(m->file); }
 const char *model_meta(const model *m, const char *key) { return st_meta_get(m->file, key); }
 int model_meta_count(const model *m) { return st_meta_count(m->file); }
 

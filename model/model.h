@@ -45,8 +45,12 @@ typedef struct model_seq model_seq;   /* one sequence's decoding state */
 typedef struct model_batch model_batch; /* one worker's scratch for model_step */
 
 /* Loads and validates a model file; NULL with a message naming the problem in
- * err on failure.  Free with model_free. */
+ * err on failure.  The file is read whole into memory the model owns, so
+ * nothing done to it afterwards changes or breaks the model.  Free with
+ * model_free. */
 model *model_load(const char *path, char *err, size_t errlen);
+/* The same from a file's bytes in memory (copied). */
+model *model_load_mem(const void *data, size_t len, char *err, size_t errlen);
 void model_free(model *m);
 
 const model_config *model_get_config(const model *m);
@@ -56,6 +60,8 @@ const char *model_attention_name(model_attention a);
 uint64_t model_param_count(const model *m);
 /* The instruction set the engine's kernels use on this CPU ("avx512", "avx2", "generic"). */
 const char *model_kernels(const model *m);
+/* Lower-case hex SHA-256 of the file's bytes as loaded. */
+const char *model_sha256(const model *m);
 /* Metadata of the file, including provenance; value NULL if key is absent. */
 const char *model_meta(const model *m, const char *key);
 int model_meta_count(const model *m);

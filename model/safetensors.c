@@ -10,6 +10,7 @@
 #include "safetensors.h"
 
 #include "err.h"
+#include "sha256.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -17,7 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -26,9 +26,10 @@
 #endif
 
 struct st_file {
-    void *map;
-    size_t map_len;
-    float *copy;          /* aligned copy of the data buffer, or NULL */
+    unsigned char *bytes; /* the whole file, 64-byte aligned */
+    size_t len;
+    char sha256[65];
+    float *arena;         /* F32 data of the tensors that cannot be used in place, or NULL */
     st_tensor *tensors;
     int n_tensors, cap_tensors;
     st_meta *meta;
@@ -295,7 +296,7 @@ static st_tensor *new_tensor(st_file *f, parser *ps)
     return t;
 }
 
-/* {"dtype": "F32", "shape": [...], "data_offsets": [b, e]} in any order, each once. */
+/* {"dtype": "F32" or "BF16", "shape": [...], "data_offsets": [b, e]} in any order, each once. */
 static int parse_tensor_entry(st_file *f, parser *ps, char *name)
 {
     st_tensor *t = new_tensor(f, ps);
@@ -320,8 +321,12 @@ static int parse_tensor_entry(st_file *f, parser *ps, char *name)
             if (strcmp(field, "dtype") == 0 && !have_dtype) {
                 char *dtype = NULL;
                 rc = parse_string(ps, &dtype);
-                if (rc == 0 && strcmp(dtype, "F32") != 0) {
-                    err_set(ps->err, ps->errlen, "tensor \"%s\": dtype %s is not supported (only F32)",
+                if (rc == 0 && strcmp(dtype, "F32") == 0) {
+                    t->dtype = ST_F32;
+                } else if (rc == 0 && strcmp(dtype, "BF16") == 0) {
+                    t->dtype = ST_BF16;
+                } else if (rc == 0) {
+                    err_set(ps->err, ps->errlen, "tensor \"%s\": dtype %s is not supported (only F32 and BF16)",
                             name, dtype);
                     rc = -1;
                 }
@@ -409,6 +414,7 @@ static int check_layout(st_file *f, uint64_t data_len, char *err, size_t errlen)
 {
     for (int i = 0; i < f->n_tensors; i++) {
         st_tensor *t = &f->tensors[i];
+        const uint64_t size = t->dtype == ST_BF16 ? 2 : 4;
         uint64_t n = 1;
         for (int d = 0; d < t->ndim; d++) {
             if (t->shape[d] != 0 && n > UINT64_MAX / 4 / t->shape[d]) {
@@ -430,10 +436,10 @@ static int check_layout(st_file *f, uint64_t data_len, char *err, size_t errlen)
                     (unsigned long long)data_len);
             return -1;
         }
-        if (t->end - t->begin != 4 * n) {
+        if (t->end - t->begin != size * n) {
             err_set(err, errlen, "tensor \"%s\": data_offsets [%llu, %llu] hold %llu bytes but its shape needs %llu",
                     t->name, (unsigned long long)t->begin, (unsigned long long)t->end,
-                    (unsigned long long)(t->end - t->begin), (unsigned long long)(4 * n));
+                    (unsigned long long)(t->end - t->begin), (unsigned long long)(size * n));
             return -1;
         }
         for (int j = 0; j < i; j++)
@@ -475,6 +481,81 @@ static int check_layout(st_file *f, uint64_t data_len, char *err, size_t errlen)
     return rc;
 }
 
+/* Parses and checks f->bytes, points every tensor at F32 data and hashes the bytes. */
+static int parse_file(st_file *f, char *err, size_t errlen)
+{
+    if (f->len < 8) {
+        err_set(err, errlen, "file is %zu bytes, too short for a safetensors header", f->len);
+        return -1;
+    }
+    const unsigned char *base = f->bytes;
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--)
+        hlen = (hlen << 8) | base[i];
+    if (hlen > f->len - 8) {
+        err_set(err, errlen, "header length %llu is larger than the file (%zu bytes)", (unsigned long long)hlen,
+                f->len);
+        return -1;
+    }
+    if (hlen > ST_MAX_HEADER) {
+        err_set(err, errlen, "header length %llu exceeds the %u-byte limit", (unsigned long long)hlen, ST_MAX_HEADER);
+        return -1;
+    }
+    parser ps = {(const char *)base + 8, (const char *)base + 8, (const char *)base + 8 + hlen, err, errlen};
+    if (parse_header(f, &ps) < 0)
+        return -1;
+    uint64_t data_off = 8 + hlen, data_len = f->len - data_off;
+    if (check_layout(f, data_len, err, errlen) < 0)
+        return -1;
+
+    /* F32 data is used where it lies when aligned (the buffer is; a header
+     * padded to 8 bytes, as the format asks, keeps it so); the rest goes to the arena. */
+    const unsigned char *data = base + data_off;
+    bool aligned = (uintptr_t)data % sizeof(float) == 0;
+    uint64_t arena_floats = 0;
+    for (int i = 0; i < f->n_tensors; i++)
+        if (f->tensors[i].dtype != ST_F32 || !aligned)
+            arena_floats += f->tensors[i].numel;
+    if (arena_floats > 0 && !(f->arena = malloc((size_t)arena_floats * sizeof *f->arena))) {
+        err_set(err, errlen, "out of memory for %llu floats of tensor data", (unsigned long long)arena_floats);
+        return -1;
+    }
+    float *next = f->arena;
+    for (int i = 0; i < f->n_tensors; i++) {
+        st_tensor *t = &f->tensors[i];
+        const unsigned char *src = data + t->begin;
+        if (t->dtype == ST_F32 && aligned) {
+            t->data = (const float *)(const void *)src;
+            continue;
+        }
+        if (t->dtype == ST_F32) {
+            memcpy(next, src, (size_t)t->numel * sizeof *next);
+        } else {
+            /* bfloat16 is the high half of a float32: widening is exact. */
+            for (uint64_t k = 0; k < t->numel; k++) {
+                uint32_t u = (uint32_t)src[2 * k] << 16 | (uint32_t)src[2 * k + 1] << 24;
+                memcpy(&next[k], &u, sizeof u);
+            }
+        }
+        t->data = next;
+        next += t->numel;
+    }
+    sha256_ctx h;
+    sha256_init(&h);
+    sha256_update(&h, f->bytes, f->len);
+    unsigned char digest[32];
+    sha256_final(&h, digest);
+    sha256_hex(digest, f->sha256);
+    return 0;
+}
+
+/* A 64-byte aligned buffer of len bytes (at least one), or NULL. */
+static unsigned char *alloc_bytes(size_t len)
+{
+    void *p = NULL;
+    return posix_memalign(&p, 64, len ? len : 1) == 0 ? p : NULL;
+}
+
 st_file *st_open(const char *path, char *err, size_t errlen)
 {
     st_file *f = calloc(1, sizeof *f);
@@ -501,49 +582,40 @@ st_file *st_open(const char *path, char *err, size_t errlen)
         err_set(err, errlen, "file is %lld bytes, too short for a safetensors header", (long long)sb.st_size);
         goto fail;
     }
-    f->map_len = (size_t)sb.st_size;
-    f->map = mmap(NULL, f->map_len, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (f->map == MAP_FAILED) {
-        f->map = NULL;
-        err_set(err, errlen, "%s: mmap: %s", path, strerror(errno));
+    if ((uint64_t)sb.st_size > SIZE_MAX / 2) {
+        err_set(err, errlen, "file is %lld bytes, larger than this machine can hold", (long long)sb.st_size);
+        goto fail;
+    }
+    f->len = (size_t)sb.st_size;
+    if (!(f->bytes = alloc_bytes(f->len))) {
+        err_set(err, errlen, "out of memory reading %zu bytes", f->len);
+        goto fail;
+    }
+    /* Read what the size said, and no more: a file that shrinks or grows while it is read is refused. */
+    size_t got = 0;
+    while (got < f->len) {
+        ssize_t n = read(fd, f->bytes + got, f->len - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            err_set(err, errlen, "%s: read: %s", path, strerror(errno));
+            goto fail;
+        }
+        if (n == 0) {
+            err_set(err, errlen, "%s: the file shrank while it was read (%zu of %zu bytes)", path, got, f->len);
+            goto fail;
+        }
+        got += (size_t)n;
+    }
+    char extra;
+    if (read(fd, &extra, 1) > 0) {
+        err_set(err, errlen, "%s: the file grew while it was read", path);
         goto fail;
     }
     close(fd);
     fd = -1;
-
-    const unsigned char *base = f->map;
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--)
-        hlen = (hlen << 8) | base[i];
-    if (hlen > f->map_len - 8) {
-        err_set(err, errlen, "header length %llu is larger than the file (%zu bytes)", (unsigned long long)hlen,
-                f->map_len);
+    if (parse_file(f, err, errlen) < 0)
         goto fail;
-    }
-    if (hlen > ST_MAX_HEADER) {
-        err_set(err, errlen, "header length %llu exceeds the %u-byte limit", (unsigned long long)hlen, ST_MAX_HEADER);
-        goto fail;
-    }
-    parser ps = {(const char *)base + 8, (const char *)base + 8, (const char *)base + 8 + hlen, err, errlen};
-    if (parse_header(f, &ps) < 0)
-        goto fail;
-
-    uint64_t data_off = 8 + hlen, data_len = f->map_len - data_off;
-    if (check_layout(f, data_len, err, errlen) < 0)
-        goto fail;
-    const unsigned char *data = base + data_off;
-    if ((uintptr_t)data % sizeof(float) != 0 && data_len > 0) {
-        /* The mapping is page-aligned, so only an unpadded header misaligns data. */
-        f->copy = malloc((size_t)data_len);
-        if (!f->copy) {
-            err_set(err, errlen, "out of memory copying %llu bytes of tensor data", (unsigned long long)data_len);
-            goto fail;
-        }
-        memcpy(f->copy, data, (size_t)data_len);
-        data = (const unsigned char *)f->copy;
-    }
-    for (int i = 0; i < f->n_tensors; i++)
-        f->tensors[i].data = (const float *)(const void *)(data + f->tensors[i].begin);
     return f;
 
 fail:
@@ -551,6 +623,24 @@ fail:
         close(fd);
     st_close(f);
     return NULL;
+}
+
+st_file *st_open_mem(const void *data, size_t len, char *err, size_t errlen)
+{
+    st_file *f = calloc(1, sizeof *f);
+    if (!f || !(f->bytes = alloc_bytes(len))) {
+        err_set(err, errlen, "out of memory");
+        st_close(f);
+        return NULL;
+    }
+    f->len = len;
+    if (len)
+        memcpy(f->bytes, data, len);
+    if (parse_file(f, err, errlen) < 0) {
+        st_close(f);
+        return NULL;
+    }
+    return f;
 }
 
 void st_close(st_file *f)
@@ -565,9 +655,8 @@ void st_close(st_file *f)
     }
     free(f->tensors);
     free(f->meta);
-    free(f->copy);
-    if (f->map)
-        munmap(f->map, f->map_len);
+    free(f->arena);
+    free(f->bytes);
     free(f);
 }
 
@@ -575,7 +664,8 @@ int st_tensor_count(const st_file *f) { return f->n_tensors; }
 const st_tensor *st_tensor_at(const st_file *f, int i) { return &f->tensors[i]; }
 int st_meta_count(const st_file *f) { return f->n_meta; }
 const st_meta *st_meta_at(const st_file *f, int i) { return &f->meta[i]; }
-uint64_t st_file_size(const st_file *f) { return f->map_len; }
+uint64_t st_file_size(const st_file *f) { return f->len; }
+const char *st_sha256(const st_file *f) { return f->sha256; }
 
 const st_tensor *st_find(const st_file *f, const char *name)
 {

@@ -1,11 +1,15 @@
-/* safetensors.h -- a strict, read-only reader of safetensors files of F32 tensors.
+/* safetensors.h -- a strict, read-only reader of safetensors files of F32
+ * (and BF16) tensors.
  *
- * The file is memory-mapped; tensor data is used in place, and copied only when
- * the data buffer is not 4-byte aligned in the file.  Everything the header says
- * is checked against the file before it is used: entry shapes and sizes, data
- * offsets inside the file, tensors covering the data buffer without gaps or
- * overlaps, unique names, metadata values that are strings.  It knows nothing
- * of what the tensors mean; model.c checks that.
+ * The whole file is read into memory the reader owns, so nothing done to the
+ * file afterwards (truncated, overwritten, deleted) can change or break what
+ * was loaded; its SHA-256 is of exactly those bytes.  F32 data is used in
+ * place when aligned; BF16 tensors, and F32 data an unpadded header leaves
+ * misaligned, are widened or copied into an F32 arena.  Everything the header
+ * says is checked before it is used: entry shapes and sizes, data offsets
+ * inside the file, tensors covering the data buffer without gaps or overlaps,
+ * unique names, metadata values that are strings.  It knows nothing of what
+ * the tensors mean; model.c checks that.
  *
  * An st_file is immutable once opened and may be read by many threads.
  */
@@ -19,14 +23,18 @@
 #define ST_MAX_HEADER (64u << 20) /* header bytes; larger files are refused */
 #define ST_MAX_ENTRIES 100000
 
+/* Element types the reader accepts. */
+typedef enum { ST_F32, ST_BF16 } st_dtype;
+
 /* One tensor of the file. */
 typedef struct st_tensor {
     char *name;
+    st_dtype dtype;        /* as stored in the file */
     int ndim;
     uint64_t shape[ST_MAX_DIMS];
     uint64_t numel;
     uint64_t begin, end;   /* byte offsets into the data buffer */
-    const float *data;     /* [numel], little-endian F32, 4-byte aligned */
+    const float *data;     /* [numel] as F32 (BF16 widened), 4-byte aligned */
 } st_tensor;
 
 /* One metadata entry (string -> string). */
@@ -37,9 +45,11 @@ typedef struct st_meta {
 
 typedef struct st_file st_file;
 
-/* Opens and validates path.  Returns NULL and a message naming the problem
+/* Reads and validates path.  Returns NULL and a message naming the problem
  * in err on failure.  The caller frees the result with st_close. */
 st_file *st_open(const char *path, char *err, size_t errlen);
+/* The same for a file's bytes already in memory (copied). */
+st_file *st_open_mem(const void *data, size_t len, char *err, size_t errlen);
 void st_close(st_file *f);
 
 int st_tensor_count(const st_file *f);
@@ -54,5 +64,7 @@ const char *st_meta_get(const st_file *f, const char *key);
 
 /* Whole file size in bytes. */
 uint64_t st_file_size(const st_file *f);
+/* Lower-case hex SHA-256 of the bytes read. */
+const char *st_sha256(const st_file *f);
 
 #endif

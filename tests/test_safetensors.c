@@ -7,6 +7,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "model.h"
 #include "safetensors.h"
+#include "sha256.h"
 #include "testutil.h"
 
 #include "check_main.h"
@@ -291,7 +292,7 @@ static const struct {
     void (*mutate)(builder *);
     const char *expect; /* substring of the message */
 } BROKEN[] = {
-    {"dtype other than F32", m_dtype, "dtype F16 is not supported"},
+    {"dtype other than F32 and BF16", m_dtype, "dtype F16 is not supported"},
     {"shape disagrees with offsets", m_size_mismatch, "\"out.bias\": data_offsets"},
     {"offsets outside the file", m_past_end, "run past the end of the file"},
     {"overlapping tensors", m_overlap, "overlaps"},
@@ -375,6 +376,102 @@ START_TEST(test_good_file_loads)
 }
 END_TEST
 
+/* Rounds every weight to bfloat16 (to nearest, ties to even), stored as BF16
+ * or, with as_f32, as the F32 values it stands for. */
+static void round_to_bf16(builder *b, bool as_f32)
+{
+    unsigned char *out = malloc(b->data_len);
+    uint64_t pos = 0;
+    for (int i = 0; i < b->n; i++) {
+        entry *e = &b->e[i];
+        uint64_t numel = (e->end - e->begin) / 4, begin = pos;
+        for (uint64_t k = 0; k < numel; k++) {
+            uint32_t u;
+            memcpy(&u, b->data + e->begin + 4 * k, 4);
+            uint16_t h = (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+            if (as_f32) {
+                uint32_t w = (uint32_t)h << 16;
+                memcpy(out + pos, &w, 4);
+                pos += 4;
+            } else {
+                memcpy(out + pos, &h, 2);
+                pos += 2;
+            }
+        }
+        e->begin = begin;
+        e->end = pos;
+        if (!as_f32)
+            strcpy(e->dtype, "BF16");
+    }
+    memcpy(b->data, out, pos);
+    b->data_len = pos;
+    free(out);
+}
+
+/* A BF16 file computes exactly what the F32 file of the same rounded weights
+ * does, also when its header leaves the data off a 4-byte boundary. */
+START_TEST(test_bf16_file_loads)
+{
+    builder *b = malloc(sizeof *b), *r = malloc(sizeof *r);
+    char err[ATTNLM_ERR_LEN];
+    build_from_fixture(b);
+    build_from_fixture(r);
+    round_to_bf16(b, false);
+    round_to_bf16(r, true);
+    b->unpadded = _i == 1;
+    model *half = write_and_load(b, err, sizeof err);
+    ck_assert_msg(half != NULL, "%s", err);
+    model *full = write_and_load(r, err, sizeof err);
+    ck_assert_msg(full != NULL, "%s", err);
+    ck_assert_uint_eq(model_param_count(half), model_param_count(full));
+    int tok[9] = {256, 'W', 'h', 'a', 'l', 'e', 's', '!', '\n'};
+    float a[9 * 257], c[9 * 257];
+    ck_assert_int_eq(model_forward(half, tok, 9, a, NULL, NULL, err, sizeof err), 0);
+    ck_assert_int_eq(model_forward(full, tok, 9, c, NULL, NULL, err, sizeof err), 0);
+    ck_assert_int_eq(memcmp(a, c, sizeof a), 0);
+    model_free(half);
+    model_free(full);
+    free(b->data);
+    free(r->data);
+    free(b);
+    free(r);
+}
+END_TEST
+
+/* Whatever happens to the file after loading -- truncated, overwritten,
+ * deleted -- the model computes the same numbers and reports the hash of the
+ * bytes it loaded. */
+START_TEST(test_file_changes_after_load)
+{
+    char err[ATTNLM_ERR_LEN], src[512], path[128], want[65];
+    snprintf(path, sizeof path, "%s/live.safetensors", tmpdir);
+    char cmd[800];
+    snprintf(cmd, sizeof cmd, "cp %s %s", fixture_path(src, sizeof src, BASE_FIXTURE), path);
+    ck_assert_int_eq(system(cmd), 0);
+    ck_assert_int_eq(sha256_file(path, want, err, sizeof err), 0);
+    model *m = model_load(path, err, sizeof err);
+    ck_assert_msg(m != NULL, "%s", err);
+    ck_assert_str_eq(model_sha256(m), want);
+    int tok[9] = {256, 'W', 'h', 'a', 'l', 'e', 's', '!', '\n'};
+    float a[9 * 257], c[9 * 257];
+    ck_assert_int_eq(model_forward(m, tok, 9, a, NULL, NULL, err, sizeof err), 0);
+    ck_assert_int_eq(truncate(path, 0), 0);
+    ck_assert_int_eq(model_forward(m, tok, 9, c, NULL, NULL, err, sizeof err), 0);
+    ck_assert_int_eq(memcmp(a, c, sizeof a), 0);
+    FILE *f = fopen(path, "wb");
+    for (int i = 0; i < 100000; i++)
+        fputc(0xFF, f);
+    fclose(f);
+    ck_assert_int_eq(model_forward(m, tok, 9, c, NULL, NULL, err, sizeof err), 0);
+    ck_assert_int_eq(memcmp(a, c, sizeof a), 0);
+    ck_assert_int_eq(unlink(path), 0);
+    ck_assert_int_eq(model_forward(m, tok, 9, c, NULL, NULL, err, sizeof err), 0);
+    ck_assert_int_eq(memcmp(a, c, sizeof a), 0);
+    ck_assert_str_eq(model_sha256(m), want);
+    model_free(m);
+}
+END_TEST
+
 START_TEST(test_unreadable_files)
 {
     char err[ATTNLM_ERR_LEN], path[128];
@@ -423,6 +520,7 @@ int main(void)
     const check_case loader = {
         "loader",
         CHECK_TESTS(CHECK_LOOP(test_broken_file_is_refused, N_BROKEN), CHECK_LOOP(test_good_file_loads, 2),
+                    CHECK_LOOP(test_bf16_file_loads, 2), CHECK_TEST(test_file_changes_after_load),
                     CHECK_TEST(test_unreadable_files), CHECK_TEST(test_reader_api)),
         .setup = setup,
         .teardown = teardown,
