@@ -48,7 +48,7 @@ INC_bench := -Icommon -Imodel
 INC_tests := -Icommon -Imodel -Iapi -Iserver -Icli -Itests
 inc = $(INC_$(firstword $(subst /, ,$1)))
 
-COMMON_SRC := common/err.c common/clock.c common/buf.c common/sha256.c common/utf8.c
+COMMON_SRC := common/err.c common/clock.c common/buf.c common/jw.c common/sha256.c common/utf8.c
 MODEL_SRC := model/safetensors.c model/model.c model/forward.c model/attention.c model/kernels.c \
 	model/sampler.c model/tokenizer.c
 # model/kernels_isa.c is compiled once per instruction set (see model/kernels.h).
@@ -64,7 +64,7 @@ MODEL_OBJ := $(COMMON_SRC:%.c=$(BUILD)/%.o) $(MODEL_SRC:%.c=$(BUILD)/%.o) \
 	$(KERN_ISAS:%=$(BUILD)/model/kernels_%.o)
 MODEL_LIB := $(BUILD)/libattnlm_model.a
 
-API_SRC := api/route.c api/json.c api/inline.c api/score.c api/generate.c api/openai.c api/job.c api/metrics.c
+API_SRC := api/models.c api/route.c api/json.c api/inline.c api/score.c api/generate.c api/openai.c api/job.c api/metrics.c
 API_OBJ := $(API_SRC:%.c=$(BUILD)/%.o)
 API_LIB := $(BUILD)/libattnlm_api.a
 

@@ -13,6 +13,7 @@
 #include "metrics.h"
 #include "model.h"
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -21,6 +22,9 @@
 #define API_MAX_CANDIDATES 32 /* /v1/score "candidates" */
 #define API_MAX_STOP 16       /* "stop" strings per request */
 #define API_MAX_STOP_BYTES 256
+#define API_MAX_MODELS METRICS_MODELS /* models one server serves */
+#define API_MODEL_NAME 128    /* bytes of a model name, NUL included */
+#define API_MODEL_PATH 1024
 
 /* The routes of the contract. */
 typedef enum {
@@ -52,13 +56,46 @@ typedef struct api_limits {
     int max_batch;
 } api_limits;
 
-/* Everything a handler may read; shared, read-only while serving. */
-typedef struct api_ctx {
-    const model *m;
-    const char *model_id;   /* name reported to OpenAI clients */
-    const char *model_path;
-    char sha256[65];        /* of the model file, hex */
+/* One model as served: its weights and what is reported of them.
+ * Reference-counted: a job holds its model from validation to its end, so a
+ * reload can put a new model in its place for new requests while requests in
+ * flight finish on the old one, which goes with the last of them. */
+typedef struct api_model {
+    model *m;
+    char name[API_MODEL_NAME]; /* the file's "name" metadata, else its file name: the OpenAI model id */
+    char path[API_MODEL_PATH]; /* the file it was loaded from */
     double load_seconds;
+    long long loaded_at;       /* Unix time of the load */
+    int slot;                  /* its place among the served models, for metrics */
+    atomic_int refs;
+    atomic_bool retired;       /* a reload has replaced it: no new request gets it */
+} api_model;
+
+typedef struct api_models api_models; /* the served models, by name */
+
+/* Loads the model files paths[n] (at most API_MAX_MODELS), refusing two with
+ * one name.  NULL with a message naming the file and the problem.  Free with
+ * api_models_free once no job holds a model. */
+api_models *api_models_load(const char *const *paths, int n, char *err, size_t errlen);
+void api_models_free(api_models *r);
+int api_models_count(const api_models *r);
+/* The model now served under name (NULL or "": the first), with a reference
+ * for the caller to release; NULL if no model has that name. */
+api_model *api_model_acquire(api_models *r, const char *name);
+/* The same for the model in slot i (0 <= i < api_models_count). */
+api_model *api_model_acquire_at(api_models *r, int i);
+void api_model_release(api_model *am);
+
+/* What a reload did to one model, for the log. */
+typedef void (*api_reload_note)(void *cls, const char *path, bool ok, const char *message);
+/* Loads every served file again and fully validates it; a good one replaces
+ * its model for new requests, a bad one (or one whose name now belongs to
+ * another model) leaves the old model serving.  Returns how many failed. */
+int api_models_reload(api_models *r, api_metrics *metrics, api_reload_note note, void *cls);
+
+/* Everything a handler may read; shared by every thread while serving. */
+typedef struct api_ctx {
+    api_models *models;
     api_limits limits;
     api_metrics *metrics;
 } api_ctx;
@@ -108,10 +145,10 @@ bool api_key_matches(const char *key, const char *authorization, const char *x_a
 
 /* Answers the endpoints that need no model work (health, ready, metrics, model,
  * models, tokenize, detokenize); path is the request's, for /v1/models/{id};
- * draining turns /ready into 503.  Returns 0 with r filled (success or a
- * 4xx), -1 on out of memory. */
-int api_handle_inline(const api_ctx *ctx, api_endpoint ep, const char *path, const char *body, size_t len,
-                      bool draining, api_reply *r);
+ * model_arg is its ?model= argument or NULL; draining turns /ready into 503.
+ * Returns 0 with r filled (success or a 4xx), -1 on out of memory. */
+int api_handle_inline(const api_ctx *ctx, api_endpoint ep, const char *path, const char *model_arg, const char *body,
+                      size_t len, bool draining, api_reply *r);
 
 /* ---- jobs ----------------------------------------------------------------- */
 
@@ -130,6 +167,9 @@ int api_job_weight(const api_job *j);
 /* Input tokens read and tokens generated so far, for logs and metrics. */
 int api_job_input_tokens(const api_job *j);
 int api_job_output_tokens(const api_job *j);
+/* The served model the job runs on: its slot (for metrics) and name (for logs). */
+int api_job_model_slot(const api_job *j);
+const char *api_job_model_name(const api_job *j);
 /* Whether the job has produced its whole answer (or failed). */
 bool api_job_done(const api_job *j);
 
@@ -154,9 +194,12 @@ void api_job_fail(api_job *j, const api_error *e);
  * the byte count; *data (caller frees) is NULL when there is nothing. */
 size_t api_job_take_output(api_job *j, char **data, int *status);
 
-/* Scratch for one worker: a batch of up to max_batch sequences.  NULL on out
- * of memory.  Free with api_worker_free. */
-api_worker *api_worker_new(const model *m, int max_batch);
+/* Scratch for one worker: batches of up to max_batch sequences, for any of
+ * the served models.  NULL on out of memory.  Free with api_worker_free. */
+api_worker *api_worker_new(int max_batch);
 void api_worker_free(api_worker *w);
+/* Frees the worker's scratch for models a reload retired and no step used
+ * since the last call; called between steps. */
+void api_worker_tidy(api_worker *w);
 
 #endif

@@ -13,68 +13,97 @@
 
 /* A metadata value with its natural JSON type: integers and finite numbers
  * as numbers, true/false as booleans, anything else as the string it is. */
-static cJSON *typed_value(const char *v)
+static void typed_value(jw *w, const char *v)
 {
-    if (strcmp(v, "true") == 0)
-        return cJSON_CreateTrue();
-    if (strcmp(v, "false") == 0)
-        return cJSON_CreateFalse();
+    if (strcmp(v, "true") == 0 || strcmp(v, "false") == 0) {
+        jw_bool(w, v[0] == 't');
+        return;
+    }
     if (*v && strspn(v, "+-0123456789.eE") == strlen(v)) {
         char *end;
         errno = 0;
         double d = strtod(v, &end);
-        if (!errno && *end == '\0' && isfinite(d))
-            return cJSON_CreateNumber(d);
+        if (!errno && *end == '\0' && isfinite(d)) {
+            jw_double(w, d);
+            return;
+        }
     }
-    return cJSON_CreateString(v);
+    jw_str(w, v);
 }
 
-static void add_limits(cJSON *o, const api_limits *l)
+static void write_limits(jw *w, const api_limits *l)
 {
-    cJSON_AddNumberToObject(o, "max_body_bytes", (double)l->max_body_bytes);
-    cJSON_AddNumberToObject(o, "max_input_tokens", l->max_input_tokens);
-    cJSON_AddNumberToObject(o, "max_new_tokens", l->max_new_tokens);
-    cJSON_AddNumberToObject(o, "max_attention_tokens", l->max_attention_tokens);
-    cJSON_AddNumberToObject(o, "queue_size", l->queue_size);
-    cJSON_AddNumberToObject(o, "workers", l->workers);
-    cJSON_AddNumberToObject(o, "max_batch", l->max_batch);
+    jw_kint(w, "max_body_bytes", (long long)l->max_body_bytes);
+    jw_kint(w, "max_input_tokens", l->max_input_tokens);
+    jw_kint(w, "max_new_tokens", l->max_new_tokens);
+    jw_kint(w, "max_attention_tokens", l->max_attention_tokens);
+    jw_kint(w, "queue_size", l->queue_size);
+    jw_kint(w, "workers", l->workers);
+    jw_kint(w, "max_batch", l->max_batch);
 }
 
-static cJSON *model_info(const api_ctx *ctx)
+/* Whether key is one the answer sets itself at the top level. */
+static bool reserved_key(const char *key)
 {
-    const model *m = ctx->m;
+    static const char *const own[] = {"id",           "object",        "metadata",         "config",
+                                      "parameters",   "parameter_count", "sha256",         "file",
+                                      "load_seconds", "loaded_at",     "kernels",          "limits",
+                                      "max_body_bytes", "max_input_tokens", "max_new_tokens", "max_attention_tokens",
+                                      "queue_size",   "workers",       "max_batch"};
+    for (size_t i = 0; i < sizeof own / sizeof *own; i++)
+        if (strcmp(key, own[i]) == 0)
+            return true;
+    return false;
+}
+
+/* GET /v1/model: everything known of one served model. */
+static void model_info(jw *w, const api_ctx *ctx, const api_model *am)
+{
+    const model *m = am->m;
     const model_config *c = model_get_config(m);
-    cJSON *root = cJSON_CreateObject(), *meta = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "id", ctx->model_id);
-    cJSON_AddStringToObject(root, "object", "model");
+    jw_obj(w);
+    jw_kstr(w, "id", am->name);
+    jw_kstr(w, "object", "model");
+    /* The metadata's fields also at the top level, for clients that read them flat. */
     for (int i = 0; i < model_meta_count(m); i++) {
         const char *k, *v;
         model_meta_at(m, i, &k, &v);
-        cJSON_AddItemToObject(meta, k, typed_value(v));
-        /* The same fields at the top level, for clients that read them flat. */
-        if (!cJSON_HasObjectItem(root, k))
-            cJSON_AddItemToObject(root, k, typed_value(v));
+        if (!reserved_key(k)) {
+            jw_key(w, k);
+            typed_value(w, v);
+        }
     }
-    cJSON_AddItemToObject(root, "metadata", meta);
-    cJSON *cfg = cJSON_AddObjectToObject(root, "config");
-    cJSON_AddStringToObject(cfg, "cell", model_cell_name(c->cell));
-    cJSON_AddStringToObject(cfg, "attention", model_attention_name(c->attention));
-    cJSON_AddNumberToObject(cfg, "vocab_size", c->vocab);
-    cJSON_AddNumberToObject(cfg, "embed_dim", c->embed);
-    cJSON_AddNumberToObject(cfg, "hidden", c->hidden);
-    cJSON_AddNumberToObject(cfg, "layers", c->layers);
-    cJSON_AddNumberToObject(cfg, "window", c->window);
-    cJSON_AddNumberToObject(cfg, "heads", c->heads);
-    cJSON_AddNumberToObject(cfg, "bos_id", c->bos_id);
-    cJSON_AddNumberToObject(root, "parameters", (double)model_param_count(m));
-    cJSON_AddNumberToObject(root, "parameter_count", (double)model_param_count(m));
-    cJSON_AddStringToObject(root, "sha256", ctx->sha256);
-    cJSON_AddStringToObject(root, "file", ctx->model_path);
-    cJSON_AddItemToObject(root, "load_seconds", cJSON_CreateNumber(round(ctx->load_seconds * 1e6) / 1e6));
-    cJSON *limits = cJSON_AddObjectToObject(root, "limits");
-    add_limits(limits, &ctx->limits);
-    add_limits(root, &ctx->limits);
-    return root;
+    jw_kobj(w, "metadata");
+    for (int i = 0; i < model_meta_count(m); i++) {
+        const char *k, *v;
+        model_meta_at(m, i, &k, &v);
+        jw_key(w, k);
+        typed_value(w, v);
+    }
+    jw_obj_end(w);
+    jw_kobj(w, "config");
+    jw_kstr(w, "cell", model_cell_name(c->cell));
+    jw_kstr(w, "attention", model_attention_name(c->attention));
+    jw_kint(w, "vocab_size", c->vocab);
+    jw_kint(w, "embed_dim", c->embed);
+    jw_kint(w, "hidden", c->hidden);
+    jw_kint(w, "layers", c->layers);
+    jw_kint(w, "window", c->window);
+    jw_kint(w, "heads", c->heads);
+    jw_kint(w, "bos_id", c->bos_id);
+    jw_obj_end(w);
+    jw_kint(w, "parameters", (long long)model_param_count(m));
+    jw_kint(w, "parameter_count", (long long)model_param_count(m));
+    jw_kstr(w, "sha256", model_sha256(m));
+    jw_kstr(w, "file", am->path);
+    jw_kdouble(w, "load_seconds", round(am->load_seconds * 1e6) / 1e6);
+    jw_kint(w, "loaded_at", am->loaded_at);
+    jw_kstr(w, "kernels", model_kernels(m));
+    jw_kobj(w, "limits");
+    write_limits(w, &ctx->limits);
+    jw_obj_end(w);
+    write_limits(w, &ctx->limits);
+    jw_obj_end(w);
 }
 
 /* Seconds since 1970 of an ISO 8601 UTC time "YYYY-MM-DDTHH:MM:SSZ"; 0 if it is not one. */
@@ -91,40 +120,78 @@ static long long unix_time(const char *iso)
     return days * 86400 + h * 3600 + mi * 60 + s;
 }
 
-/* The OpenAI model object of the served model. */
-static cJSON *openai_model(const api_ctx *ctx)
+/* The OpenAI model object of a served model. */
+static void openai_model(jw *w, const api_model *am)
 {
-    cJSON *m = cJSON_CreateObject();
-    cJSON_AddStringToObject(m, "id", ctx->model_id);
-    cJSON_AddStringToObject(m, "object", "model");
-    cJSON_AddNumberToObject(m, "created", (double)unix_time(model_meta(ctx->m, "created")));
-    cJSON_AddStringToObject(m, "owned_by", "attnlm");
-    return m;
+    jw_obj(w);
+    jw_kstr(w, "id", am->name);
+    jw_kstr(w, "object", "model");
+    jw_kint(w, "created", unix_time(model_meta(am->m, "created")));
+    jw_kstr(w, "owned_by", "attnlm");
+    jw_obj_end(w);
 }
 
-static cJSON *models_list(const api_ctx *ctx)
+static int models_list(const api_ctx *ctx, api_reply *r)
 {
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "object", "list");
-    cJSON_AddItemToArray(cJSON_AddArrayToObject(root, "data"), openai_model(ctx));
-    return root;
+    buf b = {0};
+    jw w;
+    jw_init(&w, &b);
+    jw_obj(&w);
+    jw_kstr(&w, "object", "list");
+    jw_karr(&w, "data");
+    for (int i = 0; i < api_models_count(ctx->models); i++) {
+        api_model *am = api_model_acquire_at(ctx->models, i);
+        openai_model(&w, am);
+        api_model_release(am);
+    }
+    jw_arr_end(&w);
+    jw_obj_end(&w);
+    return json_reply(&b, 200, r);
 }
 
-/* GET /v1/models/{id}: the model if the id is its name. */
-static int model_by_id(const api_ctx *ctx, const char *path, api_reply *r)
+static int not_found(const char *name, api_reply *r)
 {
-    const char *id = strrchr(path, '/') + 1;
-    if (strcmp(id, ctx->model_id) == 0)
-        return json_reply(openai_model(ctx), 200, r);
     api_error e;
-    api_error_set(&e, 404, "model", "no model named \"%.100s\"; this server has \"%s\"", id, ctx->model_id);
+    api_error_set(&e, 404, "model", "no model named \"%.100s\" is served here (GET /v1/models lists them)", name);
     return api_error_reply(&e, r);
+}
+
+/* GET /v1/models/{id} (openai) and GET /v1/model?model=ID. */
+static int one_model(const api_ctx *ctx, const char *name, bool openai, api_reply *r)
+{
+    api_model *am = api_model_acquire(ctx->models, name);
+    if (!am)
+        return not_found(name, r);
+    buf b = {0};
+    jw w;
+    jw_init(&w, &b);
+    if (openai)
+        openai_model(&w, am);
+    else
+        model_info(&w, ctx, am);
+    api_model_release(am);
+    return json_reply(&b, 200, r);
+}
+
+/* The body of tokenize/detokenize, with its "model" checked (404 if unknown). */
+static cJSON *tokenizer_body(const api_ctx *ctx, const char *body, size_t len, api_error *e)
+{
+    cJSON *o = json_parse_object(body, len, e);
+    if (!o)
+        return NULL;
+    api_model *am = json_get_model(ctx, o, e);
+    if (!am) {
+        cJSON_Delete(o);
+        return NULL;
+    }
+    api_model_release(am);
+    return o;
 }
 
 static int tokenize(const api_ctx *ctx, const char *body, size_t len, api_reply *r)
 {
     api_error e;
-    cJSON *o = json_parse_object(body, len, &e);
+    cJSON *o = tokenizer_body(ctx, body, len, &e);
     const char *text = NULL;
     if (o && json_get_string(o, "text", &text, &e) == 0)
         api_error_set(&e, 400, "text", "text is required");
@@ -132,22 +199,27 @@ static int tokenize(const api_ctx *ctx, const char *body, size_t len, api_reply 
         cJSON_Delete(o);
         return api_error_reply(&e, r);
     }
-    size_t n = strlen(text);
-    cJSON *root = cJSON_CreateObject(), *toks = cJSON_AddArrayToObject(root, "tokens");
-    for (size_t i = 0; i < n; i++)
-        cJSON_AddItemToArray(toks, json_token(ctx, (unsigned char)text[i]));
+    buf b = {0};
+    jw w;
+    jw_init(&w, &b);
+    jw_obj(&w);
+    jw_karr(&w, "tokens");
+    for (const char *p = text; *p; p++)
+        json_token(&w, (unsigned char)*p);
+    jw_arr_end(&w);
+    jw_obj_end(&w);
     cJSON_Delete(o);
-    return json_reply(root, 200, r);
+    return json_reply(&b, 200, r);
 }
 
 static int detokenize(const api_ctx *ctx, const char *body, size_t len, api_reply *r)
 {
     api_error e;
-    cJSON *o = json_parse_object(body, len, &e);
+    cJSON *o = tokenizer_body(ctx, body, len, &e);
     if (!o)
         return api_error_reply(&e, r);
     int *ids = NULL, n = 0;
-    json_get_ids(ctx, o, ctx->limits.max_input_tokens, &ids, &n, &e);
+    json_get_ids(o, ctx->limits.max_input_tokens, &ids, &n, &e);
     cJSON_Delete(o);
     if (!ids)
         return api_error_reply(&e, r);
@@ -158,10 +230,15 @@ static int detokenize(const api_ctx *ctx, const char *body, size_t len, api_repl
     }
     size_t nb = tok_decode(ids, (size_t)n, (char *)bytes);
     free(ids);
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddItemToObject(root, "text", json_bytes_string(bytes, nb));
+    buf b = {0};
+    jw w;
+    jw_init(&w, &b);
+    jw_obj(&w);
+    jw_key(&w, "text");
+    jw_bytes(&w, bytes, nb);
+    jw_obj_end(&w);
     free(bytes);
-    return json_reply(root, 200, r);
+    return json_reply(&b, 200, r);
 }
 
 static int text_reply(const char *s, int status, api_reply *r)
@@ -175,25 +252,38 @@ static int text_reply(const char *s, int status, api_reply *r)
     return 0;
 }
 
-int api_handle_inline(const api_ctx *ctx, api_endpoint ep, const char *path, const char *body, size_t len,
-                      bool draining, api_reply *r)
+static int metrics(const api_ctx *ctx, api_reply *r)
+{
+    metrics_view v = {.n_models = api_models_count(ctx->models)};
+    for (int i = 0; i < METRICS_ROUTES; i++)
+        v.routes[i] = i < API_EP_COUNT ? api_endpoint_path((api_endpoint)i) : "other";
+    api_model *held[METRICS_MODELS];
+    for (int i = 0; i < v.n_models; i++) {
+        api_model *am = held[i] = api_model_acquire_at(ctx->models, i);
+        v.model[i].name = am->name;
+        v.model[i].sha256 = model_sha256(am->m);
+        v.model[i].parameters = (unsigned long long)model_param_count(am->m);
+        v.model[i].load_seconds = am->load_seconds;
+    }
+    r->body = metrics_render(ctx->metrics, &v, &r->len);
+    for (int i = 0; i < v.n_models; i++)
+        api_model_release(held[i]);
+    r->status = 200;
+    r->content_type = "text/plain; version=0.0.4; charset=utf-8";
+    return r->body ? 0 : -1;
+}
+
+int api_handle_inline(const api_ctx *ctx, api_endpoint ep, const char *path, const char *model_arg, const char *body,
+                      size_t len, bool draining, api_reply *r)
 {
     switch (ep) {
     case API_EP_HEALTH: return text_reply("{\"status\":\"ok\"}", 200, r);
     case API_EP_READY:
         return draining ? text_reply("{\"status\":\"draining\"}", 503, r) : text_reply("{\"status\":\"ready\"}", 200, r);
-    case API_EP_METRICS: {
-        const char *names[METRICS_ROUTES];
-        for (int i = 0; i < METRICS_ROUTES; i++)
-            names[i] = i < API_EP_COUNT ? api_endpoint_path((api_endpoint)i) : "other";
-        r->body = metrics_render(ctx->metrics, names, &r->len);
-        r->status = 200;
-        r->content_type = "text/plain; version=0.0.4; charset=utf-8";
-        return r->body ? 0 : -1;
-    }
-    case API_EP_MODEL: return json_reply(model_info(ctx), 200, r);
-    case API_EP_MODELS: return json_reply(models_list(ctx), 200, r);
-    case API_EP_MODEL_BY_ID: return model_by_id(ctx, path, r);
+    case API_EP_METRICS: return metrics(ctx, r);
+    case API_EP_MODEL: return one_model(ctx, model_arg, false, r);
+    case API_EP_MODELS: return models_list(ctx, r);
+    case API_EP_MODEL_BY_ID: return one_model(ctx, strrchr(path, '/') + 1, true, r);
     case API_EP_TOKENIZE: return tokenize(ctx, body, len, r);
     case API_EP_DETOKENIZE: return detokenize(ctx, body, len, r);
     default: {

@@ -1,42 +1,44 @@
 /* internal.h -- shared inside api/ only: the job structure and the helpers
  * the endpoint files share (JSON in json.c, errors in route.c, the OpenAI
  * shapes in openai.c).  The server sees none of this (api.h is its view).
+ *
+ * Answers are written with the JSON writer (common/jw.h) straight into the
+ * job's output buffer; cJSON only parses requests.
  */
 #ifndef ATTNLM_API_INTERNAL_H
 #define ATTNLM_API_INTERNAL_H
 
 #include "api.h"
 #include "buf.h"
+#include "jw.h"
 #include "sampler.h"
 
 #include <cjson/cJSON.h>
 #include <stdbool.h>
 #include <stddef.h>
 
-/* Most input tokens scored in one shared forward pass. */
-#define API_FORWARD_TOKENS 16384
+/* Most input tokens scored in one shared forward pass: a pass holds every
+ * position's activations at once (about 8 KB each for the default model). */
+#define API_FORWARD_TOKENS 8192
 
 /* ---- JSON output ---------------------------------------------------------- */
 
-/* A float as the shortest decimal that reads back as the same float (7 to 9
- * significant digits); null for NaN or infinity, which JSON cannot carry. */
-cJSON *json_float(float x);
-/* {"id", "text", "bytes"} of a token: text is its bytes as UTF-8, ill-formed
- * bytes replaced by U+FFFD; BOS has no bytes. */
-cJSON *json_token(const api_ctx *ctx, int id);
-/* A string of bytes that may be ill-formed UTF-8, repaired as in json_token. */
-cJSON *json_bytes_string(const unsigned char *s, size_t len);
-/* Prints root compactly into r as a JSON answer of this status and frees
- * root.  Returns 0, or -1 on out of memory. */
-int json_reply(cJSON *root, int status, api_reply *r);
-/* Appends root, printed compactly, to b and frees root (NULL: out of memory). */
-void json_print(buf *b, cJSON *root);
-/* Appends "data: <root>\n\n" to b and frees root. */
-void json_event(buf *b, cJSON *root);
-/* {"error": {"message", "type", "param", "code"}} of e (route.c). */
-cJSON *json_error(const api_error *e);
-/* {"prompt_tokens", "completion_tokens"} and, with total, "total_tokens". */
-cJSON *json_usage(int prompt_tokens, int completion_tokens, bool total);
+/* {"id", "text", "bytes"} of a token, left open for more fields: text is its
+ * byte as UTF-8 (U+FFFD when not a whole character), BOS has no bytes. */
+void json_token_open(jw *w, int id);
+/* The token object closed. */
+void json_token(jw *w, int id);
+/* {"id", "text", "bytes", "logprob"}. */
+void json_scored(jw *w, int id, float logprob);
+/* {"prompt_tokens", "completion_tokens"} and, with total, "total_tokens", under "usage". */
+void json_usage(jw *w, int prompt_tokens, int completion_tokens, bool total);
+/* {"error": {"message", "type", "param", "code"}} of e. */
+void json_error(jw *w, const api_error *e);
+/* Starts and ends one server-sent event: "data: " ... "\n\n". */
+void sse_begin(buf *b, jw *w);
+void sse_end(buf *b);
+/* Fills r with the 200 JSON answer in b (taken).  Returns 0, or -1 on out of memory. */
+int json_reply(buf *b, int status, api_reply *r);
 
 /* ---- JSON input -------------------------------------------------------------
  * Each returns 1 when the field is present and valid, 0 when it is absent or
@@ -52,11 +54,13 @@ cJSON *json_parse_object(const char *body, size_t len, api_error *e);
 /* Reads "text" (a string) or "ids" (token ids) into ids = [BOS] + tokens;
  * *n counts BOS.  Refuses both or neither, and more than max tokens (413).
  * Empty input is refused unless allow_empty.  The caller frees *ids. */
-int json_get_input(const api_ctx *ctx, const cJSON *o, const char *text_field, int max, bool allow_empty, int **ids,
-                   int *n, api_error *e);
-
+int json_get_input(const cJSON *o, const char *text_field, int max, bool allow_empty, int **ids, int *n,
+                   api_error *e);
 /* Reads "ids" (required, may be empty) into [BOS] + ids as json_get_input does. */
-int json_get_ids(const api_ctx *ctx, const cJSON *o, int max, int **ids, int *n, api_error *e);
+int json_get_ids(const cJSON *o, int max, int **ids, int *n, api_error *e);
+/* The served model a request names in "model" (absent: the first), with a
+ * reference; NULL with a 404 naming "model" when there is none of that name. */
+api_model *json_get_model(const api_ctx *ctx, const cJSON *o, api_error *e);
 
 /* Indices of the k largest of lp[n], largest first, ties to the lower index. */
 void api_topk(const float *lp, int n, int k, int *idx);
@@ -102,6 +106,8 @@ typedef enum { JOB_SCORE, JOB_ATTENTION, JOB_GENERATE, JOB_COMPLETIONS } job_kin
 
 struct api_job {
     const api_ctx *ctx;
+    api_model *am;    /* the model it runs on, held until the job is freed */
+    const model *m;   /* am->m */
     job_kind kind;
     bool stream;
     bool done;
@@ -124,41 +130,50 @@ struct api_job {
     long long created;
 };
 
+/* A worker's scratch for one model: batches of up to the worker's cap. */
+typedef struct worker_model {
+    api_model *am;  /* held while the scratch exists */
+    model_batch *batch;
+    float *logits;  /* [cap, V] */
+    float *attn;    /* [cap, N, W] */
+    bool used;      /* by the last step */
+} worker_model;
+
 /* Per-worker scratch. */
 struct api_worker {
-    const model *m;
     int cap;
-    model_batch *batch;
     sampler *smp;
-    float *logits; /* [cap, V] */
-    float *attn;   /* [cap, N, W] */
-    float *lp;     /* [V] */
-    int *idx;      /* [V] */
+    float *lp;        /* [V] */
+    int *idx;         /* [V] */
     model_seq **seqs; /* [cap] the batch of one step */
     int *tokens;      /* [cap] */
     int *first;       /* [cap] each job's first row in the batch */
+    api_job **group;  /* [cap] the jobs of one model in a step */
+    worker_model models[API_MAX_MODELS * 2]; /* a reload can leave two per slot for a while */
+    int n_models;
 };
 
-/* job.c: a job's whole answer.  job_finish prints root as the 200 answer
- * and frees it; job_finish_error answers e (a stream: an error event and its
- * end).  Both mark the job done. */
-void job_finish(api_job *j, cJSON *root);
+/* The worker's scratch for am, made on first use; NULL on out of memory. */
+worker_model *worker_scratch(api_worker *w, api_model *am);
+
+/* job.c: a job's whole answer.  job_finish marks the answer written into
+ * j->out as the 200 answer; job_finish_error replaces it with e (a stream:
+ * an error event and its end).  Both mark the job done. */
+void job_finish(api_job *j);
 void job_finish_error(api_job *j, const api_error *e);
-/* openai.c: the OpenAI shapes of a completions job.  openai_answer is the
- * whole non-streamed answer (NULL on out of memory); the stream functions
- * append chunks to j->out: token i of choice k with its text, choice k's end
- * with the rest of its text, the usage chunk, and the echoed prompt (-1 on
- * out of memory). */
+/* openai.c: the OpenAI shapes of a completions job, appended to j->out:
+ * the whole non-streamed answer, token i of choice k with its text bytes,
+ * choice k's end with the rest of its text, the usage chunk, and the echoed
+ * prompt.  Return -1 on out of memory. */
 #define OPENAI_MAX_LOGPROBS 20
-cJSON *openai_answer(api_job *j, api_worker *w);
-void openai_stream_token(api_job *j, int k, int i, cJSON *text);
-void openai_stream_end(api_job *j, int k, cJSON *rest);
+int openai_answer(api_job *j, api_worker *w);
+void openai_stream_token(api_job *j, int k, int i, const unsigned char *text, size_t len);
+void openai_stream_end(api_job *j, int k, const unsigned char *rest, size_t len);
 void openai_stream_usage(api_job *j);
 int openai_stream_echo(api_job *j, api_worker *w);
 /* score.c */
 int score_parse(api_job *j, const cJSON *o, api_error *e);
-void score_run(api_job *j, api_worker *w);
-/* Runs n score jobs through one batched forward pass. */
+/* Runs n score jobs of one model through one batched forward pass. */
 void score_run_many(api_job **jobs, int n, api_worker *w);
 int attention_parse(api_job *j, const cJSON *o, api_error *e);
 void attention_run(api_job *j, api_worker *w);

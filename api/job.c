@@ -1,8 +1,10 @@
-/* job.c -- a request's model work from validation to answer, and the
- * worker-side step that advances many generations as one batch.
+/* job.c -- a request's model work from validation to answer, each worker's
+ * scratch per model, and the step that advances many generations at once:
+ * one batched model_step per model among the jobs in hand.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
+#include "tokenizer.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,11 +34,14 @@ api_job *api_job_new(const api_ctx *ctx, api_endpoint ep, const char *body, size
     j->kind = kind;
     j->gp.n = 1;
     snprintf(j->id, sizeof j->id, "cmpl-%s", request_id ? request_id : "0");
-    int rc;
-    switch (kind) {
-    case JOB_SCORE: rc = score_parse(j, o, e); break;
-    case JOB_ATTENTION: rc = attention_parse(j, o, e); break;
-    default: rc = generate_parse(j, o, seed, e); break;
+    int rc = -1;
+    if ((j->am = json_get_model(ctx, o, e))) {
+        j->m = j->am->m;
+        switch (kind) {
+        case JOB_SCORE: rc = score_parse(j, o, e); break;
+        case JOB_ATTENTION: rc = attention_parse(j, o, e); break;
+        default: rc = generate_parse(j, o, seed, e); break;
+        }
     }
     cJSON_Delete(o);
     if (rc < 0) {
@@ -55,6 +60,7 @@ void api_job_free(api_job *j)
         free(j->cands[i]);
     free(j->ids);
     buf_free(&j->out);
+    api_model_release(j->am);
     free(j);
 }
 
@@ -62,16 +68,11 @@ bool api_job_streams(const api_job *j) { return j->stream; }
 int api_job_weight(const api_job *j) { return j->kind == JOB_GENERATE || j->kind == JOB_COMPLETIONS ? j->gp.n : 1; }
 int api_job_input_tokens(const api_job *j) { return j->n_ids > 0 ? j->n_ids - 1 : 0; }
 int api_job_output_tokens(const api_job *j) { return j->output_tokens; }
+int api_job_model_slot(const api_job *j) { return j->am->slot; }
+const char *api_job_model_name(const api_job *j) { return j->am->name; }
 bool api_job_done(const api_job *j) { return j->done; }
 
-void api_job_start(api_job *j, api_worker *w)
-{
-    switch (j->kind) {
-    case JOB_SCORE: score_run(j, w); break;
-    case JOB_ATTENTION: attention_run(j, w); break;
-    default: generate_start(j, w); break;
-    }
-}
+void api_job_start(api_job *j, api_worker *w) { api_job_start_many(&j, 1, w); }
 
 void api_job_start_many(api_job **jobs, int n, api_worker *w)
 {
@@ -80,18 +81,34 @@ void api_job_start_many(api_job **jobs, int n, api_worker *w)
     for (int i = 0; i < n; i++) {
         if (scores && jobs[i]->kind == JOB_SCORE)
             scores[ns++] = jobs[i];
+        else if (jobs[i]->kind == JOB_ATTENTION)
+            attention_run(jobs[i], w);
+        else if (jobs[i]->kind == JOB_SCORE)
+            score_run_many(&jobs[i], 1, w);
         else
-            api_job_start(jobs[i], w);
+            generate_start(jobs[i], w);
     }
-    /* Groups of at most API_FORWARD_TOKENS input tokens: a pass holds every
-     * position's activations at once, and 32 long inputs would need a gigabyte. */
-    for (int first = 0; first < ns;) {
-        int end = first, tokens = 0;
-        while (end < ns && (end == first || tokens + scores[end]->n_ids <= API_FORWARD_TOKENS))
-            tokens += scores[end++]->n_ids;
-        metrics_forward_batch(scores[first]->ctx->metrics, end - first);
-        score_run_many(scores + first, end - first, w);
-        first = end;
+    /* Scoring requests of one model share forward passes, in groups of at
+     * most API_FORWARD_TOKENS input tokens (a pass holds every position's
+     * activations at once).  Taken out of the list as they are grouped. */
+    while (ns > 0) {
+        const model *m = scores[0]->m;
+        api_job *group[API_MAX_CHOICES * 4];
+        int ng = 0, tokens = 0, rest = 0;
+        for (int i = 0; i < ns; i++) {
+            api_job *s = scores[i];
+            bool fits = s->m == m && ng < (int)(sizeof group / sizeof *group) &&
+                        (ng == 0 || tokens + s->n_ids <= API_FORWARD_TOKENS);
+            if (fits) {
+                group[ng++] = s;
+                tokens += s->n_ids;
+            } else {
+                scores[rest++] = s;
+            }
+        }
+        metrics_forward_batch(group[0]->ctx->metrics, ng);
+        score_run_many(group, ng, w);
+        ns = rest;
     }
     free(scores);
 }
@@ -129,29 +146,34 @@ size_t api_job_take_output(api_job *j, char **data, int *status)
     return n;
 }
 
-void job_finish(api_job *j, cJSON *root)
+void job_finish(api_job *j)
 {
-    json_print(&j->out, root);
     j->status = 200;
     j->done = true;
 }
 
 void job_finish_error(api_job *j, const api_error *e)
 {
+    jw w;
     if (j->stream) {
-        json_event(&j->out, json_error(e));
+        sse_begin(&j->out, &w);
+        json_error(&w, e);
+        sse_end(&j->out);
         buf_puts(&j->out, "data: [DONE]\n\n");
     } else {
         j->status = e->status;
         j->out.len = 0;
-        json_print(&j->out, json_error(e));
+        j->out.oom = false;
+        jw_init(&w, &j->out);
+        json_error(&w, e);
     }
     j->done = true;
 }
 
-api_worker *api_worker_new(const model *m, int max_batch)
+/* ---- workers ------------------------------------------------------------------ */
+
+api_worker *api_worker_new(int max_batch)
 {
-    const model_config *c = model_get_config(m);
     api_worker *w = calloc(1, sizeof *w);
     if (!w)
         return NULL;
@@ -161,48 +183,78 @@ api_worker *api_worker_new(const model *m, int max_batch)
         cap = API_MAX_CANDIDATES;
     if (cap < API_MAX_CHOICES)
         cap = API_MAX_CHOICES;
-    w->m = m;
     w->cap = cap;
-    w->batch = model_batch_new(m, cap);
-    w->smp = sampler_new(c->vocab);
-    w->logits = malloc((size_t)cap * c->vocab * sizeof *w->logits);
-    w->attn = malloc((size_t)cap * c->heads * c->window * sizeof *w->attn);
-    w->lp = malloc((size_t)c->vocab * sizeof *w->lp);
-    w->idx = malloc((size_t)c->vocab * sizeof *w->idx);
+    w->smp = sampler_new(TOK_VOCAB);
+    w->lp = malloc(TOK_VOCAB * sizeof *w->lp);
+    w->idx = malloc(TOK_VOCAB * sizeof *w->idx);
     w->seqs = malloc((size_t)cap * sizeof *w->seqs);
     w->tokens = malloc((size_t)cap * sizeof *w->tokens);
     w->first = malloc((size_t)cap * sizeof *w->first);
-    if (!w->first || !w->batch || !w->smp || !w->logits || !w->attn || !w->lp || !w->idx || !w->seqs || !w->tokens) {
+    w->group = malloc((size_t)cap * sizeof *w->group);
+    if (!w->smp || !w->lp || !w->idx || !w->seqs || !w->tokens || !w->first || !w->group) {
         api_worker_free(w);
         return NULL;
     }
     return w;
 }
 
+static void scratch_free(worker_model *s)
+{
+    model_batch_free(s->batch);
+    free(s->logits);
+    free(s->attn);
+    api_model_release(s->am);
+    *s = (worker_model){0};
+}
+
 void api_worker_free(api_worker *w)
 {
     if (!w)
         return;
-    model_batch_free(w->batch);
+    for (int i = 0; i < w->n_models; i++)
+        scratch_free(&w->models[i]);
     sampler_free(w->smp);
-    free(w->logits);
-    free(w->attn);
     free(w->lp);
     free(w->idx);
     free(w->seqs);
     free(w->tokens);
     free(w->first);
+    free(w->group);
     free(w);
 }
 
-int api_step(api_worker *w, api_job *const *jobs, int n)
+worker_model *worker_scratch(api_worker *w, api_model *am)
 {
-    const model_config *c = model_get_config(w->m);
+    for (int i = 0; i < w->n_models; i++)
+        if (w->models[i].am == am) {
+            w->models[i].used = true;
+            return &w->models[i];
+        }
+    if (w->n_models == (int)(sizeof w->models / sizeof *w->models))
+        return NULL;
+    const model_config *c = model_get_config(am->m);
+    worker_model *s = &w->models[w->n_models];
+    s->batch = model_batch_new(am->m, w->cap);
+    s->logits = malloc((size_t)w->cap * c->vocab * sizeof *s->logits);
+    s->attn = malloc((size_t)w->cap * c->heads * c->window * sizeof *s->attn);
+    if (!s->batch || !s->logits || !s->attn) {
+        scratch_free(s);
+        return NULL;
+    }
+    atomic_fetch_add(&am->refs, 1);
+    s->am = am;
+    s->used = true;
+    w->n_models++;
+    return s;
+}
+
+/* Advances the sequences of jobs[n], all of model ws, in one model_step. */
+static int step_group(api_worker *w, worker_model *ws, api_job *const *jobs, int n)
+{
+    const model_config *c = model_get_config(ws->am->m);
     const size_t V = (size_t)c->vocab, NW = (size_t)c->heads * c->window;
     int B = 0, *first = w->first;
     bool attn = false;
-    if (n > w->cap)
-        n = w->cap; /* each job holds at least one row */
     for (int i = 0; i < n; i++) {
         first[i] = B;
         api_job *j = jobs[i];
@@ -214,7 +266,8 @@ int api_step(api_worker *w, api_job *const *jobs, int n)
     if (B == 0)
         return 0;
     char err[ATTNLM_ERR_LEN];
-    if (model_step(w->m, w->batch, w->seqs, w->tokens, B, w->logits, attn ? w->attn : NULL, err, sizeof err) < 0) {
+    if (model_step(ws->am->m, ws->batch, w->seqs, w->tokens, B, ws->logits, attn ? ws->attn : NULL, err,
+                   sizeof err) < 0) {
         api_error e;
         api_error_set(&e, 500, NULL, "decoding failed: %s", err);
         for (int i = 0; i < n; i++)
@@ -222,11 +275,58 @@ int api_step(api_worker *w, api_job *const *jobs, int n)
         return 0;
     }
     for (int i = 0; i < n; i++) {
-        api_job *j = jobs[i];
         bool stepped = i + 1 < n ? first[i + 1] > first[i] : B > first[i];
-        if (!stepped)
-            continue;
-        generate_advance(j, w, w->logits + (size_t)first[i] * V, attn ? w->attn + (size_t)first[i] * NW : NULL);
+        if (stepped)
+            generate_advance(jobs[i], w, ws->logits + (size_t)first[i] * V,
+                             attn ? ws->attn + (size_t)first[i] * NW : NULL);
     }
     return B;
+}
+
+void api_worker_tidy(api_worker *w)
+{
+    int kept = 0;
+    for (int i = 0; i < w->n_models; i++) {
+        worker_model *s = &w->models[i];
+        if (s->used || !atomic_load(&s->am->retired)) {
+            s->used = false;
+            w->models[kept++] = *s;
+        } else {
+            scratch_free(s);
+        }
+    }
+    w->n_models = kept;
+}
+
+int api_step(api_worker *w, api_job *const *jobs, int n)
+{
+    int total = 0;
+    bool *taken = calloc((size_t)n + 1, sizeof *taken);
+    if (!taken)
+        return 0;
+    for (int i = 0; i < n; i++) {
+        if (taken[i] || jobs[i]->done)
+            continue;
+        /* Every unfinished job of this model, in order, up to the worker's cap. */
+        api_model *am = jobs[i]->am;
+        int ng = 0, rows = 0;
+        for (int k = i; k < n && ng < w->cap; k++) {
+            if (taken[k] || jobs[k]->done || jobs[k]->am != am || rows + jobs[k]->gp.n > w->cap)
+                continue;
+            taken[k] = true;
+            w->group[ng++] = jobs[k];
+            rows += jobs[k]->gp.n;
+        }
+        worker_model *ws = worker_scratch(w, am);
+        if (!ws) {
+            api_error e;
+            api_error_set(&e, 500, NULL, "out of memory for a batch of %s", am->name);
+            for (int k = 0; k < ng; k++)
+                api_job_fail(w->group[k], &e);
+            continue;
+        }
+        total += step_group(w, ws, w->group, ng);
+    }
+    free(taken);
+    return total;
 }

@@ -14,125 +14,61 @@
 
 /* ---- output ------------------------------------------------------------------ */
 
-cJSON *json_float(float x)
+void json_token_open(jw *w, int id)
 {
-    if (!isfinite(x))
-        return cJSON_CreateNull();
-    char buf[32];
-    snprintf(buf, sizeof buf, "%.7g", (double)x);
-    if (strtof(buf, NULL) != x)
-        snprintf(buf, sizeof buf, "%.9g", (double)x);
-    return cJSON_CreateRaw(buf);
-}
-
-/* Writes s[0..len) as a quoted JSON string.  Unlike cJSON_CreateString this
- * keeps a NUL byte (as \u0000) instead of ending the string there.  out needs
- * room for 6 * len + 2 bytes.  Returns the bytes written. */
-static size_t json_quote(const char *s, size_t len, char *out)
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t n = 0;
-    out[n++] = '"';
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        const char *esc = NULL;
-        switch (c) {
-        case '"': esc = "\\\""; break;
-        case '\\': esc = "\\\\"; break;
-        case '\b': esc = "\\b"; break;
-        case '\f': esc = "\\f"; break;
-        case '\n': esc = "\\n"; break;
-        case '\r': esc = "\\r"; break;
-        case '\t': esc = "\\t"; break;
-        default: break;
-        }
-        if (esc) {
-            out[n++] = esc[0];
-            out[n++] = esc[1];
-        } else if (c < 0x20) {
-            memcpy(out + n, "\\u00", 4);
-            out[n + 4] = hex[c >> 4];
-            out[n + 5] = hex[c & 15];
-            n += 6;
-        } else {
-            out[n++] = (char)c;
-        }
-    }
-    out[n++] = '"';
-    return n;
-}
-
-cJSON *json_bytes_string(const unsigned char *s, size_t len)
-{
-    /* Sanitising at most triples the bytes; quoting a control byte takes six. */
-    size_t clean_cap = 3 * len, quoted_cap = 6 * len + 3;
-    char small[64 * 9 + 3];
-    char *buf = len <= 64 ? small : malloc(clean_cap + quoted_cap);
-    if (!buf)
-        return NULL;
-    char *quoted = buf + clean_cap;
-    size_t n = utf8_sanitize(s, len, buf);
-    size_t q = json_quote(buf, n, quoted);
-    quoted[q] = '\0';
-    cJSON *str = cJSON_CreateRaw(quoted);
-    if (buf != small)
-        free(buf);
-    return str;
-}
-
-cJSON *json_token(const api_ctx *ctx, int id)
-{
-    cJSON *t = cJSON_CreateObject();
-    cJSON_AddNumberToObject(t, "id", id);
-    bool is_byte = id >= 0 && id < 256 && id != model_get_config(ctx->m)->bos_id;
+    jw_obj(w);
+    jw_kint(w, "id", id);
+    bool is_byte = id >= 0 && id < 256; /* BOS (and nothing else) has no bytes */
     unsigned char byte = (unsigned char)id;
-    cJSON_AddItemToObject(t, "text", json_bytes_string(&byte, is_byte ? 1 : 0));
-    cJSON *bytes = cJSON_AddArrayToObject(t, "bytes");
+    jw_key(w, "text");
+    jw_bytes(w, &byte, is_byte ? 1 : 0);
+    jw_karr(w, "bytes");
     if (is_byte)
-        cJSON_AddItemToArray(bytes, cJSON_CreateNumber(id));
-    return t;
+        jw_int(w, id);
+    jw_arr_end(w);
 }
 
-int json_reply(cJSON *root, int status, api_reply *r)
+void json_token(jw *w, int id)
 {
-    char *s = root ? cJSON_PrintUnformatted(root) : NULL;
-    cJSON_Delete(root);
-    if (!s)
-        return -1;
-    r->status = status;
-    r->content_type = "application/json";
-    r->body = s;
-    r->len = strlen(s);
-    return 0;
+    json_token_open(w, id);
+    jw_obj_end(w);
 }
 
-void json_print(buf *b, cJSON *root)
+void json_scored(jw *w, int id, float logprob)
 {
-    char *s = root ? cJSON_PrintUnformatted(root) : NULL;
-    cJSON_Delete(root);
-    if (!s) {
-        b->oom = true;
-        return;
-    }
-    buf_puts(b, s);
-    free(s);
+    json_token_open(w, id);
+    jw_kfloat(w, "logprob", logprob);
+    jw_obj_end(w);
 }
 
-void json_event(buf *b, cJSON *root)
+void json_usage(jw *w, int prompt_tokens, int completion_tokens, bool total)
+{
+    jw_kobj(w, "usage");
+    jw_kint(w, "prompt_tokens", prompt_tokens);
+    jw_kint(w, "completion_tokens", completion_tokens);
+    if (total)
+        jw_kint(w, "total_tokens", (long long)prompt_tokens + completion_tokens);
+    jw_obj_end(w);
+}
+
+void sse_begin(buf *b, jw *w)
 {
     buf_puts(b, "data: ");
-    json_print(b, root);
-    buf_puts(b, "\n\n");
+    jw_init(w, b);
 }
 
-cJSON *json_usage(int prompt_tokens, int completion_tokens, bool total)
+void sse_end(buf *b) { buf_puts(b, "\n\n"); }
+
+int json_reply(buf *b, int status, api_reply *r)
 {
-    cJSON *u = cJSON_CreateObject();
-    cJSON_AddNumberToObject(u, "prompt_tokens", prompt_tokens);
-    cJSON_AddNumberToObject(u, "completion_tokens", completion_tokens);
-    if (total)
-        cJSON_AddNumberToObject(u, "total_tokens", (double)prompt_tokens + completion_tokens);
-    return u;
+    if (b->oom) {
+        buf_free(b);
+        return -1;
+    }
+    r->status = status;
+    r->content_type = "application/json";
+    r->body = buf_take(b, &r->len);
+    return r->body ? 0 : -1;
 }
 
 /* ---- input ------------------------------------------------------------------ */
@@ -253,6 +189,20 @@ static bool find_escaped_nul(const char *s, size_t len, char *key, size_t key_ca
     return false;
 }
 
+static bool text_valid(const char *s) { return utf8_valid((const unsigned char *)s, strlen(s)); }
+
+/* Whether every string in v, keys of nested objects included, is well-formed
+ * UTF-8: JSON text is UTF-8, and cJSON passes any bytes through. */
+static bool value_valid(const cJSON *v)
+{
+    if (cJSON_IsString(v))
+        return text_valid(v->valuestring);
+    for (const cJSON *c = v->child; c; c = c->next)
+        if ((c->string && !text_valid(c->string)) || !value_valid(c))
+            return false;
+    return true;
+}
+
 cJSON *json_parse_object(const char *body, size_t len, api_error *e)
 {
     if (!body || len == 0) {
@@ -288,20 +238,30 @@ cJSON *json_parse_object(const char *body, size_t len, api_error *e)
             api_error_set(e, 400, NULL, "strings must not contain U+0000");
         return NULL;
     }
+    for (const cJSON *f = o->child; f; f = f->next) {
+        bool key_ok = text_valid(f->string);
+        if (key_ok && value_valid(f))
+            continue;
+        if (key_ok)
+            api_error_set(e, 400, f->string, "%.64s holds a string that is not valid UTF-8", f->string);
+        else
+            api_error_set(e, 400, NULL, "a field name is not valid UTF-8");
+        cJSON_Delete(o);
+        return NULL;
+    }
     return o;
 }
 
 /* Reads the token ids of arr into [BOS] + ids (BOS not repeated if arr starts with it). */
-static int read_ids(const api_ctx *ctx, const cJSON *arr, int max, bool allow_empty, int **ids, int *n, api_error *e)
+static int read_ids(const cJSON *arr, int max, bool allow_empty, int **ids, int *n, api_error *e)
 {
-    const model_config *c = model_get_config(ctx->m);
     if (!cJSON_IsArray(arr)) {
         api_error_set(e, 400, "ids", "ids must be an array of token ids");
         return -1;
     }
     int k = cJSON_GetArraySize(arr);
     const cJSON *first = cJSON_GetArrayItem(arr, 0);
-    bool lead_bos = first && cJSON_IsNumber(first) && first->valuedouble == c->bos_id;
+    bool lead_bos = first && cJSON_IsNumber(first) && first->valuedouble == TOK_BOS;
     int total = k + (lead_bos ? 0 : 1);
     if (total - 1 > max) {
         api_error_set(e, 413, "ids", "%d input tokens exceed the limit of %d", total - 1, max);
@@ -317,15 +277,15 @@ static int read_ids(const api_ctx *ctx, const cJSON *arr, int max, bool allow_em
         return -1;
     }
     if (!lead_bos)
-        out[i++] = c->bos_id;
+        out[i++] = TOK_BOS;
     const cJSON *it;
     cJSON_ArrayForEach(it, arr)
     {
         double v = it->valuedouble;
-        if (!cJSON_IsNumber(it) || v != floor(v) || v < 0 || v >= c->vocab) {
+        if (!cJSON_IsNumber(it) || v != floor(v) || v < 0 || v >= TOK_VOCAB) {
             free(out);
             api_error_set(e, 400, "ids", "ids[%d] is not a token id (an integer in [0, %d))", i - (lead_bos ? 0 : 1),
-                          c->vocab);
+                          TOK_VOCAB);
             return -1;
         }
         out[i++] = (int)v;
@@ -335,18 +295,18 @@ static int read_ids(const api_ctx *ctx, const cJSON *arr, int max, bool allow_em
     return 0;
 }
 
-int json_get_ids(const api_ctx *ctx, const cJSON *o, int max, int **ids, int *n, api_error *e)
+int json_get_ids(const cJSON *o, int max, int **ids, int *n, api_error *e)
 {
     const cJSON *arr = field(o, "ids");
     if (!arr) {
         api_error_set(e, 400, "ids", "ids is required");
         return -1;
     }
-    return read_ids(ctx, arr, max, true, ids, n, e);
+    return read_ids(arr, max, true, ids, n, e);
 }
 
-int json_get_input(const api_ctx *ctx, const cJSON *o, const char *text_field, int max, bool allow_empty, int **ids,
-                   int *n, api_error *e)
+int json_get_input(const cJSON *o, const char *text_field, int max, bool allow_empty, int **ids, int *n,
+                   api_error *e)
 {
     const char *text = NULL;
     int has_text = json_get_string(o, text_field, &text, e);
@@ -358,7 +318,7 @@ int json_get_input(const api_ctx *ctx, const cJSON *o, const char *text_field, i
         return -1;
     }
     if (arr)
-        return read_ids(ctx, arr, max, allow_empty, ids, n, e);
+        return read_ids(arr, max, allow_empty, ids, n, e);
     if (!has_text) {
         if (!allow_empty) {
             api_error_set(e, 400, text_field, "%s is required", text_field);
@@ -384,6 +344,17 @@ int json_get_input(const api_ctx *ctx, const cJSON *o, const char *text_field, i
     *ids = out;
     *n = (int)len + 1;
     return 0;
+}
+
+api_model *json_get_model(const api_ctx *ctx, const cJSON *o, api_error *e)
+{
+    const char *name = NULL;
+    if (json_get_string(o, "model", &name, e) < 0)
+        return NULL;
+    api_model *am = api_model_acquire(ctx->models, name);
+    if (!am)
+        api_error_set(e, 404, "model", "no model named \"%.100s\" is served here (GET /v1/models lists them)", name);
+    return am;
 }
 
 void api_topk(const float *lp, int n, int k, int *idx)

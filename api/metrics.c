@@ -79,8 +79,30 @@ static void put_sizes(buf *t, const char *name, const char *help, atomic_ulong *
     buf_printf(t, "%s_bucket{le=\"+Inf\"} %lu\n%s_sum %lu\n%s_count %lu\n", name, count, name, sum, name, count);
 }
 
-char *metrics_render(const api_metrics *mc, const char *const *route_names, size_t *len)
+/* A label value: the exposition format escapes backslash, quote and newline. */
+static void put_label(buf *t, const char *v)
 {
+    for (; *v; v++) {
+        if (*v == '\\' || *v == '"')
+            buf_putc(t, '\\');
+        if (*v == '\n')
+            buf_puts(t, "\\n");
+        else
+            buf_putc(t, *v);
+    }
+}
+
+/* One per-model sample: name{model="..."} value. */
+static void put_model_sample(buf *t, const char *name, const char *model, const char *extra, const char *value)
+{
+    buf_printf(t, "%s{model=\"", name);
+    put_label(t, model);
+    buf_printf(t, "\"%s} %s\n", extra, value);
+}
+
+char *metrics_render(const api_metrics *mc, const metrics_view *v, size_t *len)
+{
+    const char *const *route_names = v->routes;
     api_metrics *m = (api_metrics *)mc; /* atomic loads of a const object need a non-const pointer in C11 */
     buf t = {0};
 
@@ -88,13 +110,13 @@ char *metrics_render(const api_metrics *mc, const char *const *route_names, size
             "# TYPE attnlm_requests_total counter\n");
     for (int r = 0; r < METRICS_ROUTES; r++)
         for (int s = 0; s <= N_KNOWN_STATUSES; s++) {
-            unsigned long v = LOAD(m->requests[r][s]);
-            if (!v)
+            unsigned long n = LOAD(m->requests[r][s]);
+            if (!n)
                 continue;
             if (s < N_KNOWN_STATUSES)
-                buf_printf(&t, "attnlm_requests_total{route=\"%s\",status=\"%d\"} %lu\n", route_names[r], STATUSES[s], v);
+                buf_printf(&t, "attnlm_requests_total{route=\"%s\",status=\"%d\"} %lu\n", route_names[r], STATUSES[s], n);
             else
-                buf_printf(&t, "attnlm_requests_total{route=\"%s\",status=\"other\"} %lu\n", route_names[r], v);
+                buf_printf(&t, "attnlm_requests_total{route=\"%s\",status=\"other\"} %lu\n", route_names[r], n);
         }
 
     buf_printf(&t, "# HELP attnlm_request_duration_seconds Time from a request's arrival to its last byte queued.\n"
@@ -114,12 +136,19 @@ char *metrics_render(const api_metrics *mc, const char *const *route_names, size
         buf_printf(&t, "attnlm_request_duration_seconds_count{route=\"%s\"} %lu\n", route_names[r], count);
     }
 
-    buf_printf(&t,
-        "# HELP attnlm_input_tokens_total Tokens read from requests (prompts, scored and attended text).\n"
-        "# TYPE attnlm_input_tokens_total counter\nattnlm_input_tokens_total %lu\n"
-        "# HELP attnlm_generated_tokens_total Tokens generated.\n"
-        "# TYPE attnlm_generated_tokens_total counter\nattnlm_generated_tokens_total %lu\n",
-        LOAD(m->input_tokens), LOAD(m->generated_tokens));
+    char val[64];
+    buf_puts(&t, "# HELP attnlm_input_tokens_total Tokens read from requests (prompts, scored and attended text).\n"
+                 "# TYPE attnlm_input_tokens_total counter\n");
+    for (int i = 0; i < v->n_models; i++) {
+        snprintf(val, sizeof val, "%lu", LOAD(m->model[i].input_tokens));
+        put_model_sample(&t, "attnlm_input_tokens_total", v->model[i].name, "", val);
+    }
+    buf_puts(&t, "# HELP attnlm_generated_tokens_total Tokens generated.\n"
+                 "# TYPE attnlm_generated_tokens_total counter\n");
+    for (int i = 0; i < v->n_models; i++) {
+        snprintf(val, sizeof val, "%lu", LOAD(m->model[i].generated_tokens));
+        put_model_sample(&t, "attnlm_generated_tokens_total", v->model[i].name, "", val);
+    }
 
     buf_printf(&t,
         "# HELP attnlm_queue_depth Requests waiting for a worker.\n"
@@ -144,14 +173,37 @@ char *metrics_render(const api_metrics *mc, const char *const *route_names, size
         "# TYPE attnlm_timeouts_total counter\nattnlm_timeouts_total %lu\n",
         LOAD(m->rejected_queue_full), LOAD(m->cancelled), LOAD(m->timeouts));
 
+    buf_puts(&t, "# HELP attnlm_model_info The served models: name and file hash.\n"
+                 "# TYPE attnlm_model_info gauge\n");
+    for (int i = 0; i < v->n_models; i++) {
+        char extra[96];
+        snprintf(extra, sizeof extra, ",sha256=\"%s\"", v->model[i].sha256);
+        put_model_sample(&t, "attnlm_model_info", v->model[i].name, extra, "1");
+    }
+    buf_puts(&t, "# HELP attnlm_model_load_seconds Time taken to load and check each model file.\n"
+                 "# TYPE attnlm_model_load_seconds gauge\n");
+    for (int i = 0; i < v->n_models; i++) {
+        snprintf(val, sizeof val, "%.6f", v->model[i].load_seconds);
+        put_model_sample(&t, "attnlm_model_load_seconds", v->model[i].name, "", val);
+    }
+    buf_puts(&t, "# HELP attnlm_model_parameters Parameters of each served model.\n"
+                 "# TYPE attnlm_model_parameters gauge\n");
+    for (int i = 0; i < v->n_models; i++) {
+        snprintf(val, sizeof val, "%llu", v->model[i].parameters);
+        put_model_sample(&t, "attnlm_model_parameters", v->model[i].name, "", val);
+    }
+    buf_puts(&t, "# HELP attnlm_model_reloads_total Reloads of each model's file (SIGHUP), by result.\n"
+                 "# TYPE attnlm_model_reloads_total counter\n");
+    for (int i = 0; i < v->n_models; i++) {
+        snprintf(val, sizeof val, "%lu", LOAD(m->model[i].reloads_ok));
+        put_model_sample(&t, "attnlm_model_reloads_total", v->model[i].name, ",result=\"ok\"", val);
+        snprintf(val, sizeof val, "%lu", LOAD(m->model[i].reloads_failed));
+        put_model_sample(&t, "attnlm_model_reloads_total", v->model[i].name, ",result=\"failed\"", val);
+    }
     buf_printf(&t,
-        "# HELP attnlm_model_load_seconds Time taken to load and check the model file.\n"
-        "# TYPE attnlm_model_load_seconds gauge\nattnlm_model_load_seconds %.6f\n"
-        "# HELP attnlm_model_parameters Parameters of the loaded model.\n"
-        "# TYPE attnlm_model_parameters gauge\nattnlm_model_parameters %llu\n"
-        "# HELP attnlm_workers Worker threads running the model.\n"
-        "# TYPE attnlm_workers gauge\nattnlm_workers %ld\n",
-        m->load_seconds, m->parameters, m->workers);
+               "# HELP attnlm_workers Worker threads running the models.\n"
+               "# TYPE attnlm_workers gauge\nattnlm_workers %ld\n",
+               m->workers);
 
     if (t.oom) {
         buf_free(&t);

@@ -11,18 +11,26 @@
 #include <stddef.h>
 
 #define METRICS_ROUTES 13     /* the routes of api.h plus "other" */
+#define METRICS_MODELS 16     /* served models (API_MAX_MODELS) */
 #define METRICS_STATUSES 12   /* distinct status codes counted, see metrics.c */
 #define METRICS_DUR_BUCKETS 14
 #define METRICS_BATCH_BUCKETS 8
 
-/* All figures; zero-initialised, then the gauges set once before serving. */
+/* The figures kept per served model (by slot). */
+typedef struct metrics_model {
+    atomic_ulong input_tokens;
+    atomic_ulong generated_tokens;
+    atomic_ulong reloads_ok;
+    atomic_ulong reloads_failed;
+} metrics_model;
+
+/* All figures; zero-initialised, then workers set once before serving. */
 typedef struct api_metrics {
     atomic_ulong requests[METRICS_ROUTES][METRICS_STATUSES];
     atomic_ulong dur_bucket[METRICS_ROUTES][METRICS_DUR_BUCKETS]; /* cumulative at render */
     atomic_ulong dur_count[METRICS_ROUTES];
     atomic_ulong dur_sum_us[METRICS_ROUTES];
-    atomic_ulong input_tokens;
-    atomic_ulong generated_tokens;
+    metrics_model model[METRICS_MODELS];
     atomic_ulong batch_bucket[METRICS_BATCH_BUCKETS];
     atomic_ulong batch_count;
     atomic_ulong batch_sum;
@@ -35,10 +43,21 @@ typedef struct api_metrics {
     atomic_long queue_depth;
     atomic_long active_sequences;
     atomic_long in_flight;
-    double load_seconds;
     long workers;
-    unsigned long long parameters;
 } api_metrics;
+
+/* What a scrape reports besides the counters: the route names, and per
+ * served model its name, file hash, parameters and load time. */
+typedef struct metrics_view {
+    const char *routes[METRICS_ROUTES];
+    int n_models;
+    struct {
+        const char *name;
+        const char *sha256;
+        unsigned long long parameters;
+        double load_seconds;
+    } model[METRICS_MODELS];
+} metrics_view;
 
 /* route is an index from api_endpoint (or METRICS_ROUTES-1 for unknown paths). */
 void metrics_request(api_metrics *m, int route, int status, double seconds);
@@ -46,6 +65,6 @@ void metrics_batch(api_metrics *m, int batch_size);
 /* A full forward pass shared by this many scoring requests. */
 void metrics_forward_batch(api_metrics *m, int batch_size);
 /* Writes the exposition text into a buffer the caller frees; NULL on out of memory. */
-char *metrics_render(const api_metrics *m, const char *const *route_names, size_t *len);
+char *metrics_render(const api_metrics *m, const metrics_view *v, size_t *len);
 
 #endif

@@ -7,6 +7,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
+#include "tokenizer.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,9 +15,9 @@
 
 /* The OpenAI rendering of a token: its character if ASCII, else "bytes:\xNN".
  * NUL is rendered as bytes too, as it cannot be a C string's character. */
-static void openai_token_str(const api_ctx *ctx, int id, char out[16])
+static void token_str(int id, char out[16])
 {
-    if (id == model_get_config(ctx->m)->bos_id || id < 0 || id > 255)
+    if (id == TOK_BOS || id < 0 || id > 255)
         snprintf(out, 16, "<|bos|>");
     else if (id > 0 && id < 0x80)
         snprintf(out, 16, "%c", id);
@@ -24,180 +25,216 @@ static void openai_token_str(const api_ctx *ctx, int id, char out[16])
         snprintf(out, 16, "bytes:\\x%02x", id);
 }
 
-static cJSON *openai_top(const api_ctx *ctx, const int *ids, const float *lps, int k, int chosen, float chosen_lp)
+/* The tokens of one logprobs object: prompt tokens [p0, p1) (indices into
+ * j->ids, scored by j->prompt_lp), then generated tokens [g0, g1) of ch, whose
+ * offsets start at gen_offset. */
+typedef struct lp_span {
+    const gen_choice *ch;
+    int p0, p1, g0, g1;
+    size_t gen_offset;
+} lp_span;
+
+/* Token n of a span: id, log-probability, alternatives (ids and lps, k of
+ * them; idx is scratch for a prompt token's) and text offset. */
+static void span_token(const api_job *j, const lp_span *s, int n, int *idx, int *id, float *lp, const int **top_ids,
+                       float *top_lp, size_t *offset)
 {
-    cJSON *d = cJSON_CreateObject();
-    char s[16];
-    for (int i = 0; i < k; i++) {
-        openai_token_str(ctx, ids[i], s);
-        cJSON_AddItemToObject(d, s, json_float(lps[i]));
+    const int k = j->gp.top, V = model_get_config(j->m)->vocab, np = s->p1 - s->p0;
+    if (n < np) {
+        int t = s->p0 + n;
+        const float *row = j->prompt_lp + (size_t)(t - 1) * V;
+        *id = j->ids[t];
+        *lp = row[*id];
+        *offset = (size_t)t - 1;
+        if (top_ids) {
+            api_topk(row, V, k, idx);
+            for (int a = 0; a < k; a++)
+                top_lp[a] = row[idx[a]];
+            *top_ids = idx;
+        }
+        return;
     }
-    openai_token_str(ctx, chosen, s);
-    if (!cJSON_HasObjectItem(d, s))
-        cJSON_AddItemToObject(d, s, json_float(chosen_lp));
-    return d;
+    int i = s->g0 + n - np;
+    *id = s->ch->ids[i];
+    *lp = s->ch->lp[i];
+    *offset = s->gen_offset + (size_t)i;
+    if (top_ids) {
+        memcpy(top_lp, s->ch->top_lp + (size_t)i * k, (size_t)k * sizeof *top_lp);
+        *top_ids = s->ch->top_ids + (size_t)i * k;
+    }
 }
 
-/* Appends prompt token t (1 <= t < n_ids) to an OpenAI logprobs object. */
-static void openai_add_prompt_token(api_job *j, api_worker *w, cJSON *lpo, int t, size_t offset)
+/* {"tokens", "token_logprobs", "top_logprobs", "text_offset"} of a span, column by column. */
+static void write_logprobs(jw *w, const api_job *j, api_worker *wk, const lp_span *s)
 {
-    const int V = model_get_config(j->ctx->m)->vocab, id = j->ids[t];
-    const float *row = j->prompt_lp + (size_t)(t - 1) * V;
-    char s[16];
-    openai_token_str(j->ctx, id, s);
-    cJSON_AddItemToArray(cJSON_GetObjectItem(lpo, "tokens"), cJSON_CreateString(s));
-    cJSON_AddItemToArray(cJSON_GetObjectItem(lpo, "token_logprobs"), json_float(row[id]));
-    int k = j->gp.top;
-    api_topk(row, V, k, w->idx);
-    float tl[OPENAI_MAX_LOGPROBS];
-    for (int i = 0; i < k; i++)
-        tl[i] = row[w->idx[i]];
-    cJSON_AddItemToArray(cJSON_GetObjectItem(lpo, "top_logprobs"), openai_top(j->ctx, w->idx, tl, k, id, row[id]));
-    cJSON_AddItemToArray(cJSON_GetObjectItem(lpo, "text_offset"), cJSON_CreateNumber((double)offset));
+    const int n = (s->p1 - s->p0) + (s->g1 - s->g0), k = j->gp.top;
+    int id;
+    float lp, top_lp[OPENAI_MAX_LOGPROBS];
+    const int *top_ids;
+    size_t offset;
+    char str[16];
+    jw_obj(w);
+    jw_karr(w, "tokens");
+    for (int t = 0; t < n; t++) {
+        span_token(j, s, t, NULL, &id, &lp, NULL, NULL, &offset);
+        token_str(id, str);
+        jw_str(w, str);
+    }
+    jw_arr_end(w);
+    jw_karr(w, "token_logprobs");
+    for (int t = 0; t < n; t++) {
+        span_token(j, s, t, NULL, &id, &lp, NULL, NULL, &offset);
+        jw_float(w, lp);
+    }
+    jw_arr_end(w);
+    jw_karr(w, "top_logprobs");
+    for (int t = 0; t < n; t++) {
+        span_token(j, s, t, wk ? wk->idx : NULL, &id, &lp, &top_ids, top_lp, &offset);
+        jw_obj(w);
+        bool chosen_listed = false;
+        for (int a = 0; a < k; a++) {
+            token_str(top_ids[a], str);
+            jw_kfloat(w, str, top_lp[a]);
+            chosen_listed |= top_ids[a] == id;
+        }
+        if (!chosen_listed) { /* OpenAI lists the chosen token too */
+            token_str(id, str);
+            jw_kfloat(w, str, lp);
+        }
+        jw_obj_end(w);
+    }
+    jw_arr_end(w);
+    jw_karr(w, "text_offset");
+    for (int t = 0; t < n; t++) {
+        span_token(j, s, t, NULL, &id, &lp, NULL, NULL, &offset);
+        jw_int(w, (long long)offset);
+    }
+    jw_arr_end(w);
+    jw_obj_end(w);
 }
 
-static void openai_add_gen_token(api_job *j, const gen_choice *ch, cJSON *lpo, int i, size_t offset)
+/* {"id", "object", "created", "model", "choices": [ -- left open. */
+static void head(jw *w, const api_job *j)
 {
-    char s[16];
-    openai_token_str(j->ctx, ch->ids[i], s);
-    cJSON_AddItemToArray(cJSON_GetObjectItem(lpo, "tokens"), cJSON_CreateString(s));
-    cJSON_AddItemToArray(cJSON_GetObjectItem(lpo, "token_logprobs"), json_float(ch->lp[i]));
-    int k = j->gp.top;
-    cJSON_AddItemToArray(cJSON_GetObjectItem(lpo, "top_logprobs"),
-                         openai_top(j->ctx, ch->top_ids + (size_t)i * k, ch->top_lp + (size_t)i * k, k, ch->ids[i],
-                                    ch->lp[i]));
-    cJSON_AddItemToArray(cJSON_GetObjectItem(lpo, "text_offset"), cJSON_CreateNumber((double)offset));
+    jw_obj(w);
+    jw_kstr(w, "id", j->id);
+    jw_kstr(w, "object", "text_completion");
+    jw_kint(w, "created", j->created);
+    jw_kstr(w, "model", j->am->name);
+    jw_karr(w, "choices");
 }
 
-static cJSON *openai_logprobs_new(void)
+/* One stream chunk with one choice: text bytes, logprobs of span s (or null) and finish. */
+static void chunk(api_job *j, api_worker *wk, int index, const unsigned char *text, size_t len, const lp_span *s,
+                  const char *finish)
 {
-    cJSON *lpo = cJSON_CreateObject();
-    cJSON_AddArrayToObject(lpo, "tokens");
-    cJSON_AddArrayToObject(lpo, "token_logprobs");
-    cJSON_AddArrayToObject(lpo, "top_logprobs");
-    cJSON_AddArrayToObject(lpo, "text_offset");
-    return lpo;
-}
-
-/* {"id", "object", "created", "model"} of every completion answer and chunk. */
-static cJSON *openai_head(const api_job *j)
-{
-    cJSON *root = cJSON_CreateObject();
-    cJSON_AddStringToObject(root, "id", j->id);
-    cJSON_AddStringToObject(root, "object", "text_completion");
-    cJSON_AddNumberToObject(root, "created", (double)j->created);
-    cJSON_AddStringToObject(root, "model", j->ctx->model_id);
-    return root;
-}
-
-static cJSON *openai_chunk(const api_job *j, int index, cJSON *text, cJSON *logprobs, const char *finish)
-{
-    cJSON *root = openai_head(j);
-    cJSON *choices = cJSON_AddArrayToObject(root, "choices"), *c = cJSON_CreateObject();
-    cJSON_AddItemToObject(c, "text", text);
-    cJSON_AddNumberToObject(c, "index", index);
-    cJSON_AddItemToObject(c, "logprobs", logprobs ? logprobs : cJSON_CreateNull());
-    if (finish)
-        cJSON_AddStringToObject(c, "finish_reason", finish);
+    jw w;
+    sse_begin(&j->out, &w);
+    head(&w, j);
+    jw_obj(&w);
+    jw_key(&w, "text");
+    jw_bytes(&w, text, len);
+    jw_kint(&w, "index", index);
+    jw_key(&w, "logprobs");
+    if (s)
+        write_logprobs(&w, j, wk, s);
     else
-        cJSON_AddNullToObject(c, "finish_reason");
-    cJSON_AddItemToArray(choices, c);
-    return root;
+        jw_null(&w);
+    jw_key(&w, "finish_reason");
+    if (finish)
+        jw_str(&w, finish);
+    else
+        jw_null(&w);
+    jw_obj_end(&w);
+    jw_arr_end(&w);
+    jw_obj_end(&w);
+    sse_end(&j->out);
 }
 
-/* Prompt bytes [0, P) followed by choice ch's kept output, as one string
- * repaired once, so a character split across the two is not mangled.  NULL
- * on out of memory. */
-static cJSON *prompt_and_output(const api_job *j, const gen_choice *ch, bool with_prompt)
+/* The prompt's bytes followed by choice ch's kept output, as one string
+ * repaired once, so a character split across the two is not mangled.
+ * -1 on out of memory. */
+static int text_with_prompt(jw *w, const api_job *j, const gen_choice *ch)
 {
-    size_t pl = with_prompt ? (size_t)j->n_ids - 1 : 0, total = pl + (size_t)ch->keep;
+    size_t pl = (size_t)j->n_ids - 1, total = pl + (size_t)ch->keep;
     unsigned char *all = malloc(total + 1);
     if (!all)
-        return NULL;
+        return -1;
     for (size_t i = 0; i < pl; i++)
         all[i] = (unsigned char)j->ids[i + 1];
     if (ch->keep)
         memcpy(all + pl, ch->out, (size_t)ch->keep);
-    cJSON *text = json_bytes_string(all, total);
+    jw_bytes(w, all, total);
     free(all);
-    return text;
+    return 0;
 }
 
-cJSON *openai_answer(api_job *j, api_worker *w)
+int openai_answer(api_job *j, api_worker *wk)
 {
-    cJSON *root = openai_head(j);
-    cJSON *choices = cJSON_AddArrayToObject(root, "choices");
-    const size_t P = (size_t)j->n_ids - 1;
+    const int P = j->n_ids - 1;
+    jw w;
+    jw_init(&w, &j->out);
+    head(&w, j);
     for (int k = 0; k < j->gp.n; k++) {
         const gen_choice *ch = &j->ch[k];
-        cJSON *text = prompt_and_output(j, ch, j->gp.echo);
-        if (!text) {
-            cJSON_Delete(root);
-            return NULL;
-        }
-        cJSON *c = cJSON_CreateObject();
-        cJSON_AddItemToObject(c, "text", text);
-        cJSON_AddNumberToObject(c, "index", k);
+        jw_obj(&w);
+        jw_key(&w, "text");
+        if (!j->gp.echo)
+            jw_bytes(&w, ch->out, (size_t)ch->keep);
+        else if (text_with_prompt(&w, j, ch) < 0)
+            return -1;
+        jw_kint(&w, "index", k);
+        jw_key(&w, "logprobs");
         if (j->gp.logprobs) {
-            cJSON *lpo = openai_logprobs_new();
-            size_t pl = j->gp.echo ? P : 0;
-            for (size_t t = 1; t <= pl; t++)
-                openai_add_prompt_token(j, w, lpo, (int)t, t - 1);
-            for (int i = 0; i < ch->keep; i++)
-                openai_add_gen_token(j, ch, lpo, i, pl + (size_t)i);
-            cJSON_AddItemToObject(c, "logprobs", lpo);
+            lp_span s = {ch, 1, j->gp.echo ? P + 1 : 1, 0, ch->keep, j->gp.echo ? (size_t)P : 0};
+            write_logprobs(&w, j, wk, &s);
         } else {
-            cJSON_AddNullToObject(c, "logprobs");
+            jw_null(&w);
         }
-        cJSON_AddStringToObject(c, "finish_reason", ch->finish);
-        cJSON_AddItemToArray(choices, c);
+        jw_kstr(&w, "finish_reason", ch->finish);
+        jw_obj_end(&w);
     }
-    cJSON_AddItemToObject(root, "usage", json_usage((int)P, j->output_tokens, true));
-    return root;
+    jw_arr_end(&w);
+    json_usage(&w, P, j->output_tokens, true);
+    jw_obj_end(&w);
+    return 0;
 }
 
-void openai_stream_token(api_job *j, int k, int i, cJSON *text)
+void openai_stream_token(api_job *j, int k, int i, const unsigned char *text, size_t len)
 {
-    cJSON *lpo = NULL;
-    if (j->gp.logprobs) {
-        lpo = openai_logprobs_new();
-        size_t base = j->gp.echo ? (size_t)j->n_ids - 1 : 0;
-        openai_add_gen_token(j, &j->ch[k], lpo, i, base + (size_t)i);
-    }
-    json_event(&j->out, openai_chunk(j, k, text, lpo, NULL));
+    lp_span s = {&j->ch[k], 0, 0, i, i + 1, j->gp.echo ? (size_t)j->n_ids - 1 : 0};
+    chunk(j, NULL, k, text, len, j->gp.logprobs ? &s : NULL, NULL);
 }
 
-void openai_stream_end(api_job *j, int k, cJSON *rest)
+void openai_stream_end(api_job *j, int k, const unsigned char *rest, size_t len)
 {
-    json_event(&j->out, openai_chunk(j, k, rest, NULL, j->ch[k].finish));
+    chunk(j, NULL, k, rest, len, NULL, j->ch[k].finish);
 }
 
 void openai_stream_usage(api_job *j)
 {
     /* OpenAI's stream_options.include_usage: a last chunk with no choices. */
-    cJSON *root = openai_head(j);
-    cJSON_AddArrayToObject(root, "choices");
-    cJSON_AddItemToObject(root, "usage", json_usage(j->n_ids - 1, j->output_tokens, true));
-    json_event(&j->out, root);
+    jw w;
+    sse_begin(&j->out, &w);
+    head(&w, j);
+    jw_arr_end(&w);
+    json_usage(&w, j->n_ids - 1, j->output_tokens, true);
+    jw_obj_end(&w);
+    sse_end(&j->out);
 }
 
-int openai_stream_echo(api_job *j, api_worker *w)
+int openai_stream_echo(api_job *j, api_worker *wk)
 {
     const int P = j->n_ids - 1;
+    unsigned char *prompt = malloc((size_t)P + 1);
+    if (!prompt)
+        return -1;
+    for (int t = 0; t < P; t++)
+        prompt[t] = (unsigned char)j->ids[t + 1];
     for (int k = 0; k < j->gp.n; k++) {
-        cJSON *lpo = NULL;
-        if (j->gp.logprobs) {
-            lpo = openai_logprobs_new();
-            for (int t = 1; t <= P; t++)
-                openai_add_prompt_token(j, w, lpo, t, (size_t)t - 1);
-        }
-        gen_choice none = {0};
-        cJSON *text = prompt_and_output(j, &none, true);
-        if (!text) {
-            cJSON_Delete(lpo);
-            return -1;
-        }
-        json_event(&j->out, openai_chunk(j, k, text, lpo, NULL));
+        lp_span s = {&j->ch[k], 1, P + 1, 0, 0, 0};
+        chunk(j, wk, k, prompt, (size_t)P, j->gp.logprobs ? &s : NULL, NULL);
     }
+    free(prompt);
     return 0;
 }

@@ -84,21 +84,29 @@ const char *api_error_type(int status)
     }
 }
 
-cJSON *json_error(const api_error *e)
+void json_error(jw *w, const api_error *e)
 {
-    cJSON *root = cJSON_CreateObject(), *err = cJSON_AddObjectToObject(root, "error");
-    cJSON_AddStringToObject(err, "message", e->message);
-    cJSON_AddStringToObject(err, "type", api_error_type(e->status));
+    jw_obj(w);
+    jw_kobj(w, "error");
+    jw_kstr(w, "message", e->message);
+    jw_kstr(w, "type", api_error_type(e->status));
     if (e->param[0])
-        cJSON_AddStringToObject(err, "param", e->param);
+        jw_kstr(w, "param", e->param);
     else
-        cJSON_AddNullToObject(err, "param");
-    cJSON_AddNumberToObject(err, "code", e->status);
-    return root;
+        jw_knull(w, "param");
+    jw_kint(w, "code", e->status);
+    jw_obj_end(w);
+    jw_obj_end(w);
 }
 
-int api_error_reply(const api_error *e, api_reply *r) { return json_reply(json_error(e), e->status, r); }
-
+int api_error_reply(const api_error *e, api_reply *r)
+{
+    buf b = {0};
+    jw w;
+    jw_init(&w, &b);
+    json_error(&w, e);
+    return json_reply(&b, e->status, r);
+}
 
 /* ---- API key ------------------------------------------------------------- */
 

@@ -3,6 +3,8 @@
  *
  * Candidates are scored by prefilling the input once and continuing a copy
  * of its state per candidate, all candidates stepped together as one batch.
+ * Answers are written as they are read off the pass's log-probabilities, so
+ * an answer costs its own bytes and no more.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
@@ -13,13 +15,13 @@
 
 int score_parse(api_job *j, const cJSON *o, api_error *e)
 {
-    const api_ctx *ctx = j->ctx;
-    const model_config *c = model_get_config(ctx->m);
+    const api_limits *lim = &j->ctx->limits;
+    const model_config *c = model_get_config(j->m);
     long long top_k = 5;
     if (json_get_int(o, "top_k", 0, c->vocab, &top_k, e) < 0)
         return -1;
     j->top_k = (int)top_k;
-    if (json_get_input(ctx, o, "text", ctx->limits.max_input_tokens, false, &j->ids, &j->n_ids, e) < 0)
+    if (json_get_input(o, "text", lim->max_input_tokens, false, &j->ids, &j->n_ids, e) < 0)
         return -1;
     const cJSON *cands = cJSON_GetObjectItemCaseSensitive(o, "candidates");
     if (!cands || cJSON_IsNull(cands))
@@ -40,9 +42,9 @@ int score_parse(api_job *j, const cJSON *o, api_error *e)
             return -1;
         }
         size_t len = strlen(it->valuestring);
-        if ((size_t)j->n_ids - 1 + len > (size_t)ctx->limits.max_input_tokens) {
+        if ((size_t)j->n_ids - 1 + len > (size_t)lim->max_input_tokens) {
             api_error_set(e, 413, "candidates", "input and candidates[%d] together exceed %d tokens", j->n_cands,
-                          ctx->limits.max_input_tokens);
+                          lim->max_input_tokens);
             return -1;
         }
         if (!(j->cands[j->n_cands++] = strdup(it->valuestring))) {
@@ -53,45 +55,28 @@ int score_parse(api_job *j, const cJSON *o, api_error *e)
     return 0;
 }
 
-/* {"id", "text", "bytes", "logprob"} plus "top" from a row of log-probabilities. */
-static cJSON *scored_token(const api_ctx *ctx, int id, const float *row, int top_k, int *idx)
+/* The k most likely tokens of a row of log-probabilities, as an array. */
+static void top_tokens(jw *w, const float *row, int V, int k, int *idx)
 {
-    const int V = model_get_config(ctx->m)->vocab;
-    cJSON *t = json_token(ctx, id);
-    cJSON_AddItemToObject(t, "logprob", json_float(row[id]));
-    if (top_k > 0) {
-        cJSON *top = cJSON_AddArrayToObject(t, "top");
-        api_topk(row, V, top_k, idx);
-        for (int k = 0; k < top_k; k++) {
-            cJSON *a = json_token(ctx, idx[k]);
-            cJSON_AddItemToObject(a, "logprob", json_float(row[idx[k]]));
-            cJSON_AddItemToArray(top, a);
-        }
-    }
-    return t;
+    api_topk(row, V, k, idx);
+    for (int a = 0; a < k; a++)
+        json_scored(w, idx[a], row[idx[a]]);
 }
 
-/* Log-probability of each candidate after the input whose state is in seq
- * and whose next-token row is last; fills out (cJSON array). */
-static int score_candidates(api_job *j, api_worker *w, const model_seq *seq, const float *last, cJSON *out)
+/* Log-probability of each byte of each candidate after the input whose state
+ * is in seq and whose next-token row is last: lps[k][i] for byte i of
+ * candidate k.  Returns 0, or -1 on failure. */
+static int score_candidates(api_job *j, worker_model *ws, const model_seq *seq, const float *last, float **lps)
 {
-    const api_ctx *ctx = j->ctx;
-    const int V = model_get_config(ctx->m)->vocab, nc = j->n_cands;
+    const int V = model_get_config(j->m)->vocab, nc = j->n_cands;
     model_seq *s[API_MAX_CANDIDATES] = {0};
     int pos[API_MAX_CANDIDATES], tokens[API_MAX_CANDIDATES], rows[API_MAX_CANDIDATES];
-    double sum[API_MAX_CANDIDATES];
-    cJSON *toks[API_MAX_CANDIDATES];
     int rc = -1;
     for (int k = 0; k < nc; k++) {
-        if (!(s[k] = model_seq_new(ctx->m)))
+        if (!(s[k] = model_seq_new(j->m)))
             goto done;
         model_seq_copy(s[k], seq);
-        toks[k] = cJSON_CreateArray();
-        const unsigned char first = (unsigned char)j->cands[k][0];
-        sum[k] = last[first];
-        cJSON *t = json_token(ctx, first);
-        cJSON_AddItemToObject(t, "logprob", json_float(last[first]));
-        cJSON_AddItemToArray(toks[k], t);
+        lps[k][0] = last[(unsigned char)j->cands[k][0]];
         pos[k] = 1;
     }
     /* Each step feeds every unfinished candidate its previous byte. */
@@ -107,35 +92,58 @@ static int score_candidates(api_job *j, api_worker *w, const model_seq *seq, con
         if (B == 0)
             break;
         char err[ATTNLM_ERR_LEN];
-        if (model_step(ctx->m, w->batch, batch, tokens, B, w->logits, NULL, err, sizeof err) < 0)
+        if (model_step(j->m, ws->batch, batch, tokens, B, ws->logits, NULL, err, sizeof err) < 0)
             goto done;
         for (int b = 0; b < B; b++) {
             int k = rows[b];
-            float *row = w->logits + (size_t)b * V;
+            float *row = ws->logits + (size_t)b * V;
             model_log_softmax(row, row, V);
-            int id = (unsigned char)j->cands[k][pos[k]];
-            sum[k] += row[id];
-            cJSON *t = json_token(ctx, id);
-            cJSON_AddItemToObject(t, "logprob", json_float(row[id]));
-            cJSON_AddItemToArray(toks[k], t);
+            lps[k][pos[k]] = row[(unsigned char)j->cands[k][pos[k]]];
             pos[k]++;
         }
     }
-    for (int k = 0; k < nc; k++) {
-        cJSON *c = cJSON_CreateObject();
-        cJSON_AddItemToObject(c, "text", json_bytes_string((const unsigned char *)j->cands[k], strlen(j->cands[k])));
-        cJSON_AddItemToObject(c, "logprob", json_float((float)sum[k]));
-        cJSON_AddItemToObject(c, "tokens", toks[k]);
-        toks[k] = NULL;
-        cJSON_AddItemToArray(out, c);
-    }
     rc = 0;
 done:
-    for (int k = 0; k < nc; k++) {
+    for (int k = 0; k < nc; k++)
         model_seq_free(s[k]);
-        if (rc < 0 && s[k])
-            cJSON_Delete(toks[k]);
+    return rc;
+}
+
+/* The candidates part of a score answer, or -1 when they could not be scored. */
+static int write_candidates(api_job *j, api_worker *w, jw *jo, const model_seq *seq, const float *last)
+{
+    worker_model *ws = worker_scratch(w, j->am);
+    float *lps[API_MAX_CANDIDATES] = {0};
+    int rc = -1;
+    if (!ws)
+        return -1;
+    for (int k = 0; k < j->n_cands; k++)
+        if (!(lps[k] = malloc(strlen(j->cands[k]) * sizeof *lps[k])))
+            goto done;
+    if (score_candidates(j, ws, seq, last, lps) < 0)
+        goto done;
+    jw_karr(jo, "candidates");
+    for (int k = 0; k < j->n_cands; k++) {
+        const unsigned char *c = (const unsigned char *)j->cands[k];
+        size_t len = strlen(j->cands[k]);
+        double sum = 0.0;
+        for (size_t i = 0; i < len; i++)
+            sum += lps[k][i];
+        jw_obj(jo);
+        jw_key(jo, "text");
+        jw_bytes(jo, c, len);
+        jw_kfloat(jo, "logprob", (float)sum);
+        jw_karr(jo, "tokens");
+        for (size_t i = 0; i < len; i++)
+            json_scored(jo, c[i], lps[k][i]);
+        jw_arr_end(jo);
+        jw_obj_end(jo);
     }
+    jw_arr_end(jo);
+    rc = 0;
+done:
+    for (int k = 0; k < j->n_cands; k++)
+        free(lps[k]);
     return rc;
 }
 
@@ -150,36 +158,40 @@ static void fail_internal(api_job *j, const char *what)
  * candidates, the state after the input in seq.  Frees lp and seq. */
 static void score_answer(api_job *j, api_worker *w, float *lp, model_seq *seq)
 {
-    const api_ctx *ctx = j->ctx;
-    const int V = model_get_config(ctx->m)->vocab, T = j->n_ids;
-    cJSON *root = cJSON_CreateObject(), *toks = cJSON_AddArrayToObject(root, "tokens");
+    const int V = model_get_config(j->m)->vocab, T = j->n_ids;
+    jw o;
+    jw_init(&o, &j->out);
+    jw_obj(&o);
+    jw_karr(&o, "tokens");
     double sum = 0.0;
     for (int t = 1; t < T; t++) {
         const float *row = lp + (size_t)(t - 1) * V;
         sum += row[j->ids[t]];
-        cJSON_AddItemToArray(toks, scored_token(ctx, j->ids[t], row, j->top_k, w->idx));
-    }
-    cJSON *next = cJSON_AddArrayToObject(root, "next");
-    const float *last = lp + (size_t)(T - 1) * V;
-    api_topk(last, V, j->top_k, w->idx);
-    for (int k = 0; k < j->top_k; k++) {
-        cJSON *a = json_token(ctx, w->idx[k]);
-        cJSON_AddItemToObject(a, "logprob", json_float(last[w->idx[k]]));
-        cJSON_AddItemToArray(next, a);
-    }
-    if (j->n_cands) {
-        cJSON *cands = cJSON_AddArrayToObject(root, "candidates");
-        if (score_candidates(j, w, seq, last, cands) < 0) {
-            cJSON_Delete(root);
-            fail_internal(j, "scoring the candidates failed");
-            goto done;
+        json_token_open(&o, j->ids[t]);
+        jw_kfloat(&o, "logprob", row[j->ids[t]]);
+        if (j->top_k > 0) {
+            jw_karr(&o, "top");
+            top_tokens(&o, row, V, j->top_k, w->idx);
+            jw_arr_end(&o);
         }
+        jw_obj_end(&o);
     }
-    cJSON_AddItemToObject(root, "logprob", json_float((float)sum));
-    cJSON_AddItemToObject(root, "perplexity", json_float((float)exp(-sum / (T - 1))));
-    cJSON *usage = cJSON_AddObjectToObject(root, "usage");
-    cJSON_AddNumberToObject(usage, "input_tokens", T - 1);
-    job_finish(j, root);
+    jw_arr_end(&o);
+    const float *last = lp + (size_t)(T - 1) * V;
+    jw_karr(&o, "next");
+    top_tokens(&o, last, V, j->top_k, w->idx);
+    jw_arr_end(&o);
+    if (j->n_cands && write_candidates(j, w, &o, seq, last) < 0) {
+        fail_internal(j, "scoring the candidates failed");
+        goto done;
+    }
+    jw_kfloat(&o, "logprob", (float)sum);
+    jw_kfloat(&o, "perplexity", (float)exp(-sum / (T - 1)));
+    jw_kobj(&o, "usage");
+    jw_kint(&o, "input_tokens", T - 1);
+    jw_obj_end(&o);
+    jw_obj_end(&o);
+    job_finish(j);
 done:
     model_seq_free(seq);
     free(lp);
@@ -187,7 +199,7 @@ done:
 
 void score_run_many(api_job **jobs, int n, api_worker *w)
 {
-    const model *m = w->m;
+    const model *m = jobs[0]->m;
     const int V = model_get_config(m)->vocab;
     const int **tokens = calloc((size_t)n, sizeof *tokens);
     int *lens = calloc((size_t)n, sizeof *lens);
@@ -220,8 +232,6 @@ void score_run_many(api_job **jobs, int n, api_worker *w)
     free(seqs);
 }
 
-void score_run(api_job *j, api_worker *w) { score_run_many(&j, 1, w); }
-
 int attention_parse(api_job *j, const cJSON *o, api_error *e)
 {
     const char *format = "band";
@@ -232,15 +242,13 @@ int attention_parse(api_job *j, const cJSON *o, api_error *e)
         return -1;
     }
     j->dense = format[0] == 'd';
-    const api_ctx *ctx = j->ctx;
-    return json_get_input(ctx, o, "text", ctx->limits.max_attention_tokens, false, &j->ids, &j->n_ids, e);
+    return json_get_input(o, "text", j->ctx->limits.max_attention_tokens, false, &j->ids, &j->n_ids, e);
 }
 
 void attention_run(api_job *j, api_worker *w)
 {
     (void)w;
-    const api_ctx *ctx = j->ctx;
-    const model_config *c = model_get_config(ctx->m);
+    const model_config *c = model_get_config(j->m);
     const int T = j->n_ids, N = c->heads, W = c->window;
     float *band = malloc((size_t)T * N * W * sizeof *band);
     char err[ATTNLM_ERR_LEN];
@@ -248,40 +256,47 @@ void attention_run(api_job *j, api_worker *w)
         fail_internal(j, "out of memory");
         return;
     }
-    if (model_forward(ctx->m, j->ids, T, NULL, band, NULL, err, sizeof err) < 0) {
+    if (model_forward(j->m, j->ids, T, NULL, band, NULL, err, sizeof err) < 0) {
         free(band);
         fail_internal(j, err);
         return;
     }
-    cJSON *root = cJSON_CreateObject(), *toks = cJSON_AddArrayToObject(root, "tokens");
+    jw o;
+    jw_init(&o, &j->out);
+    jw_obj(&o);
+    jw_karr(&o, "tokens");
     for (int t = 0; t < T; t++)
-        cJSON_AddItemToArray(toks, json_token(ctx, j->ids[t]));
-    cJSON_AddNumberToObject(root, "window", W);
-    cJSON_AddNumberToObject(root, "heads", N);
-    cJSON_AddStringToObject(root, "attention", model_attention_name(c->attention));
-    cJSON_AddStringToObject(root, "format", j->dense ? "dense" : "band");
-    cJSON *maps = cJSON_AddArrayToObject(root, "maps");
+        json_token(&o, j->ids[t]);
+    jw_arr_end(&o);
+    jw_kint(&o, "window", W);
+    jw_kint(&o, "heads", N);
+    jw_kstr(&o, "attention", model_attention_name(c->attention));
+    jw_kstr(&o, "format", j->dense ? "dense" : "band");
+    jw_karr(&o, "maps");
     for (int h = 0; h < N; h++) {
-        cJSON *rows = cJSON_CreateArray();
+        jw_arr(&o);
         for (int t = 0; t < T; t++) {
             /* Band column col holds key position t - (W - 1) + col. */
             const float *b = band + ((size_t)t * N + h) * W;
             int lo = t - W + 1 < 0 ? 0 : t - W + 1;
-            cJSON *row = cJSON_CreateArray();
+            jw_arr(&o);
             if (j->dense)
                 for (int i = 0; i < lo; i++)
-                    cJSON_AddItemToArray(row, cJSON_CreateRaw("0"));
+                    jw_raw(&o, "0", 1);
             for (int i = lo; i <= t; i++)
-                cJSON_AddItemToArray(row, json_float(b[i - t + W - 1]));
+                jw_float(&o, b[i - t + W - 1]);
             if (j->dense)
                 for (int i = t + 1; i < T; i++)
-                    cJSON_AddItemToArray(row, cJSON_CreateRaw("0"));
-            cJSON_AddItemToArray(rows, row);
+                    jw_raw(&o, "0", 1);
+            jw_arr_end(&o);
         }
-        cJSON_AddItemToArray(maps, rows);
+        jw_arr_end(&o);
     }
-    cJSON *usage = cJSON_AddObjectToObject(root, "usage");
-    cJSON_AddNumberToObject(usage, "input_tokens", T - 1);
+    jw_arr_end(&o);
+    jw_kobj(&o, "usage");
+    jw_kint(&o, "input_tokens", T - 1);
+    jw_obj_end(&o);
+    jw_obj_end(&o);
     free(band);
-    job_finish(j, root);
+    job_finish(j);
 }

@@ -88,3 +88,21 @@ size_t utf8_sanitize(const unsigned char *s, size_t len, char *out)
     }
     return o;
 }
+
+bool utf8_valid(const unsigned char *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        unsigned char lo, hi;
+        int need = utf8_lead(s[i], &lo, &hi);
+        if (need == 0 || i + (size_t)need > len)
+            return false;
+        for (int k = 1; k < need; k++) {
+            unsigned char c = s[i + (size_t)k];
+            if (k == 1 ? (c < lo || c > hi) : (c < 0x80 || c > 0xBF))
+                return false;
+        }
+        i += (size_t)need;
+    }
+    return true;
+}

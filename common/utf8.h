@@ -5,6 +5,7 @@
 #ifndef ATTNLM_UTF8_H
 #define ATTNLM_UTF8_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 /* Length of the longest prefix of s[len] that does not end inside a UTF-8
@@ -18,5 +19,9 @@ size_t utf8_complete(const unsigned char *s, size_t len);
  * byte is one each.  out needs room for 3 * len bytes; no NUL is added.
  * Returns the bytes written. */
 size_t utf8_sanitize(const unsigned char *s, size_t len, char *out);
+
+/* Whether s[len] is well-formed UTF-8 (no overlongs, surrogates or code
+ * points past U+10FFFF). */
+bool utf8_valid(const unsigned char *s, size_t len);
 
 #endif

@@ -5,6 +5,7 @@
 #include "config.h"
 
 #include <ctype.h>
+#include <stdbool.h>
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -13,7 +14,7 @@
 
 #include "err.h"
 
-typedef enum { OPT_STR, OPT_LONG, OPT_DOUBLE } opt_type;
+typedef enum { OPT_STR, OPT_LONG, OPT_DOUBLE, OPT_LIST } opt_type;
 
 /* One setting: flag name, where it lives, its range and its help. */
 typedef struct option {
@@ -29,7 +30,8 @@ typedef struct option {
 static const option OPTIONS[] = {
     {"host", OPT_STR, OFF(host), 0, 0, "address to listen on (0.0.0.0 or :: for every interface)"},
     {"port", OPT_LONG, OFF(port), 0, 65535, "TCP port; 0 picks a free one"},
-    {"model", OPT_STR, OFF(model), 0, 0, "model file (safetensors)"},
+    {"model", OPT_LIST, OFF(models), 0, SRV_MAX_MODELS,
+     "model file (safetensors); give it once per model to serve several (the variable: a comma-separated list)"},
     {"workers", OPT_LONG, OFF(workers), 1, 256, "threads running the model (default: number of CPUs)"},
     {"queue", OPT_LONG, OFF(queue), 1, 100000, "requests that may wait for a worker; more get 503"},
     {"max-batch", OPT_LONG, OFF(max_batch), 1, 1024, "sequences one worker decodes together (at most --queue)"},
@@ -58,7 +60,8 @@ static void defaults(srv_config *c)
     *c = (srv_config){
         .host = "127.0.0.1",
         .port = 8080,
-        .model = "models/default.safetensors",
+        .models = {"models/default.safetensors"},
+        .n_models = 1,
         .workers = cpu_count(),
         .queue = 64,
         .max_batch = 32,
@@ -82,12 +85,39 @@ static void env_name(const char *flag, char *out, size_t len)
     out[i] = '\0';
 }
 
+/* Adds one model file to the list; from_env splits v at commas. */
+static int add_models(srv_config *c, const char *v, bool from_env, const char *from, char *err, size_t errlen)
+{
+    if (!from_env) {
+        if (c->n_models == SRV_MAX_MODELS) {
+            err_set(err, errlen, "%s: at most %d models can be served", from, SRV_MAX_MODELS);
+            return -1;
+        }
+        c->models[c->n_models++] = v;
+        return 0;
+    }
+    free(c->model_list);
+    if (!(c->model_list = strdup(v))) {
+        err_set(err, errlen, "out of memory");
+        return -1;
+    }
+    c->n_models = 0;
+    for (char *save = NULL, *tok = strtok_r(c->model_list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ')
+            tok++;
+        if (*tok && add_models(c, tok, false, from, err, errlen) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 static int set_value(srv_config *c, const option *o, const char *v, const char *from, char *err, size_t errlen)
 {
     char *p = (char *)c + o->offset, *end;
     errno = 0;
     switch (o->type) {
     case OPT_STR: *(const char **)p = v; return 0;
+    case OPT_LIST: return add_models(c, v, strncmp(from, "ATTNLM_", 7) == 0, from, err, errlen);
     case OPT_LONG: {
         long x = strtol(v, &end, 10);
         if (errno || end == v || *end || x < (long)o->lo || x > (long)o->hi) {
@@ -136,6 +166,7 @@ void config_usage(FILE *out)
         case OPT_STR: snprintf(def, sizeof def, "\"%s\"", *(const char *const *)p); break;
         case OPT_LONG: snprintf(def, sizeof def, "%ld", *(const long *)p); break;
         case OPT_DOUBLE: snprintf(def, sizeof def, "%g", *(const double *)p); break;
+        case OPT_LIST: snprintf(def, sizeof def, "\"%s\"", d.models[0]); break;
         }
         fprintf(out, "  --%-21s %-28s default %s\n      %s\n", o->name, env, def, o->help);
     }
@@ -145,9 +176,16 @@ void config_usage(FILE *out)
           out);
 }
 
+void config_free(srv_config *c)
+{
+    free(c->model_list);
+    c->model_list = NULL;
+}
+
 int config_load(srv_config *c, int argc, char **argv, FILE *out, char *err, size_t errlen)
 {
     defaults(c);
+    bool model_flag = false; /* the first --model replaces the default or ATTNLM_MODEL's list */
     for (size_t i = 0; i < N_OPTIONS; i++) {
         char env[64];
         env_name(OPTIONS[i].name, env, sizeof env);
@@ -185,6 +223,10 @@ int config_load(srv_config *c, int argc, char **argv, FILE *out, char *err, size
         }
         char from[48];
         snprintf(from, sizeof from, "--%s", o->name);
+        if (o->type == OPT_LIST && !model_flag) {
+            c->n_models = 0;
+            model_flag = true;
+        }
         if (set_value(c, o, v, from, err, errlen) < 0)
             return -1;
     }
@@ -192,6 +234,10 @@ int config_load(srv_config *c, int argc, char **argv, FILE *out, char *err, size
         c->max_batch = c->queue;
     if (!*c->host) {
         err_set(err, errlen, "--host must not be empty");
+        return -1;
+    }
+    if (c->n_models == 0) {
+        err_set(err, errlen, "no model file given (--model, or ATTNLM_MODEL)");
         return -1;
     }
     return 0;

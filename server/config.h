@@ -7,11 +7,15 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#define SRV_MAX_MODELS 16
+
 /* Every setting of the daemon. */
 typedef struct srv_config {
     const char *host;
     long port;
-    const char *model;
+    const char *models[SRV_MAX_MODELS]; /* --model, once per file (ATTNLM_MODEL: comma-separated) */
+    int n_models;
+    char *model_list;                    /* owns the split ATTNLM_MODEL value */
     long workers;
     long queue;
     long max_batch;
@@ -27,8 +31,10 @@ typedef struct srv_config {
 } srv_config;
 
 /* Fills c from argv and the environment.  Returns 0, 1 if --help was asked
- * (usage already printed to out), or -1 with a message in err. */
+ * (usage already printed to out), or -1 with a message in err.  Free with
+ * config_free whatever it returned. */
 int config_load(srv_config *c, int argc, char **argv, FILE *out, char *err, size_t errlen);
+void config_free(srv_config *c);
 /* Prints every flag, its variable and its default. */
 void config_usage(FILE *out);
 

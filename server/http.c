@@ -432,7 +432,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     if (api_endpoint_is_job(ep))
         return submit_job(r);
     api_reply rep;
-    if (api_handle_inline(s->ctx, ep, url, r->body.p, r->body.len, atomic_load(&s->draining), &rep) < 0)
+    const char *model_arg = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "model");
+    if (api_handle_inline(s->ctx, ep, url, model_arg, r->body.p, r->body.len, atomic_load(&s->draining), &rep) < 0)
         return MHD_NO;
     return queue(r, rep.status, rep.content_type, rep.body, rep.len, NULL);
 }

@@ -1,5 +1,5 @@
-/* main.c -- attnlm-server: load the model, start the workers and the HTTP
- * front, wait for SIGTERM or SIGINT, then drain and stop.
+/* main.c -- attnlm-server: load the models, start the workers and the HTTP
+ * front, reload the models on SIGHUP, and on SIGTERM or SIGINT drain and stop.
  *
  * The signal handler only writes the signal's number to a pipe that main
  * reads: whichever thread the kernel picks runs it (OpenBLAS starts its own
@@ -22,20 +22,8 @@
 #include "clock.h"
 #include "config.h"
 #include "http.h"
-#include "model.h"
 #include "pool.h"
 #include "probe.h"
-#include "sha256.h"
-
-/* Name reported to OpenAI clients: the file's "name" metadata, else its file name. */
-static const char *model_id(const model *m, const char *path)
-{
-    const char *name = model_meta(m, "name");
-    if (name && *name)
-        return name;
-    const char *slash = strrchr(path, '/');
-    return slash ? slash + 1 : path;
-}
 
 static int signal_pipe[2] = {-1, -1};
 
@@ -59,7 +47,8 @@ static int signals_install(void)
     sigemptyset(&sa.sa_mask);
     struct sigaction ign = {.sa_handler = SIG_IGN};
     sigemptyset(&ign.sa_mask);
-    return sigaction(SIGTERM, &sa, NULL) | sigaction(SIGINT, &sa, NULL) | sigaction(SIGPIPE, &ign, NULL);
+    return sigaction(SIGTERM, &sa, NULL) | sigaction(SIGINT, &sa, NULL) | sigaction(SIGHUP, &sa, NULL) |
+           sigaction(SIGPIPE, &ign, NULL);
 }
 
 /* The next signal's number, waiting at most timeout_ms (-1: forever); 0 if none came. */
@@ -101,14 +90,16 @@ static int write_port_file(const char *path, int port)
     return 0;
 }
 
-/* Waits up to secs for the in-flight requests; returns early on a second signal. */
+/* Waits up to secs for the in-flight requests; returns early on a second
+ * stopping signal (SIGHUP does not stop a drain). */
 static bool wait_idle(srv *s, double secs)
 {
     int64_t end = clock_now_ns() + (int64_t)(secs * 1e9);
     while (srv_in_flight(s) > 0) {
         if (clock_now_ns() >= end)
             return false;
-        if (signal_next(10)) {
+        int sig = signal_next(10);
+        if (sig && sig != SIGHUP) {
             fprintf(stderr, "attnlm: second signal: ending in-flight requests now\n");
             return false;
         }
@@ -116,14 +107,37 @@ static bool wait_idle(srv *s, double secs)
     return true;
 }
 
+static void reload_note(void *cls, const char *path, bool ok, const char *message)
+{
+    (void)cls;
+    fprintf(stderr, "attnlm: SIGHUP: %s: %s%s\n", path, ok ? "" : "reload failed, ", message);
+}
+
+/* One line per served model: name, architecture, size, hash, load time. */
+static void describe_models(api_models *r)
+{
+    for (int i = 0; i < api_models_count(r); i++) {
+        api_model *am = api_model_acquire_at(r, i);
+        const model_config *c = model_get_config(am->m);
+        fprintf(stderr,
+                "attnlm: model %s: %s x%d h%d %s w%d, %llu params, kernels %s, sha256 %.12s, %s, loaded in %.3f s\n",
+                am->name, model_cell_name(c->cell), c->layers, c->hidden, model_attention_name(c->attention),
+                c->window, (unsigned long long)model_param_count(am->m), model_kernels(am->m), model_sha256(am->m),
+                am->path, am->load_seconds);
+        api_model_release(am);
+    }
+}
+
 int main(int argc, char **argv)
 {
     srv_config cfg;
     char err[ATTNLM_ERR_LEN];
-    int rc = config_load(&cfg, argc, argv, stdout, err, sizeof err);
-    if (rc == 1)
+    int loaded = config_load(&cfg, argc, argv, stdout, err, sizeof err);
+    if (loaded != 0)
+        config_free(&cfg);
+    if (loaded == 1)
         return 0;
-    if (rc < 0) {
+    if (loaded < 0) {
         fprintf(stderr, "attnlm: %s\n", err);
         return 2;
     }
@@ -145,20 +159,16 @@ int main(int argc, char **argv)
     /* Each worker runs its own small products; BLAS threads would only contend. */
     openblas_set_num_threads(1);
 
-    int64_t t0 = clock_now_ns();
-    model *m = model_load(cfg.model, err, sizeof err);
-    if (!m) {
-        fprintf(stderr, "attnlm: cannot load %s: %s\n", cfg.model, err);
+    _Static_assert(SRV_MAX_MODELS <= API_MAX_MODELS, "every --model can be served");
+    api_models *models = api_models_load(cfg.models, cfg.n_models, err, sizeof err);
+    if (!models) {
+        fprintf(stderr, "attnlm: %s\n", err);
+        config_free(&cfg);
         return 1;
     }
-    double load_seconds = clock_seconds(t0, clock_now_ns());
-
     static api_metrics metrics;
     api_ctx ctx = {
-        .m = m,
-        .model_id = model_id(m, cfg.model),
-        .model_path = cfg.model,
-        .load_seconds = load_seconds,
+        .models = models,
         .limits =
             {
                 .max_body_bytes = (size_t)cfg.max_body,
@@ -171,44 +181,32 @@ int main(int argc, char **argv)
             },
         .metrics = &metrics,
     };
-    if (sha256_file(cfg.model, ctx.sha256, err, sizeof err) < 0) {
-        fprintf(stderr, "attnlm: cannot load %s: %s\n", cfg.model, err);
-        model_free(m);
-        return 1;
-    }
-    metrics.load_seconds = load_seconds;
     metrics.workers = cfg.workers;
-    metrics.parameters = (unsigned long long)model_param_count(m);
 
+    int rc = 1;
+    srv *s = NULL;
     pool *p = pool_new(&ctx, (int)cfg.workers, (int)cfg.queue, (int)cfg.max_batch, err, sizeof err);
-    if (!p) {
+    if (!p || !(s = srv_start(&cfg, &ctx, p, err, sizeof err))) {
         fprintf(stderr, "attnlm: %s\n", err);
-        model_free(m);
-        return 1;
-    }
-    srv *s = srv_start(&cfg, &ctx, p, err, sizeof err);
-    if (!s) {
-        fprintf(stderr, "attnlm: %s\n", err);
-        pool_free(p);
-        model_free(m);
-        return 1;
+        goto done;
     }
     if (*cfg.port_file && write_port_file(cfg.port_file, srv_port(s)) < 0) {
         fprintf(stderr, "attnlm: cannot write --port-file %s: %s\n", cfg.port_file, strerror(errno));
-        srv_stop(s);
-        pool_free(p);
-        model_free(m);
-        return 1;
+        goto done;
     }
-    const model_config *c = model_get_config(m);
-    fprintf(stderr,
-            "attnlm: listening on http://%s:%d (model %s: %s x%d h%d %s w%d, %llu params, loaded in %.3f s; "
-            "%ld workers, queue %ld, batch %ld)\n",
-            cfg.host, srv_port(s), ctx.model_id, model_cell_name(c->cell), c->layers, c->hidden,
-            model_attention_name(c->attention), c->window, (unsigned long long)model_param_count(m), load_seconds,
+    describe_models(models);
+    api_model *first = api_model_acquire_at(models, 0);
+    fprintf(stderr, "attnlm: listening on http://%s:%d (%d model%s, first %s; %ld workers, queue %ld, batch %ld)\n",
+            cfg.host, srv_port(s), api_models_count(models), api_models_count(models) > 1 ? "s" : "", first->name,
             cfg.workers, cfg.queue, cfg.max_batch);
+    api_model_release(first);
 
-    int sig = signal_next(-1);
+    int sig;
+    while ((sig = signal_next(-1)) == SIGHUP) {
+        int failed = api_models_reload(models, &metrics, reload_note, NULL);
+        fprintf(stderr, "attnlm: SIGHUP: %d of %d models reloaded\n", api_models_count(models) - failed,
+                api_models_count(models));
+    }
     fprintf(stderr, "attnlm: %s: draining (%ld in flight, up to %g s)\n", sig == SIGINT ? "SIGINT" : "SIGTERM",
             srv_in_flight(s), cfg.drain_timeout);
     srv_drain_begin(s);
@@ -219,11 +217,15 @@ int main(int argc, char **argv)
         /* Give the aborted answers a moment to reach their clients. */
         wait_idle(s, 2.0);
     }
+    rc = 0;
+done:
     srv_stop(s);
     pool_free(p);
-    model_free(m);
-    if (*cfg.port_file)
+    api_models_free(models);
+    if (*cfg.port_file && rc == 0)
         unlink(cfg.port_file); /* the port is no longer ours */
-    fprintf(stderr, "attnlm: stopped\n");
-    return 0;
+    config_free(&cfg);
+    if (rc == 0)
+        fprintf(stderr, "attnlm: stopped\n");
+    return rc;
 }

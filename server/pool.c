@@ -49,8 +49,9 @@ struct pool {
 
 static void count_tokens(api_metrics *m, const api_job *j)
 {
-    atomic_fetch_add_explicit(&m->input_tokens, (unsigned long)api_job_input_tokens(j), memory_order_relaxed);
-    atomic_fetch_add_explicit(&m->generated_tokens, (unsigned long)api_job_output_tokens(j), memory_order_relaxed);
+    metrics_model *mm = &m->model[api_job_model_slot(j)];
+    atomic_fetch_add_explicit(&mm->input_tokens, (unsigned long)api_job_input_tokens(j), memory_order_relaxed);
+    atomic_fetch_add_explicit(&mm->generated_tokens, (unsigned long)api_job_output_tokens(j), memory_order_relaxed);
 }
 
 /* Hands everything the job produced to the task's owner; a finished job's
@@ -157,6 +158,7 @@ static void *worker_main(void *arg)
         }
         int n_taken = take(w, taken, cap - w->n_active);
         pthread_mutex_unlock(&p->lock);
+        api_worker_tidy(w->aw);
 
         /* Start what was taken together: scoring requests share one forward pass. */
         int64_t now = clock_now_ns();
@@ -234,7 +236,7 @@ pool *pool_new(const api_ctx *ctx, int workers, int queue, int max_batch, char *
         worker *w = &p->w[i];
         w->p = p;
         w->index = i;
-        w->aw = api_worker_new(ctx->m, cap);
+        w->aw = api_worker_new(cap);
         w->active = malloc((size_t)cap * sizeof *w->active);
         w->jobs = malloc((size_t)cap * sizeof *w->jobs);
         w->taken = malloc((size_t)cap * sizeof *w->taken);

@@ -1,5 +1,5 @@
-/* api_fixture.h -- the API context the API and server tests serve from: a fixture model,
- * fresh metrics and the limits a test chooses. */
+/* api_fixture.h -- the API context the API and server tests serve from: a fixture model
+ * (named by its metadata, e.g. "fixture gru_dot"), fresh metrics and the limits a test chooses. */
 #ifndef ATTNLM_API_FIXTURE_H
 #define ATTNLM_API_FIXTURE_H
 
@@ -10,16 +10,21 @@
 #include <check.h>
 #include <string.h>
 
-/* Loads tests/fixtures/<name> into *ctx (model id "fixture", path name) with zeroed *metrics;
- * returns the model, which the caller frees. */
-static inline model *load_api_fixture(api_ctx *ctx, api_metrics *metrics, const char *name, api_limits limits)
+/* Serves tests/fixtures/<name> from *ctx with zeroed *metrics and sets *m to its
+ * model; returns the registry, which the caller frees with api_models_free. */
+static inline api_models *load_api_fixture(api_ctx *ctx, api_metrics *metrics, const char *name, api_limits limits,
+                                           const model **m)
 {
     char path[512], err[ATTNLM_ERR_LEN];
-    model *m = model_load(fixture_path(path, sizeof path, name), err, sizeof err);
-    ck_assert_msg(m != NULL, "%s", err);
+    const char *paths[] = {fixture_path(path, sizeof path, name)};
+    api_models *r = api_models_load(paths, 1, err, sizeof err);
+    ck_assert_msg(r != NULL, "%s", err);
     memset(metrics, 0, sizeof *metrics);
-    *ctx = (api_ctx){.m = m, .model_id = "fixture", .model_path = name, .limits = limits, .metrics = metrics};
-    return m;
+    *ctx = (api_ctx){.models = r, .limits = limits, .metrics = metrics};
+    api_model *am = api_model_acquire_at(r, 0);
+    *m = am->m;
+    api_model_release(am);
+    return r;
 }
 
 #endif

@@ -17,24 +17,25 @@
 #include <stdlib.h>
 #include <string.h>
 
-static model *g_model;
+static const model *g_model;
+static api_models *g_models;
 static api_metrics g_metrics;
 static api_ctx g_ctx;
 
 static void setup(void)
 {
-    g_model = load_api_fixture(&g_ctx, &g_metrics, "gru_dot.safetensors",
+    g_models = load_api_fixture(&g_ctx, &g_metrics, "gru_dot.safetensors",
                                (api_limits){.max_body_bytes = 1 << 20,
                                             .max_input_tokens = 64,
                                             .max_new_tokens = 100,
                                             .max_attention_tokens = 32,
                                             .queue_size = 8,
                                             .workers = 1,
-                                            .max_batch = 8});
-    strcpy(g_ctx.sha256, "00");
+                                            .max_batch = 8},
+                                &g_model);
 }
 
-static void teardown(void) { model_free(g_model); }
+static void teardown(void) { api_models_free(g_models); }
 
 /* Runs a job to its end on one worker; returns its status and body (caller frees). */
 static char *run_job(api_endpoint ep, const char *body, int *status)
@@ -42,7 +43,7 @@ static char *run_job(api_endpoint ep, const char *body, int *status)
     api_error e;
     api_job *j = api_job_new(&g_ctx, ep, body, strlen(body), 12345, "test", &e);
     ck_assert_msg(j != NULL, "%s: %d %s (%s)", body, e.status, e.message, e.param);
-    api_worker *w = api_worker_new(g_model, 8);
+    api_worker *w = api_worker_new(8);
     char *all = NULL, *data;
     size_t total = 0;
     api_job_start(j, w);
@@ -533,7 +534,7 @@ START_TEST(test_zero_alternatives_and_nul_bytes)
     /* Byte 0 is a token like any other: it is escaped, never a string's end. */
     api_reply r;
     const char *d = "{\"ids\":[65,0,66]}";
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_DETOKENIZE, NULL, d, strlen(d), false, &r), 0);
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_DETOKENIZE, NULL, NULL, d, strlen(d), false, &r), 0);
     ck_assert_int_eq(r.status, 200);
     ck_assert_msg(strstr(r.body, "\"text\":\"A\\u0000B\"") != NULL, "%s", r.body);
     free(r.body);
@@ -561,7 +562,7 @@ START_TEST(test_completions_echo_scores_prompt)
 {
     cJSON *s = run_json(API_EP_SCORE, "{\"text\":\"Call me Ishmael.\"}");
     cJSON *o = run_json(API_EP_COMPLETIONS,
-                        "{\"model\":\"x\",\"prompt\":\"Call me Ishmael.\",\"max_tokens\":0,\"echo\":true,\"logprobs\":1}");
+                        "{\"model\":\"fixture gru_dot\",\"prompt\":\"Call me Ishmael.\",\"max_tokens\":0,\"echo\":true,\"logprobs\":1}");
     ck_assert_str_eq(cJSON_GetObjectItem(o, "object")->valuestring, "text_completion");
     cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0);
     ck_assert_str_eq(cJSON_GetObjectItem(ch, "text")->valuestring, "Call me Ishmael.");
@@ -609,10 +610,10 @@ END_TEST
 START_TEST(test_inline_endpoints)
 {
     api_reply r;
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_READY, NULL, NULL, 0, true, &r), 0);
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_READY, NULL, NULL, NULL, 0, true, &r), 0);
     ck_assert_int_eq(r.status, 503);
     free(r.body);
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_TOKENIZE, NULL, "{\"text\":\"h\xC3\xA9\"}", 14, false, &r), 0);
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_TOKENIZE, NULL, NULL, "{\"text\":\"h\xC3\xA9\"}", 14, false, &r), 0);
     cJSON *o = cJSON_Parse(r.body), *toks = cJSON_GetObjectItem(o, "tokens");
     ck_assert_int_eq(cJSON_GetArraySize(toks), 3);
     ck_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(toks, 1), "text")->valuestring, "\xEF\xBF\xBD");
@@ -620,17 +621,17 @@ START_TEST(test_inline_endpoints)
     cJSON_Delete(o);
     free(r.body);
     const char *d = "{\"ids\":[256,104,195,169,255]}";
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_DETOKENIZE, NULL, d, strlen(d), false, &r), 0);
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_DETOKENIZE, NULL, NULL, d, strlen(d), false, &r), 0);
     o = cJSON_Parse(r.body);
     ck_assert_str_eq(cJSON_GetObjectItem(o, "text")->valuestring, "h\xC3\xA9\xEF\xBF\xBD");
     cJSON_Delete(o);
     free(r.body);
     d = "{\"ids\":[1,257]}";
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_DETOKENIZE, NULL, d, strlen(d), false, &r), 0);
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_DETOKENIZE, NULL, NULL, d, strlen(d), false, &r), 0);
     ck_assert_int_eq(r.status, 400);
     ck_assert_ptr_nonnull(strstr(r.body, "\"param\":\"ids\""));
     free(r.body);
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_MODEL, NULL, NULL, 0, false, &r), 0);
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_MODEL, NULL, NULL, NULL, 0, false, &r), 0);
     o = cJSON_Parse(r.body);
     ck_assert_int_eq((int)num(cJSON_GetObjectItem(o, "limits"), "max_input_tokens"), 64);
     ck_assert_int_eq((int)num(o, "parameters"), (int)model_param_count(g_model));
@@ -645,16 +646,16 @@ START_TEST(test_model_by_id)
 {
     api_endpoint ep;
     const char *allow;
-    ck_assert_int_eq(api_route("GET", "/v1/models/fixture", &ep, &allow), 0);
+    ck_assert_int_eq(api_route("GET", "/v1/models/fixture gru_dot", &ep, &allow), 0);
     ck_assert_int_eq(ep, API_EP_MODEL_BY_ID);
     ck_assert_int_eq(api_route("GET", "/v1/models/", &ep, &allow), 404);
-    ck_assert_int_eq(api_route("POST", "/v1/models/fixture", &ep, &allow), 405);
+    ck_assert_int_eq(api_route("POST", "/v1/models/fixture gru_dot", &ep, &allow), 405);
     api_reply r;
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_MODEL_BY_ID, "/v1/models/fixture", NULL, 0, false, &r), 0);
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_MODEL_BY_ID, "/v1/models/fixture gru_dot", NULL, NULL, 0, false, &r), 0);
     ck_assert_int_eq(r.status, 200);
-    ck_assert_ptr_nonnull(strstr(r.body, "\"id\":\"fixture\""));
+    ck_assert_ptr_nonnull(strstr(r.body, "\"id\":\"fixture gru_dot\""));
     free(r.body);
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_MODEL_BY_ID, "/v1/models/other", NULL, 0, false, &r), 0);
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_MODEL_BY_ID, "/v1/models/other", NULL, NULL, 0, false, &r), 0);
     ck_assert_int_eq(r.status, 404);
     ck_assert_ptr_nonnull(strstr(r.body, "\"param\":\"model\""));
     free(r.body);
@@ -667,7 +668,7 @@ START_TEST(test_metrics_exposition)
     metrics_request(&g_metrics, API_EP_SCORE, 413, 0.0001);
     metrics_batch(&g_metrics, 5);
     api_reply r;
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_METRICS, NULL, NULL, 0, false, &r), 0);
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_METRICS, NULL, NULL, NULL, 0, false, &r), 0);
     ck_assert_ptr_nonnull(strstr(r.body, "attnlm_requests_total{route=\"/v1/score\",status=\"200\"} 1\n"));
     ck_assert_ptr_nonnull(strstr(r.body, "attnlm_requests_total{route=\"/v1/score\",status=\"413\"} 1\n"));
     ck_assert_ptr_nonnull(strstr(r.body, "attnlm_request_duration_seconds_bucket{route=\"/v1/score\",le=\"0.025\"} 2\n"));

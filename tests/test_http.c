@@ -12,7 +12,7 @@
 #include "http.h"
 #include "model.h"
 #include "pool.h"
-#include "testutil.h"
+#include "api_fixture.h"
 
 #include "check_main.h"
 
@@ -27,7 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static model *g_model;
+static api_models *g_models;
 static api_metrics g_metrics;
 static api_ctx g_ctx;
 static srv_config g_cfg;
@@ -36,26 +36,22 @@ static srv *g_srv;
 
 static void setup_with_key(const char *key)
 {
-    char path[512], err[ATTNLM_ERR_LEN];
-    g_model = model_load(fixture_path(path, sizeof path, "gru_dot.safetensors"), err, sizeof err);
-    ck_assert_msg(g_model != NULL, "%s", err);
-    memset(&g_metrics, 0, sizeof g_metrics);
+    char err[ATTNLM_ERR_LEN];
     FILE *devnull = fopen("/dev/null", "w");
     char *argv[] = {"attnlm-server", "--port", "0", "--max-body", "256", "--workers", "1"};
     ck_assert_int_eq(config_load(&g_cfg, 7, argv, devnull, err, sizeof err), 0);
     fclose(devnull);
     g_cfg.api_key = key;
-    g_ctx = (api_ctx){.m = g_model,
-                      .model_id = "fixture",
-                      .model_path = "x",
-                      .limits = {.max_body_bytes = 256,
-                                 .max_input_tokens = 64,
-                                 .max_new_tokens = 64,
-                                 .max_attention_tokens = 64,
-                                 .queue_size = 8,
-                                 .workers = 1,
-                                 .max_batch = 8},
-                      .metrics = &g_metrics};
+    const model *m;
+    g_models = load_api_fixture(&g_ctx, &g_metrics, "gru_dot.safetensors",
+                                (api_limits){.max_body_bytes = 256,
+                                             .max_input_tokens = 64,
+                                             .max_new_tokens = 64,
+                                             .max_attention_tokens = 64,
+                                             .queue_size = 8,
+                                             .workers = 1,
+                                             .max_batch = 8},
+                                &m);
     g_pool = pool_new(&g_ctx, 1, 8, 8, err, sizeof err);
     ck_assert_msg(g_pool != NULL, "%s", err);
     g_srv = srv_start(&g_cfg, &g_ctx, g_pool, err, sizeof err);
@@ -74,7 +70,7 @@ static void teardown(void)
     ck_assert_int_eq(srv_in_flight(g_srv), 0);
     srv_stop(g_srv);
     pool_free(g_pool);
-    model_free(g_model);
+    api_models_free(g_models);
 }
 
 static int connect_server(void)

@@ -81,8 +81,10 @@ START_TEST(test_health_probe_reads_the_status)
 }
 END_TEST
 
+/* Loads a configuration into c, freeing what an earlier load of c held. */
 static int load(srv_config *c, char **argv, int argc, char *err)
 {
+    config_free(c);
     FILE *devnull = fopen("/dev/null", "w");
     int rc = config_load(c, argc, argv, devnull, err, ATTNLM_ERR_LEN);
     fclose(devnull);
@@ -91,15 +93,17 @@ static int load(srv_config *c, char **argv, int argc, char *err)
 
 START_TEST(test_config_defaults_flags_env)
 {
-    srv_config c;
+    srv_config c = {0};
     char err[ATTNLM_ERR_LEN];
     unsetenv("ATTNLM_PORT");
+    unsetenv("ATTNLM_MODEL");
     unsetenv("ATTNLM_MAX_BODY");
     char *a0[] = {"attnlm-server"};
     ck_assert_int_eq(load(&c, a0, 1, err), 0);
     ck_assert_str_eq(c.host, "127.0.0.1");
     ck_assert_int_eq(c.port, 8080);
-    ck_assert_str_eq(c.model, "models/default.safetensors");
+    ck_assert_int_eq(c.n_models, 1);
+    ck_assert_str_eq(c.models[0], "models/default.safetensors");
     ck_assert_int_eq(c.queue, 64);
     ck_assert_int_eq(c.max_body, 1 << 20);
     ck_assert_int_ge(c.workers, 1);
@@ -122,12 +126,27 @@ START_TEST(test_config_defaults_flags_env)
     char *a2[] = {"attnlm-server", "--queue", "1", "--max-batch", "32"};
     ck_assert_int_eq(load(&c, a2, 5, err), 0);
     ck_assert_int_eq(c.max_batch, 1);
+
+    /* Models: ATTNLM_MODEL is a comma-separated list; --model, once per file, replaces it. */
+    setenv("ATTNLM_MODEL", "a.safetensors, b.safetensors,,c.safetensors", 1);
+    ck_assert_int_eq(load(&c, a0, 1, err), 0);
+    ck_assert_int_eq(c.n_models, 3);
+    ck_assert_str_eq(c.models[0], "a.safetensors");
+    ck_assert_str_eq(c.models[1], "b.safetensors");
+    ck_assert_str_eq(c.models[2], "c.safetensors");
+    char *a3[] = {"attnlm-server", "--model", "x.safetensors", "--workers", "1", "--model=y.safetensors"};
+    ck_assert_int_eq(load(&c, a3, 6, err), 0);
+    ck_assert_int_eq(c.n_models, 2);
+    ck_assert_str_eq(c.models[0], "x.safetensors");
+    ck_assert_str_eq(c.models[1], "y.safetensors");
+    unsetenv("ATTNLM_MODEL");
+    config_free(&c);
 }
 END_TEST
 
 START_TEST(test_config_refusals_name_the_setting)
 {
-    srv_config c;
+    srv_config c = {0};
     char err[ATTNLM_ERR_LEN];
     char *a1[] = {"attnlm-server", "--port", "70000"};
     ck_assert_int_eq(load(&c, a1, 3, err), -1);
@@ -147,6 +166,17 @@ START_TEST(test_config_refusals_name_the_setting)
     unsetenv("ATTNLM_QUEUE");
     char *a6[] = {"attnlm-server", "--help"};
     ck_assert_int_eq(load(&c, a6, 2, err), 1);
+    setenv("ATTNLM_MODEL", " , ", 1);
+    ck_assert_int_eq(load(&c, a5, 1, err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "no model file"));
+    unsetenv("ATTNLM_MODEL");
+    char *a7[] = {"attnlm-server", "--model", "1", "--model", "2", "--model", "3", "--model", "4", "--model", "5",
+                  "--model", "6", "--model", "7", "--model", "8", "--model", "9", "--model", "10", "--model", "11",
+                  "--model", "12", "--model", "13", "--model", "14", "--model", "15", "--model", "16", "--model",
+                  "17"};
+    ck_assert_int_eq(load(&c, a7, 35, err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "at most 16 models"));
+    config_free(&c);
 }
 END_TEST
 
@@ -168,7 +198,8 @@ END_TEST
 
 /* ---- the pool ------------------------------------------------------------------ */
 
-static model *g_model;
+static const model *g_model;
+static api_models *g_models;
 static api_metrics g_metrics;
 static api_ctx g_ctx;
 
@@ -265,14 +296,15 @@ static void tt_free(test_task *x)
 
 static void pool_setup(void)
 {
-    g_model = load_api_fixture(&g_ctx, &g_metrics, "lstm_additive.safetensors",
+    g_models = load_api_fixture(&g_ctx, &g_metrics, "lstm_additive.safetensors",
                                (api_limits){.max_body_bytes = 1 << 20,
                                             .max_input_tokens = 256,
                                             .max_new_tokens = 100000,
                                             .max_attention_tokens = 64,
                                             .queue_size = 16,
                                             .workers = 2,
-                                            .max_batch = 8});
+                                            .max_batch = 8},
+                                &g_model);
 }
 
 /* The test's pool, freed with its tasks by pool_teardown. */
@@ -295,7 +327,7 @@ static void pool_teardown(void)
     for (int i = 0; i < g_n_tasks; i++)
         tt_free(g_tasks[i]);
     g_n_tasks = 0;
-    model_free(g_model);
+    api_models_free(g_models);
 }
 
 /* Same text and tokens; log-probabilities equal to float rounding (a batch

@@ -204,23 +204,26 @@ class TestGeneration(ServerCase):
 
     # ---- completions ----
     def test_completions_shape(self):
-        out = self.s.ok("/v1/completions", {"model": "whatever", "prompt": "Call me", "max_tokens": 10,
+        name = self.s.json("GET", "/v1/models")[1]["data"][0]["id"]
+        out = self.s.ok("/v1/completions", {"model": name, "prompt": "Call me", "max_tokens": 10,
                                             "seed": 5, "temperature": 0.7})
         self.assertEqual(out["object"], "text_completion")
         self.assertIsInstance(out["id"], str)
         self.assertIsInstance(out["created"], int)
-        self.assertIsInstance(out["model"], str)
+        self.assertEqual(out["model"], name)
         self.assertEqual(len(out["choices"]), 1)
         ch = out["choices"][0]
         self.assertEqual(ch["index"], 0)
         self.assertEqual(ch["finish_reason"], "length")
         self.assertIsInstance(ch["text"], str)
         self.assertEqual(out["usage"], {"prompt_tokens": 7, "completion_tokens": 10, "total_tokens": 17})
-        again = self.s.ok("/v1/completions", {"model": "whatever", "prompt": "Call me", "max_tokens": 10,
+        again = self.s.ok("/v1/completions", {"model": name, "prompt": "Call me", "max_tokens": 10,
                                               "seed": 5, "temperature": 0.7})
         self.assertEqual(again["choices"][0]["text"], ch["text"], "seeded")
         d = self.s.ok("/v1/completions", {"prompt": "Call me", "seed": 5})
         self.assertEqual(d["usage"]["completion_tokens"], 16, "max_tokens defaults to 16")
+        status, err, _ = self.s.json("POST", "/v1/completions", {"model": "whatever", "prompt": "x"})
+        self.assertEqual((status, err["error"]["param"], err["error"]["type"]), (404, "model", "not_found_error"))
 
     def test_completions_greedy_and_stop(self):
         prompt = "Call me Ishmael. "
