@@ -68,7 +68,7 @@ API_SRC := api/models.c api/route.c api/json.c api/inline.c api/score.c api/gene
 API_OBJ := $(API_SRC:%.c=$(BUILD)/%.o)
 API_LIB := $(BUILD)/libattnlm_api.a
 
-SERVER_SRC := server/config.c server/pool.c server/http.c server/probe.c
+SERVER_SRC := server/config.c server/log.c server/pool.c server/http.c server/probe.c
 SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ := $(BUILD)/cli/main.o $(BUILD)/cli/parity.o
 
@@ -81,7 +81,7 @@ TESTS := $(addprefix $(BUILD)/tests/,$(MODEL_TESTS) $(API_TESTS) $(SERVER_TESTS)
 # training add.  Node.js and npm are checked by command, since they may come
 # from outside Debian.
 BUILD_PKGS := gcc libc6-dev make pkg-config libopenblas-dev libcjson-dev libmicrohttpd-dev
-TEST_PKGS := check python3 python3-torch python3-numpy clang libclang-rt-14-dev
+TEST_PKGS := check python3 python3-torch python3-numpy clang libclang-rt-14-dev curl openssl
 NODE_PKGS := nodejs npm
 
 DEFAULT_MODEL := models/default.safetensors
@@ -169,7 +169,7 @@ test-unit: $(TESTS)
 
 test-http: $(BUILD)/attnlm-server $(BUILD)/attnlm
 	@echo "== HTTP suite (tests/http): $(BUILD)/attnlm-server"
-	@ATTNLM_SERVER=$(BUILD)/attnlm-server ATTNLM_CLI=$(BUILD)/attnlm $(PYTHON) tests/http/run.py
+	@ATTNLM_SERVER=$(BUILD)/attnlm-server ATTNLM_CLI=$(BUILD)/attnlm ATTNLM_SAN=$(SAN) $(PYTHON) tests/http/run.py
 	@echo "== OpenAI client (npm openai) against $(BUILD)/attnlm-server"
 	@ATTNLM_SERVER=$(BUILD)/attnlm-server tests/http/openai/run.sh
 

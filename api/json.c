@@ -351,7 +351,7 @@ api_model *json_get_model(const api_ctx *ctx, const cJSON *o, api_error *e)
     const char *name = NULL;
     if (json_get_string(o, "model", &name, e) < 0)
         return NULL;
-    api_model *am = api_model_acquire(ctx->models, name);
+    api_model *am = name && !*name ? NULL : api_model_acquire(ctx->models, name); /* "" names no model */
     if (!am)
         api_error_set(e, 404, "model", "no model named \"%.100s\" is served here (GET /v1/models lists them)", name);
     return am;

@@ -52,7 +52,7 @@ static void setup_with_key(const char *key)
                                              .workers = 1,
                                              .max_batch = 8},
                                 &m);
-    g_pool = pool_new(&g_ctx, 1, 8, 8, err, sizeof err);
+    g_pool = pool_new(&g_ctx, 1, 8, 8, 30, err, sizeof err);
     ck_assert_msg(g_pool != NULL, "%s", err);
     g_srv = srv_start(&g_cfg, &g_ctx, g_pool, err, sizeof err);
     ck_assert_msg(g_srv != NULL, "%s", err);
