@@ -55,6 +55,7 @@
 #define SWEEP_INTERVAL_NS 250000000  /* how often the sweeper looks at the connections */
 #define STREAM_BLOCK 4096
 #define STREAM_BOUND (128 * 1024)    /* unsent bytes of a stream beyond which it is blocked */
+#define STREAM_SNDBUF (256 * 1024)   /* the kernel's send buffer of a stream's socket */
 #define ADMIN_CONNECTIONS 64
 #define CONNECTION_TIMEOUT 60        /* seconds without progress before libmicrohttpd closes a connection */
 
@@ -553,6 +554,12 @@ static enum MHD_Result submit_job(srv_req *r)
     r->streaming = api_job_streams(job);
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     r->fd = ci ? ci->connect_fd : -1;
+    if (r->streaming && r->fd >= 0) {
+        /* Left to grow, the kernel's buffer for a client that does not read reaches megabytes
+         * (memory a container is charged for) before backpressure starts. */
+        int sndbuf = STREAM_SNDBUF;
+        setsockopt(r->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+    }
     r->last_probe_ns = r->start_ns;
     atomic_fetch_add(&r->refs, 1); /* the pool's */
 

@@ -105,7 +105,7 @@ class TestBackpressure(ServerCase):
         """Streaming clients that never read stop being decoded once their unsent output passes the
         bound; memory stays bounded, other clients are answered, and after --timeout seconds
         without reading the streams are ended and logged as such."""
-        srv = self.start("--timeout", "6")
+        srv = self.start("--timeout", "10")
         body = {"prompt": "Call me", "max_tokens": 2048, "logprobs": 257, "attention": True, "stream": True}
         socks = []
         for _ in range(20):
@@ -129,7 +129,7 @@ class TestBackpressure(ServerCase):
             status, obj, _ = srv.post("/v1/score", {"text": "Call me Ishmael."})
             self.assertEqual(status, 200, obj)
             # Unread for --timeout: ended, counted, logged with the reason.
-            self.assertTrue(wait_for(lambda: srv.metric("attnlm_stalled_total") >= 20, 60),
+            self.assertTrue(wait_for(lambda: srv.metric("attnlm_stalled_total") >= 20, 120),
                             srv.metrics_text()[0][-2000:])
         finally:
             for s in socks:
