@@ -65,6 +65,11 @@ int json_reply(buf *b, int status, api_reply *r)
         buf_free(b);
         return -1;
     }
+    buf_cstr(b); /* NUL-terminated too, for callers that read it as a string */
+    if (b->oom) {
+        buf_free(b);
+        return -1;
+    }
     r->status = status;
     r->content_type = "application/json";
     r->body = buf_take(b, &r->len);
