@@ -12,6 +12,7 @@
 #   make fixtures   regenerate tests/fixtures from the PyTorch implementation
 #   make bench      engine throughput next to the PyTorch model's, same run
 #   make bench-http requests/s and latency of the service under load (wrk), streams' tokens/s
+#   make bench-hostile  memory and latency under clients that abuse the server
 #   make fuzz       each libFuzzer harness (tests/fuzz) for FUZZ_SECONDS (default 60) with clang
 
 CC ?= cc
@@ -97,7 +98,7 @@ TRAIN_ARGS := --train data/train.txt --val data/val.txt --out $(DEFAULT_MODEL) -
 	--seq-len 256 --batch 32 --steps 1400 --lr 5e-3 --warmup 50 --dropout 0.1 --eval-every 200 \
 	--threads 2 --seed 1
 
-.PHONY: all deps test-deps test test-unit test-http fuzz fuzz-build run data train fixtures bench bench-http image-test \
+.PHONY: all deps test-deps test test-unit test-http fuzz fuzz-build run data train fixtures bench bench-http bench-hostile image-test \
 	scale-test k8s-check install install-test uninstall clean
 .SECONDARY:
 
@@ -233,6 +234,10 @@ $(BUILD)/bench/http_streams: $(BUILD)/bench/http_streams.o
 bench-http: $(BUILD)/attnlm-server $(BUILD)/bench/http_streams
 	$(call apt_install,wrk)
 	@bench/http.sh $(BUILD)/attnlm-server $(BUILD)/bench/http_streams $(DEFAULT_MODEL)
+
+# How the server holds up against clients that abuse it: memory, silent streams, slow headers.
+bench-hostile: $(BUILD)/attnlm-server
+	@$(PYTHON) bench/hostile.py $(BUILD)/attnlm-server $(DEFAULT_MODEL)
 
 # Container image, replicas behind nginx, Kubernetes manifests (deploy/).
 image-test:

@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <signal.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -123,6 +124,22 @@ static void tune_malloc(int workers)
     mallopt(M_ARENA_MAX, workers + 2);
 }
 
+/* Room for every connection the main port may hold, beside the files, pipes
+ * and the admin port's connections: the soft limit is often 1024. */
+static void raise_fd_limit(long max_connections)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    rlim_t want = (rlim_t)max_connections + 256;
+    if (rl.rlim_cur >= want)
+        return;
+    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur < want)
+        log_msg("warn", "open files are limited to %llu: fewer than --max-connections %ld connections may be held",
+                (unsigned long long)rl.rlim_cur, max_connections);
+}
+
 static void reload_note(void *cls, const char *path, bool ok, const char *message)
 {
     (void)cls;
@@ -182,6 +199,7 @@ int main(int argc, char **argv)
         return 1;
     }
     tune_malloc((int)cfg.workers);
+    raise_fd_limit(cfg.max_connections);
     /* Each worker runs its own small products; BLAS threads would only contend. */
     openblas_set_num_threads(1);
 
