@@ -239,7 +239,8 @@ def parse_prom(text):
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
-        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})?\s+(\S+)(\s+\d+)?$', line)
+        # label values are quoted strings, which may hold braces
+        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{((?:[^}"]|"(?:[^"\\]|\\.)*")*)\})?\s+(\S+)(\s+\d+)?$', line)
         if not m:
             raise AssertionError("malformed metrics line: %r" % line)
         labels = {}
