@@ -5,6 +5,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "api.h"
 #include "model.h"
+#include "sampler.h"
 #include "testutil.h"
 
 #include "api_fixture.h"
@@ -681,6 +682,50 @@ START_TEST(test_metrics_exposition)
 }
 END_TEST
 
+/* ---- penalties and bias before sampling ------------------------------------- */
+
+/* Each adjustment on a logit vector worked out by hand (all values exact in binary). */
+START_TEST(test_sampler_adjust_by_hand)
+{
+    const float in[4] = {2.0f, -1.0f, 0.5f, 3.0f};
+    const int window[4] = {1, 1, 0, 0}, counts[4] = {0, 2, 1, 0};
+    float x[4];
+    /* repetition 2: positive logits halved, negative doubled, only for tokens in the window */
+    memcpy(x, in, sizeof x);
+    sampler_adjust(x, 4, &(sampler_penalties){0.0f, 0.0f, 2.0f}, window, counts, NULL);
+    ck_assert(x[0] == 1.0f && x[1] == -2.0f && x[2] == 0.5f && x[3] == 3.0f);
+    /* presence 0.5: once for every generated token, whatever its count */
+    memcpy(x, in, sizeof x);
+    sampler_adjust(x, 4, &(sampler_penalties){0.5f, 0.0f, 1.0f}, window, counts, NULL);
+    ck_assert(x[0] == 2.0f && x[1] == -1.5f && x[2] == 0.0f && x[3] == 3.0f);
+    /* frequency 0.25: per time generated */
+    memcpy(x, in, sizeof x);
+    sampler_adjust(x, 4, &(sampler_penalties){0.0f, 0.25f, 1.0f}, window, counts, NULL);
+    ck_assert(x[0] == 2.0f && x[1] == -1.5f && x[2] == 0.25f && x[3] == 3.0f);
+    /* bias: added; -INFINITY bans */
+    const float bias[4] = {0.0f, 0.0f, 1.5f, -INFINITY};
+    memcpy(x, in, sizeof x);
+    sampler_adjust(x, 4, NULL, NULL, NULL, bias);
+    ck_assert(x[0] == 2.0f && x[1] == -1.0f && x[2] == 2.0f && x[3] == -INFINITY);
+    /* all together, in the order repetition, presence + frequency, bias */
+    memcpy(x, in, sizeof x);
+    sampler_adjust(x, 4, &(sampler_penalties){0.5f, 0.25f, 2.0f}, window, counts, bias);
+    ck_assert(x[0] == 1.0f && x[1] == -3.0f && x[2] == 1.25f && x[3] == -INFINITY);
+
+    /* Greedy picks the argmax of the adjusted logits: 2, not the model's 3; no coin reaches a ban. */
+    sampler *smp = sampler_new(4);
+    ck_assert_int_eq(sampler_sample(smp, in, &(sampler_params){0.0f, 0, 1.0f}, 0.5f), 3);
+    ck_assert_int_eq(sampler_sample(smp, x, &(sampler_params){0.0f, 0, 1.0f}, 0.5f), 2);
+    for (float coin = 0.0f; coin < 1.0f; coin += 1.0f / 64)
+        ck_assert_int_ne(sampler_sample(smp, x, &(sampler_params){1.0f, 0, 1.0f}, coin), 3);
+    /* Everything banned: no NaN, no crash, the lowest id. */
+    const float none[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    ck_assert_int_eq(sampler_sample(smp, none, &(sampler_params){1.0f, 2, 0.9f}, 0.7f), 0);
+    ck_assert_int_eq(sampler_sample(smp, none, &(sampler_params){0.0f, 0, 1.0f}, 0.7f), 0);
+    sampler_free(smp);
+}
+END_TEST
+
 int main(void)
 {
     const check_case api = {
@@ -692,7 +737,7 @@ int main(void)
                     CHECK_TEST(test_stop_string_ends_generation), CHECK_TEST(test_stream_sends_whole_characters),
                     CHECK_TEST(test_zero_alternatives_and_nul_bytes), CHECK_TEST(test_completions_echo_scores_prompt),
                     CHECK_TEST(test_inline_endpoints), CHECK_TEST(test_model_by_id),
-                    CHECK_TEST(test_metrics_exposition)),
+                    CHECK_TEST(test_metrics_exposition), CHECK_TEST(test_sampler_adjust_by_hand)),
         .setup = setup,
         .teardown = teardown,
         .timeout = 60,
