@@ -37,6 +37,7 @@ static void write_limits(jw *w, const api_limits *l)
     jw_kint(w, "max_input_tokens", l->max_input_tokens);
     jw_kint(w, "max_new_tokens", l->max_new_tokens);
     jw_kint(w, "max_attention_tokens", l->max_attention_tokens);
+    jw_kint(w, "max_inputs", l->max_inputs);
     jw_kint(w, "queue_size", l->queue_size);
     jw_kint(w, "workers", l->workers);
     jw_kint(w, "max_batch", l->max_batch);
@@ -218,9 +219,10 @@ static int detokenize(const api_ctx *ctx, const char *body, size_t len, api_repl
     cJSON *o = tokenizer_body(ctx, body, len, &e);
     if (!o)
         return api_error_reply(&e, r);
-    int *ids = NULL, n = 0;
-    json_get_ids(o, ctx->limits.max_input_tokens, &ids, &n, &e);
+    job_input in = {0};
+    json_get_ids(o, ctx->limits.max_input_tokens, &in, &e);
     cJSON_Delete(o);
+    int *ids = in.ids, n = in.n;
     if (!ids)
         return api_error_reply(&e, r);
     unsigned char *bytes = malloc((size_t)n + 1);

@@ -30,6 +30,7 @@ static void setup(void)
                                             .max_input_tokens = 64,
                                             .max_new_tokens = 100,
                                             .max_attention_tokens = 32,
+                                            .max_inputs = 8,
                                             .queue_size = 8,
                                             .workers = 1,
                                             .max_batch = 8},
@@ -210,13 +211,53 @@ static const bad_case BAD[] = {
     {API_EP_GENERATE, "{\"stop\":[\"\"]}", 400, "stop"},
     {API_EP_GENERATE, "{\"prompt\":\"a\\\\u0000\",\"stop\":{\"a\":\"\\u0000\"}}", 400, "stop"},
     {API_EP_GENERATE, "{\"prompt\":7}", 400, "prompt"},
-    {API_EP_COMPLETIONS, "{\"prompt\":[\"a\"]}", 400, "prompt"},
+    {API_EP_COMPLETIONS, "{\"prompt\":[true]}", 400, "prompt"},
     {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"n\":0}", 400, "n"},
     {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"n\":17}", 400, "n"},
     {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"logprobs\":21}", 400, "logprobs"},
     {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"echo\":\"x\"}", 400, "echo"},
     {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"model\":5}", 400, "model"},
     {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"stream_options\":5}", 400, "stream_options"},
+    /* arrays of inputs: /v1/score */
+    {API_EP_SCORE, "{\"texts\":\"a\"}", 400, "texts"},
+    {API_EP_SCORE, "{\"texts\":[]}", 400, "texts"},
+    {API_EP_SCORE, "{\"texts\":[\"a\",1]}", 400, "texts"},
+    {API_EP_SCORE, "{\"texts\":[\"a\",[1]]}", 400, "texts"},
+    {API_EP_SCORE, "{\"texts\":[\"a\",\"\"]}", 400, "texts"},
+    {API_EP_SCORE, "{\"texts\":[\"a\"],\"text\":\"b\"}", 400, "texts"},
+    {API_EP_SCORE, "{\"texts\":[\"a\"],\"ids\":[1]}", 400, "texts"},
+    {API_EP_SCORE, "{\"ids\":[[1],[2,300]]}", 400, "ids"},
+    {API_EP_SCORE, "{\"ids\":[[1],2]}", 400, "ids"},
+    {API_EP_SCORE, "{\"ids\":[[1],[]]}", 400, "ids"},
+    {API_EP_SCORE, "{\"ids\":[[1]],\"text\":\"a\"}", 400, "ids"},
+    {API_EP_SCORE, "{\"texts\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\"]}", 413, "texts"},
+    {API_EP_SCORE, "{\"ids\":[[1],[1],[1],[1],[1],[1],[1],[1],[1]]}", 413, "ids"},
+    {API_EP_SCORE, "{\"texts\":[\"0123456789012345678901234567890123\",\"0123456789012345678901234567890\"]}", 413,
+     "texts"},
+    {API_EP_SCORE, "{\"texts\":[\"0123456789012345678901234567890123456789012345678901234567890123456789\"]}", 413,
+     "texts"},
+    {API_EP_SCORE, "{\"texts\":[\"a\",\"0123456789012345678901234567890123456789012345678901234567890\"],"
+                   "\"candidates\":[\"abcd\"]}",
+     413, "candidates"},
+    /* arrays of inputs: /v1/completions */
+    {API_EP_COMPLETIONS, "{\"prompt\":[]}", 400, "prompt"},
+    {API_EP_COMPLETIONS, "{\"prompt\":{\"a\":1}}", 400, "prompt"},
+    {API_EP_COMPLETIONS, "{\"prompt\":[\"a\",5]}", 400, "prompt"},
+    {API_EP_COMPLETIONS, "{\"prompt\":[65,\"a\"]}", 400, "prompt"},
+    {API_EP_COMPLETIONS, "{\"prompt\":[[65],[66,300]]}", 400, "prompt"},
+    {API_EP_COMPLETIONS, "{\"prompt\":[[65],[66,1.5]]}", 400, "prompt"},
+    {API_EP_COMPLETIONS, "{\"prompt\":[\"a\"],\"ids\":[1]}", 400, "ids"},
+    {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"ids\":[1]}", 400, "ids"},
+    {API_EP_COMPLETIONS, "{\"prompt\":[\"a\",\"b\",\"c\",\"d\",\"e\"],\"n\":13}", 400, "n"},
+    {API_EP_COMPLETIONS, "{\"prompt\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\"]}", 413, "prompt"},
+    {API_EP_COMPLETIONS, "{\"prompt\":[\"0123456789012345678901234567890123\",[48,49,50,51,52,53,54,55,56,57,48,49,50,"
+                         "51,52,53,54,55,56,57,48,49,50,51,52,53,54,55,56,57,48]]}",
+     413, "prompt"},
+    {API_EP_COMPLETIONS, "{\"prompt\":[48,49,50,51,52,53,54,55,56,57,48,49,50,51,52,53,54,55,56,57,48,49,50,51,52,53,"
+                         "54,55,56,57,48,49,50,51,52,53,54,55,56,57,48,49,50,51,52,53,54,55,56,57,48,49,50,51,52,53,54,"
+                         "55,56,57,48,49,50,51,52,53]}",
+     413, "prompt"},
+    {API_EP_GENERATE, "{\"prompt\":[\"a\",\"b\"]}", 400, "prompt"},
     {API_EP_ATTENTION, "{\"text\":\"a\",\"format\":\"sparse\"}", 400, "format"},
     {API_EP_ATTENTION, "{\"text\":\"012345678901234567890123456789012\"}", 413, "text"},
 };
@@ -682,7 +723,7 @@ START_TEST(test_metrics_exposition)
 }
 END_TEST
 
-/* ---- penalties and bias before sampling ------------------------------------- */
+/* ---- penalties, logit_bias, arrays of inputs ------------------------------------- */
 
 /* Each adjustment on a logit vector worked out by hand (all values exact in binary). */
 START_TEST(test_sampler_adjust_by_hand)
@@ -726,6 +767,172 @@ START_TEST(test_sampler_adjust_by_hand)
 }
 END_TEST
 
+static const char *choice_text(const cJSON *o, int k)
+{
+    return cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), k), "text")->valuestring;
+}
+
+/* Starts the jobs of bodies[n] together (score jobs share one forward pass) and
+ * returns their answers (caller frees). */
+static void run_together(api_endpoint ep, const char *const *bodies, int n, char **out)
+{
+    api_job *jobs[8];
+    api_error e;
+    for (int i = 0; i < n; i++) {
+        jobs[i] = api_job_new(&g_ctx, ep, bodies[i], strlen(bodies[i]), 1, "t", &e);
+        ck_assert_msg(jobs[i] != NULL, "%s: %s", bodies[i], e.message);
+    }
+    api_worker *w = api_worker_new(8);
+    api_job_start_many(jobs, n, w);
+    for (int i = 0; i < n; i++) {
+        int status;
+        char *data;
+        ck_assert(api_job_done(jobs[i]));
+        size_t len = api_job_take_output(jobs[i], &data, &status);
+        ck_assert_int_eq(status, 200);
+        ck_assert_ptr_nonnull(out[i] = strndup(data, len));
+        free(data);
+        api_job_free(jobs[i]);
+    }
+    api_worker_free(w);
+}
+
+START_TEST(test_score_array_equals_singles)
+{
+    /* The answer of an array is each single answer, in order, byte for byte, when the
+     * singles share a pass the same way; and the same to float rounding alone. */
+    const char *singles[3] = {"{\"text\":\"Call me\",\"top_k\":2,\"candidates\":[\" Ishmael\",\"x\"]}",
+                              "{\"ids\":[0,255,10],\"top_k\":2,\"candidates\":[\" Ishmael\",\"x\"]}",
+                              "{\"text\":\"The whale, the whale!\",\"top_k\":2,\"candidates\":[\" Ishmael\",\"x\"]}"};
+    char *one[3], *arr[2];
+    run_together(API_EP_SCORE, singles, 3, one);
+    const char *ids = "{\"ids\":[[67,97,108,108,32,109,101],[0,255,10],[256,84,104,101,32,119,104,97,108,101,44,32,"
+                      "116,104,101,32,119,104,97,108,101,33]],\"top_k\":2,\"candidates\":[\" Ishmael\",\"x\"]}";
+    /* Byte 0 cannot be sent in text (a string holding U+0000 is refused): the texts form
+     * has a second input of its own. */
+    const char *texts = "{\"texts\":[\"Call me\",\"\\u00ff\\n\",\"The whale, the whale!\"],\"top_k\":2,"
+                        "\"candidates\":[\" Ishmael\",\"x\"]}";
+    char *texts_one[3];
+    const char *texts_singles[3] = {singles[0], "{\"text\":\"\\u00ff\\n\",\"top_k\":2,\"candidates\":[\" Ishmael\",\"x\"]}",
+                                    singles[2]};
+    run_together(API_EP_SCORE, texts_singles, 3, texts_one);
+    run_together(API_EP_SCORE, &texts, 1, &arr[0]);
+    run_together(API_EP_SCORE, &ids, 1, &arr[1]);
+    for (int form = 0; form < 2; form++) {
+        char **want = form ? one : texts_one;
+        char expect[16384];
+        int n = snprintf(expect, sizeof expect, "{\"results\":[%s,%s,%s],\"usage\":{\"input_tokens\":", want[0], want[1],
+                         want[2]);
+        ck_assert_int_lt(n, (int)sizeof expect);
+        if (strncmp(arr[form], expect, (size_t)n) != 0) {
+            size_t d = 0;
+            while (arr[form][d] == expect[d])
+                d++;
+            ck_abort_msg("form %d differs at byte %zu: %.60s, want %.60s", form, d, arr[form] + d, expect + d);
+        }
+        cJSON *o = cJSON_Parse(arr[form]);
+        int total = 0;
+        for (int i = 0; i < 3; i++)
+            total += (int)num(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "results"), i), "usage"),
+                              "input_tokens");
+        ck_assert_int_eq(total, 7 + 3 + 21); /* U+00FF is two bytes; a leading 256 is the BOS */
+        ck_assert_int_eq((int)num(cJSON_GetObjectItem(o, "usage"), "input_tokens"), total);
+        cJSON_Delete(o);
+    }
+    /* Each alone: the same tokens and alternatives, numbers to float rounding. */
+    for (int i = 0; i < 3; i++) {
+        cJSON *alone = run_json(API_EP_SCORE, singles[i]);
+        cJSON *o = cJSON_Parse(arr[1]), *r = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "results"), i);
+        cJSON *ta = cJSON_GetObjectItem(alone, "tokens"), *tr = cJSON_GetObjectItem(r, "tokens");
+        ck_assert_int_eq(cJSON_GetArraySize(ta), cJSON_GetArraySize(tr));
+        for (int t = 0; t < cJSON_GetArraySize(ta); t++) {
+            cJSON *x = cJSON_GetArrayItem(ta, t), *y = cJSON_GetArrayItem(tr, t);
+            ck_assert_int_eq((int)num(x, "id"), (int)num(y, "id"));
+            ck_assert(fabs(num(x, "logprob") - num(y, "logprob")) < 1e-5);
+            for (int a = 0; a < 2; a++)
+                ck_assert_int_eq((int)num(cJSON_GetArrayItem(cJSON_GetObjectItem(x, "top"), a), "id"),
+                                 (int)num(cJSON_GetArrayItem(cJSON_GetObjectItem(y, "top"), a), "id"));
+        }
+        ck_assert(fabs(num(alone, "logprob") - num(r, "logprob")) < 1e-4);
+        cJSON_Delete(o);
+        cJSON_Delete(alone);
+    }
+    for (int i = 0; i < 3; i++) {
+        free(one[i]);
+        free(texts_one[i]);
+    }
+    free(arr[0]);
+    free(arr[1]);
+}
+END_TEST
+
+START_TEST(test_completions_prompt_arrays)
+{
+    /* Three prompts (a string, the empty prompt, token ids), two choices each: choice
+     * p * 2 + j is choice j of the request for prompt p alone, with the same seed. */
+    cJSON *o = run_json(API_EP_COMPLETIONS, "{\"prompt\":[\"Call me\",\"\",[104,105,256,32]],\"n\":2,\"max_tokens\":12,"
+                                            "\"seed\":5,\"echo\":true,\"logprobs\":1}");
+    const char *alone[3] = {"{\"prompt\":\"Call me\",\"n\":2,\"max_tokens\":12,\"seed\":5,\"echo\":true,\"logprobs\":1}",
+                            "{\"prompt\":\"\",\"n\":2,\"max_tokens\":12,\"seed\":5,\"echo\":true,\"logprobs\":1}",
+                            "{\"prompt\":[104,105,256,32],\"n\":2,\"max_tokens\":12,\"seed\":5,\"echo\":true,\"logprobs\":1}"};
+    cJSON *choices = cJSON_GetObjectItem(o, "choices");
+    ck_assert_int_eq(cJSON_GetArraySize(choices), 6);
+    int prompt_tokens = 0;
+    for (int p = 0; p < 3; p++) {
+        cJSON *s = run_json(API_EP_COMPLETIONS, alone[p]);
+        prompt_tokens += (int)num(cJSON_GetObjectItem(s, "usage"), "prompt_tokens");
+        for (int j = 0; j < 2; j++) {
+            cJSON *c = cJSON_GetArrayItem(choices, p * 2 + j), *sc = cJSON_GetArrayItem(cJSON_GetObjectItem(s, "choices"), j);
+            ck_assert_int_eq((int)num(c, "index"), p * 2 + j);
+            ck_assert_str_eq(cJSON_GetObjectItem(c, "text")->valuestring, cJSON_GetObjectItem(sc, "text")->valuestring);
+            cJSON *la = cJSON_GetObjectItem(cJSON_GetObjectItem(c, "logprobs"), "token_logprobs"),
+                  *lb = cJSON_GetObjectItem(cJSON_GetObjectItem(sc, "logprobs"), "token_logprobs");
+            ck_assert_int_eq(cJSON_GetArraySize(la), cJSON_GetArraySize(lb));
+            for (int t = 0; t < cJSON_GetArraySize(la); t++)
+                ck_assert(fabs(cJSON_GetArrayItem(la, t)->valuedouble - cJSON_GetArrayItem(lb, t)->valuedouble) < 1e-5);
+        }
+        cJSON_Delete(s);
+    }
+    ck_assert_str_ne(choice_text(o, 0), choice_text(o, 1));
+    ck_assert_int_eq(prompt_tokens, 7 + 0 + 4); /* BOS among the ids is a token like any other */
+    ck_assert_int_eq((int)num(cJSON_GetObjectItem(o, "usage"), "prompt_tokens"), prompt_tokens);
+    ck_assert_int_eq((int)num(cJSON_GetObjectItem(o, "usage"), "completion_tokens"), 6 * 12);
+    cJSON_Delete(o);
+
+    /* Streamed: every choice's chunks carry its index, and add up to the same texts. */
+    int status;
+    char *sse = run_job(API_EP_COMPLETIONS,
+                        "{\"prompt\":[\"Call me\",\"\",[104,105,256,32]],\"n\":2,\"max_tokens\":12,\"seed\":5,"
+                        "\"stream\":true}",
+                        &status);
+    cJSON *plain = run_json(API_EP_COMPLETIONS,
+                            "{\"prompt\":[\"Call me\",\"\",[104,105,256,32]],\"n\":2,\"max_tokens\":12,\"seed\":5}");
+    char texts[6][64] = {{0}};
+    int ends = 0;
+    for (const char *p = sse; (p = strstr(p, "data: {")); p += 6) {
+        const char *end = strstr(p, "\n\n");
+        cJSON *ev = cJSON_ParseWithLength(p + 6, (size_t)(end - p - 6));
+        cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItem(ev, "choices"), 0);
+        int k = (int)num(c, "index");
+        ck_assert(k >= 0 && k < 6);
+        strcat(texts[k], cJSON_GetObjectItem(c, "text")->valuestring);
+        ends += cJSON_IsString(cJSON_GetObjectItem(c, "finish_reason"));
+        cJSON_Delete(ev);
+    }
+    ck_assert_int_eq(ends, 6);
+    for (int k = 0; k < 6; k++)
+        ck_assert_str_eq(texts[k], choice_text(plain, k));
+    cJSON_Delete(plain);
+    free(sse);
+
+    /* 5 prompts x 12 choices: 60 sequences, more than the worker's batch of 8, step together. */
+    o = run_json(API_EP_COMPLETIONS, "{\"prompt\":[\"a\",\"b\",\"c\",\"d\",\"e\"],\"n\":12,\"max_tokens\":3,\"seed\":1}");
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(o, "choices")), 60);
+    ck_assert_int_eq((int)num(cJSON_GetObjectItem(o, "usage"), "completion_tokens"), 180);
+    cJSON_Delete(o);
+}
+END_TEST
+
 int main(void)
 {
     const check_case api = {
@@ -737,7 +944,9 @@ int main(void)
                     CHECK_TEST(test_stop_string_ends_generation), CHECK_TEST(test_stream_sends_whole_characters),
                     CHECK_TEST(test_zero_alternatives_and_nul_bytes), CHECK_TEST(test_completions_echo_scores_prompt),
                     CHECK_TEST(test_inline_endpoints), CHECK_TEST(test_model_by_id),
-                    CHECK_TEST(test_metrics_exposition), CHECK_TEST(test_sampler_adjust_by_hand)),
+                    CHECK_TEST(test_metrics_exposition), CHECK_TEST(test_sampler_adjust_by_hand),
+                    CHECK_TEST(test_score_array_equals_singles),
+                    CHECK_TEST(test_completions_prompt_arrays)),
         .setup = setup,
         .teardown = teardown,
         .timeout = 60,
