@@ -91,6 +91,10 @@ void api_topk(const float *lp, int n, int k, int *idx);
 typedef struct gen_params {
     int max_tokens;
     sampler_params sp;
+    sampler_penalties pen;
+    bool penalize;    /* a penalty is on: every choice counts its tokens */
+    int last_n;       /* repetition window over prompt + generated: -1 all, 0 none */
+    float *bias;      /* [V] logit_bias, -INFINITY for a ban; NULL: none */
     uint64_t seed;
     char *stop[API_MAX_STOP];
     int n_stop;
@@ -118,6 +122,8 @@ typedef struct gen_choice {
     int *top_ids;       /* [max_tokens, top] */
     float *top_lp;      /* [max_tokens, top] */
     float *attn;        /* [max_tokens, N, W] band rows, if asked */
+    int *counts;        /* [V] times each token was generated (with penalties) */
+    int *window;        /* [V] occurrences in the last last_n tokens of prompt + generated (with penalties) */
     const char *finish; /* "length" or "stop" once done */
     bool done;
     bool end_sent;      /* a stream has had this choice's final event */

@@ -218,6 +218,29 @@ static const bad_case BAD[] = {
     {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"echo\":\"x\"}", 400, "echo"},
     {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"model\":5}", 400, "model"},
     {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"stream_options\":5}", 400, "stream_options"},
+    /* penalties and logit_bias, on both generation routes */
+    {API_EP_GENERATE, "{\"presence_penalty\":2.5}", 400, "presence_penalty"},
+    {API_EP_GENERATE, "{\"presence_penalty\":\"1\"}", 400, "presence_penalty"},
+    {API_EP_COMPLETIONS, "{\"frequency_penalty\":-2.01}", 400, "frequency_penalty"},
+    {API_EP_GENERATE, "{\"repetition_penalty\":0}", 400, "repetition_penalty"},
+    {API_EP_COMPLETIONS, "{\"repetition_penalty\":-1.1}", 400, "repetition_penalty"},
+    {API_EP_GENERATE, "{\"repetition_penalty\":100.5}", 400, "repetition_penalty"},
+    {API_EP_GENERATE, "{\"penalty_last_n\":-2}", 400, "penalty_last_n"},
+    {API_EP_COMPLETIONS, "{\"penalty_last_n\":1.5}", 400, "penalty_last_n"},
+    {API_EP_GENERATE, "{\"logit_bias\":[1]}", 400, "logit_bias"},
+    {API_EP_COMPLETIONS, "{\"logit_bias\":{\"257\":1}}", 400, "logit_bias"},
+    {API_EP_COMPLETIONS, "{\"logit_bias\":{\"50256\":-100}}", 400, "logit_bias"},
+    {API_EP_GENERATE, "{\"logit_bias\":{\"-1\":1}}", 400, "logit_bias"},
+    {API_EP_GENERATE, "{\"logit_bias\":{\"1.0\":1}}", 400, "logit_bias"},
+    {API_EP_GENERATE, "{\"logit_bias\":{\" 1\":1}}", 400, "logit_bias"},
+    {API_EP_GENERATE, "{\"logit_bias\":{\"\":1}}", 400, "logit_bias"},
+    {API_EP_GENERATE, "{\"logit_bias\":{\"x\":1}}", 400, "logit_bias"},
+    {API_EP_GENERATE, "{\"logit_bias\":{\"5\":100.5}}", 400, "logit_bias"},
+    {API_EP_COMPLETIONS, "{\"logit_bias\":{\"5\":\"1\"}}", 400, "logit_bias"},
+    {API_EP_COMPLETIONS, "{\"logit_bias\":{\"5\":null}}", 400, "logit_bias"},
+    {API_EP_COMPLETIONS, "{\"logit_bias\":{\"5\":1,\"05\":2}}", 400, "logit_bias"},
+    {API_EP_COMPLETIONS, "{\"top_k\":-2}", 400, "top_k"},
+    {API_EP_COMPLETIONS, "{\"top_k\":258}", 400, "top_k"},
     /* arrays of inputs: /v1/score */
     {API_EP_SCORE, "{\"texts\":\"a\"}", 400, "texts"},
     {API_EP_SCORE, "{\"texts\":[]}", 400, "texts"},
@@ -767,10 +790,159 @@ START_TEST(test_sampler_adjust_by_hand)
 }
 END_TEST
 
+static int tok_id(const cJSON *toks, int i) { return (int)num(cJSON_GetArrayItem(toks, i), "id"); }
+
+/* A penalized, biased greedy generation is what decoding by hand gives: the
+ * repetition window (the last 3 tokens of prompt + output) slides, presence and
+ * frequency count the output only, and the answer's log-probabilities are the
+ * model's own. */
+START_TEST(test_penalized_greedy_equals_reference)
+{
+    const char *prompt = "abcab";
+    const int P = 5, N = 40, V = 257, last_n = 3;
+    const float presence = 0.7f, frequency = 0.4f, repetition = 1.5f;
+    cJSON *o = run_json(API_EP_GENERATE, "{\"prompt\":\"abcab\",\"max_tokens\":40,\"temperature\":0,"
+                                         "\"presence_penalty\":0.7,\"frequency_penalty\":0.4,\"repetition_penalty\":1.5,"
+                                         "\"penalty_last_n\":3,\"logit_bias\":{\"101\":-100,\"32\":2.5}}");
+    cJSON *toks = cJSON_GetObjectItem(o, "tokens");
+    ck_assert_int_eq(cJSON_GetArraySize(toks), N);
+
+    int ctx[5 + 40];
+    for (int i = 0; i < P; i++)
+        ctx[i] = (unsigned char)prompt[i];
+    int ids[6] = {256};
+    memcpy(ids + 1, ctx, P * sizeof *ids);
+    char err[ATTNLM_ERR_LEN];
+    model_seq *seq = model_seq_new(g_model);
+    model_batch *b = model_batch_new(g_model, 1);
+    ck_assert_int_eq(model_forward(g_model, ids, P, NULL, NULL, seq, err, sizeof err), 0);
+    float logits[257], lp[257];
+    int next = ctx[P - 1], changed = 0;
+    for (int n = 0; n < N; n++) {
+        ck_assert_int_eq(model_step(g_model, b, &seq, &next, 1, logits, NULL, err, sizeof err), 0);
+        model_log_softmax(lp, logits, V);
+        changed += sampler_argmax(logits, V) != tok_id(toks, n);
+        /* by hand, rescanning */
+        for (int t = 0; t < V; t++) {
+            int in_window = 0, gen = 0;
+            for (int q = P + n - last_n; q < P + n; q++)
+                in_window |= q >= 0 && ctx[q] == t;
+            for (int q = P; q < P + n; q++)
+                gen += ctx[q] == t;
+            if (in_window)
+                logits[t] = logits[t] > 0 ? logits[t] / repetition : logits[t] * repetition;
+            if (gen)
+                logits[t] -= presence + frequency * (float)gen;
+        }
+        logits[101] = -INFINITY;
+        logits[32] += 2.5f;
+        logits[256] = -INFINITY;
+        int want = sampler_argmax(logits, V);
+        ck_assert_msg(tok_id(toks, n) == want, "token %d: %d, by hand %d", n, tok_id(toks, n), want);
+        ck_assert_msg((float)num(cJSON_GetArrayItem(toks, n), "logprob") == lp[want], "token %d: logprob %g, model %g",
+                      n, num(cJSON_GetArrayItem(toks, n), "logprob"), lp[want]);
+        ck_assert_int_ne(want, 101);
+        ctx[P + n] = next = want;
+    }
+    ck_assert_int_gt(changed, 0); /* the penalties and the bias did change tokens */
+    model_batch_free(b);
+    model_seq_free(seq);
+    cJSON_Delete(o);
+}
+END_TEST
+
 static const char *choice_text(const cJSON *o, int k)
 {
     return cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), k), "text")->valuestring;
 }
+
+START_TEST(test_logit_bias_bans)
+{
+    /* Banning the greedy next byte changes it; the reported numbers stay the model's. */
+    cJSON *a = run_json(API_EP_GENERATE, "{\"prompt\":\"Call me\",\"max_tokens\":1,\"temperature\":0,\"logprobs\":4}");
+    cJSON *ta = cJSON_GetArrayItem(cJSON_GetObjectItem(a, "tokens"), 0);
+    int first = (int)num(ta, "id");
+    char req[256];
+    snprintf(req, sizeof req,
+             "{\"prompt\":\"Call me\",\"max_tokens\":1,\"temperature\":0,\"logprobs\":4,\"logit_bias\":{\"%d\":-100}}", first);
+    cJSON *b = run_json(API_EP_GENERATE, req);
+    cJSON *tb = cJSON_GetArrayItem(cJSON_GetObjectItem(b, "tokens"), 0);
+    int second = (int)num(tb, "id");
+    ck_assert_int_ne(second, first);
+    char *top_a = cJSON_PrintUnformatted(cJSON_GetObjectItem(ta, "top")),
+         *top_b = cJSON_PrintUnformatted(cJSON_GetObjectItem(tb, "top"));
+    ck_assert_str_eq(top_a, top_b);
+    /* the next most likely byte of the model, with its own log-probability */
+    cJSON *alt = cJSON_GetArrayItem(cJSON_GetObjectItem(ta, "top"), 1);
+    ck_assert_int_eq(second, (int)num(alt, "id"));
+    ck_assert(num(tb, "logprob") == num(alt, "logprob"));
+    free(top_a);
+    free(top_b);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+
+    /* A positive bias on one byte with the rest banned: only that byte, at any temperature. */
+    char *big = malloc(8192);
+    size_t len = (size_t)snprintf(big, 8192, "{\"prompt\":\"x\",\"max_tokens\":20,\"seed\":4,\"logit_bias\":{");
+    for (int t = 0; t < 256; t++)
+        len += (size_t)snprintf(big + len, 8192 - len, "%s\"%d\":%s", t ? "," : "", t, t == 'q' ? "3" : "-100");
+    snprintf(big + len, 8192 - len, "}}");
+    cJSON *q = run_json(API_EP_GENERATE, big);
+    ck_assert_str_eq(cJSON_GetObjectItem(q, "text")->valuestring, "qqqqqqqqqqqqqqqqqqqq");
+    cJSON_Delete(q);
+
+    /* Every byte banned: the bans cancel out (the same -100 added to every byte), no crash. */
+    len = (size_t)snprintf(big, 8192, "{\"prompt\":\"x\",\"max_tokens\":20,\"seed\":4,\"logit_bias\":{");
+    for (int t = 0; t < 257; t++)
+        len += (size_t)snprintf(big + len, 8192 - len, "%s\"%d\":-100", t ? "," : "", t);
+    snprintf(big + len, 8192 - len, "}}");
+    for (int greedy = 0; greedy < 2; greedy++) {
+        cJSON *all = run_json(API_EP_GENERATE, big);
+        cJSON *plain = run_json(API_EP_GENERATE, greedy ? "{\"prompt\":\"x\",\"max_tokens\":20,\"temperature\":0}"
+                                                        : "{\"prompt\":\"x\",\"max_tokens\":20,\"seed\":4}");
+        cJSON *ta = cJSON_GetObjectItem(all, "tokens"), *tp = cJSON_GetObjectItem(plain, "tokens");
+        for (int i = 0; i < 20; i++)
+            ck_assert_int_eq(tok_id(ta, i), tok_id(tp, i));
+        cJSON_Delete(all);
+        cJSON_Delete(plain);
+        len = (size_t)snprintf(big, 8192, "{\"prompt\":\"x\",\"max_tokens\":20,\"temperature\":0,\"logit_bias\":{");
+        for (int t = 0; t < 256; t++)
+            len += (size_t)snprintf(big + len, 8192 - len, "%s\"%d\":-100", t ? "," : "", t);
+        snprintf(big + len, 8192 - len, "}}");
+    }
+    free(big);
+
+    /* The same on /v1/completions, with its own greedy. */
+    cJSON *c = run_json(API_EP_COMPLETIONS, "{\"prompt\":\"Call me\",\"max_tokens\":1,\"temperature\":0}");
+    snprintf(req, sizeof req, "{\"prompt\":\"Call me\",\"max_tokens\":1,\"temperature\":0,\"logit_bias\":{\"%d\":-100}}",
+             (unsigned char)choice_text(c, 0)[0]);
+    ck_assert_int_eq((unsigned char)choice_text(c, 0)[0], first);
+    cJSON *d = run_json(API_EP_COMPLETIONS, req);
+    ck_assert_int_eq((unsigned char)choice_text(d, 0)[0], second);
+    cJSON_Delete(c);
+    cJSON_Delete(d);
+}
+END_TEST
+
+/* Greedy text that repeats itself repeats less with a frequency penalty. */
+START_TEST(test_frequency_penalty_reduces_repeats)
+{
+    int repeats[2];
+    for (int k = 0; k < 2; k++) {
+        cJSON *o = run_json(API_EP_GENERATE, k ? "{\"prompt\":\"the \",\"max_tokens\":100,\"temperature\":0,"
+                                                 "\"frequency_penalty\":2}"
+                                               : "{\"prompt\":\"the \",\"max_tokens\":100,\"temperature\":0}");
+        cJSON *toks = cJSON_GetObjectItem(o, "tokens");
+        int seen[257] = {0};
+        repeats[k] = 0;
+        for (int i = 0; i < 100; i++)
+            repeats[k] += seen[tok_id(toks, i)]++ > 0;
+        cJSON_Delete(o);
+    }
+    ck_assert_msg(repeats[1] < repeats[0], "repeated bytes: %d with frequency_penalty 2, %d without", repeats[1],
+                  repeats[0]);
+}
+END_TEST
 
 /* Starts the jobs of bodies[n] together (score jobs share one forward pass) and
  * returns their answers (caller frees). */
@@ -945,7 +1117,8 @@ int main(void)
                     CHECK_TEST(test_zero_alternatives_and_nul_bytes), CHECK_TEST(test_completions_echo_scores_prompt),
                     CHECK_TEST(test_inline_endpoints), CHECK_TEST(test_model_by_id),
                     CHECK_TEST(test_metrics_exposition), CHECK_TEST(test_sampler_adjust_by_hand),
-                    CHECK_TEST(test_score_array_equals_singles),
+                    CHECK_TEST(test_penalized_greedy_equals_reference), CHECK_TEST(test_logit_bias_bans),
+                    CHECK_TEST(test_frequency_penalty_reduces_repeats), CHECK_TEST(test_score_array_equals_singles),
                     CHECK_TEST(test_completions_prompt_arrays)),
         .setup = setup,
         .teardown = teardown,
