@@ -193,9 +193,21 @@ int generate_parse(api_job *j, const cJSON *o, uint64_t seed, api_error *e)
         return -1;
     if (openai) {
         int has_lp = json_get_int(o, "logprobs", 0, OPENAI_MAX_LOGPROBS, &top, e);
+        long long best_of = 0;
+        const char *suffix = NULL, *user = NULL;
         if (has_lp < 0 || json_get_int(o, "n", 1, API_MAX_CHOICES, &n, e) < 0 ||
-            json_get_bool(o, "echo", &echo, e) < 0)
+            json_get_bool(o, "echo", &echo, e) < 0 || json_get_string(o, "user", &user, e) < 0 ||
+            json_get_string(o, "suffix", &suffix, e) < 0 || json_get_int(o, "best_of", 1, API_MAX_CHOICES, &best_of, e) < 0)
             return -1;
+        /* Accepted only where they change nothing: every sample is returned, and nothing is inserted. */
+        if (best_of && best_of != n) {
+            api_error_set(e, 400, "best_of", "best_of must equal n: every sample is returned, none is picked");
+            return -1;
+        }
+        if (suffix && suffix[0]) {
+            api_error_set(e, 400, "suffix", "suffix (text after the insertion) is not supported");
+            return -1;
+        }
         gp->logprobs = has_lp == 1;
         const cJSON *so = cJSON_GetObjectItemCaseSensitive(o, "stream_options");
         if (so && !cJSON_IsNull(so) &&

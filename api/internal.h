@@ -53,6 +53,9 @@ int json_get_string(const cJSON *o, const char *name, const char **out, api_erro
 /* Parses body as a JSON object.  NULL with e filled (400) if it is not one, or
  * if a string in it holds U+0000, which would cut it short. */
 cJSON *json_parse_object(const char *body, size_t len, api_error *e);
+/* Refuses (400, naming it) the first field of o that is not in allowed (a
+ * NULL-terminated list).  Returns 0 or -1. */
+int json_check_fields(const cJSON *o, const char *const *allowed, const char *route, api_error *e);
 
 /* One input of a request: ids = [BOS] + its tokens, n counting BOS. */
 typedef struct job_input {

@@ -10,9 +10,26 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The fields each route takes; any other is refused, so that a request
+ * meant for another server does not silently do something else here. */
+static const char *const SCORE_FIELDS[] = {"model", "text", "ids", "texts", "top_k", "candidates", NULL};
+static const char *const ATTENTION_FIELDS[] = {"model", "text", "ids", "format", NULL};
+#define SAMPLING_FIELDS                                                                                              \
+    "model", "prompt", "ids", "max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "stream",              \
+        "presence_penalty", "frequency_penalty", "repetition_penalty", "penalty_last_n", "logit_bias"
+static const char *const GENERATE_FIELDS[] = {SAMPLING_FIELDS, "logprobs", "attention", NULL};
+static const char *const COMPLETIONS_FIELDS[] = {SAMPLING_FIELDS, "n", "logprobs", "echo", "stream_options",
+                                                 "user", "best_of", "suffix", NULL};
+
 api_job *api_job_new(const api_ctx *ctx, api_endpoint ep, const char *body, size_t len, uint64_t seed,
                      const char *request_id, api_error *e)
 {
+    static const char *const *const fields[] = {
+        [JOB_SCORE] = SCORE_FIELDS,
+        [JOB_ATTENTION] = ATTENTION_FIELDS,
+        [JOB_GENERATE] = GENERATE_FIELDS,
+        [JOB_COMPLETIONS] = COMPLETIONS_FIELDS,
+    };
     job_kind kind;
     switch (ep) {
     case API_EP_SCORE: kind = JOB_SCORE; break;
@@ -24,6 +41,10 @@ api_job *api_job_new(const api_ctx *ctx, api_endpoint ep, const char *body, size
     cJSON *o = json_parse_object(body, len, e);
     if (!o)
         return NULL;
+    if (json_check_fields(o, fields[kind], api_endpoint_path(ep), e) < 0) {
+        cJSON_Delete(o);
+        return NULL;
+    }
     api_job *j = calloc(1, sizeof *j);
     if (!j) {
         cJSON_Delete(o);

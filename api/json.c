@@ -81,6 +81,21 @@ static const cJSON *field(const cJSON *o, const char *name)
 
 const cJSON *json_field(const cJSON *o, const char *name) { return field(o, name); }
 
+int json_check_fields(const cJSON *o, const char *const *allowed, const char *route, api_error *e)
+{
+    for (const cJSON *f = o->child; f; f = f->next) {
+        const char *const *a = allowed;
+        while (*a && strcmp(*a, f->string) != 0)
+            a++;
+        if (!*a) {
+            api_error_set(e, 400, f->string, "%s does not take the field \"%.64s\" (docs/API.md lists the fields of each route)",
+                          route, f->string);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int json_get_int(const cJSON *o, const char *name, long long lo, long long hi, long long *out, api_error *e)
 {
     const cJSON *f = field(o, name);

@@ -241,6 +241,22 @@ static const bad_case BAD[] = {
     {API_EP_COMPLETIONS, "{\"logit_bias\":{\"5\":1,\"05\":2}}", 400, "logit_bias"},
     {API_EP_COMPLETIONS, "{\"top_k\":-2}", 400, "top_k"},
     {API_EP_COMPLETIONS, "{\"top_k\":258}", 400, "top_k"},
+    /* OpenAI fields accepted only where they change nothing */
+    {API_EP_COMPLETIONS, "{\"best_of\":2}", 400, "best_of"},
+    {API_EP_COMPLETIONS, "{\"best_of\":3,\"n\":2}", 400, "best_of"},
+    {API_EP_COMPLETIONS, "{\"best_of\":0}", 400, "best_of"},
+    {API_EP_COMPLETIONS, "{\"suffix\":\"end\"}", 400, "suffix"},
+    {API_EP_COMPLETIONS, "{\"user\":5}", 400, "user"},
+    /* fields a route does not take */
+    {API_EP_SCORE, "{\"text\":\"a\",\"user\":\"x\"}", 400, "user"},
+    {API_EP_SCORE, "{\"text\":\"a\",\"temperature\":0}", 400, "temperature"},
+    {API_EP_ATTENTION, "{\"text\":\"a\",\"top_k\":1}", 400, "top_k"},
+    {API_EP_GENERATE, "{\"n\":2}", 400, "n"},
+    {API_EP_GENERATE, "{\"echo\":true}", 400, "echo"},
+    {API_EP_GENERATE, "{\"user\":\"x\"}", 400, "user"},
+    {API_EP_GENERATE, "{\"min_p\":0.1}", 400, "min_p"},
+    {API_EP_COMPLETIONS, "{\"attention\":true}", 400, "attention"},
+    {API_EP_COMPLETIONS, "{\"Prompt\":\"a\"}", 400, "Prompt"},
     /* arrays of inputs: /v1/score */
     {API_EP_SCORE, "{\"texts\":\"a\"}", 400, "texts"},
     {API_EP_SCORE, "{\"texts\":[]}", 400, "texts"},
@@ -297,12 +313,36 @@ START_TEST(test_bad_requests_are_refused)
 }
 END_TEST
 
-START_TEST(test_nulls_and_unknown_fields_are_defaults)
+START_TEST(test_nulls_are_defaults)
 {
-    cJSON *o = run_json(API_EP_SCORE, "{\"text\":\"ab\",\"top_k\":null,\"candidates\":null,\"user\":\"x\"}");
+    cJSON *o = run_json(API_EP_SCORE, "{\"text\":\"ab\",\"top_k\":null,\"candidates\":null,\"texts\":null}");
     cJSON *tok = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "tokens"), 0);
     ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(tok, "top")), 5);
     cJSON_Delete(o);
+    /* The OpenAI fields a client may send by default are taken: user, and best_of and
+     * suffix where they change nothing; logit_bias {} is no bias. */
+    const char *plain = "{\"prompt\":\"ab\",\"max_tokens\":6,\"seed\":3,\"n\":2}";
+    cJSON *a = run_json(API_EP_COMPLETIONS, plain);
+    cJSON *b = run_json(API_EP_COMPLETIONS, "{\"prompt\":\"ab\",\"max_tokens\":6,\"seed\":3,\"n\":2,\"user\":\"u-1\","
+                                            "\"best_of\":2,\"suffix\":\"\",\"logit_bias\":{},\"presence_penalty\":0,"
+                                            "\"frequency_penalty\":0,\"top_k\":-1,\"stream_options\":null}");
+    for (int k = 0; k < 2; k++)
+        ck_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(a, "choices"), k), "text")->valuestring,
+                         cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(b, "choices"), k), "text")->valuestring);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    /* tokenize and detokenize refuse other fields too */
+    api_reply r;
+    const char *t = "{\"text\":\"a\",\"ids\":[1]}";
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_TOKENIZE, NULL, NULL, t, strlen(t), false, &r), 0);
+    ck_assert_int_eq(r.status, 400);
+    ck_assert_ptr_nonnull(strstr(r.body, "\"param\":\"ids\""));
+    free(r.body);
+    t = "{\"ids\":[65],\"text\":\"a\"}";
+    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_DETOKENIZE, NULL, NULL, t, strlen(t), false, &r), 0);
+    ck_assert_int_eq(r.status, 400);
+    ck_assert_ptr_nonnull(strstr(r.body, "\"param\":\"text\""));
+    free(r.body);
 }
 END_TEST
 
@@ -1111,7 +1151,7 @@ int main(void)
         "api",
         CHECK_TESTS(CHECK_TEST(test_routes), CHECK_TEST(test_error_body), CHECK_TEST(test_api_key),
                     CHECK_LOOP(test_bad_requests_are_refused, (int)(sizeof BAD / sizeof *BAD)),
-                    CHECK_TEST(test_nulls_and_unknown_fields_are_defaults), CHECK_TEST(test_score_matches_engine),
+                    CHECK_TEST(test_nulls_are_defaults), CHECK_TEST(test_score_matches_engine),
                     CHECK_TEST(test_attention_rows), CHECK_TEST(test_generation_is_reproducible_and_streams_alike),
                     CHECK_TEST(test_stop_string_ends_generation), CHECK_TEST(test_stream_sends_whole_characters),
                     CHECK_TEST(test_zero_alternatives_and_nul_bytes), CHECK_TEST(test_completions_echo_scores_prompt),
