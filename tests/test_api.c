@@ -93,6 +93,20 @@ static double num(const cJSON *o, const char *k)
     return f->valuedouble;
 }
 
+/* api_handle_inline with the reply's body NUL-terminated, so it can be read as a string. */
+static int handle_inline(api_endpoint ep, const char *path, const char *model_arg, const char *body, size_t len,
+                         bool draining, api_reply *r)
+{
+    int rc = api_handle_inline(&g_ctx, ep, path, model_arg, body, len, draining, r);
+    if (rc == 0) {
+        char *p = realloc(r->body, r->len + 1);
+        ck_assert_ptr_nonnull(p);
+        p[r->len] = '\0';
+        r->body = p;
+    }
+    return rc;
+}
+
 /* ---- routing, errors, keys --------------------------------------------------- */
 
 START_TEST(test_routes)
@@ -334,12 +348,12 @@ START_TEST(test_nulls_are_defaults)
     /* tokenize and detokenize refuse other fields too */
     api_reply r;
     const char *t = "{\"text\":\"a\",\"ids\":[1]}";
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_TOKENIZE, NULL, NULL, t, strlen(t), false, &r), 0);
+    ck_assert_int_eq(handle_inline(API_EP_TOKENIZE, NULL, NULL, t, strlen(t), false, &r), 0);
     ck_assert_int_eq(r.status, 400);
     ck_assert_ptr_nonnull(strstr(r.body, "\"param\":\"ids\""));
     free(r.body);
     t = "{\"ids\":[65],\"text\":\"a\"}";
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_DETOKENIZE, NULL, NULL, t, strlen(t), false, &r), 0);
+    ck_assert_int_eq(handle_inline(API_EP_DETOKENIZE, NULL, NULL, t, strlen(t), false, &r), 0);
     ck_assert_int_eq(r.status, 400);
     ck_assert_ptr_nonnull(strstr(r.body, "\"param\":\"text\""));
     free(r.body);
@@ -639,7 +653,7 @@ START_TEST(test_zero_alternatives_and_nul_bytes)
     /* Byte 0 is a token like any other: it is escaped, never a string's end. */
     api_reply r;
     const char *d = "{\"ids\":[65,0,66]}";
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_DETOKENIZE, NULL, NULL, d, strlen(d), false, &r), 0);
+    ck_assert_int_eq(handle_inline(API_EP_DETOKENIZE, NULL, NULL, d, strlen(d), false, &r), 0);
     ck_assert_int_eq(r.status, 200);
     ck_assert_msg(strstr(r.body, "\"text\":\"A\\u0000B\"") != NULL, "%s", r.body);
     free(r.body);
@@ -715,10 +729,10 @@ END_TEST
 START_TEST(test_inline_endpoints)
 {
     api_reply r;
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_READY, NULL, NULL, NULL, 0, true, &r), 0);
+    ck_assert_int_eq(handle_inline(API_EP_READY, NULL, NULL, NULL, 0, true, &r), 0);
     ck_assert_int_eq(r.status, 503);
     free(r.body);
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_TOKENIZE, NULL, NULL, "{\"text\":\"h\xC3\xA9\"}", 14, false, &r), 0);
+    ck_assert_int_eq(handle_inline(API_EP_TOKENIZE, NULL, NULL, "{\"text\":\"h\xC3\xA9\"}", 14, false, &r), 0);
     cJSON *o = cJSON_Parse(r.body), *toks = cJSON_GetObjectItem(o, "tokens");
     ck_assert_int_eq(cJSON_GetArraySize(toks), 3);
     ck_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(toks, 1), "text")->valuestring, "\xEF\xBF\xBD");
@@ -726,17 +740,17 @@ START_TEST(test_inline_endpoints)
     cJSON_Delete(o);
     free(r.body);
     const char *d = "{\"ids\":[256,104,195,169,255]}";
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_DETOKENIZE, NULL, NULL, d, strlen(d), false, &r), 0);
+    ck_assert_int_eq(handle_inline(API_EP_DETOKENIZE, NULL, NULL, d, strlen(d), false, &r), 0);
     o = cJSON_Parse(r.body);
     ck_assert_str_eq(cJSON_GetObjectItem(o, "text")->valuestring, "h\xC3\xA9\xEF\xBF\xBD");
     cJSON_Delete(o);
     free(r.body);
     d = "{\"ids\":[1,257]}";
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_DETOKENIZE, NULL, NULL, d, strlen(d), false, &r), 0);
+    ck_assert_int_eq(handle_inline(API_EP_DETOKENIZE, NULL, NULL, d, strlen(d), false, &r), 0);
     ck_assert_int_eq(r.status, 400);
     ck_assert_ptr_nonnull(strstr(r.body, "\"param\":\"ids\""));
     free(r.body);
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_MODEL, NULL, NULL, NULL, 0, false, &r), 0);
+    ck_assert_int_eq(handle_inline(API_EP_MODEL, NULL, NULL, NULL, 0, false, &r), 0);
     o = cJSON_Parse(r.body);
     ck_assert_int_eq((int)num(cJSON_GetObjectItem(o, "limits"), "max_input_tokens"), 64);
     ck_assert_int_eq((int)num(o, "parameters"), (int)model_param_count(g_model));
@@ -756,11 +770,11 @@ START_TEST(test_model_by_id)
     ck_assert_int_eq(api_route("GET", "/v1/models/", &ep, &allow), 404);
     ck_assert_int_eq(api_route("POST", "/v1/models/fixture gru_dot", &ep, &allow), 405);
     api_reply r;
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_MODEL_BY_ID, "/v1/models/fixture gru_dot", NULL, NULL, 0, false, &r), 0);
+    ck_assert_int_eq(handle_inline(API_EP_MODEL_BY_ID, "/v1/models/fixture gru_dot", NULL, NULL, 0, false, &r), 0);
     ck_assert_int_eq(r.status, 200);
     ck_assert_ptr_nonnull(strstr(r.body, "\"id\":\"fixture gru_dot\""));
     free(r.body);
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_MODEL_BY_ID, "/v1/models/other", NULL, NULL, 0, false, &r), 0);
+    ck_assert_int_eq(handle_inline(API_EP_MODEL_BY_ID, "/v1/models/other", NULL, NULL, 0, false, &r), 0);
     ck_assert_int_eq(r.status, 404);
     ck_assert_ptr_nonnull(strstr(r.body, "\"param\":\"model\""));
     free(r.body);
@@ -773,7 +787,7 @@ START_TEST(test_metrics_exposition)
     metrics_request(&g_metrics, API_EP_SCORE, 413, 0.0001);
     metrics_batch(&g_metrics, 5);
     api_reply r;
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_METRICS, NULL, NULL, NULL, 0, false, &r), 0);
+    ck_assert_int_eq(handle_inline(API_EP_METRICS, NULL, NULL, NULL, 0, false, &r), 0);
     ck_assert_ptr_nonnull(strstr(r.body, "attnlm_requests_total{route=\"/v1/score\",status=\"200\"} 1\n"));
     ck_assert_ptr_nonnull(strstr(r.body, "attnlm_requests_total{route=\"/v1/score\",status=\"413\"} 1\n"));
     ck_assert_ptr_nonnull(strstr(r.body, "attnlm_request_duration_seconds_bucket{route=\"/v1/score\",le=\"0.025\"} 2\n"));
