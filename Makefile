@@ -45,6 +45,7 @@ INC_api := -Icommon -Imodel -Iapi
 INC_server := -Icommon -Imodel -Iapi -Iserver
 INC_cli := -Icommon -Imodel -Icli
 INC_bench := -Icommon -Imodel
+INC_tools := -Icommon
 INC_tests := -Icommon -Imodel -Iapi -Iserver -Icli -Itests
 inc = $(INC_$(firstword $(subst /, ,$1)))
 
@@ -68,8 +69,12 @@ API_SRC := api/models.c api/route.c api/json.c api/inline.c api/score.c api/gene
 API_OBJ := $(API_SRC:%.c=$(BUILD)/%.o)
 API_LIB := $(BUILD)/libattnlm_api.a
 
-SERVER_SRC := server/config.c server/pool.c server/http.c server/probe.c
-SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
+SERVER_SRC := server/config.c server/pool.c server/http.c server/probe.c server/ui.c
+# The inspector page (ui/) is compiled into the server: tools/embed writes its
+# files into a C source with their content types and ETags.
+UI_FILES := $(sort $(wildcard ui/*.html ui/*.js ui/*.css ui/*.svg))
+UI_ASSETS := $(BUILD)/gen/ui_assets
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o) $(UI_ASSETS).o
 CLI_OBJ := $(BUILD)/cli/main.o $(BUILD)/cli/parity.o
 
 MODEL_TESTS := test_safetensors test_model test_sampler test_tokenizer test_sha256 test_common test_kernels
@@ -127,6 +132,16 @@ $(BUILD)/%.o: %.c
 $(BUILD)/model/kernels_%.o: model/kernels_isa.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) $(INC_model) -DKERN_ISA=$* $(KERN_FLAGS_$*) -ffp-contract=fast -c $< -o $@
+
+$(BUILD)/tools/embed: $(BUILD)/tools/embed.o $(BUILD)/common/sha256.o $(BUILD)/common/err.o
+	$(CC) $(CFLAGS_ALL) $^ -o $@
+
+$(UI_ASSETS).c: $(BUILD)/tools/embed $(UI_FILES)
+	@mkdir -p $(dir $@)
+	$(BUILD)/tools/embed $@ ui $(UI_FILES)
+
+$(UI_ASSETS).o: $(UI_ASSETS).c
+	$(CC) $(CFLAGS_ALL) $(INC_server) -c $< -o $@
 
 $(MODEL_LIB): $(MODEL_OBJ)
 	$(AR) rcs $@ $^

@@ -35,6 +35,7 @@
 #include "clock.h"
 #include "err.h"
 #include "rng.h"
+#include "ui.h"
 
 #define PROBE_INTERVAL_NS 20000000 /* how often a worker checks a waiting client's socket */
 #define STREAM_BLOCK 4096
@@ -356,6 +357,30 @@ static enum MHD_Result submit_job(srv_req *r)
     return MHD_YES;
 }
 
+/* The inspector page's files (server/ui.c): GET and HEAD, no key needed. */
+static enum MHD_Result serve_ui(srv_req *r, const char *method, const char *url)
+{
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+        api_error e;
+        api_error_set(&e, 405, NULL, "%s does not answer %s (allowed: GET, HEAD)", r->path, method);
+        return reply_error(r, &e, "GET, HEAD");
+    }
+    const ui_asset *a = ui_find(url);
+    if (!a)
+        return fail(r, 404, NULL, "no such file: %s", r->path);
+    unsigned status;
+    struct MHD_Response *resp =
+        ui_response(a, MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH), &status);
+    if (!resp)
+        return MHD_NO;
+    MHD_add_response_header(resp, "X-Request-Id", r->id);
+    enum MHD_Result ok = MHD_queue_response(r->conn, status, resp);
+    MHD_destroy_response(resp);
+    r->status = (int)status;
+    r->ph = PH_REPLIED;
+    return ok;
+}
+
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                               const char *version, const char *upload_data, size_t *upload_data_size,
                               void **req_cls)
@@ -406,6 +431,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     }
 
     /* The whole request is in. */
+    if (s->cfg->ui && ui_is_path(url))
+        return serve_ui(r, method, url);
     const char *allow = NULL;
     api_endpoint ep;
     int rc = api_route(method, url, &ep, &allow);
