@@ -19,6 +19,7 @@ api_job *api_job_new(const api_ctx *ctx, api_endpoint ep, const char *body, size
     case API_EP_ATTENTION: kind = JOB_ATTENTION; break;
     case API_EP_GENERATE: kind = JOB_GENERATE; break;
     case API_EP_COMPLETIONS: kind = JOB_COMPLETIONS; break;
+    case API_EP_ATTRIBUTION: kind = JOB_ATTRIBUTION; break;
     default: api_error_set(e, 500, NULL, "%s is not model work", api_endpoint_path(ep)); return NULL;
     }
     cJSON *o = json_parse_object(body, len, e);
@@ -40,6 +41,7 @@ api_job *api_job_new(const api_ctx *ctx, api_endpoint ep, const char *body, size
         switch (kind) {
         case JOB_SCORE: rc = score_parse(j, o, e); break;
         case JOB_ATTENTION: rc = attention_parse(j, o, e); break;
+        case JOB_ATTRIBUTION: rc = attribution_parse(j, o, e); break;
         default: rc = generate_parse(j, o, seed, e); break;
         }
     }
@@ -83,6 +85,8 @@ void api_job_start_many(api_job **jobs, int n, api_worker *w)
             scores[ns++] = jobs[i];
         else if (jobs[i]->kind == JOB_ATTENTION)
             attention_run(jobs[i], w);
+        else if (jobs[i]->kind == JOB_ATTRIBUTION)
+            attribution_run(jobs[i], w);
         else if (jobs[i]->kind == JOB_SCORE)
             score_run_many(&jobs[i], 1, w);
         else
