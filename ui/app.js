@@ -13,7 +13,7 @@ const DEFAULT_TEXT = "Call me Ishmael. Some years ago\u2014never mind how long p
 
 const state = { text: DEFAULT_TEXT, text2: "", model: "", model2: "", mode: "single", head: 0, dense: false, scale: "sqrt", pos: -1 };
 const panels = [];
-let models = [], generation = null;
+let models = [], generation = null, runs = 0, analysed;
 
 const app = {
   state,
@@ -144,6 +144,11 @@ async function run() {
   state.text = $("text").value;
   state.text2 = $("text2").value;
   if (!state.text) { status("Type a text to analyse.", true); return; }
+  // A new text starts without a selection (a link's first analysis keeps its own).
+  const key = [state.mode, state.model, state.model2, state.text, state.text2].join("\u0000");
+  if (analysed !== undefined && analysed.split("\u0000")[3] !== state.text) state.pos = -1;
+  analysed = key;
+  const run = ++runs;
   const jobs = [[state.model, state.text]];
   if (state.mode === "models") jobs.push([state.model2, state.text]);
   if (state.mode === "texts") jobs.push([state.model, state.text2 || state.text]);
@@ -152,6 +157,7 @@ async function run() {
     const t0 = performance.now();
     const results = await Promise.all(jobs.map(([m, text]) => analyse(m, [D.BOS, ...D.utf8(text)])));
     const fetched = performance.now() - t0;
+    if (run !== runs) return; // a later analysis or generation took over
     layout(results.length);
     headOptions(Math.max(...results.map((a) => a.N)));
     const pos = state.pos;
@@ -174,7 +180,7 @@ async function generate() {
   stopGeneration();
   const prompt = $("prompt").value;
   if (!prompt) { status("Type a prompt to generate from.", true); return; }
-  const ctl = (generation = new AbortController());
+  const ctl = (generation = new AbortController()), run = ++runs;
   $("stop").disabled = false;
   $("generate").disabled = true;
   state.mode = "single";
@@ -214,7 +220,7 @@ async function generate() {
     stats.stopped = true;
   }
   finishGeneration(ctl);
-  if (!a) return;
+  if (!a || run !== runs) return;
   const secs = (stats.end - stats.start) / 1000;
   const how = `${stats.stopped ? "stopped" : "done"}: ${stats.tokens} tokens in ${secs.toFixed(2)} s ` +
     `(${(stats.tokens / secs).toFixed(0)} tokens/s), ${stats.frames} frames drawn, longest ${stats.maxRenderMs.toFixed(1)} ms`;
@@ -230,7 +236,9 @@ async function generate() {
   }
   // The finished text analysed whole: the rows of its last position and the server's summary.
   try {
-    panels[0].set(await analyse(state.model, a.ids));
+    const full = await analyse(state.model, a.ids);
+    if (run !== runs) return;
+    panels[0].set(full);
     status(how);
     stats.done = true;
     saveHash();

@@ -416,7 +416,7 @@ async function runTwoModels(b) {
     await page.click(".panel[data-panel='0'] .textview span[data-p0='10']");
     await page.waitForFunction(() => window.attnlmInspector.panels[1].sel === 10);
     check(true, "a position clicked in one panel is selected in both");
-    await page.screenshot({ path: SHOT.replace(/\.png$/, "-compare.png") });
+    await page.screenshot({ path: path.join(ROOT, "build/ui/inspector-compare.png") });
 
     // Compare: two texts under one model.
     const text2 = "Whenever I find myself growing grim about the mouth";
