@@ -41,11 +41,12 @@ COPY models/default.safetensors /models/model.safetensors
 # Each worker runs its own single-threaded BLAS calls: OpenBLAS's thread pool would sit idle.
 ENV ATTNLM_HOST=0.0.0.0 \
     ATTNLM_PORT=8080 \
+    ATTNLM_ADMIN_PORT=9090 \
     ATTNLM_MODEL=/models/model.safetensors \
     OPENBLAS_NUM_THREADS=1
 USER 10001:10001
-EXPOSE 8080
+EXPOSE 8080 9090
 STOPSIGNAL SIGTERM
-# The binary probes its own /health (no curl or wget in the image).
+# The binary probes its own /health on the admin port (no curl or wget in the image).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 CMD ["attnlm-server", "--health"]
 ENTRYPOINT ["attnlm-server"]

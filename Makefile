@@ -13,6 +13,8 @@
 #   make fixtures   regenerate tests/fixtures from the PyTorch implementation
 #   make bench      engine throughput next to the PyTorch model's, same run
 #   make bench-http requests/s and latency of the service under load (wrk), streams' tokens/s
+#   make bench-hostile  memory and latency under clients that abuse the server
+#   make fuzz       each libFuzzer harness (tests/fuzz) for FUZZ_SECONDS (default 60) with clang
 
 CC ?= cc
 PYTHON ?= /usr/bin/python3
@@ -20,7 +22,11 @@ SAN ?= 0
 
 # Objects of each compiler and build kind live apart, so they never mix.
 COMPILER := $(if $(findstring clang,$(notdir $(firstword $(CC)))),clang,)
-ifeq ($(SAN),1)
+ifeq ($(FUZZ),1)
+# libFuzzer harnesses (make fuzz): clang, coverage for the fuzzer, both sanitizers.
+BUILD := build/fuzz
+OPT := -O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+else ifeq ($(SAN),1)
 BUILD := build/$(if $(COMPILER),$(COMPILER)-)san
 OPT := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 else
@@ -31,7 +37,7 @@ endif
 # Recursive (=) so pkg-config runs after `make deps` has installed the libraries.
 # -Wno-psabi: 64-byte vectors are passed only between always-inlined helpers
 # (model/vecmath.h), so the compilers' note about their calling convention never applies.
-CFLAGS_ALL = -std=c11 $(OPT) -pthread -Wall -Wextra -Wno-psabi -MMD -MP \
+CFLAGS_ALL = -std=c11 $(OPT) -pthread -Wall -Wextra -Wno-psabi -Werror=implicit-function-declaration -MMD -MP \
 	$(shell pkg-config --cflags openblas libcjson) $(CFLAGS)
 LIBS_BLAS = $(shell pkg-config --libs openblas) -lm
 LIBS_HTTP = $(shell pkg-config --libs libmicrohttpd libcjson)
@@ -70,7 +76,7 @@ API_SRC := api/models.c api/route.c api/json.c api/inline.c api/score.c api/gene
 API_OBJ := $(API_SRC:%.c=$(BUILD)/%.o)
 API_LIB := $(BUILD)/libattnlm_api.a
 
-SERVER_SRC := server/config.c server/pool.c server/http.c server/probe.c server/ui.c
+SERVER_SRC := server/config.c server/log.c server/pool.c server/http.c server/probe.c server/ui.c
 # The inspector page (ui/) is compiled into the server: tools/embed writes its
 # files into a C source with their content types and ETags.
 UI_FILES := $(sort $(wildcard ui/*.html ui/*.js ui/*.css ui/*.svg))
@@ -87,7 +93,7 @@ TESTS := $(addprefix $(BUILD)/tests/,$(MODEL_TESTS) $(API_TESTS) $(SERVER_TESTS)
 # training add.  Node.js and npm are checked by command, since they may come
 # from outside Debian.
 BUILD_PKGS := gcc libc6-dev make pkg-config libopenblas-dev libcjson-dev libmicrohttpd-dev
-TEST_PKGS := check python3 python3-torch python3-numpy clang libclang-rt-14-dev
+TEST_PKGS := check python3 python3-torch python3-numpy clang libclang-rt-14-dev curl openssl
 NODE_PKGS := nodejs npm
 
 DEFAULT_MODEL := models/default.safetensors
@@ -98,7 +104,7 @@ TRAIN_ARGS := --train data/train.txt --val data/val.txt --out $(DEFAULT_MODEL) -
 	--seq-len 256 --batch 32 --steps 1400 --lr 5e-3 --warmup 50 --dropout 0.1 --eval-every 200 \
 	--threads 2 --seed 1
 
-.PHONY: all deps test-deps test test-unit test-http test-ui run data train fixtures bench bench-http image-test \
+.PHONY: all deps test-deps test test-unit test-http test-ui fuzz fuzz-build run data train fixtures bench bench-http bench-hostile image-test \
 	scale-test k8s-check install install-test uninstall clean
 .SECONDARY:
 
@@ -185,7 +191,7 @@ test-unit: $(TESTS)
 
 test-http: $(BUILD)/attnlm-server $(BUILD)/attnlm
 	@echo "== HTTP suite (tests/http): $(BUILD)/attnlm-server"
-	@ATTNLM_SERVER=$(BUILD)/attnlm-server ATTNLM_CLI=$(BUILD)/attnlm $(PYTHON) tests/http/run.py
+	@ATTNLM_SERVER=$(BUILD)/attnlm-server ATTNLM_CLI=$(BUILD)/attnlm ATTNLM_SAN=$(SAN) $(PYTHON) tests/http/run.py
 	@echo "== OpenAI client (npm openai) against $(BUILD)/attnlm-server"
 	@ATTNLM_SERVER=$(BUILD)/attnlm-server tests/http/openai/run.sh
 
@@ -196,6 +202,32 @@ test-ui: $(BUILD)/attnlm-server
 	$(call apt_install,chromium,$(NODE_PKGS))
 	@echo "== inspector page (tests/ui) in chromium against $(BUILD)/attnlm-server"
 	@ATTNLM_SERVER=$(BUILD)/attnlm-server ATTNLM_UI_SCREENSHOT=$(SCREENSHOT) tests/ui/run.sh
+
+# libFuzzer harnesses: a request body to its answer, the model loader, the text rules of a
+# stream, the settings parser.  Each runs FUZZ_SECONDS from a copy of its seed corpus
+# (tests/fuzz/corpus/NAME; new inputs go to build/fuzz/corpus/NAME) and fails on any crash,
+# leak, sanitizer report or check of its own.
+FUZZERS := request loader text config
+FUZZ_SECONDS ?= 60
+FUZZ_BIN := $(FUZZERS:%=build/fuzz/tests/fuzz/fuzz_%)
+
+build/fuzz/tests/fuzz/fuzz_%: build/fuzz/tests/fuzz/fuzz_%.o $(SERVER_OBJ) $(API_LIB) $(MODEL_LIB)
+	$(CC) $(CFLAGS_ALL) -fsanitize=fuzzer $^ -o $@ $(LIBS_HTTP) $(LIBS_BLAS)
+
+fuzz-build:
+	@$(MAKE) --no-print-directory CC=clang FUZZ=1 $(FUZZ_BIN)
+
+fuzz: fuzz-build
+	@set -e; for f in $(FUZZERS); do \
+	  mkdir -p build/fuzz/corpus/$$f; \
+	  echo "== fuzz_$$f for $(FUZZ_SECONDS) s"; \
+	  OPENBLAS_NUM_THREADS=1 ASAN_OPTIONS=detect_leaks=1 build/fuzz/tests/fuzz/fuzz_$$f \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=2048 -print_final_stats=1 \
+	    -artifact_prefix=build/fuzz/ \
+	    build/fuzz/corpus/$$f tests/fuzz/corpus/$$f 2>build/fuzz/fuzz_$$f.log || \
+	    { tail -60 build/fuzz/fuzz_$$f.log; exit 1; }; \
+	  grep -E "^stat::number_of_executed_units|^stat::peak_rss_mb" build/fuzz/fuzz_$$f.log | tr '\n' ' '; echo; \
+	done
 
 HOST ?= 127.0.0.1
 PORT ?= 8080
@@ -226,6 +258,10 @@ $(BUILD)/bench/http_streams: $(BUILD)/bench/http_streams.o
 bench-http: $(BUILD)/attnlm-server $(BUILD)/bench/http_streams
 	$(call apt_install,wrk)
 	@bench/http.sh $(BUILD)/attnlm-server $(BUILD)/bench/http_streams $(DEFAULT_MODEL)
+
+# How the server holds up against clients that abuse it: memory, silent streams, slow headers.
+bench-hostile: $(BUILD)/attnlm-server
+	@$(PYTHON) bench/hostile.py $(BUILD)/attnlm-server $(DEFAULT_MODEL)
 
 # Container image, replicas behind nginx, Kubernetes manifests (deploy/).
 image-test:

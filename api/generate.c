@@ -252,8 +252,7 @@ static void progress(api_job *j, api_worker *w)
 
 /* ---- decoding ----------------------------------------------------------- */
 
-/* Length of the longest proper prefix of a stop string that the output ends with. */
-static int stop_holdback(const gen_params *gp, const unsigned char *out, int n)
+int stop_holdback(const gen_params *gp, const unsigned char *out, int n)
 {
     int hold = 0;
     for (int s = 0; s < gp->n_stop; s++) {

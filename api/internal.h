@@ -37,7 +37,8 @@ void json_error(jw *w, const api_error *e);
 /* Starts and ends one server-sent event: "data: " ... "\n\n". */
 void sse_begin(buf *b, jw *w);
 void sse_end(buf *b);
-/* Fills r with the 200 JSON answer in b (taken).  Returns 0, or -1 on out of memory. */
+/* Fills r with the JSON answer in b (taken; NUL-terminated beyond len).
+ * Returns 0, or -1 on out of memory. */
 int json_reply(buf *b, int status, api_reply *r);
 
 /* ---- JSON input -------------------------------------------------------------
@@ -187,6 +188,9 @@ void attention_run(api_job *j, api_worker *w);
 int attribution_parse(api_job *j, const cJSON *o, api_error *e);
 void attribution_run(api_job *j, api_worker *w);
 /* generate.c */
+/* Length of the longest proper prefix of a stop string that out[n] ends with:
+ * the bytes a stream holds back until it is clear they do not begin a stop. */
+int stop_holdback(const gen_params *gp, const unsigned char *out, int n);
 int generate_parse(api_job *j, const cJSON *o, uint64_t seed, api_error *e);
 void generate_start(api_job *j, api_worker *w);
 int generate_collect(api_job *j, model_seq **seqs, int *tokens);

@@ -65,6 +65,11 @@ int json_reply(buf *b, int status, api_reply *r)
         buf_free(b);
         return -1;
     }
+    buf_cstr(b); /* NUL-terminated too, for callers that read it as a string */
+    if (b->oom) {
+        buf_free(b);
+        return -1;
+    }
     r->status = status;
     r->content_type = "application/json";
     r->body = buf_take(b, &r->len);
@@ -351,7 +356,7 @@ api_model *json_get_model(const api_ctx *ctx, const cJSON *o, api_error *e)
     const char *name = NULL;
     if (json_get_string(o, "model", &name, e) < 0)
         return NULL;
-    api_model *am = api_model_acquire(ctx->models, name);
+    api_model *am = name && !*name ? NULL : api_model_acquire(ctx->models, name); /* "" names no model */
     if (!am)
         api_error_set(e, 404, "model", "no model named \"%.100s\" is served here (GET /v1/models lists them)", name);
     return am;

@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const int STATUSES[METRICS_STATUSES] = {200, 400, 401, 404, 405, 413, 415, 500, 503, 504, 0, 0};
-#define N_KNOWN_STATUSES 10 /* the slot after them counts anything else */
+static const int STATUSES[METRICS_STATUSES - 1] = {200, 204, 304, 400, 401, 404, 405, 408, 413, 415, 499, 500, 503, 504};
+#define N_KNOWN_STATUSES (METRICS_STATUSES - 1) /* the slot after them counts anything else */
 
 static const double DUR_BOUNDS[METRICS_DUR_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                                         0.25,  0.5,    1,     2.5,  5,     10,   30};
@@ -170,8 +170,15 @@ char *metrics_render(const api_metrics *mc, const metrics_view *v, size_t *len)
         "# HELP attnlm_cancelled_total Requests whose client went away before the answer was complete.\n"
         "# TYPE attnlm_cancelled_total counter\nattnlm_cancelled_total %lu\n"
         "# HELP attnlm_timeouts_total Requests that ran past the deadline.\n"
-        "# TYPE attnlm_timeouts_total counter\nattnlm_timeouts_total %lu\n",
-        LOAD(m->rejected_queue_full), LOAD(m->cancelled), LOAD(m->timeouts));
+        "# TYPE attnlm_timeouts_total counter\nattnlm_timeouts_total %lu\n"
+        "# HELP attnlm_stalled_total Streams ended because their client read nothing for too long.\n"
+        "# TYPE attnlm_stalled_total counter\nattnlm_stalled_total %lu\n"
+        "# HELP attnlm_connections_cut_total Connections closed for sending a request too slowly.\n"
+        "# TYPE attnlm_connections_cut_total counter\n"
+        "attnlm_connections_cut_total{reason=\"header\"} %lu\n"
+        "attnlm_connections_cut_total{reason=\"body\"} %lu\n",
+        LOAD(m->rejected_queue_full), LOAD(m->cancelled), LOAD(m->timeouts), LOAD(m->stalled),
+        LOAD(m->conns_cut_header), LOAD(m->conns_cut_body));
 
     buf_puts(&t, "# HELP attnlm_model_info The served models: name and file hash.\n"
                  "# TYPE attnlm_model_info gauge\n");

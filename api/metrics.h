@@ -12,7 +12,7 @@
 
 #define METRICS_ROUTES 14     /* the routes of api.h plus "other" */
 #define METRICS_MODELS 16     /* served models (API_MAX_MODELS) */
-#define METRICS_STATUSES 12   /* distinct status codes counted, see metrics.c */
+#define METRICS_STATUSES 15   /* distinct status codes counted (see metrics.c), plus "other" */
 #define METRICS_DUR_BUCKETS 14
 #define METRICS_BATCH_BUCKETS 8
 
@@ -40,6 +40,9 @@ typedef struct api_metrics {
     atomic_ulong rejected_queue_full;
     atomic_ulong cancelled;  /* generations stopped by a client that went away */
     atomic_ulong timeouts;
+    atomic_ulong stalled;    /* streams ended because their client read nothing for too long */
+    atomic_ulong conns_cut_header; /* connections cut for not sending a request header in time */
+    atomic_ulong conns_cut_body;   /* connections cut for sending a body too slowly */
     atomic_long queue_depth;
     atomic_long active_sequences;
     atomic_long in_flight;

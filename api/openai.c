@@ -58,7 +58,7 @@ static void span_token(const api_job *j, const lp_span *s, int n, int *idx, int 
     *id = s->ch->ids[i];
     *lp = s->ch->lp[i];
     *offset = s->gen_offset + (size_t)i;
-    if (top_ids) {
+    if (top_ids && k > 0) { /* with no alternatives asked for, there are no arrays to read */
         memcpy(top_lp, s->ch->top_lp + (size_t)i * k, (size_t)k * sizeof *top_lp);
         *top_ids = s->ch->top_ids + (size_t)i * k;
     }
@@ -70,7 +70,7 @@ static void write_logprobs(jw *w, const api_job *j, api_worker *wk, const lp_spa
     const int n = (s->p1 - s->p0) + (s->g1 - s->g0), k = j->gp.top;
     int id;
     float lp, top_lp[OPENAI_MAX_LOGPROBS];
-    const int *top_ids;
+    const int *top_ids = NULL;
     size_t offset;
     char str[16];
     jw_obj(w);

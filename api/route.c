@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 /* ---- routing --------------------------------------------------------------- */
 
@@ -124,7 +125,8 @@ static bool same_secret(const char *key, const char *given)
 bool api_key_matches(const char *key, const char *authorization, const char *x_api_key)
 {
     bool ok = false;
-    if (authorization && strncmp(authorization, "Bearer ", 7) == 0) {
+    /* The scheme is case-insensitive (RFC 9110 11.1); the key is not. */
+    if (authorization && strncasecmp(authorization, "Bearer ", 7) == 0) {
         const char *t = authorization + 7;
         while (*t == ' ')
             t++;

@@ -10,14 +10,15 @@ here), then checks deploy/k8s/*.yaml and deploy/docker-compose.yml:
   - every ATTNLM_* name used is one the server reads, and the server starts with the
     ConfigMap's settings (port and host changed to a free loopback port) and answers the
     probes' paths with 200;
-  - probes are /ready (readiness) and /health (liveness) on the container port, which is
-    ATTNLM_PORT; the Service's targetPort is that port;
+  - probes are /ready (readiness) and /health (liveness) on the admin container port, which
+    is ATTNLM_ADMIN_PORT; the Service's targetPort is the main port, ATTNLM_PORT;
   - the grace period outlasts the preStop pause plus ATTNLM_DRAIN_TIMEOUT;
   - non-root, read-only root filesystem, no privilege escalation, CPU and memory requests and
     limits, and no more workers than the CPU limit.
 Prints one line per check; exits 1 if any fails.
 """
 import glob
+import http.client
 import os
 import re
 import subprocess
@@ -55,9 +56,12 @@ def cpu_cores(q):
 
 def run_server(binary, env):
     """Starts the server with no flags, every setting from env (the port file too, as
-    ATTNLM_PORT_FILE), GETs /ready and /health, stops it.  Returns (statuses, rc, log)."""
+    ATTNLM_PORT_FILE), GETs /ready and /health (on the admin port when there is one), stops it.
+    Returns (statuses, rc, log)."""
     env = dict(env, ATTNLM_HOST="127.0.0.1", ATTNLM_PORT="0",
                ATTNLM_MODEL=os.path.join(ROOT, "models", "default.safetensors"))
+    if "ATTNLM_ADMIN_PORT" in env:
+        env["ATTNLM_ADMIN_PORT"] = "0"
     try:
         srv = Server(binary=binary, host=None, port=None, model=None, env=env, port_file_env=True,
                      startup_timeout=30)
@@ -66,7 +70,13 @@ def run_server(binary, env):
     statuses = {}
     try:
         for path in ("/ready", "/health"):
-            statuses[path] = srv.request("GET", path, timeout=10)[0]
+            if srv.admin_port is not None:
+                c = http.client.HTTPConnection("127.0.0.1", srv.admin_port, timeout=10)
+                c.request("GET", path)
+                statuses[path] = c.getresponse().status
+                c.close()
+            else:
+                statuses[path] = srv.request("GET", path, timeout=10)[0]
     finally:
         rc = srv.stop(60)
     return statuses, rc, srv.stderr()
@@ -123,20 +133,22 @@ def main():
 
     # ---- ports and probes ----------------------------------------------------------------
     port = int(settings.get("ATTNLM_PORT", flags["ATTNLM_PORT"]))
+    admin = int(settings.get("ATTNLM_ADMIN_PORT", "-1"))
     cports = {p.get("name"): p["containerPort"] for p in ctr["ports"]}
-    report(list(cports.values()) == [port], "containerPort %s is ATTNLM_PORT %d" % (list(cports.values()), port))
+    report(sorted(cports.values()) == sorted([port, admin]),
+           "containerPorts %s are ATTNLM_PORT %d and ATTNLM_ADMIN_PORT %d" % (list(cports.values()), port, admin))
 
     def probe_port(p):
         return cports.get(p) if isinstance(p, str) else p
 
     for probe, path in (("readinessProbe", "/ready"), ("livenessProbe", "/health")):
         get = ctr.get(probe, {}).get("httpGet", {})
-        report(get.get("path") == path and probe_port(get.get("port")) == port,
-               "%s GET %s on port %s" % (probe, get.get("path"), get.get("port")))
+        report(get.get("path") == path and probe_port(get.get("port")) == admin,
+               "%s GET %s on the admin port %s" % (probe, get.get("path"), get.get("port")))
     if "startupProbe" in ctr:
         get = ctr["startupProbe"].get("httpGet", {})
-        report(get.get("path") in ("/health", "/ready") and probe_port(get.get("port")) == port,
-               "startupProbe GET %s" % get.get("path"))
+        report(get.get("path") in ("/health", "/ready") and probe_port(get.get("port")) == admin,
+               "startupProbe GET %s on the admin port" % get.get("path"))
     target = svc["spec"]["ports"][0]["targetPort"]
     report(probe_port(target) == port, "Service targetPort %s reaches the container" % target)
 
@@ -187,6 +199,9 @@ def main():
         conf = f.read()
     report(re.search(r"server attnlm:%s\b" % app["environment"].get("ATTNLM_PORT", 8080), conf) is not None,
            "nginx.conf's upstream is the compose service on its port")
+    report(re.search(r"location = /metrics \{\s*return 404;", conf) is not None,
+           "nginx.conf does not publish /metrics")
+    report("ATTNLM_ADMIN_PORT" in app.get("environment", {}), "docker-compose.yml: an admin port for the health check")
 
     print("%s: %d failed" % ("manifests", failures))
     return 1 if failures else 0

@@ -279,6 +279,9 @@ def main():
         check(all(n > 0 for n in served), "a replica served nothing: %s" % served)
         check(sum(served) == len(jobs), "replicas served %d requests, %d were sent" % (sum(served), len(jobs)))
         print("ok   %d/%d answered 200; every replica served traffic" % (len(jobs), len(jobs)))
+        check(request(nginx.port, "GET", "/metrics")[0] == 404, "nginx publishes /metrics")
+        check(request(replicas[0].port, "GET", "/metrics")[0] == 200, "a replica's /metrics does not answer")
+        print("ok   /metrics is not published through nginx; each replica still answers it")
 
         # ---- 2. streaming ----------------------------------------------------------------
         print("\n== 2. streaming through nginx")
@@ -299,7 +302,7 @@ def main():
         print("ok   2000 token events, first after %.1f ms, last after %.0f ms, %d distinct arrival ms; "
               "text equals the plain answer" % (first * 1e3, total * 1e3, distinct))
         st, events, _ = stream(nginx.port, "/v1/completions",
-                               {"model": "x", "prompt": "The sea", "max_tokens": 30, "stream": True, "seed": 1})
+                               {"prompt": "The sea", "max_tokens": 30, "stream": True, "seed": 1})
         check(st == 200 and events and events[-1] == "[DONE]", "OpenAI stream did not end with [DONE]")
         check(events[-2]["choices"][0]["finish_reason"] == "length", "no finish_reason before [DONE]")
         print("ok   /v1/completions stream: %d chunks, finish_reason length, then [DONE]" % (len(events) - 1))

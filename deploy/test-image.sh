@@ -118,7 +118,11 @@ run_env=(env -i "${env_list[@]}" "ATTNLM_MAX_NEW_TOKENS=20000")
 log="$work/server.log"
 step "chroot $mnt as $user: ${entry_argv[*]} (ATTNLM_PORT=0, ATTNLM_PORT_FILE=/tmp/port)"
 serve_start "$mnt/tmp/port" "$log" chroot --userspec="$user" "$mnt" \
-  "${run_env[@]}" ATTNLM_PORT=0 ATTNLM_PORT_FILE=/tmp/port "${entry_argv[@]}" || die "the server did not start"
+  "${run_env[@]}" ATTNLM_PORT=0 ATTNLM_ADMIN_PORT=0 ATTNLM_PORT_FILE=/tmp/port "${entry_argv[@]}" \
+  || die "the server did not start"
+printf '%s\n' "${env_list[@]}" | grep -q '^ATTNLM_ADMIN_PORT=[0-9]' || die "the image sets no ATTNLM_ADMIN_PORT"
+admin_port="$(sed -n 2p "$mnt/tmp/port")"
+[[ "$admin_port" =~ ^[0-9]+$ ]] || die "no admin port in the port file (ATTNLM_ADMIN_PORT from the image)"
 serve_log_has "listening on" || { cat "$log" >&2; die "no startup line"; }
 sed -n 's/^attnlm: //p' "$log" | head -1
 grep -q "listening on http://0.0.0.0:$port" "$log" || die "not listening on 0.0.0.0 (ATTNLM_HOST from the image)"
@@ -134,6 +138,7 @@ check() {  # check NAME EXPECTED_SUBSTRING CURL_ARGS...
 }
 json=(-H 'Content-Type: application/json')
 check "GET /health" '"status":"ok"' "$url/health"
+check "GET /health on the admin port" '"status":"ok"' "http://127.0.0.1:$admin_port/health"
 check "GET /ready" '"status":"ready"' "$url/ready"
 check "GET /v1/model" '"file":"/models/model.safetensors"' "$url/v1/model"
 check "POST /v1/score" '"perplexity"' "${json[@]}" -d '{"text":"Call me Ishmael."}' "$url/v1/score"
@@ -141,7 +146,7 @@ check "POST /v1/generate" '"finish_reason":"length"' "${json[@]}" \
   -d '{"prompt":"Call me Ishmael.","max_tokens":24,"seed":1}' "$url/v1/generate"
 check "POST /v1/generate stream" 'data: \[DONE\]' -N "${json[@]}" \
   -d '{"prompt":"The sea","max_tokens":24,"seed":1,"stream":true}' "$url/v1/generate"
-chroot --userspec="$user" "$mnt" "${run_env[@]}" "ATTNLM_PORT=$port" "${health_argv[@]}" \
+chroot --userspec="$user" "$mnt" "${run_env[@]}" "ATTNLM_PORT=$port" "ATTNLM_ADMIN_PORT=$admin_port" "${health_argv[@]}" \
   || die "the HEALTHCHECK command failed"
 echo "ok   HEALTHCHECK ${health_argv[*]}: exit 0"
 

@@ -64,7 +64,7 @@ run="$work/run"  # where nobody may write the port file
 install -d -o 65534 -g 65534 "$run"
 log="$work/server.log"
 serve_start "$run/port" "$log" setpriv --reuid=65534 --regid=65534 --clear-groups \
-  env -i "${unit_env[@]}" ATTNLM_HOST=127.0.0.1 ATTNLM_PORT=0 ATTNLM_PORT_FILE="$run/port" $exec_start \
+  env -i "${unit_env[@]}" ATTNLM_HOST=127.0.0.1 ATTNLM_PORT=0 ATTNLM_ADMIN_PORT=0 ATTNLM_PORT_FILE="$run/port" $exec_start \
   || die "the server did not start"
 "$prefix/bin/attnlm-server" --health --port "$port" || die "--health against the installed server"
 sig="$(sed -n 's/^KillSignal=SIG//p' "$unit")"

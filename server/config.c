@@ -31,8 +31,8 @@ typedef struct option {
 static const option OPTIONS[] = {
     {"host", OPT_STR, OFF(host), 0, 0, "address to listen on (0.0.0.0 or :: for every interface)"},
     {"port", OPT_LONG, OFF(port), 0, 65535, "TCP port; 0 picks a free one"},
-    {"model", OPT_LIST, OFF(models), 0, SRV_MAX_MODELS,
-     "model file (safetensors); give it once per model to serve several (the variable: a comma-separated list)"},
+    {"model", OPT_LIST, OFF(models), 0, 0,
+     "model file (safetensors); once per model to serve several (the variable: a comma-separated list)"},
     {"workers", OPT_LONG, OFF(workers), 1, 256, "threads running the model (default: number of CPUs)"},
     {"queue", OPT_LONG, OFF(queue), 1, 100000, "requests that may wait for a worker; more get 503"},
     {"max-batch", OPT_LONG, OFF(max_batch), 1, 1024, "sequences one worker decodes together (at most --queue)"},
@@ -46,7 +46,21 @@ static const option OPTIONS[] = {
     {"drain-timeout", OPT_DOUBLE, OFF(drain_timeout), 0, 86400,
      "seconds to let in-flight requests finish after SIGTERM"},
     {"port-file", OPT_STR, OFF(port_file), 0, 0,
-     "once listening, write the bound port (one line) to this file, for scripts; empty: none"},
+     "once listening, write the bound port to this file (a second line: the admin port), for scripts; empty: none"},
+    {"admin-port", OPT_LONG, OFF(admin_port), -1, 65535,
+     "port of a separate listener for /health, /ready and /metrics, with its own thread; 0 picks one; -1: none"},
+    {"max-connections", OPT_LONG, OFF(max_connections), 1, 100000, "connections the main port holds at once"},
+    {"max-per-ip", OPT_LONG, OFF(max_per_ip), 0, 100000,
+     "connections one client address may hold on the main port; 0: no limit (behind a proxy every client has its address)"},
+    {"header-timeout", OPT_DOUBLE, OFF(header_timeout), 0.1, 3600,
+     "seconds a connection gets to send a request's whole header (from connect, or from the previous answer)"},
+    {"min-body-rate", OPT_LONG, OFF(min_body_rate), 0, 1L << 30,
+     "bytes per second a request body must average once it has taken --header-timeout; 0: no minimum"},
+    {"tls-cert", OPT_STR, OFF(tls_cert), 0, 0, "PEM certificate (chain) to serve HTTPS on the main port; empty: HTTP"},
+    {"tls-key", OPT_STR, OFF(tls_key), 0, 0, "PEM private key of --tls-cert"},
+    {"cors-origin", OPT_LIST, OFF(cors_origins), 0, 0,
+     "an origin whose pages may call the API (once per origin, or \"*\"); none: no CORS headers"},
+    {"log-format", OPT_STR, OFF(log_format_name), 0, 0, "\"text\" or \"json\" (one object per line)"},
     {"ui", OPT_BOOL, OFF(ui), 0, 1,
      "serve the attention inspector page at / (--no-ui, or the variable 0: 404 there); 1/0, true/false, yes/no, on/off"},
 };
@@ -63,8 +77,7 @@ static void defaults(srv_config *c)
     *c = (srv_config){
         .host = "127.0.0.1",
         .port = 8080,
-        .models = {"models/default.safetensors"},
-        .n_models = 1,
+        .models = {.v = {"models/default.safetensors"}, .n = 1},
         .workers = cpu_count(),
         .queue = 64,
         .max_batch = 32,
@@ -76,6 +89,13 @@ static void defaults(srv_config *c)
         .api_key = "",
         .drain_timeout = 30,
         .port_file = "",
+        .admin_port = -1,
+        .max_connections = 1000,
+        .header_timeout = 10,
+        .min_body_rate = 1024,
+        .tls_cert = "",
+        .tls_key = "",
+        .log_format_name = "text",
         .ui = 1,
     };
 }
@@ -89,27 +109,29 @@ static void env_name(const char *flag, char *out, size_t len)
     out[i] = '\0';
 }
 
-/* Adds one model file to the list; from_env splits v at commas. */
-static int add_models(srv_config *c, const char *v, bool from_env, const char *from, char *err, size_t errlen)
+/* Adds v to a list; from_env replaces the list with v split at commas. */
+static int list_add(srv_list *l, const char *v, bool from_env, const char *from, char *err, size_t errlen)
 {
     if (!from_env) {
-        if (c->n_models == SRV_MAX_MODELS) {
-            err_set(err, errlen, "%s: at most %d models can be served", from, SRV_MAX_MODELS);
+        if (l->n == SRV_MAX_LIST) {
+            err_set(err, errlen, "%s: at most %d values", from, SRV_MAX_LIST);
             return -1;
         }
-        c->models[c->n_models++] = v;
+        l->v[l->n++] = v;
         return 0;
     }
-    free(c->model_list);
-    if (!(c->model_list = strdup(v))) {
+    free(l->owned);
+    if (!(l->owned = strdup(v))) {
         err_set(err, errlen, "out of memory");
         return -1;
     }
-    c->n_models = 0;
-    for (char *save = NULL, *tok = strtok_r(c->model_list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+    l->n = 0;
+    for (char *save = NULL, *tok = strtok_r(l->owned, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         while (*tok == ' ')
             tok++;
-        if (*tok && add_models(c, tok, false, from, err, errlen) < 0)
+        for (char *end = tok + strlen(tok); end > tok && end[-1] == ' ';)
+            *--end = '\0';
+        if (*tok && list_add(l, tok, false, from, err, errlen) < 0)
             return -1;
     }
     return 0;
@@ -121,7 +143,7 @@ static int set_value(srv_config *c, const option *o, const char *v, const char *
     errno = 0;
     switch (o->type) {
     case OPT_STR: *(const char **)p = v; return 0;
-    case OPT_LIST: return add_models(c, v, strncmp(from, "ATTNLM_", 7) == 0, from, err, errlen);
+    case OPT_LIST: return list_add((srv_list *)(void *)p, v, strncmp(from, "ATTNLM_", 7) == 0, from, err, errlen);
     case OPT_LONG: {
         long x = strtol(v, &end, 10);
         if (errno || end == v || *end || x < (long)o->lo || x > (long)o->hi) {
@@ -181,7 +203,11 @@ void config_usage(FILE *out)
         case OPT_LONG:
         case OPT_BOOL: snprintf(def, sizeof def, "%ld", *(const long *)p); break;
         case OPT_DOUBLE: snprintf(def, sizeof def, "%g", *(const double *)p); break;
-        case OPT_LIST: snprintf(def, sizeof def, "\"%s\"", d.models[0]); break;
+        case OPT_LIST: {
+            const srv_list *l = (const srv_list *)(const void *)p;
+            snprintf(def, sizeof def, l->n ? "\"%s\"" : "none", l->n ? l->v[0] : "");
+            break;
+        }
         }
         fprintf(out, "  --%-21s %-28s default %s\n      %s\n", o->name, env, def, o->help);
     }
@@ -193,14 +219,15 @@ void config_usage(FILE *out)
 
 void config_free(srv_config *c)
 {
-    free(c->model_list);
-    c->model_list = NULL;
+    free(c->models.owned);
+    free(c->cors_origins.owned);
+    c->models.owned = c->cors_origins.owned = NULL;
 }
 
 int config_load(srv_config *c, int argc, char **argv, FILE *out, char *err, size_t errlen)
 {
     defaults(c);
-    bool model_flag = false; /* the first --model replaces the default or ATTNLM_MODEL's list */
+    bool list_flagged[N_OPTIONS] = {false}; /* a list's first flag replaces its default or variable */
     for (size_t i = 0; i < N_OPTIONS; i++) {
         char env[64];
         env_name(OPTIONS[i].name, env, sizeof env);
@@ -248,9 +275,9 @@ int config_load(srv_config *c, int argc, char **argv, FILE *out, char *err, size
         }
         char from[48];
         snprintf(from, sizeof from, "--%s", o->name);
-        if (o->type == OPT_LIST && !model_flag) {
-            c->n_models = 0;
-            model_flag = true;
+        if (o->type == OPT_LIST && !list_flagged[o - OPTIONS]) {
+            ((srv_list *)(void *)((char *)c + o->offset))->n = 0;
+            list_flagged[o - OPTIONS] = true;
         }
         if (set_value(c, o, v, from, err, errlen) < 0)
             return -1;
@@ -261,8 +288,20 @@ int config_load(srv_config *c, int argc, char **argv, FILE *out, char *err, size
         err_set(err, errlen, "--host must not be empty");
         return -1;
     }
-    if (c->n_models == 0) {
+    if (c->models.n == 0) {
         err_set(err, errlen, "no model file given (--model, or ATTNLM_MODEL)");
+        return -1;
+    }
+    if (strcmp(c->log_format_name, "text") == 0) {
+        c->log_format = LOG_TEXT;
+    } else if (strcmp(c->log_format_name, "json") == 0) {
+        c->log_format = LOG_JSON;
+    } else {
+        err_set(err, errlen, "--log-format must be \"text\" or \"json\", got \"%s\"", c->log_format_name);
+        return -1;
+    }
+    if (!*c->tls_cert != !*c->tls_key) {
+        err_set(err, errlen, "--tls-cert and --tls-key go together");
         return -1;
     }
     return 0;

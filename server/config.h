@@ -7,15 +7,23 @@
 #include <stddef.h>
 #include <stdio.h>
 
-#define SRV_MAX_MODELS 16
+#define SRV_MAX_LIST 16 /* values of a setting given once per value */
+
+/* A setting given once per value on the command line, or as a comma-separated
+ * environment variable. */
+typedef struct srv_list {
+    const char *v[SRV_MAX_LIST];
+    int n;
+    char *owned; /* the split copy of the variable's value */
+} srv_list;
+
+typedef enum { LOG_TEXT, LOG_JSON } srv_log_format;
 
 /* Every setting of the daemon. */
 typedef struct srv_config {
     const char *host;
     long port;
-    const char *models[SRV_MAX_MODELS]; /* --model, once per file (ATTNLM_MODEL: comma-separated) */
-    int n_models;
-    char *model_list;                    /* owns the split ATTNLM_MODEL value */
+    srv_list models;          /* --model, once per file */
     long workers;
     long queue;
     long max_batch;
@@ -26,7 +34,17 @@ typedef struct srv_config {
     long max_attention_tokens;
     const char *api_key;  /* "" = none */
     double drain_timeout; /* seconds */
-    const char *port_file; /* "" = none: where to write the bound port once listening */
+    const char *port_file; /* "" = none: where to write the bound port(s) once listening */
+    long admin_port;       /* -1 = none; 0 picks a free one */
+    long max_connections;  /* on the main port */
+    long max_per_ip;       /* 0 = no limit */
+    double header_timeout; /* seconds to send a request's header, counted from connect or the previous answer */
+    long min_body_rate;    /* bytes/s a body must average once it has taken header_timeout */
+    const char *tls_cert;  /* "" = plain HTTP */
+    const char *tls_key;
+    srv_list cors_origins; /* origins allowed to call from a browser; "*" = any */
+    const char *log_format_name;
+    srv_log_format log_format;
     long ui;              /* serve the inspector page (server/ui.c) at / and /ui/ */
     int health_check;     /* --health: probe a running server's /health instead of serving */
 } srv_config;

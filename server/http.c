@@ -1,11 +1,25 @@
-/* http.c -- libmicrohttpd glue: a request's life from first byte to log line.
+/* http.c -- libmicrohttpd glue: a request's life from its first line to its
+ * log line, the admin listener, and the limits that keep slow or hostile
+ * clients from holding the main port.
  *
- * Per request, a srv_req lives in *req_cls.  The body is gathered into a
- * capped buffer; on the final call the request is routed, checked and either
- * answered at once (no model work) or handed to the pool as a task, after
- * which the connection is suspended.  Workers hand output back through
- * emit(): a whole answer, or stream bytes that the content reader passes on,
- * suspending the connection whenever it has nothing to send.
+ * Per request, a srv_req is made when the request line arrives (libmicrohttpd's
+ * URI log callback, which sees the target before it is unescaped) and lives
+ * in *req_cls.  The body is gathered into a capped buffer; on the final call
+ * the request is checked, routed and either answered at once (no model work)
+ * or handed to the pool as a task, after which the connection is suspended.
+ * Workers hand output back through emit(): a whole answer, or stream bytes
+ * that the content reader passes on, suspending the connection whenever it
+ * has nothing to send.  A stream whose unsent bytes pass STREAM_BOUND is
+ * reported blocked, and the pool stops generating for it until it drains.
+ *
+ * Slow clients: every connection of the main port is tracked from accept to
+ * close.  A sweeper thread closes (shutdown) one that has not sent a whole
+ * request header within --header-timeout of connecting or of its previous
+ * answer, or whose body arrives slower than --min-body-rate.  libmicrohttpd
+ * reports a connection closed before it closes the socket, and both sides
+ * hold conns_lock, so the sweeper never touches a socket number that was
+ * reused.  /health, /ready and /metrics also answer on --admin-port, a
+ * listener with its own thread that load on the main port cannot starve.
  *
  * Lifetime: a srv_req is shared by the HTTP thread, the pool and (for
  * streams) the response object, and freed by whichever lets go last.
@@ -34,14 +48,34 @@
 #include "buf.h"
 #include "clock.h"
 #include "err.h"
+#include "log.h"
 #include "rng.h"
 #include "ui.h"
 
-#define PROBE_INTERVAL_NS 20000000 /* how often a worker checks a waiting client's socket */
+#define PROBE_INTERVAL_NS 20000000   /* how often a worker checks a waiting client's socket */
+#define SWEEP_INTERVAL_NS 250000000  /* how often the sweeper looks at the connections */
 #define STREAM_BLOCK 4096
+#define STREAM_BOUND (128 * 1024)    /* unsent bytes of a stream beyond which it is blocked */
+#define STREAM_SNDBUF (256 * 1024)   /* the kernel's send buffer of a stream's socket */
+#define ADMIN_CONNECTIONS 64
+#define CONNECTION_TIMEOUT 60        /* seconds without progress before libmicrohttpd closes a connection */
+
+typedef enum { CONN_HEADER, CONN_BODY, CONN_BUSY } conn_phase;
+typedef enum { CUT_NONE, CUT_HEADER, CUT_BODY } cut_reason;
+
+/* One connection of the main port, as the sweeper sees it. */
+typedef struct conn_track {
+    struct conn_track *prev, *next;
+    int fd;
+    atomic_int phase;         /* conn_phase */
+    atomic_llong since_ns;    /* when the phase began */
+    atomic_ullong body_bytes; /* of the request being read */
+    atomic_int cut;           /* cut_reason, once the sweeper closed it */
+} conn_track;
 
 struct srv {
-    struct MHD_Daemon *d;
+    struct MHD_Daemon *d;     /* the main port */
+    struct MHD_Daemon *admin; /* /health, /ready, /metrics only; NULL without --admin-port */
     const srv_config *cfg;
     const api_ctx *ctx;
     pool *pool;
@@ -49,25 +83,41 @@ struct srv {
     atomic_long in_flight;
     atomic_ulong next_id;
     uint64_t id_base;
-    int port;
+    int port, admin_port;
+    char *tls_cert, *tls_key; /* PEM, read at start */
+    pthread_mutex_t conns_lock;
+    conn_track *conns;
+    pthread_t sweeper;
+    bool sweeper_started;
+    pthread_mutex_t stop_lock;
+    pthread_cond_t stop_cv;
+    bool stopping;
 };
 
-typedef enum { PH_BODY, PH_WAIT, PH_REPLIED } phase;
+typedef enum { PH_NEW, PH_BODY, PH_WAIT, PH_REPLIED } phase;
 
 typedef struct srv_req {
     pool_task task; /* first: the pool's view of this request */
     srv *s;
     struct MHD_Connection *conn;
+    conn_track *track; /* NULL on the admin port */
+    bool admin;
     atomic_int refs;
     int64_t start_ns;
     char id[72];
-    char method[8];
-    char path[128];
+    char trace_id[33], span_id[17], trace_flags[3];
+    char method[16];
+    char path[256];     /* the request target as sent (escaped when logged) */
+    bool nul_in_path;   /* the target held %00, which would cut the path short */
+    const char *allow_origin; /* Access-Control-Allow-Origin to send, or NULL */
+    char origin[256];
     api_endpoint ep;
     int route; /* metrics route index */
     phase ph;
-    buf body; /* capped at max_body */
+    bool counted; /* in in_flight */
+    buf body;     /* capped at max_body */
     bool too_large;
+    char model[API_MODEL_NAME];
     /* shared with the worker, under lock */
     pthread_mutex_t lock;
     bool suspended;
@@ -97,24 +147,41 @@ static void req_unref(srv_req *r)
 
 /* ---- answering ------------------------------------------------------------ */
 
+/* The headers every answer carries: request id, trace context, CORS. */
+static void common_headers(const srv_req *r, struct MHD_Response *resp)
+{
+    char tp[64];
+    snprintf(tp, sizeof tp, "00-%s-%s-%s", r->trace_id, r->span_id, r->trace_flags);
+    MHD_add_response_header(resp, "X-Request-Id", r->id);
+    MHD_add_response_header(resp, "traceparent", tp);
+    if (r->allow_origin) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->allow_origin);
+        MHD_add_response_header(resp, "Access-Control-Expose-Headers", "X-Request-Id, traceparent, Retry-After");
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_VARY, "Origin");
+    }
+}
+
 /* Queues an answer whose body (malloc'ed) libmicrohttpd frees; allow is the
- * Allow header of a 405, or NULL. */
+ * Allow header of a 405, or NULL; close ends the connection after it. */
 static enum MHD_Result queue(srv_req *r, int status, const char *content_type, char *body, size_t len,
-                             const char *allow)
+                             const char *allow, bool close)
 {
     struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
     if (!resp) {
         free(body);
         return MHD_NO;
     }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
-    MHD_add_response_header(resp, "X-Request-Id", r->id);
+    if (content_type)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    common_headers(r, resp);
     if (allow)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
     if (status == 503)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (status == 401)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    if (close)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     r->status = status;
@@ -122,12 +189,12 @@ static enum MHD_Result queue(srv_req *r, int status, const char *content_type, c
     return ok;
 }
 
-static enum MHD_Result reply_error(srv_req *r, const api_error *e, const char *allow)
+static enum MHD_Result reply_error(srv_req *r, const api_error *e, const char *allow, bool close)
 {
     api_reply rep;
     if (api_error_reply(e, &rep) < 0)
         return MHD_NO;
-    return queue(r, e->status, rep.content_type, rep.body, rep.len, allow);
+    return queue(r, e->status, rep.content_type, rep.body, rep.len, allow, close);
 }
 
 static enum MHD_Result fail(srv_req *r, int status, const char *param, const char *fmt, ...)
@@ -140,7 +207,16 @@ static enum MHD_Result fail(srv_req *r, int status, const char *param, const cha
     va_start(ap, fmt);
     vsnprintf(e.message, sizeof e.message, fmt, ap);
     va_end(ap);
-    return reply_error(r, &e, NULL);
+    return reply_error(r, &e, NULL, false);
+}
+
+/* A refusal of how the request is framed: the connection cannot be trusted
+ * to be at the start of a next request, so it is closed after the answer. */
+static enum MHD_Result refuse_framing(srv_req *r, const char *what)
+{
+    api_error e;
+    api_error_set(&e, 400, NULL, "%s", what);
+    return reply_error(r, &e, NULL, true);
 }
 
 /* ---- the pool's side of a task --------------------------------------------------- */
@@ -188,6 +264,17 @@ static bool task_gone(pool_task *t)
     return r->gone_seen;
 }
 
+static bool task_blocked(pool_task *t)
+{
+    srv_req *r = (srv_req *)t;
+    if (!r->streaming)
+        return false;
+    pthread_mutex_lock(&r->lock);
+    bool blocked = r->out.len - r->out_sent > STREAM_BOUND;
+    pthread_mutex_unlock(&r->lock);
+    return blocked;
+}
+
 static void task_release(pool_task *t, bool cancelled)
 {
     srv_req *r = (srv_req *)t;
@@ -216,11 +303,17 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *dst, size_t max)
     size_t avail = r->out.len - r->out_sent;
     if (avail) {
         size_t n = avail < max ? avail : max;
+        bool was_blocked = avail > STREAM_BOUND;
         memcpy(dst, r->out.p + r->out_sent, n);
         r->out_sent += n;
         if (r->out_sent == r->out.len)
             r->out.len = r->out_sent = 0;
+        else if (r->out_sent > STREAM_BOUND) /* keep the buffer from growing by what was sent */
+            buf_consume(&r->out, r->out_sent), r->out_sent = 0;
+        bool unblocked = was_blocked && r->out.len - r->out_sent <= STREAM_BOUND;
         pthread_mutex_unlock(&r->lock);
+        if (unblocked)
+            pool_kick(r->s->pool);
         return (ssize_t)n;
     }
     if (r->finished) {
@@ -236,7 +329,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *dst, size_t max)
 
 static void stream_free(void *cls) { req_unref(cls); }
 
-/* ---- request handling ------------------------------------------------------------- */
+/* ---- request identity: id, trace context, origin -------------------------------- */
 
 static bool sane_request_id(const char *s)
 {
@@ -252,7 +345,88 @@ static bool sane_request_id(const char *s)
     return true;
 }
 
-static srv_req *req_new(srv *s, struct MHD_Connection *conn, const char *url, const char *method)
+static bool lower_hex(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    return true;
+}
+
+static bool all_zero(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] != '0')
+            return false;
+    return true;
+}
+
+static void random_hex(srv *s, char *out, size_t digits)
+{
+    for (size_t i = 0; i < digits; i += 16) {
+        uint64_t v = rng_hash(s->id_base ^ (uint64_t)clock_now_ns() ^ atomic_fetch_add(&s->next_id, 1));
+        char chunk[17];
+        snprintf(chunk, sizeof chunk, "%016llx", (unsigned long long)v);
+        memcpy(out + i, chunk, digits - i < 16 ? digits - i : 16);
+    }
+    out[digits] = '\0';
+}
+
+/* W3C trace context: a valid traceparent's trace id and flags are kept (this
+ * request is a new span of that trace); otherwise a new trace begins. */
+static void trace_context(srv_req *r, const char *tp)
+{
+    bool ok = tp && strlen(tp) == 55 && tp[2] == '-' && tp[35] == '-' && tp[52] == '-' && lower_hex(tp, 2) &&
+              strncmp(tp, "ff", 2) != 0 && lower_hex(tp + 3, 32) && !all_zero(tp + 3, 32) &&
+              lower_hex(tp + 36, 16) && !all_zero(tp + 36, 16) && lower_hex(tp + 53, 2);
+    if (ok) {
+        memcpy(r->trace_id, tp + 3, 32);
+        r->trace_id[32] = '\0';
+        memcpy(r->trace_flags, tp + 53, 2);
+        r->trace_flags[2] = '\0';
+    } else {
+        random_hex(r->s, r->trace_id, 32);
+        strcpy(r->trace_flags, "00");
+    }
+    random_hex(r->s, r->span_id, 16);
+}
+
+/* The Access-Control-Allow-Origin for this request's Origin, or NULL. */
+static const char *allowed_origin(srv_req *r, const char *origin)
+{
+    const srv_list *l = &r->s->cfg->cors_origins;
+    if (!origin || l->n == 0)
+        return NULL;
+    for (int i = 0; i < l->n; i++) {
+        if (strcmp(l->v[i], "*") == 0)
+            return "*";
+        if (strcasecmp(l->v[i], origin) == 0) {
+            snprintf(r->origin, sizeof r->origin, "%s", origin);
+            return r->origin;
+        }
+    }
+    return NULL;
+}
+
+/* ---- request handling ------------------------------------------------------------- */
+
+static conn_track *track_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+static void set_phase(conn_track *t, conn_phase ph)
+{
+    if (!t)
+        return;
+    atomic_store(&t->since_ns, clock_now_ns());
+    atomic_store(&t->body_bytes, 0);
+    atomic_store(&t->phase, ph);
+}
+
+/* libmicrohttpd's URI log callback: the request line has arrived. */
+static void *req_begin_on(srv *s, const char *uri, struct MHD_Connection *conn, bool admin)
 {
     srv_req *r = calloc(1, sizeof *r);
     if (!r)
@@ -263,22 +437,87 @@ static srv_req *req_new(srv *s, struct MHD_Connection *conn, const char *url, co
     atomic_init(&r->closed, false);
     pthread_mutex_init(&r->lock, NULL);
     r->start_ns = clock_now_ns();
-    snprintf(r->method, sizeof r->method, "%s", method);
-    snprintf(r->path, sizeof r->path, "%s", url);
-    for (char *c = r->path; *c; c++) /* the path goes into a log line: keep it one line */
-        if ((unsigned char)*c < 0x20 || *c == 0x7f)
-            *c = '?';
+    snprintf(r->path, sizeof r->path, "%s", uri ? uri : "");
+    r->nul_in_path = uri && strstr(uri, "%00") != NULL;
     r->route = METRICS_ROUTES - 1;
     r->fd = -1;
+    strcpy(r->id, "-");
+    strcpy(r->trace_id, "-");
+    r->admin = admin;
+    return r;
+}
+
+static void *req_begin(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    return req_begin_on(cls, uri, conn, false);
+}
+
+static void *req_begin_admin(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    return req_begin_on(cls, uri, conn, true);
+}
+
+/* Counts the Content-Length headers and whether they disagree. */
+typedef struct cl_count {
+    int n;
+    const char *first;
+    bool differ;
+} cl_count;
+
+static enum MHD_Result count_content_length(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    (void)kind;
+    cl_count *c = cls;
+    if (strcasecmp(key, "Content-Length") == 0) {
+        if (c->n++ == 0)
+            c->first = value;
+        else if (strcmp(c->first, value ? value : "") != 0)
+            c->differ = true;
+    }
+    return MHD_YES;
+}
+
+/* The first call for a request, its header complete: identity, then how it is framed. */
+static enum MHD_Result req_headers(srv_req *r, struct MHD_Connection *conn, const char *method,
+                                   const char *version)
+{
+    srv *s = r->s;
+    snprintf(r->method, sizeof r->method, "%s", method);
+    r->counted = true;
+    atomic_fetch_add(&s->in_flight, 1);
+    atomic_fetch_add(&s->ctx->metrics->in_flight, 1);
+    r->track = r->admin ? NULL : track_of(conn);
+    set_phase(r->track, CONN_BODY);
     const char *given = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
     if (given && sane_request_id(given))
         snprintf(r->id, sizeof r->id, "%s", given);
     else
         snprintf(r->id, sizeof r->id, "%016llx",
                  (unsigned long long)rng_hash(s->id_base + atomic_fetch_add(&s->next_id, 1)));
-    atomic_fetch_add(&s->in_flight, 1);
-    atomic_fetch_add(&s->ctx->metrics->in_flight, 1);
-    return r;
+    trace_context(r, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "traceparent"));
+    r->allow_origin = allowed_origin(r, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin"));
+    r->ph = PH_BODY;
+
+    /* Refused before anything else, and the connection closed: it cannot be
+     * trusted to be at the start of a next request. */
+    if (r->nul_in_path)
+        return refuse_framing(r, "the request target holds %00, which cannot be part of a path");
+    if (strcmp(version, MHD_HTTP_VERSION_1_1) == 0 && !MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Host"))
+        return refuse_framing(r, "an HTTP/1.1 request needs a Host header");
+    cl_count cl = {0};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, count_content_length, &cl);
+    if (cl.differ)
+        return refuse_framing(r, "the request has two different Content-Length headers");
+    if (cl.n > 0 && MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding"))
+        return refuse_framing(r, "the request has both Content-Length and Transfer-Encoding");
+    if (cl.first && strtoull(cl.first, NULL, 10) > (unsigned long long)s->cfg->max_body) {
+        api_endpoint ep;
+        const char *allow;
+        if (api_route(method, r->path, &ep, &allow) != 404)
+            r->route = (int)ep;
+        return fail(r, 413, NULL, "the request body is larger than the limit of %ld bytes", s->cfg->max_body);
+    }
+    return MHD_YES;
 }
 
 /* Whether a Content-Type names JSON (parameters such as charset allowed). */
@@ -303,17 +542,25 @@ static enum MHD_Result submit_job(srv_req *r)
     uint64_t seed = rng_hash(s->id_base ^ (uint64_t)r->start_ns ^ atomic_fetch_add(&s->next_id, 1));
     api_job *job = api_job_new(s->ctx, r->ep, r->body.p, r->body.len, seed, r->id, &e);
     if (!job)
-        return reply_error(r, &e, NULL);
+        return reply_error(r, &e, NULL, false);
+    snprintf(r->model, sizeof r->model, "%s", api_job_model_name(job));
     r->task = (pool_task){
         .job = job,
         .deadline_ns = s->cfg->timeout > 0 ? r->start_ns + (int64_t)(s->cfg->timeout * 1e9) : 0,
         .emit = task_emit,
         .gone = task_gone,
+        .blocked = task_blocked,
         .release = task_release,
     };
     r->streaming = api_job_streams(job);
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     r->fd = ci ? ci->connect_fd : -1;
+    if (r->streaming && r->fd >= 0) {
+        /* Left to grow, the kernel's buffer for a client that does not read reaches megabytes
+         * (memory a container is charged for) before backpressure starts. */
+        int sndbuf = STREAM_SNDBUF;
+        setsockopt(r->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+    }
     r->last_probe_ns = r->start_ns;
     atomic_fetch_add(&r->refs, 1); /* the pool's */
 
@@ -334,7 +581,7 @@ static enum MHD_Result submit_job(srv_req *r)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
         MHD_add_response_header(resp, "X-Accel-Buffering", "no");
-        MHD_add_response_header(resp, "X-Request-Id", r->id);
+        common_headers(r, resp);
         enum MHD_Result ok = MHD_queue_response(r->conn, MHD_HTTP_OK, resp);
         MHD_destroy_response(resp);
         r->status = 200;
@@ -362,18 +609,18 @@ static enum MHD_Result serve_ui(srv_req *r, const char *method, const char *url)
 {
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
         api_error e;
-        api_error_set(&e, 405, NULL, "%s does not answer %s (allowed: GET, HEAD)", r->path, method);
-        return reply_error(r, &e, "GET, HEAD");
+        api_error_set(&e, 405, NULL, "%.200s does not answer %.16s (allowed: GET, HEAD)", url, method);
+        return reply_error(r, &e, "GET, HEAD", false);
     }
     const ui_asset *a = ui_find(url);
     if (!a)
-        return fail(r, 404, NULL, "no such file: %s", r->path);
+        return fail(r, 404, NULL, "no such file: %.200s", url);
     unsigned status;
     struct MHD_Response *resp =
         ui_response(a, MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH), &status);
     if (!resp)
         return MHD_NO;
-    MHD_add_response_header(resp, "X-Request-Id", r->id);
+    common_headers(r, resp);
     enum MHD_Result ok = MHD_queue_response(r->conn, status, resp);
     MHD_destroy_response(resp);
     r->status = (int)status;
@@ -381,74 +628,57 @@ static enum MHD_Result serve_ui(srv_req *r, const char *method, const char *url)
     return ok;
 }
 
-static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
-                              const char *version, const char *upload_data, size_t *upload_data_size,
-                              void **req_cls)
+/* A CORS preflight: which methods and headers a page of an allowed origin may use. */
+static enum MHD_Result preflight(srv_req *r)
 {
-    (void)version;
-    srv *s = cls;
-    srv_req *r = *req_cls;
-    if (!r) {
-        if (!(r = req_new(s, conn, url, method)))
-            return MHD_NO;
-        *req_cls = r;
-        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > (unsigned long long)s->cfg->max_body) {
-            api_endpoint ep;
-            const char *allow;
-            if (api_route(method, url, &ep, &allow) != 404)
-                r->route = (int)ep;
-            return fail(r, 413, NULL, "the request body is larger than the limit of %ld bytes", s->cfg->max_body);
-        }
-        return MHD_YES;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    if (!resp)
+        return MHD_NO;
+    common_headers(r, resp);
+    if (r->allow_origin) {
+        MHD_add_response_header(resp, "Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS");
+        MHD_add_response_header(resp, "Access-Control-Allow-Headers",
+                                "Authorization, Content-Type, X-Api-Key, X-Request-Id, traceparent");
+        MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
     }
+    enum MHD_Result ok = MHD_queue_response(r->conn, MHD_HTTP_NO_CONTENT, resp);
+    MHD_destroy_response(resp);
+    r->status = 204;
+    r->ph = PH_REPLIED;
+    return ok;
+}
 
-    if (r->ph == PH_WAIT) {
-        /* Resumed by a worker: the answer is ready, or the client left. */
-        pthread_mutex_lock(&r->lock);
-        size_t len;
-        char *out = buf_take(&r->out, &len);
-        int status = r->status;
-        pthread_mutex_unlock(&r->lock);
-        if (!out)
-            return MHD_NO;
-        return queue(r, status, "application/json", out, len, NULL);
-    }
-    if (r->ph == PH_REPLIED) {
-        *upload_data_size = 0; /* the rest of a refused body is read and dropped */
-        return MHD_YES;
-    }
-
-    if (*upload_data_size) {
-        size_t n = *upload_data_size;
-        *upload_data_size = 0;
-        if (r->too_large || r->body.len + n > (size_t)s->cfg->max_body) {
-            r->too_large = true;
-            return MHD_YES;
-        }
-        buf_put(&r->body, upload_data, n);
-        return r->body.oom ? MHD_NO : MHD_YES;
-    }
-
-    /* The whole request is in. */
-    if (s->cfg->ui && ui_is_path(url))
+/* The whole request is in: route, credentials, then the answer or the job. */
+static enum MHD_Result req_complete(srv_req *r, struct MHD_Connection *conn, const char *url, const char *method)
+{
+    srv *s = r->s;
+    set_phase(r->track, CONN_BUSY);
+    /* The inspector page's files, on the main port: before routing and the key check. */
+    if (!r->admin && s->cfg->ui && ui_is_path(url))
         return serve_ui(r, method, url);
     const char *allow = NULL;
     api_endpoint ep;
     int rc = api_route(method, url, &ep, &allow);
-    if (rc == 404)
-        return fail(r, 404, NULL, "no such endpoint: %s %s", method, r->path);
-    r->ep = ep;
-    r->route = (int)ep;
-    if (rc == 405) {
-        api_error e;
-        api_error_set(&e, 405, NULL, "%s does not answer %s (allowed: %s)", api_endpoint_path(ep), method, allow);
-        return reply_error(r, &e, allow);
-    }
-    if (*s->cfg->api_key && !api_endpoint_is_open(ep) &&
+    if (rc != 404)
+        r->route = (int)ep;
+    bool open = rc != 404 && api_endpoint_is_open(ep);
+    if (r->admin && (rc == 404 || !open))
+        return fail(r, 404, NULL, "the admin port answers /health, /ready and /metrics only");
+    if (strcmp(method, "OPTIONS") == 0 && s->cfg->cors_origins.n > 0 && rc != 404)
+        return preflight(r);
+    /* Credentials before the route's existence, so routes cannot be listed without a key. */
+    if (*s->cfg->api_key && !open &&
         !api_key_matches(s->cfg->api_key, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"),
                          MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Api-Key")))
         return fail(r, 401, NULL, "a valid API key is required (Authorization: Bearer KEY or X-Api-Key: KEY)");
+    if (rc == 404)
+        return fail(r, 404, NULL, "no such endpoint: %.16s %.200s", method, url);
+    r->ep = ep;
+    if (rc == 405) {
+        api_error e;
+        api_error_set(&e, 405, NULL, "%s does not answer %.16s (allowed: %s)", api_endpoint_path(ep), method, allow);
+        return reply_error(r, &e, allow, false);
+    }
     if (strcmp(method, "POST") == 0) {
         const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
         if (ct && !is_json_type(ct))
@@ -462,7 +692,84 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     const char *model_arg = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "model");
     if (api_handle_inline(s->ctx, ep, url, model_arg, r->body.p, r->body.len, atomic_load(&s->draining), &rep) < 0)
         return MHD_NO;
-    return queue(r, rep.status, rep.content_type, rep.body, rep.len, NULL);
+    return queue(r, rep.status, rep.content_type, rep.body, rep.len, NULL, false);
+}
+
+static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                              const char *version, const char *upload_data, size_t *upload_data_size,
+                              void **req_cls)
+{
+    srv *s = cls;
+    srv_req *r = *req_cls;
+    if (!r) /* out of memory when the request line came */
+        return MHD_NO;
+    if (r->ph == PH_NEW)
+        return req_headers(r, conn, method, version);
+
+    if (r->ph == PH_WAIT) {
+        /* Resumed by a worker: the answer is ready, or the client left. */
+        pthread_mutex_lock(&r->lock);
+        size_t len;
+        char *out = buf_take(&r->out, &len);
+        int status = r->status;
+        pthread_mutex_unlock(&r->lock);
+        if (!out) /* the client left: nobody reads this, but the exchange ends in order */
+            return queue(r, 499, NULL, NULL, 0, NULL, true);
+        return queue(r, status, "application/json", out, len, NULL, false);
+    }
+    if (r->ph == PH_REPLIED) {
+        *upload_data_size = 0; /* the rest of a refused body is read and dropped */
+        return MHD_YES;
+    }
+
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (r->track)
+            atomic_fetch_add(&r->track->body_bytes, n);
+        if (r->too_large || r->body.len + n > (size_t)s->cfg->max_body) {
+            r->too_large = true;
+            return MHD_YES;
+        }
+        buf_put(&r->body, upload_data, n);
+        return r->body.oom ? MHD_NO : MHD_YES;
+    }
+    return req_complete(r, conn, url, method);
+}
+
+/* The status a request is logged and counted with, and why it ended early. */
+static int final_status(srv_req *r, enum MHD_RequestTerminationCode toe, const char **note)
+{
+    pthread_mutex_lock(&r->lock);
+    int status = r->status ? r->status : 500;
+    bool cut = r->streaming && !r->finished;
+    pthread_mutex_unlock(&r->lock);
+    *note = NULL;
+    int swept = r->track ? atomic_load(&r->track->cut) : CUT_NONE;
+    if (swept != CUT_NONE && r->ph != PH_REPLIED) {
+        *note = swept == CUT_HEADER ? "header not complete in time" : "body sent too slowly";
+        return 408;
+    }
+    if (r->task.end_status && r->streaming) {
+        *note = r->task.end_status == 408 ? "client stopped reading" : r->task.end_status == 504 ? "deadline"
+                                                                                                  : "ended by the server";
+        return r->task.end_status;
+    }
+    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && status != 499)
+        return status;
+    if (toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED) {
+        *note = "connection timed out";
+        return 408;
+    }
+    if (toe == MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN && (cut || r->ph != PH_REPLIED)) {
+        *note = "server stopped";
+        return 503;
+    }
+    if (status == 499 || cut || r->ph != PH_REPLIED) {
+        *note = "client closed";
+        return 499;
+    }
+    return status;
 }
 
 static void completed(void *cls, struct MHD_Connection *conn, void **req_cls, enum MHD_RequestTerminationCode toe)
@@ -473,19 +780,30 @@ static void completed(void *cls, struct MHD_Connection *conn, void **req_cls, en
     if (!r)
         return;
     *req_cls = NULL;
-    double secs = clock_seconds(r->start_ns, clock_now_ns());
-    pthread_mutex_lock(&r->lock);
-    int status = r->status ? r->status : 500, in = r->in_tokens, out = r->out_tokens;
-    bool cut = r->streaming && !r->finished;
-    pthread_mutex_unlock(&r->lock);
-    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && (cut || r->ph != PH_REPLIED))
-        status = 499;
     atomic_store(&r->closed, true);
-    metrics_request(s->ctx->metrics, r->route, status, secs);
-    fprintf(stderr, "attnlm: req=%s %s %s %d %.1fms in=%d out=%d%s\n", r->id, r->method, r->path, status,
-            secs * 1e3, in, out, status == 499 ? " (client closed)" : "");
-    atomic_fetch_sub(&s->in_flight, 1);
-    atomic_fetch_sub(&s->ctx->metrics->in_flight, 1);
+    if (r->counted) {
+        double secs = clock_seconds(r->start_ns, clock_now_ns());
+        const char *note;
+        int status = final_status(r, toe, &note);
+        pthread_mutex_lock(&r->lock);
+        int in = r->in_tokens, out = r->out_tokens;
+        pthread_mutex_unlock(&r->lock);
+        metrics_request(s->ctx->metrics, r->route, status, secs);
+        log_req(&(log_request){.id = r->id,
+                               .trace_id = r->trace_id,
+                               .method = r->method,
+                               .path = r->path,
+                               .model = r->model[0] ? r->model : NULL,
+                               .note = note,
+                               .status = status,
+                               .ms = secs * 1e3,
+                               .tokens_in = in,
+                               .tokens_out = out});
+        atomic_fetch_sub(&s->in_flight, 1);
+        atomic_fetch_sub(&s->ctx->metrics->in_flight, 1);
+    }
+    if (r->track && atomic_load(&r->track->cut) == CUT_NONE)
+        set_phase(r->track, CONN_HEADER); /* a kept-alive connection now waits for its next request */
     req_unref(r);
 }
 
@@ -498,16 +816,156 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
     while (n && msg[n - 1] == '\n')
         msg[--n] = '\0';
     /* A client that leaves mid-answer is already logged with its request. */
-    if (strstr(msg, "no longer available for sending") || strstr(msg, "Connection reset by peer"))
+    if (strstr(msg, "no longer available for sending") || strstr(msg, "Connection reset by peer") ||
+        strstr(msg, "forcibly closed by remote peer") || strstr(msg, "Broken pipe"))
         return;
-    fprintf(stderr, "attnlm: http: %s\n", msg);
+    char esc[600];
+    log_msg("warn", "http: %s", log_escape(msg, esc, sizeof esc));
 }
 
-/* ---- the daemon ------------------------------------------------------------------ */
+/* ---- connections and the sweeper ------------------------------------------------- */
+
+static void notify_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                              enum MHD_ConnectionNotificationCode code)
+{
+    srv *s = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        conn_track *t = calloc(1, sizeof *t);
+        if (!t)
+            return;
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        t->fd = ci ? ci->connect_fd : -1;
+        atomic_init(&t->phase, CONN_HEADER);
+        atomic_init(&t->since_ns, clock_now_ns());
+        atomic_init(&t->body_bytes, 0);
+        atomic_init(&t->cut, CUT_NONE);
+        pthread_mutex_lock(&s->conns_lock);
+        t->next = s->conns;
+        if (s->conns)
+            s->conns->prev = t;
+        s->conns = t;
+        pthread_mutex_unlock(&s->conns_lock);
+        *socket_context = t;
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED && *socket_context) {
+        /* Called before libmicrohttpd closes the socket: once unlinked, the sweeper cannot touch it. */
+        conn_track *t = *socket_context;
+        pthread_mutex_lock(&s->conns_lock);
+        if (t->prev)
+            t->prev->next = t->next;
+        else
+            s->conns = t->next;
+        if (t->next)
+            t->next->prev = t->prev;
+        pthread_mutex_unlock(&s->conns_lock);
+        free(t);
+        *socket_context = NULL;
+    }
+}
+
+/* Closes connections too slow with a request's header or body. */
+static void sweep(srv *s)
+{
+    const int64_t now = clock_now_ns(), header_ns = (int64_t)(s->cfg->header_timeout * 1e9);
+    unsigned long cut_header = 0, cut_body = 0;
+    pthread_mutex_lock(&s->conns_lock);
+    for (conn_track *t = s->conns; t; t = t->next) {
+        if (atomic_load(&t->cut) != CUT_NONE || t->fd < 0)
+            continue;
+        int64_t age = now - atomic_load(&t->since_ns);
+        int ph = atomic_load(&t->phase);
+        cut_reason why = CUT_NONE;
+        if (ph == CONN_HEADER && age > header_ns)
+            why = CUT_HEADER;
+        else if (ph == CONN_BODY && s->cfg->min_body_rate > 0 && age > header_ns &&
+                 (double)atomic_load(&t->body_bytes) < (double)s->cfg->min_body_rate * ((double)age / 1e9))
+            why = CUT_BODY;
+        if (why == CUT_NONE)
+            continue;
+        atomic_store(&t->cut, why);
+        shutdown(t->fd, SHUT_RDWR); /* libmicrohttpd sees the end of the connection and closes it */
+        if (why == CUT_HEADER)
+            cut_header++;
+        else
+            cut_body++;
+    }
+    pthread_mutex_unlock(&s->conns_lock);
+    api_metrics *m = s->ctx->metrics;
+    atomic_fetch_add(&m->conns_cut_header, cut_header);
+    atomic_fetch_add(&m->conns_cut_body, cut_body);
+    if (cut_header || cut_body)
+        log_msg("warn", "closed %lu connection(s) that sent no whole request header within %g s and %lu whose body "
+                        "came slower than %ld bytes/s",
+                cut_header, s->cfg->header_timeout, cut_body, s->cfg->min_body_rate);
+}
+
+static void *sweeper_main(void *arg)
+{
+    srv *s = arg;
+    pthread_mutex_lock(&s->stop_lock);
+    while (!s->stopping) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += SWEEP_INTERVAL_NS;
+        until.tv_sec += until.tv_nsec / 1000000000;
+        until.tv_nsec %= 1000000000;
+        pthread_cond_timedwait(&s->stop_cv, &s->stop_lock, &until);
+        if (s->stopping)
+            break;
+        pthread_mutex_unlock(&s->stop_lock);
+        sweep(s);
+        pthread_mutex_lock(&s->stop_lock);
+    }
+    pthread_mutex_unlock(&s->stop_lock);
+    return NULL;
+}
+
+/* ---- the daemons ------------------------------------------------------------------ */
+
+/* The whole of a small file (a PEM), NUL-terminated, or NULL with errno. */
+static char *read_small_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    buf b = {0};
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0 && b.len < (1u << 20))
+        buf_put(&b, chunk, n);
+    int failed = ferror(f) || b.oom;
+    fclose(f);
+    if (failed || b.len >= (1u << 20)) {
+        buf_free(&b);
+        errno = failed ? EIO : EFBIG;
+        return NULL;
+    }
+    buf_cstr(&b);
+    return buf_take(&b, NULL);
+}
+
+static struct addrinfo *resolve(const char *host, long port, char *err, size_t errlen)
+{
+    char service[16];
+    snprintf(service, sizeof service, "%ld", port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
+    int g = getaddrinfo(host, service, &hints, &ai);
+    if (g != 0) {
+        err_set(err, errlen, "cannot resolve --host %s: %s", host, gai_strerror(g));
+        return NULL;
+    }
+    return ai;
+}
+
+static int bound_port(struct MHD_Daemon *d, long asked)
+{
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    return di ? di->port : (int)asked;
+}
 
 srv *srv_start(const srv_config *cfg, const api_ctx *ctx, pool *p, char *err, size_t errlen)
 {
     srv *s = calloc(1, sizeof *s);
+    struct addrinfo *ai = NULL;
     if (!s) {
         err_set(err, errlen, "out of memory");
         return NULL;
@@ -515,38 +973,89 @@ srv *srv_start(const srv_config *cfg, const api_ctx *ctx, pool *p, char *err, si
     s->cfg = cfg;
     s->ctx = ctx;
     s->pool = p;
+    pthread_mutex_init(&s->conns_lock, NULL);
+    pthread_mutex_init(&s->stop_lock, NULL);
+    pthread_cond_init(&s->stop_cv, NULL);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     s->id_base = rng_hash((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)getpid());
 
-    char port[16];
-    snprintf(port, sizeof port, "%ld", cfg->port);
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
-    int g = getaddrinfo(cfg->host, port, &hints, &ai);
-    if (g != 0) {
-        err_set(err, errlen, "cannot resolve --host %s: %s", cfg->host, gai_strerror(g));
-        free(s);
-        return NULL;
+    if (*cfg->tls_cert) {
+        if (!(s->tls_cert = read_small_file(cfg->tls_cert))) {
+            err_set(err, errlen, "cannot read --tls-cert %s: %s", cfg->tls_cert, strerror(errno));
+            goto fail;
+        }
+        if (!(s->tls_key = read_small_file(cfg->tls_key))) {
+            err_set(err, errlen, "cannot read --tls-key %s: %s", cfg->tls_key, strerror(errno));
+            goto fail;
+        }
+        if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+            err_set(err, errlen, "this libmicrohttpd was built without TLS");
+            goto fail;
+        }
     }
+    if (!(ai = resolve(cfg->host, cfg->port, err, errlen)))
+        goto fail;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_DUAL_STACK; /* "::" takes IPv4 clients too */
+    if (s->tls_cert)
+        flags |= MHD_USE_TLS;
+    struct MHD_OptionItem tls[] = {
+        {s->tls_cert ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, s->tls_cert},
+        {MHD_OPTION_HTTPS_MEM_KEY, 0, s->tls_key},
+        {MHD_OPTION_END, 0, NULL},
+    };
     s->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, handle, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-                            NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_NOTIFY_COMPLETED, completed, s,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)60, MHD_OPTION_END);
+                            NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_URI_LOG_CALLBACK, req_begin, s,
+                            MHD_OPTION_NOTIFY_COMPLETED, completed, s, MHD_OPTION_NOTIFY_CONNECTION,
+                            notify_connection, s, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)CONNECTION_TIMEOUT,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections,
+                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)cfg->max_per_ip, MHD_OPTION_ARRAY, tls,
+                            MHD_OPTION_END);
     freeaddrinfo(ai);
+    ai = NULL;
     if (!s->d) {
-        err_set(err, errlen, "cannot listen on %s port %ld (the line above says why)",
-                cfg->host, cfg->port);
-        free(s);
-        return NULL;
+        err_set(err, errlen, "cannot listen on %s port %ld (the line above says why)", cfg->host, cfg->port);
+        goto fail;
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
-    s->port = di ? di->port : (int)cfg->port;
+    s->port = bound_port(s->d, cfg->port);
+
+    if (cfg->admin_port >= 0) {
+        if (!(ai = resolve(cfg->host, cfg->admin_port, err, errlen)))
+            goto fail;
+        unsigned aflags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+        if (ai->ai_family == AF_INET6)
+            aflags |= MHD_USE_DUAL_STACK;
+        s->admin = MHD_start_daemon(aflags, (uint16_t)cfg->admin_port, NULL, NULL, handle, s,
+                                    MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                                    MHD_OPTION_URI_LOG_CALLBACK, req_begin_admin, s, MHD_OPTION_NOTIFY_COMPLETED,
+                                    completed, s, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)10,
+                                    MHD_OPTION_CONNECTION_LIMIT, (unsigned int)ADMIN_CONNECTIONS, MHD_OPTION_END);
+        freeaddrinfo(ai);
+        ai = NULL;
+        if (!s->admin) {
+            err_set(err, errlen, "cannot listen on %s admin port %ld (the line above says why)", cfg->host,
+                    cfg->admin_port);
+            goto fail;
+        }
+        s->admin_port = bound_port(s->admin, cfg->admin_port);
+    }
+    if (pthread_create(&s->sweeper, NULL, sweeper_main, s) != 0) {
+        err_set(err, errlen, "cannot start the connection sweeper");
+        goto fail;
+    }
+    s->sweeper_started = true;
     return s;
+fail:
+    if (ai)
+        freeaddrinfo(ai);
+    srv_stop(s);
+    return NULL;
 }
 
 int srv_port(const srv *s) { return s->port; }
+int srv_admin_port(const srv *s) { return s->admin ? s->admin_port : -1; }
 
 void srv_drain_begin(srv *s)
 {
@@ -562,6 +1071,21 @@ void srv_stop(srv *s)
 {
     if (!s)
         return;
-    MHD_stop_daemon(s->d);
+    if (s->sweeper_started) {
+        pthread_mutex_lock(&s->stop_lock);
+        s->stopping = true;
+        pthread_cond_broadcast(&s->stop_cv);
+        pthread_mutex_unlock(&s->stop_lock);
+        pthread_join(s->sweeper, NULL);
+    }
+    if (s->admin)
+        MHD_stop_daemon(s->admin);
+    if (s->d)
+        MHD_stop_daemon(s->d);
+    pthread_cond_destroy(&s->stop_cv);
+    pthread_mutex_destroy(&s->stop_lock);
+    pthread_mutex_destroy(&s->conns_lock);
+    free(s->tls_cert);
+    free(s->tls_key);
     free(s);
 }

@@ -1,6 +1,8 @@
 /* http.h -- the HTTP front: libmicrohttpd with one internal epoll thread that
  * parses, validates and queues, then suspends the connection; workers resume
- * it when they have output.  This thread never runs the model.
+ * it when they have output.  This thread never runs the model.  An optional
+ * admin listener (--admin-port) answers /health, /ready and /metrics on a
+ * thread of its own.
  */
 #ifndef ATTNLM_HTTP_H
 #define ATTNLM_HTTP_H
@@ -13,8 +15,9 @@ typedef struct srv srv;
 
 /* Listens on cfg's host and port.  NULL with a message on failure. */
 srv *srv_start(const srv_config *cfg, const api_ctx *ctx, pool *p, char *err, size_t errlen);
-/* The port actually bound (useful with --port 0). */
+/* The port actually bound (useful with --port 0), and the admin port's (-1: none). */
 int srv_port(const srv *s);
+int srv_admin_port(const srv *s);
 /* Stops accepting connections; /ready answers 503 and new model work is refused. */
 void srv_drain_begin(srv *s);
 /* Requests received and not yet answered. */

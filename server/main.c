@@ -10,7 +10,9 @@
 #include <cblas.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <signal.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -19,6 +21,7 @@
 #include <time.h>
 
 #include "api.h"
+#include "log.h"
 #include "clock.h"
 #include "config.h"
 #include "http.h"
@@ -67,9 +70,10 @@ static int signal_next(int timeout_ms)
     }
 }
 
-/* Writes the port to path through a temporary file and a rename, so a script
- * polling for the file never reads half of it.  Returns 0, or -1 with errno. */
-static int write_port_file(const char *path, int port)
+/* Writes the port (and on a second line the admin port, if any) to path
+ * through a temporary file and a rename, so a script polling for the file
+ * never reads half of it.  Returns 0, or -1 with errno. */
+static int write_port_file(const char *path, int port, int admin_port)
 {
     char tmp[4096];
     if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
@@ -80,6 +84,8 @@ static int write_port_file(const char *path, int port)
     if (!f)
         return -1;
     int ok = fprintf(f, "%d\n", port) > 0;
+    if (admin_port >= 0)
+        ok &= fprintf(f, "%d\n", admin_port) > 0;
     ok &= fclose(f) == 0;
     if (!ok || rename(tmp, path) < 0) {
         int saved = errno;
@@ -100,17 +106,44 @@ static bool wait_idle(srv *s, double secs)
             return false;
         int sig = signal_next(10);
         if (sig && sig != SIGHUP) {
-            fprintf(stderr, "attnlm: second signal: ending in-flight requests now\n");
+            log_msg("warn", "second signal: ending in-flight requests now");
             return false;
         }
     }
     return true;
 }
 
+/* Large buffers (answers, a pass's activations) come from mmap and go back to
+ * the system when freed, whatever sizes came before (glibc's adaptive
+ * threshold would otherwise keep them in the heap); one arena per worker and
+ * a couple more. */
+static void tune_malloc(int workers)
+{
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+    mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
+    mallopt(M_ARENA_MAX, workers + 2);
+}
+
+/* Room for every connection the main port may hold, beside the files, pipes
+ * and the admin port's connections: the soft limit is often 1024. */
+static void raise_fd_limit(long max_connections)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    rlim_t want = (rlim_t)max_connections + 256;
+    if (rl.rlim_cur >= want)
+        return;
+    rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur < want)
+        log_msg("warn", "open files are limited to %llu: fewer than --max-connections %ld connections may be held",
+                (unsigned long long)rl.rlim_cur, max_connections);
+}
+
 static void reload_note(void *cls, const char *path, bool ok, const char *message)
 {
     (void)cls;
-    fprintf(stderr, "attnlm: SIGHUP: %s: %s%s\n", path, ok ? "" : "reload failed, ", message);
+    log_msg(ok ? "info" : "error", "SIGHUP: %s: %s%s", path, ok ? "" : "reload failed, ", message);
 }
 
 /* One line per served model: name, architecture, size, hash, load time. */
@@ -119,8 +152,7 @@ static void describe_models(api_models *r)
     for (int i = 0; i < api_models_count(r); i++) {
         api_model *am = api_model_acquire_at(r, i);
         const model_config *c = model_get_config(am->m);
-        fprintf(stderr,
-                "attnlm: model %s: %s x%d h%d %s w%d, %llu params, kernels %s, sha256 %.12s, %s, loaded in %.3f s\n",
+        log_msg("info", "model %s: %s x%d h%d %s w%d, %llu params, kernels %s, sha256 %.12s, %s, loaded in %.3f s",
                 am->name, model_cell_name(c->cell), c->layers, c->hidden, model_attention_name(c->attention),
                 c->window, (unsigned long long)model_param_count(am->m), model_kernels(am->m), model_sha256(am->m),
                 am->path, am->load_seconds);
@@ -142,7 +174,15 @@ int main(int argc, char **argv)
         return 2;
     }
     if (cfg.health_check) {
-        int status = probe_http(cfg.host, cfg.port, "/health", 3.0, err, sizeof err);
+        /* The admin port when there is one: load on the main port cannot delay it, and it is plain HTTP. */
+        if (cfg.admin_port <= 0 && *cfg.tls_cert) {
+            fprintf(stderr, "attnlm: --health speaks plain HTTP: give --admin-port with --tls-cert\n");
+            config_free(&cfg);
+            return 1;
+        }
+        long port = cfg.admin_port > 0 ? cfg.admin_port : cfg.port;
+        int status = probe_http(cfg.host, port, "/health", 3.0, err, sizeof err);
+        config_free(&cfg);
         if (status == 200)
             return 0;
         if (status > 0)
@@ -152,17 +192,21 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    log_init(cfg.log_format);
     if (signals_install() < 0) {
-        fprintf(stderr, "attnlm: cannot install signal handlers: %s\n", strerror(errno));
+        log_msg("error", "cannot install signal handlers: %s", strerror(errno));
+        config_free(&cfg);
         return 1;
     }
+    tune_malloc((int)cfg.workers);
+    raise_fd_limit(cfg.max_connections);
     /* Each worker runs its own small products; BLAS threads would only contend. */
     openblas_set_num_threads(1);
 
-    _Static_assert(SRV_MAX_MODELS <= API_MAX_MODELS, "every --model can be served");
-    api_models *models = api_models_load(cfg.models, cfg.n_models, err, sizeof err);
+    _Static_assert(SRV_MAX_LIST <= API_MAX_MODELS, "every --model can be served");
+    api_models *models = api_models_load(cfg.models.v, cfg.models.n, err, sizeof err);
     if (!models) {
-        fprintf(stderr, "attnlm: %s\n", err);
+        log_msg("error", "%s", err);
         config_free(&cfg);
         return 1;
     }
@@ -185,29 +229,34 @@ int main(int argc, char **argv)
 
     int rc = 1;
     srv *s = NULL;
-    pool *p = pool_new(&ctx, (int)cfg.workers, (int)cfg.queue, (int)cfg.max_batch, err, sizeof err);
+    /* A stream whose client reads nothing is ended after the request deadline, or two minutes without one. */
+    double stall = cfg.timeout > 0 ? cfg.timeout : 120;
+    pool *p = pool_new(&ctx, (int)cfg.workers, (int)cfg.queue, (int)cfg.max_batch, stall, err, sizeof err);
     if (!p || !(s = srv_start(&cfg, &ctx, p, err, sizeof err))) {
-        fprintf(stderr, "attnlm: %s\n", err);
+        log_msg("error", "%s", err);
         goto done;
     }
-    if (*cfg.port_file && write_port_file(cfg.port_file, srv_port(s)) < 0) {
-        fprintf(stderr, "attnlm: cannot write --port-file %s: %s\n", cfg.port_file, strerror(errno));
+    if (*cfg.port_file && write_port_file(cfg.port_file, srv_port(s), srv_admin_port(s)) < 0) {
+        log_msg("error", "cannot write --port-file %s: %s", cfg.port_file, strerror(errno));
         goto done;
     }
     describe_models(models);
     api_model *first = api_model_acquire_at(models, 0);
-    fprintf(stderr, "attnlm: listening on http://%s:%d (%d model%s, first %s; %ld workers, queue %ld, batch %ld)\n",
-            cfg.host, srv_port(s), api_models_count(models), api_models_count(models) > 1 ? "s" : "", first->name,
-            cfg.workers, cfg.queue, cfg.max_batch);
+    char admin[64] = "";
+    if (srv_admin_port(s) >= 0)
+        snprintf(admin, sizeof admin, ", admin port %d", srv_admin_port(s));
+    log_msg("info", "listening on %s://%s:%d (%d model%s, first %s; %ld workers, queue %ld, batch %ld%s)",
+            *cfg.tls_cert ? "https" : "http", cfg.host, srv_port(s), api_models_count(models),
+            api_models_count(models) > 1 ? "s" : "", first->name, cfg.workers, cfg.queue, cfg.max_batch, admin);
     api_model_release(first);
 
     int sig;
     while ((sig = signal_next(-1)) == SIGHUP) {
         int failed = api_models_reload(models, &metrics, reload_note, NULL);
-        fprintf(stderr, "attnlm: SIGHUP: %d of %d models reloaded\n", api_models_count(models) - failed,
+        log_msg(failed ? "warn" : "info", "SIGHUP: %d of %d models reloaded", api_models_count(models) - failed,
                 api_models_count(models));
     }
-    fprintf(stderr, "attnlm: %s: draining (%ld in flight, up to %g s)\n", sig == SIGINT ? "SIGINT" : "SIGTERM",
+    log_msg("info", "%s: draining (%ld in flight, up to %g s)", sig == SIGINT ? "SIGINT" : "SIGTERM",
             srv_in_flight(s), cfg.drain_timeout);
     srv_drain_begin(s);
     if (!wait_idle(s, cfg.drain_timeout)) {
@@ -226,6 +275,6 @@ done:
         unlink(cfg.port_file); /* the port is no longer ours */
     config_free(&cfg);
     if (rc == 0)
-        fprintf(stderr, "attnlm: stopped\n");
+        log_msg("info", "stopped");
     return rc;
 }

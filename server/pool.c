@@ -1,10 +1,17 @@
 /* pool.c -- the worker pool and its continuous batching.
  *
  * A worker's loop: take what it fairly can from the queue (never more than
- * max_batch sequences in hand, and not while another worker has less), start
+ * max_batch sequences running, and not while another worker has less), start
  * what it took (one-shot work runs to its end; generations are prefilled),
- * drop tasks whose client left or whose deadline passed, then advance every
- * generation it holds by one batched step and hand out what was produced.
+ * drop tasks whose client left, whose deadline passed or whose client stopped
+ * reading for too long, then advance every generation it can by one batched
+ * step and hand out what was produced.
+ *
+ * Backpressure: a task whose client has more unsent output than its bound is
+ * blocked.  A blocked task stays in its worker but is not stepped and does
+ * not count against max_batch, so clients that do not read cost their bounded
+ * buffers and nothing else; the stream wakes the pool when it drains.
+ *
  * The pool's lock guards the queue and the per-worker loads only; model work
  * and output happen outside it.
  */
@@ -16,9 +23,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "clock.h"
 #include "err.h"
+
+#define IDLE_LOOK_NS 250000000 /* how often a worker with only blocked tasks looks at them */
 
 typedef struct worker {
     pool *p;
@@ -26,11 +36,11 @@ typedef struct worker {
     pthread_t thread;
     bool started;
     api_worker *aw;
-    pool_task **active; /* [max_batch + API_MAX_CHOICES] tasks being decoded */
-    api_job **jobs;     /* the same tasks' jobs, for api_step */
-    pool_task **taken;  /* tasks just taken from the queue */
+    pool_task **active; /* [cap_active] tasks in hand, blocked ones included */
+    api_job **jobs;     /* the runnable ones' jobs, for api_step */
+    int n_active, cap_active;
+    pool_task **taken;  /* [max_batch + API_MAX_CHOICES] tasks just taken from the queue */
     api_job **starting; /* their jobs */
-    int n_active;
 } worker;
 
 struct pool {
@@ -40,7 +50,8 @@ struct pool {
     pool_task *head, *tail; /* FIFO */
     int queued, queue_cap, max_batch, n_workers;
     int queued_weight; /* sequences the queued tasks will decode */
-    int *load;  /* [n_workers] sequences each worker holds */
+    int *load;  /* [n_workers] sequences each worker is running (blocked tasks not counted) */
+    double stall_seconds;
     bool stop;
     atomic_bool abort_all;
     api_error abort_error;
@@ -68,6 +79,7 @@ static void deliver(worker *w, pool_task *t)
         t->emit(t, status, data, n, done);
 }
 
+/* The task leaves the pool; the sequences it held are no longer active. */
 static void finish(worker *w, pool_task *t, bool cancelled)
 {
     api_metrics *m = w->p->ctx->metrics;
@@ -75,16 +87,20 @@ static void finish(worker *w, pool_task *t, bool cancelled)
         count_tokens(m, t->job);
         atomic_fetch_add_explicit(&m->cancelled, 1, memory_order_relaxed);
     }
-    int weight = api_job_weight(t->job);
-    pool *p = w->p;
-    pthread_mutex_lock(&p->lock);
-    p->load[w->index] -= weight;
-    atomic_fetch_sub_explicit(&m->active_sequences, weight, memory_order_relaxed);
-    pthread_mutex_unlock(&p->lock);
+    atomic_fetch_sub_explicit(&m->active_sequences, api_job_weight(t->job), memory_order_relaxed);
     t->release(t, cancelled);
 }
 
-/* Whether the task must leave before its next step: gone, late or aborted. */
+/* Ends the task with e: its client gets the error (an error event for a stream). */
+static void end_with(worker *w, pool_task *t, const api_error *e, int end_status)
+{
+    t->end_status = end_status;
+    api_job_fail(t->job, e);
+    deliver(w, t);
+    finish(w, t, false);
+}
+
+/* Whether the task must leave before its next step: gone, late, stalled or aborted. */
 static bool check_leave(worker *w, pool_task *t, int64_t now)
 {
     pool *p = w->p;
@@ -93,30 +109,36 @@ static bool check_leave(worker *w, pool_task *t, int64_t now)
         return true;
     }
     api_error e;
-    bool fail = false;
-    if (t->deadline_ns && now > t->deadline_ns) {
+    bool late = t->deadline_ns && now > t->deadline_ns;
+    /* A stream that stopped because its client stopped reading ends as that, deadline or not. */
+    if (t->stalled_since_ns && (late || now - t->stalled_since_ns > (int64_t)(p->stall_seconds * 1e9))) {
+        api_error_set(&e, 408, NULL, "the client read nothing for %.1f s",
+                      (double)(now - t->stalled_since_ns) / 1e9);
+        atomic_fetch_add_explicit(&p->ctx->metrics->stalled, 1, memory_order_relaxed);
+        end_with(w, t, &e, 408);
+        return true;
+    }
+    if (late) {
         api_error_set(&e, 504, NULL, "the request ran past the server's deadline");
         atomic_fetch_add_explicit(&p->ctx->metrics->timeouts, 1, memory_order_relaxed);
-        fail = true;
-    } else if (atomic_load_explicit(&p->abort_all, memory_order_relaxed)) {
+        end_with(w, t, &e, 504);
+        return true;
+    }
+    if (atomic_load_explicit(&p->abort_all, memory_order_relaxed)) {
         pthread_mutex_lock(&p->lock);
         e = p->abort_error;
         pthread_mutex_unlock(&p->lock);
-        fail = true;
+        end_with(w, t, &e, e.status);
+        return true;
     }
-    if (!fail)
-        return false;
-    api_job_fail(t->job, &e);
-    deliver(w, t);
-    finish(w, t, false);
-    return true;
+    return false;
 }
 
 /* Takes queued tasks this worker should run; called with the lock held.
  * A worker takes up to its fair share of all the work in hand (queued plus
- * every worker's load, divided by the number of workers), so a burst of
- * requests is split between the workers instead of waiting for whichever
- * finishes first, and never more than max_batch sequences. */
+ * every worker's running load, divided by the number of workers), so a burst
+ * of requests is split between the workers instead of waiting for whichever
+ * finishes first, and never more than max_batch sequences running. */
 static int take(worker *w, pool_task **taken, int max)
 {
     pool *p = w->p;
@@ -142,6 +164,42 @@ static int take(worker *w, pool_task **taken, int max)
     return n;
 }
 
+/* Makes room for n more tasks in hand.  Returns 0, or -1 on out of memory. */
+static int reserve_active(worker *w, int n)
+{
+    if (w->n_active + n <= w->cap_active)
+        return 0;
+    int cap = w->cap_active * 2 > w->n_active + n ? w->cap_active * 2 : w->n_active + n;
+    pool_task **a = realloc(w->active, (size_t)cap * sizeof *a);
+    if (a)
+        w->active = a;
+    api_job **j = a ? realloc(w->jobs, (size_t)cap * sizeof *j) : NULL;
+    if (j)
+        w->jobs = j;
+    if (!a || !j)
+        return -1;
+    w->cap_active = cap;
+    return 0;
+}
+
+/* Marks which tasks in hand are blocked, ages their stall, and returns the
+ * sequences the runnable ones hold. */
+static int look_at_blocked(worker *w, int64_t now)
+{
+    int load = 0;
+    for (int i = 0; i < w->n_active; i++) {
+        pool_task *t = w->active[i];
+        bool blocked = t->blocked && t->blocked(t);
+        if (!blocked)
+            t->stalled_since_ns = 0;
+        else if (!t->stalled_since_ns)
+            t->stalled_since_ns = now;
+        if (!blocked)
+            load += api_job_weight(t->job);
+    }
+    return load;
+}
+
 static void *worker_main(void *arg)
 {
     worker *w = arg;
@@ -149,19 +207,38 @@ static void *worker_main(void *arg)
     const int cap = p->max_batch + API_MAX_CHOICES;
     pool_task **taken = w->taken;
     for (;;) {
+        int64_t now = clock_now_ns();
+        int running = look_at_blocked(w, now);
         pthread_mutex_lock(&p->lock);
-        while (!p->stop && w->n_active == 0 && !p->head)
-            pthread_cond_wait(&p->wake, &p->lock);
+        p->load[w->index] = running;
+        while (!p->stop && running == 0 && !p->head && !atomic_load(&p->abort_all)) {
+            if (w->n_active == 0) {
+                pthread_cond_wait(&p->wake, &p->lock);
+            } else {
+                /* Only blocked tasks: wait for a stream to drain, but look again soon for stalls. */
+                struct timespec until;
+                clock_gettime(CLOCK_REALTIME, &until);
+                until.tv_nsec += IDLE_LOOK_NS;
+                until.tv_sec += until.tv_nsec / 1000000000;
+                until.tv_nsec %= 1000000000;
+                if (pthread_cond_timedwait(&p->wake, &p->lock, &until) != 0)
+                    break;
+            }
+            pthread_mutex_unlock(&p->lock);
+            running = look_at_blocked(w, clock_now_ns());
+            pthread_mutex_lock(&p->lock);
+            p->load[w->index] = running;
+        }
         if (p->stop && w->n_active == 0 && !p->head) {
             pthread_mutex_unlock(&p->lock);
             break;
         }
-        int n_taken = take(w, taken, cap - w->n_active);
+        int n_taken = reserve_active(w, cap) == 0 ? take(w, taken, cap) : 0;
         pthread_mutex_unlock(&p->lock);
         api_worker_tidy(w->aw);
 
         /* Start what was taken together: scoring requests share one forward pass. */
-        int64_t now = clock_now_ns();
+        now = clock_now_ns();
         int n_start = 0;
         for (int i = 0; i < n_taken; i++)
             if (!check_leave(w, taken[i], now)) {
@@ -173,45 +250,49 @@ static void *worker_main(void *arg)
         for (int i = 0; i < n_start; i++) {
             pool_task *t = taken[i];
             deliver(w, t);
-            if (api_job_done(t->job)) {
+            if (api_job_done(t->job))
                 finish(w, t, false);
-            } else {
-                w->active[w->n_active] = t;
-                w->jobs[w->n_active++] = t->job;
-            }
+            else
+                w->active[w->n_active++] = t;
         }
 
+        /* Leave what must leave; step what is not blocked, at most max_batch sequences. */
         now = clock_now_ns();
-        int kept = 0;
-        for (int i = 0; i < w->n_active; i++)
-            if (!check_leave(w, w->active[i], now)) {
-                w->active[kept] = w->active[i];
-                w->jobs[kept++] = w->jobs[i];
+        int kept = 0, n_run = 0, weight = 0;
+        for (int i = 0; i < w->n_active; i++) {
+            pool_task *t = w->active[i];
+            if (check_leave(w, t, now))
+                continue;
+            w->active[kept++] = t;
+            bool blocked = t->blocked && t->blocked(t);
+            if (!blocked && weight + api_job_weight(t->job) <= p->max_batch + API_MAX_CHOICES) {
+                w->jobs[n_run++] = t->job;
+                weight += api_job_weight(t->job);
             }
+        }
         w->n_active = kept;
-        if (w->n_active == 0)
+        if (n_run == 0)
             continue;
 
-        int B = api_step(w->aw, w->jobs, w->n_active);
+        int B = api_step(w->aw, w->jobs, n_run);
         if (B > 0)
             metrics_batch(p->ctx->metrics, B);
         kept = 0;
         for (int i = 0; i < w->n_active; i++) {
             pool_task *t = w->active[i];
             deliver(w, t);
-            if (api_job_done(t->job)) {
+            if (api_job_done(t->job))
                 finish(w, t, false);
-            } else {
-                w->active[kept] = t;
-                w->jobs[kept++] = t->job;
-            }
+            else
+                w->active[kept++] = t;
         }
         w->n_active = kept;
     }
     return NULL;
 }
 
-pool *pool_new(const api_ctx *ctx, int workers, int queue, int max_batch, char *err, size_t errlen)
+pool *pool_new(const api_ctx *ctx, int workers, int queue, int max_batch, double stall_seconds, char *err,
+               size_t errlen)
 {
     pool *p = calloc(1, sizeof *p);
     if (!p) {
@@ -222,6 +303,7 @@ pool *pool_new(const api_ctx *ctx, int workers, int queue, int max_batch, char *
     p->queue_cap = queue;
     p->max_batch = max_batch;
     p->n_workers = workers;
+    p->stall_seconds = stall_seconds;
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);
     p->load = calloc((size_t)workers, sizeof *p->load);
@@ -237,11 +319,9 @@ pool *pool_new(const api_ctx *ctx, int workers, int queue, int max_batch, char *
         w->p = p;
         w->index = i;
         w->aw = api_worker_new(cap);
-        w->active = malloc((size_t)cap * sizeof *w->active);
-        w->jobs = malloc((size_t)cap * sizeof *w->jobs);
         w->taken = malloc((size_t)cap * sizeof *w->taken);
         w->starting = malloc((size_t)cap * sizeof *w->starting);
-        if (!w->aw || !w->active || !w->jobs || !w->taken || !w->starting) {
+        if (!w->aw || !w->taken || !w->starting || reserve_active(w, cap) < 0) {
             err_set(err, errlen, "out of memory for worker %d", i);
             pool_free(p);
             return NULL;
@@ -289,6 +369,8 @@ int pool_submit(pool *p, pool_task *t)
         return -1;
     }
     t->next = NULL;
+    t->stalled_since_ns = 0;
+    t->end_status = 0;
     if (p->tail)
         p->tail->next = t;
     else
@@ -300,6 +382,13 @@ int pool_submit(pool *p, pool_task *t)
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->lock);
     return 0;
+}
+
+void pool_kick(pool *p)
+{
+    pthread_mutex_lock(&p->lock);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->lock);
 }
 
 void pool_abort(pool *p, const api_error *e)

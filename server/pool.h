@@ -1,8 +1,9 @@
-/* pool.h -- worker threads that run the model, fed by one bounded queue.
+/* pool.h -- worker threads that run the models, fed by one bounded queue.
  *
- * Each worker owns its scratch (single-threaded BLAS, a batch of sequences)
+ * Each worker owns its scratch (single-threaded BLAS, batches of sequences)
  * and advances all of its generations together, one step per token; new
  * requests join between steps and finished, failed or abandoned ones leave.
+ * A task whose client is not reading its output waits out of the batch.
  * The pool knows nothing of HTTP: a task tells it how to hand output back,
  * whether its client is still there, and when the pool is done with it.
  */
@@ -26,14 +27,22 @@ struct pool_task {
     void (*emit)(pool_task *t, int status, char *data, size_t len, bool done);
     /* Whether the client has gone away. */
     bool (*gone)(pool_task *t);
+    /* Whether the client has so much unsent output that the task should not
+     * produce more until it reads (NULL: never). */
+    bool (*blocked)(pool_task *t);
     /* The pool will not touch the task again; cancelled if the client had gone. */
     void (*release)(pool_task *t, bool cancelled);
-    pool_task *next; /* the pool's queue link */
+    /* The pool's own: */
+    pool_task *next;          /* queue link */
+    int64_t stalled_since_ns; /* when the task last became blocked, 0 if it is not */
+    int end_status;           /* set when the pool ended the task: 504 deadline, 408 stalled, 503 abort */
 };
 
-/* Starts workers threads sharing ctx's model; each decodes at most max_batch
- * sequences at once and at most queue tasks wait.  NULL with a message on failure. */
-pool *pool_new(const api_ctx *ctx, int workers, int queue, int max_batch, char *err, size_t errlen);
+/* Starts worker threads serving ctx's models; each decodes at most max_batch
+ * sequences at once, at most queue tasks wait, and a task blocked for longer
+ * than stall_seconds is ended.  NULL with a message on failure. */
+pool *pool_new(const api_ctx *ctx, int workers, int queue, int max_batch, double stall_seconds, char *err,
+               size_t errlen);
 /* Stops the workers once queue and batches are empty (see pool_abort) and frees the pool. */
 void pool_free(pool *p);
 
@@ -41,5 +50,7 @@ void pool_free(pool *p);
 int pool_submit(pool *p, pool_task *t);
 /* Ends every queued and running task with e (used when draining runs out of time). */
 void pool_abort(pool *p, const api_error *e);
+/* Wakes the workers: a blocked task's client has read some of its output. */
+void pool_kick(pool *p);
 
 #endif

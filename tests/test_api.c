@@ -155,6 +155,9 @@ START_TEST(test_api_key)
     ck_assert(!api_key_matches("s3cret", "Bearer s3cre", NULL));
     ck_assert(!api_key_matches("s3cret", "Bearer s3crett", NULL));
     ck_assert(!api_key_matches("s3cret", "s3cret", NULL)); /* no Bearer */
+    ck_assert(api_key_matches("s3cret", "bearer s3cret", NULL)); /* the scheme is case-insensitive */
+    ck_assert(api_key_matches("s3cret", "BEARER s3cret", NULL));
+    ck_assert(!api_key_matches("s3cret", "Bearer S3CRET", NULL)); /* the key is not */
     ck_assert(!api_key_matches("s3cret", "Bearer ", ""));
     ck_assert(!api_key_matches("s3cret", NULL, NULL));
     ck_assert(!api_key_matches("s3cret", "Basic s3cret", "S3CRET"));
@@ -222,6 +225,16 @@ static const bad_case BAD[] = {
     {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"stream_options\":5}", 400, "stream_options"},
     {API_EP_ATTENTION, "{\"text\":\"a\",\"format\":\"sparse\"}", 400, "format"},
     {API_EP_ATTENTION, "{\"text\":\"012345678901234567890123456789012\"}", 413, "text"},
+    /* JSON text is UTF-8: ill-formed strings are refused, naming the top-level field they are in. */
+    {API_EP_SCORE, "{\"text\":\"\xff\xfe\xc3\"}", 400, "text"},
+    {API_EP_SCORE, "{\"text\":\"\xed\xa0\x80\"}", 400, "text"},            /* a surrogate */
+    {API_EP_SCORE, "{\"text\":\"\xc0\xaf\"}", 400, "text"},                  /* an overlong */
+    {API_EP_SCORE, "{\"text\":\"a\",\"candidates\":[\"\xe2\x82\"]}", 400, "candidates"},
+    {API_EP_GENERATE, "{\"prompt\":\"a\",\"stop\":[\"\xf5\x80\x80\x80\"]}", 400, "stop"},
+    {API_EP_GENERATE, "{\"prompt\":\"a\",\"x\xff\":1}", 400, ""},
+    /* "model" names a served model. */
+    {API_EP_SCORE, "{\"text\":\"a\",\"model\":\"nope\"}", 404, "model"},
+    {API_EP_GENERATE, "{\"model\":\"\"}", 404, "model"},
     {API_EP_ATTENTION, "{\"text\":\"a\",\"summary\":\"yes\"}", 400, "summary"},
     {API_EP_ATTENTION, "{\"text\":\"a\",\"maps\":0}", 400, "maps"},
     {API_EP_ATTENTION, "{\"text\":\"a\",\"maps\":false}", 400, "maps"},

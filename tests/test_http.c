@@ -54,7 +54,7 @@ static void setup_with_key(const char *key)
                                              .workers = 1,
                                              .max_batch = 8},
                                 &m);
-    g_pool = pool_new(&g_ctx, 1, 8, 8, err, sizeof err);
+    g_pool = pool_new(&g_ctx, 1, 8, 8, 30, err, sizeof err);
     ck_assert_msg(g_pool != NULL, "%s", err);
     g_srv = srv_start(&g_cfg, &g_ctx, g_pool, err, sizeof err);
     ck_assert_msg(g_srv != NULL, "%s", err);
@@ -302,8 +302,12 @@ START_TEST(test_inspector_page)
     a = exchange("GET /ui/none.js HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     ck_assert_int_eq(status_of(a), 404);
     free(a);
+    /* Off, the paths are like any other: the key first (so nothing tells them apart), then 404. */
     g_cfg.ui = 0;
     a = exchange("GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    ck_assert_int_eq(status_of(a), 401);
+    free(a);
+    a = exchange("GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer sesame\r\n\r\n");
     ck_assert_int_eq(status_of(a), 404);
     ck_assert_ptr_nonnull(strstr(body_of(a), "\"not_found_error\""));
     free(a);

@@ -102,8 +102,8 @@ START_TEST(test_config_defaults_flags_env)
     ck_assert_int_eq(load(&c, a0, 1, err), 0);
     ck_assert_str_eq(c.host, "127.0.0.1");
     ck_assert_int_eq(c.port, 8080);
-    ck_assert_int_eq(c.n_models, 1);
-    ck_assert_str_eq(c.models[0], "models/default.safetensors");
+    ck_assert_int_eq(c.models.n, 1);
+    ck_assert_str_eq(c.models.v[0], "models/default.safetensors");
     ck_assert_int_eq(c.queue, 64);
     ck_assert_int_eq(c.max_body, 1 << 20);
     ck_assert_int_ge(c.workers, 1);
@@ -130,15 +130,15 @@ START_TEST(test_config_defaults_flags_env)
     /* Models: ATTNLM_MODEL is a comma-separated list; --model, once per file, replaces it. */
     setenv("ATTNLM_MODEL", "a.safetensors, b.safetensors,,c.safetensors", 1);
     ck_assert_int_eq(load(&c, a0, 1, err), 0);
-    ck_assert_int_eq(c.n_models, 3);
-    ck_assert_str_eq(c.models[0], "a.safetensors");
-    ck_assert_str_eq(c.models[1], "b.safetensors");
-    ck_assert_str_eq(c.models[2], "c.safetensors");
+    ck_assert_int_eq(c.models.n, 3);
+    ck_assert_str_eq(c.models.v[0], "a.safetensors");
+    ck_assert_str_eq(c.models.v[1], "b.safetensors");
+    ck_assert_str_eq(c.models.v[2], "c.safetensors");
     char *a3[] = {"attnlm-server", "--model", "x.safetensors", "--workers", "1", "--model=y.safetensors"};
     ck_assert_int_eq(load(&c, a3, 6, err), 0);
-    ck_assert_int_eq(c.n_models, 2);
-    ck_assert_str_eq(c.models[0], "x.safetensors");
-    ck_assert_str_eq(c.models[1], "y.safetensors");
+    ck_assert_int_eq(c.models.n, 2);
+    ck_assert_str_eq(c.models.v[0], "x.safetensors");
+    ck_assert_str_eq(c.models.v[1], "y.safetensors");
     unsetenv("ATTNLM_MODEL");
 
     /* The inspector page: on by default; a switch: --ui, --no-ui, --ui=VALUE, ATTNLM_UI. */
@@ -194,7 +194,7 @@ START_TEST(test_config_refusals_name_the_setting)
                   "--model", "12", "--model", "13", "--model", "14", "--model", "15", "--model", "16", "--model",
                   "17"};
     ck_assert_int_eq(load(&c, a7, 35, err), -1);
-    ck_assert_ptr_nonnull(strstr(err, "at most 16 models"));
+    ck_assert_ptr_nonnull(strstr(err, "at most 16 values"));
     char *a8[] = {"attnlm-server", "--ui=maybe"};
     ck_assert_int_eq(load(&c, a8, 2, err), -1);
     ck_assert_ptr_nonnull(strstr(err, "--ui"));
@@ -340,7 +340,7 @@ static void pool_setup(void)
 static void start_pool(int workers, int queue, int max_batch)
 {
     char err[ATTNLM_ERR_LEN];
-    g_pool = pool_new(&g_ctx, workers, queue, max_batch, err, sizeof err);
+    g_pool = pool_new(&g_ctx, workers, queue, max_batch, 30, err, sizeof err);
     ck_assert_msg(g_pool != NULL, "%s", err);
 }
 

@@ -74,7 +74,8 @@ class TestEndpoints(ServerCase):
         self.assertEqual(headers.get("X-Request-Id"), "itest-req-42")
         status, headers, _ = self.s.request("GET", "/health")
         self.assertTrue(headers.get("X-Request-Id"), "a generated request id")
-        ok = wait_for(lambda: any(re.search(r"req=itest-req-42 POST /v1/score 200 \S+ms in=3 out=\d+$", ln)
+        ok = wait_for(lambda: any(re.search(r"req=itest-req-42 POST /v1/score 200 \S+ms in=3 out=\d+ "
+                                            r"trace=[0-9a-f]{32} model=\S", ln)
                                   for ln in self.s.lines), 5)
         self.assertTrue(ok, "request log line missing:\n" + self.s.stderr(20))
 

@@ -1,6 +1,9 @@
-"""Other architectures: a multi-head attention model in detail, and every fixture's attention
-weights and scores against the PyTorch implementation's values."""
+"""Other architectures and several models at once: a multi-head attention model in detail,
+every fixture's attention weights and scores against the PyTorch implementation's values (all
+fixtures served by one server, each chosen by name), and what serving several models means for
+each endpoint."""
 import os
+import subprocess
 import unittest
 
 from servercase import (FIXTURES, MULTIHEAD, Server, ServerCase, cli_greedy, cli_score, read_safetensors,
@@ -65,26 +68,38 @@ class TestMultihead(ServerCase):
                     self.assertAlmostEqual(a, b, delta=1e-5)
 
 
+def fixture_models():
+    """(name, model path, expected path) of every fixture with a PyTorch dump."""
+    out = []
+    for ef in sorted(f for f in os.listdir(FIXTURES) if f.endswith(".expected.safetensors")):
+        model = os.path.join(FIXTURES, ef.replace(".expected", ""))
+        meta, _ = read_safetensors(model)
+        out.append((meta["name"], model, os.path.join(FIXTURES, ef)))
+    return out
+
+
 class TestPyTorchReference(ServerCase):
-    """/v1/attention (dense) and /v1/score against the PyTorch implementation's values."""
+    """/v1/attention (dense) and /v1/score against the PyTorch implementation's values, with every
+    fixture served by one server and chosen by its name."""
 
     def test_fixtures(self):
-        fixtures = sorted(f for f in os.listdir(FIXTURES) if f.endswith(".expected.safetensors"))
-        self.assertTrue(fixtures)
-        for ef in fixtures:
-            model = os.path.join(FIXTURES, ef.replace(".expected", ""))
-            with self.subTest(model=model):
-                meta, t = read_safetensors(os.path.join(FIXTURES, ef))
+        fixtures = fixture_models()
+        self.assertGreaterEqual(len(fixtures), 12)
+        flags = ["--workers", "1"]
+        for _, model, _ in fixtures:
+            flags += ["--model", model]
+        srv = self.start(*flags, model=None)
+        listed = [m["id"] for m in srv.json("GET", "/v1/models")[1]["data"]]
+        self.assertEqual(listed, [name for name, _, _ in fixtures])
+        for name, model, expected in fixtures:
+            with self.subTest(model=name):
+                meta, t = read_safetensors(expected)
                 text = meta["text"]
                 (H, T, T2), attn = t["attention"]
                 (T3, V), lps = t["logprobs"]
                 self.assertEqual((T, T2, T3), (len(text.encode()) + 1,) * 3)
-                srv = Server("--workers", "1", model=model)
-                try:
-                    att = srv.ok("/v1/attention", {"text": text, "format": "dense"})
-                    sc = srv.ok("/v1/score", {"text": text, "top_k": 1})
-                finally:
-                    srv.stop_checked()
+                att = srv.ok("/v1/attention", {"model": name, "text": text, "format": "dense"})
+                sc = srv.ok("/v1/score", {"model": name, "text": text, "top_k": 1})
                 self.assertEqual(att["heads"], H)
                 worst = 0.0
                 for h in range(H):
@@ -101,6 +116,64 @@ class TestPyTorchReference(ServerCase):
                 self.assertLessEqual(worst, 1e-4, "logprobs differ from PyTorch by %g" % worst)
 
 
+class TestSeveralModels(ServerCase):
+    """Three models in one server: each endpoint on each model answers what a server of that
+    model alone answers."""
+    NAMES = ["gru_dot", "lstm_multihead", "elman_cosine"]
+    PATHS = [os.path.join(FIXTURES, n + ".safetensors") for n in NAMES]
+    FLAGS = ["--workers", "2", "--model", PATHS[1], "--model", PATHS[2]]
+    MODEL = PATHS[0]
+
+    def test_each_model_as_if_alone(self):
+        listed = [m["id"] for m in self.s.json("GET", "/v1/models")[1]["data"]]
+        self.assertEqual(listed, ["fixture " + n for n in self.NAMES])
+        reqs = [("/v1/score", {"text": "Whales and ships", "top_k": 3, "candidates": [" sail"]}),
+                ("/v1/attention", {"text": "Whales and ships", "format": "band"}),
+                ("/v1/generate", {"prompt": "Call", "max_tokens": 20, "temperature": 0.9, "seed": 4,
+                                  "logprobs": 2, "attention": True}),
+                ("/v1/completions", {"prompt": "Call", "max_tokens": 10, "seed": 4, "n": 2, "logprobs": 1})]
+        for name, path in zip(listed, self.PATHS):
+            alone = self.start("--workers", "1", model=path)
+            for route, body in reqs:
+                with self.subTest(model=name, route=route):
+                    got = self.s.ok(route, dict(body, model=name))
+                    want = alone.ok(route, body)
+                    for k in ("id", "created"):
+                        got.pop(k, None)
+                        want.pop(k, None)
+                    self.assertEqual(got, want)
+            info = self.s.json("GET", "/v1/model?model=" + name.replace(" ", "%20"))[1]
+            self.assertEqual((info["id"], info["file"]), (name, path))
+            self.assertEqual(self.s.json("GET", "/v1/models/" + name.replace(" ", "%20"))[1]["id"], name)
+
+    def test_first_model_by_default_and_unknown_names(self):
+        first = self.s.ok("/v1/score", {"text": "abc"})
+        self.assertEqual(self.s.ok("/v1/score", {"text": "abc", "model": "fixture gru_dot"}), first)
+        for route, body in (("/v1/score", {"text": "a"}), ("/v1/generate", {}), ("/v1/attention", {"text": "a"}),
+                            ("/v1/completions", {"prompt": "a"}), ("/v1/tokenize", {"text": "a"}),
+                            ("/v1/detokenize", {"ids": [97]})):
+            status, obj, headers = self.s.post(route, dict(body, model="fixture nope"))
+            self.assertError(status, obj, headers, 404, "model", "not_found_error")
+        status, obj, headers = self.s.json("GET", "/v1/model?model=nope")
+        self.assertError(status, obj, headers, 404, "model", "not_found_error")
+
+    def test_metrics_by_model(self):
+        before = self.s.metric("attnlm_input_tokens_total", model="fixture elman_cosine")
+        self.s.ok("/v1/score", {"text": "12345", "model": "fixture elman_cosine"})
+        self.assertEqual(self.s.metric("attnlm_input_tokens_total", model="fixture elman_cosine"), before + 5)
+        text, _ = self.s.metrics_text()
+        for n in self.NAMES:
+            self.assertIn('attnlm_model_parameters{model="fixture %s"}' % n, text)
+            self.assertIn('attnlm_model_reloads_total{model="fixture %s",result="ok"} 0' % n, text)
+
+    def test_models_from_the_environment_and_one_name_twice(self):
+        env = {"ATTNLM_MODEL": ",".join(self.PATHS[:2])}
+        srv = self.start(model=None, env=env)
+        self.assertEqual(len(srv.json("GET", "/v1/models")[1]["data"]), 2)
+        p = subprocess.run([srv.cmd[0], "--port", "0", "--model", self.PATHS[0], "--model", self.PATHS[0]],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn('both named "fixture gru_dot"', p.stderr)
 
 
 if __name__ == "__main__":

@@ -36,16 +36,20 @@ class StopError(AssertionError):
     """The server did not exit in time after SIGTERM (it has been killed)."""
 
 
-def read_port_file(path, proc, timeout):
-    """The port `proc` wrote to `path` (--port-file), waiting for it; None if proc exits first
-    or `timeout` seconds pass."""
+def read_port_file(path, proc, timeout, admin=False):
+    """The port `proc` wrote to `path` (--port-file), waiting for it (with admin, the admin port
+    on the file's second line, or None without one); None if proc exits first or `timeout`
+    seconds pass."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             with open(path) as f:
                 text = f.read()
             if text.endswith("\n"):
-                return int(text)
+                lines = text.split()
+                if admin:
+                    return int(lines[1]) if len(lines) > 1 else None
+                return int(lines[0])
         except FileNotFoundError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -98,6 +102,7 @@ class Server:
             self.reader = threading.Thread(target=self._drain, daemon=True)
             self.reader.start()
         self.port = read_port_file(self.port_file, self.proc, startup_timeout)
+        self.admin_port = read_port_file(self.port_file, self.proc, 1, admin=True) if self.port else None
         if self.port is None:
             if self.proc.poll() is None:
                 self.proc.kill()
@@ -234,7 +239,8 @@ def parse_prom(text):
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
-        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})?\s+(\S+)(\s+\d+)?$', line)
+        # label values are quoted strings, which may hold braces
+        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{((?:[^}"]|"(?:[^"\\]|\\.)*")*)\})?\s+(\S+)(\s+\d+)?$', line)
         if not m:
             raise AssertionError("malformed metrics line: %r" % line)
         labels = {}
@@ -252,7 +258,9 @@ def sse_events(payload):
     for block in re.split(r"\r?\n\r?\n", text):
         if not block.strip():
             continue
-        data = [ln[5:].lstrip(" ") for ln in block.splitlines() if ln.startswith("data:")]
+        # SSE lines end only at CR or LF; str.splitlines would also split at U+0085 or U+2028,
+        # which JSON strings carry as they are.
+        data = [ln[5:].lstrip(" ") for ln in re.split(r"\r\n|\r|\n", block) if ln.startswith("data:")]
         assert data, "event without data: %r" % block
         d = "\n".join(data)
         events.append(d if d == "[DONE]" else json.loads(d))

@@ -32,7 +32,7 @@ serve_start() {
   port=
   for ((i = 0; i < ${SERVE_TIMEOUT:-30} * 20; i++)); do
     if [ -s "$file" ]; then
-      port="$(cat "$file")"
+      port="$(head -n 1 "$file")"
       [[ "$port" =~ ^[0-9]+$ ]] && return 0
       echo "serve_start: $file holds '$port', not a port" >&2
       port=

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The official openai npm client (test.mjs) against attnlm-server, twice:
-# without an API key, and with --api-key secret (right key works, wrong key 401).
+# The official openai npm client (test.mjs) against attnlm-server: without an API
+# key, with --api-key secret (right key works, wrong key 401), and against a server
+# of several models, once per model, each asked for by name.
 #   ATTNLM_SERVER  server binary (default build/attnlm-server, relative to the repo)
 # Installs the pinned client (package-lock.json) into node_modules on first use.
 # Exits non-zero if a check fails, the server does not start, or the server
@@ -37,9 +38,11 @@ cleanup() {
 trap cleanup EXIT
 
 failures=0
-run_with() {  # run_with CLIENT_KEY [SERVER_KEY]
-  local client_key="$1" server_key="${2:-}" port="" rc=0
-  local flags=(--host 127.0.0.1 --port 0 --model "$model" --port-file "$work/port")
+run_with() {  # run_with CLIENT_KEY SERVER_KEY MODEL_FILE... ; ATTNLM_TEST_MODEL names the model to test
+  local client_key="$1" server_key="$2" port="" rc=0 m
+  shift 2
+  local flags=(--host 127.0.0.1 --port 0 --port-file "$work/port")
+  for m in "$@"; do flags+=(--model "$m"); done
   [ -n "$server_key" ] && flags+=(--api-key "$server_key")
   serve_start "$work/port" "$log" "$server" "${flags[@]}" \
     || { echo "openai test: the server did not start" >&2; exit 1; }
@@ -54,8 +57,11 @@ run_with() {  # run_with CLIENT_KEY [SERVER_KEY]
   fi
 }
 
-run_with unused
-run_with secret secret
+run_with unused "" "$model"
+run_with secret secret "$model"
+# Several models: the second one, asked for by name (the first is what the runs above test).
+second="tests/fixtures/lstm_multihead.safetensors"
+ATTNLM_TEST_MODEL="fixture lstm_multihead" run_with unused "" "$model" "$second"
 if [ "$failures" -ne 0 ]; then
   echo "openai test: FAILED ($failures failing run(s) or server exit(s))"
   exit 1

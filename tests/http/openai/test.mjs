@@ -108,7 +108,7 @@ for (const logprobs of [0, 1]) {
     assert(lp.token_logprobs.every((x) => typeof x === 'number' && Number.isFinite(x) && x <= 0),
       `not all finite: ${json(lp.token_logprobs)}`);
     assert(r.usage.prompt_tokens === n && r.usage.completion_tokens === 0, `usage ${json(r.usage)}`);
-    const score = await post('/v1/score', { text: scored });
+    const score = await post('/v1/score', { model: modelId, text: scored });
     const sum = lp.token_logprobs.reduce((a, b) => a + b, 0);
     assert(Math.abs(sum - score.logprob) <= 1e-4, `sum ${sum} vs /v1/score ${score.logprob}`);
     return `${n} bytes, sum ${sum.toFixed(6)}, /v1/score ${score.logprob}`;
