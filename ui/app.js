@@ -9,6 +9,7 @@ import * as G from "./draw.js";
 import { Panel } from "./panel.js";
 
 const $ = (id) => document.getElementById(id);
+const FRAME_MS = 120; // live generation: the shortest time between two drawings
 const DEFAULT_TEXT = "Call me Ishmael. Some years ago\u2014never mind how long precisely\u2014having little or no money in my purse, and nothing particular to interest me on shore, I thought I would sail about a little and see the watery part of the world.";
 
 const state = { text: DEFAULT_TEXT, text2: "", model: "", model2: "", mode: "single", head: 0, dense: false, scale: "sqrt", pos: -1 };
@@ -127,6 +128,7 @@ async function analyse(model, ids) {
 function layout(n) {
   while (panels.length > n) panels.pop().el.remove();
   while (panels.length < n) panels.push(new Panel($("panels"), app, panels.length));
+  $("panels").classList.toggle("one", n === 1);
 }
 
 function headOptions(N) {
@@ -185,12 +187,17 @@ async function generate() {
   $("generate").disabled = true;
   state.mode = "single";
   syncControls();
-  const stats = (app.live = { tokens: 0, frames: 0, renderMs: 0, maxRenderMs: 0, start: performance.now(), end: 0, stopped: false });
-  let a = null, pending = false;
+  const stats = (app.live = { tokens: 0, frames: 0, rows: [], renderMs: 0, maxRenderMs: 0, start: performance.now(), end: 0, stopped: false });
+  // Drawn at most every FRAME_MS: reading the stream shares the thread with drawing,
+  // and a whole panel redrawn per token would fall behind the server.
+  let a = null, pending = false, streaming = true, last = 0;
   const frame = () => {
     pending = false;
+    if (!streaming || run !== runs) return;
+    last = performance.now();
     panels[0].set(a);
     stats.frames++;
+    stats.rows.push(a.ids.length);
     stats.renderMs += panels[0].lastRenderMs;
     stats.maxRenderMs = Math.max(stats.maxRenderMs, panels[0].lastRenderMs);
   };
@@ -211,11 +218,16 @@ async function generate() {
       if (!ev.token) return;
       D.appendToken(a, ev.token);
       stats.tokens++;
-      if (!pending) { pending = true; requestAnimationFrame(frame); }
+      if (!pending) {
+        pending = true;
+        setTimeout(() => requestAnimationFrame(frame), Math.max(0, FRAME_MS - (performance.now() - last)));
+      }
     }, ctl.signal);
     stats.end = performance.now();
+    streaming = false;
   } catch (e) {
     stats.end = performance.now();
+    streaming = false;
     if (e.name !== "AbortError") { status(e.message, true); finishGeneration(ctl); return; }
     stats.stopped = true;
   }

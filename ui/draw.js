@@ -117,8 +117,11 @@ export function distanceChart(canvas, sum, width) {
     g.beginPath(); g.moveTo(L, y(10 ** e)); g.lineTo(L + pw, y(10 ** e)); g.stroke();
     g.fillText(e === 0 ? "1" : "1e" + e, 4, y(10 ** e) + 4);
   }
-  for (let d = 0; d < D; d += Math.max(1, Math.ceil(D / 8))) g.fillText(String(d), x(d) - 3, H - 6);
-  g.fillText("distance", L + pw - 46, H - 6);
+  const axis = `distance \u2192 ${D - 1}`, room = L + pw - g.measureText(axis).width - 14;
+  for (let d = 0; d < D; d += Math.max(1, Math.ceil(D / 8))) if (x(d) < room) g.fillText(String(d), x(d) - 3, H - 6);
+  g.textAlign = "right";
+  g.fillText(axis, L + pw, H - 6);
+  g.textAlign = "left";
   const line = (vals, colour, lw) => {
     g.strokeStyle = colour; g.lineWidth = lw; g.beginPath();
     vals.forEach((w, d) => (d ? g.lineTo(x(d), y(w)) : g.moveTo(x(d), y(w))));

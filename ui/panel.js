@@ -28,28 +28,31 @@ export class Panel {
     root.dataset.panel = String(index);
     this.title = root.appendChild(el("h2"));
     this.stats = root.appendChild(el("div", "stats"));
-    root.appendChild(el("h3", null, "Text"));
-    this.textLegend = root.appendChild(el("div", "legend"));
-    this.text = root.appendChild(el("div", "textview"));
-    root.appendChild(el("h3", null, "Per position"));
-    this.tracks = root.appendChild(el("canvas", "tracks"));
-    this.heatTitle = root.appendChild(el("h3"));
-    this.thumbs = root.appendChild(el("div", "thumbs"));
-    const wrap = root.appendChild(el("div", "heatwrap"));
+    // Two columns when the panel is wide (one panel): the text and its figures, and the heatmap.
+    const cols = root.appendChild(el("div", "cols"));
+    const left = (this.left = cols.appendChild(el("div"))), right = (this.right = cols.appendChild(el("div")));
+    left.appendChild(el("h3", null, "Text"));
+    this.textLegend = left.appendChild(el("div", "legend"));
+    this.text = left.appendChild(el("div", "textview"));
+    left.appendChild(el("h3", null, "Per position"));
+    this.tracks = left.appendChild(el("canvas", "tracks"));
+    this.heatTitle = right.appendChild(el("h3"));
+    this.thumbs = right.appendChild(el("div", "thumbs"));
+    const wrap = right.appendChild(el("div", "heatwrap"));
     this.heat = wrap.appendChild(el("canvas", "heatmap"));
-    const leg = root.appendChild(el("div", "legend"));
+    const leg = right.appendChild(el("div", "legend"));
     const bar = el("canvas");
     G.legend(bar);
     this.scaleNote = el("span");
     leg.append(bar, this.scaleNote);
-    root.appendChild(el("h3", null, "Mean weight by distance"));
-    this.dist = root.appendChild(el("canvas", "dist"));
-    this.distLegend = root.appendChild(el("div", "legend"));
-    root.appendChild(el("h3", null, "Occlusion attribution"));
-    const row = root.appendChild(el("div", "row"));
+    left.appendChild(el("h3", null, "Mean weight by distance"));
+    this.dist = left.appendChild(el("canvas", "dist"));
+    this.distLegend = left.appendChild(el("div", "legend"));
+    left.appendChild(el("h3", null, "Occlusion attribution"));
+    const row = left.appendChild(el("div", "row"));
     this.attribButton = row.appendChild(el("button", null, "Attribute the selected position"));
     this.attribButton.disabled = true;
-    this.attribInfo = root.appendChild(el("div", "attrib"));
+    this.attribInfo = left.appendChild(el("div", "attrib"));
     parent.appendChild(root);
 
     this.attribButton.addEventListener("click", () => this.attribute());
@@ -94,9 +97,9 @@ export class Panel {
       `window ${a.W} \u00b7 ${Number.isNaN(mean) ? "" : `surprisal ${mean.toFixed(3)} nats/byte (${(mean / Math.LN2).toFixed(2)} bits) \u00b7 `}` +
       `mean look-back ${series.mean.lookback.toFixed(2)}` + (a.live ? " \u00b7 generating\u2026" : "");
     this.renderText(head);
-    const width = Math.max(300, this.el.clientWidth - 26);
+    const width = Math.max(300, this.left.clientWidth - 2), heatWidth = Math.max(300, this.right.clientWidth - 4);
     G.tracks(this.tracks, { ...series, surprisal: a.lp.map((x) => -x) }, a.ids.length, width, this.sel);
-    this.renderHeat(head, width);
+    this.renderHeat(head, heatWidth);
     G.distanceChart(this.dist, sum, width);
     this.distLegend.replaceChildren(...sum.heads.map((_, k) => {
       const s = el("span", null, "\u25a0 head " + k);

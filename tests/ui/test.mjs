@@ -225,7 +225,7 @@ async function runDefault(b) {
     check(/Attention of position/.test(await page.textContent(".panel .legend")), "the text's legend says so");
     check(page.url().includes("pos=" + target), "the selection is in the address", page.url());
     await page.selectOption("#scale", "log");
-    await page.waitForFunction(() => /log scale/.test(document.querySelector(".panel .legend:nth-of-type(2)") ? document.body.textContent : ""));
+    await page.waitForFunction(() => /log scale/.test(document.querySelector(".panel").textContent));
     await page.mouse.move(0, 0);
     await page.waitForSelector("#tip", { state: "hidden" });
     check(page.url().includes("scale=log"), "the colour scale is in the address");
@@ -290,12 +290,11 @@ async function runDefault(b) {
     await page.fill("#max-tokens", "100000"); // long enough to be stopped on any machine
     await page.evaluate(() => { window.attnlmInspector.app.seed = 11; });
     await page.click("#generate");
-    await page.waitForFunction(() => { const l = window.attnlmInspector.app.live; return l && l.tokens >= 8 && l.frames >= 1; });
-    const early = (await drawn(page)).rows;
-    await page.waitForFunction((n) => window.attnlmInspector.panels[0].drawn.rows > n + 5, early);
-    const later = (await drawn(page)).rows;
-    check(later > early && early > 11, "rows appear as tokens arrive", [early, later]);
+    await page.waitForFunction(() => { const l = window.attnlmInspector.app.live; return l && l.frames >= 3; });
     await page.click("#stop");
+    const frames = await page.evaluate(() => window.attnlmInspector.app.live.rows);
+    check(frames.length >= 3 && frames.every((n, i) => i === 0 || n > frames[i - 1]), "rows appear as tokens arrive, frame by frame",
+      frames.slice(0, 8));
     await page.waitForFunction(() => window.attnlmInspector.app.live.done);
     const live = await page.evaluate(() => {
       const { app } = window.attnlmInspector, a = app.liveAnalysis;
@@ -305,33 +304,46 @@ async function runDefault(b) {
     let counted = cancelled;
     for (let i = 0; i < 200 && counted === cancelled; i++) { await sleep(50); counted = await metric(s, "attnlm_cancelled_total"); }
     check(counted === cancelled + 1, "the server counted the cancel in attnlm_cancelled_total", [cancelled, counted]);
-    check(live.ids.length <= 2049, "stopped within the attention limit", live.ids.length);
-    const liveAtt = await api(s, "POST", "/v1/attention", { ids: live.ids.slice(1) }, KEY);
+    // Rows of a prefix do not depend on what follows: the first 2048 positions are checked.
+    const fits = live.ids.length <= 2049, prefix = live.ids.slice(1, 2049);
+    const liveAtt = await api(s, "POST", "/v1/attention", { ids: prefix }, KEY);
     let worst = 0, known = 0;
-    live.rows.forEach((r, t) => { if (r) { known++; r.forEach((x, j) => { worst = Math.max(worst, Math.abs(x - liveAtt.maps[0][t][j])); }); } });
-    check(known >= live.ids.length - 1 && worst < 1e-4, "live rows are the attention of the generated text", { known, worst });
+    live.rows.slice(0, prefix.length + 1).forEach((r, t) => {
+      if (r) { known++; r.forEach((x, j) => { worst = Math.max(worst, Math.abs(x - liveAtt.maps[0][t][j])); }); }
+    });
+    check(known >= Math.min(live.ids.length - 1, prefix.length + 1) && worst < 1e-4, "live rows are the attention of the generated text",
+      { known, worst, tokens: live.tokens });
     m = await drawn(page);
-    check(m.rows === live.ids.length && sameAsApi(m, liveAtt, 0, false) === null, "after the stop the whole text is analysed");
+    if (fits) check(m.rows === live.ids.length && sameAsApi(m, liveAtt, 0, false) === null, "after the stop the whole text is analysed");
+    else check(m.rows === live.ids.length && /attention limit/.test(await page.textContent("#status")),
+      "after the stop, a text over the attention limit keeps its streamed rows", live.ids.length);
 
-    // Keep-up: a generation to its end, drawn as it streams, against the same stream read bare.
-    await page.fill("#max-tokens", "1000");
-    await page.click("#generate");
-    await page.waitForFunction(() => window.attnlmInspector.app.live.done);
-    const st = await page.evaluate(() => window.attnlmInspector.app.live);
-    const bare = await page.evaluate(async (k) => {
-      const t0 = performance.now();
-      const r = await fetch("v1/generate", { method: "POST", headers: { "Content-Type": "application/json", Authorization: "Bearer " + k },
-        body: JSON.stringify({ prompt: "The whale ", max_tokens: 1000, temperature: 0.7, seed: 11, stream: true, attention: true, logprobs: 5 }) });
-      const rd = r.body.getReader();
-      let n = 0;
-      for (;;) { const { value, done } = await rd.read(); if (done) break; n += value.length; }
-      return { ms: performance.now() - t0, bytes: n };
-    }, KEY);
-    check(st.tokens === 1000 && !st.stopped, "a generation runs to its end while drawn", st.tokens);
-    const secs = (st.end - st.start) / 1000;
-    timing(`live generation: 1000 tokens in ${secs.toFixed(2)} s drawn (${(1000 / secs).toFixed(0)} tokens/s, ${st.frames} frames, ` +
-      `mean ${(st.renderMs / st.frames).toFixed(1)} ms, longest ${st.maxRenderMs.toFixed(1)} ms per frame); the same stream read bare: ` +
-      `${(bare.ms / 1000).toFixed(2)} s (${(1000 / (bare.ms / 1000)).toFixed(0)} tokens/s)`);
+    // Keep-up: generations to their end, drawn as they stream, each followed by the same stream
+    // read bare in the same page; three pairs, medians reported (the machine may be busy).
+    await page.fill("#max-tokens", "1500");
+    const pairs = [];
+    for (let k = 0; k < 3; k++) {
+      await page.click("#generate");
+      await page.waitForFunction(() => window.attnlmInspector.app.live.done);
+      const st = await page.evaluate(() => window.attnlmInspector.app.live);
+      check(st.tokens === 1500 && !st.stopped, "a generation runs to its end while drawn", st.tokens);
+      const bare = await page.evaluate(async (k) => {
+        const t0 = performance.now();
+        const r = await fetch("v1/generate", { method: "POST", headers: { "Content-Type": "application/json", Authorization: "Bearer " + k },
+          body: JSON.stringify({ prompt: "The whale ", max_tokens: 1500, temperature: 0.7, seed: 11, stream: true, attention: true, logprobs: 5 }) });
+        const rd = r.body.getReader();
+        for (;;) { const { done } = await rd.read(); if (done) break; }
+        return performance.now() - t0;
+      }, KEY);
+      pairs.push({ drawn: st.end - st.start, bare, frames: st.frames, mean: st.renderMs / st.frames, longest: st.maxRenderMs,
+        busy: st.renderMs / (st.end - st.start) });
+    }
+    const med = (f) => pairs.map(f).sort((x, y) => x - y)[1];
+    timing(`live generation, 1500 tokens, median of 3: drawn as it streams ${(med((p) => p.drawn) / 1000).toFixed(2)} s ` +
+      `(${(1500 / (med((p) => p.drawn) / 1000)).toFixed(0)} tokens/s, ${med((p) => p.frames)} frames of ${med((p) => p.mean).toFixed(1)} ms, ` +
+      `longest ${med((p) => p.longest).toFixed(1)} ms; drawing took ${(100 * med((p) => p.busy)).toFixed(0)}% of the stream's time), the same stream read bare ${(med((p) => p.bare) / 1000).toFixed(2)} s ` +
+      `(${(1500 / (med((p) => p.bare) / 1000)).toFixed(0)} tokens/s); each pair: ` +
+      pairs.map((p) => `${(p.drawn / 1000).toFixed(2)}/${(p.bare / 1000).toFixed(2)}`).join(", "));
 
     // Synthetic 512 x 4 heads, window 64: the drawing alone.
     const synth = await page.evaluate(() => {
