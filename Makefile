@@ -107,6 +107,10 @@ TRAIN_ARGS := --train data/train.txt --val data/val.txt --out $(DEFAULT_MODEL) -
 .PHONY: all deps test-deps test test-unit test-http test-ui fuzz fuzz-build run data train fixtures bench bench-http bench-hostile image-test \
 	scale-test k8s-check install install-test uninstall clean
 .SECONDARY:
+# No built-in rules: the pattern rules here are all the build needs, and the built-in
+# "%: %.o" would try to make dependency files (*.d) from objects.
+MAKEFLAGS += -r
+.SUFFIXES:
 
 all: $(BUILD)/attnlm-server $(BUILD)/attnlm $(MODEL_LIB)
 

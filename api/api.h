@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #define API_MAX_CHOICES 16    /* /v1/completions "n" */
+#define API_MAX_SEQS 64       /* /v1/completions: choices of all prompts together (prompts x n) */
 #define API_MAX_CANDIDATES 32 /* /v1/score "candidates" */
 #define API_MAX_STOP 16       /* "stop" strings per request */
 #define API_MAX_STOP_BYTES 256
@@ -52,6 +53,7 @@ typedef struct api_limits {
     int max_input_tokens;
     int max_new_tokens;
     int max_attention_tokens;
+    int max_inputs;       /* inputs in one array (/v1/score texts, /v1/completions prompts) */
     int queue_size;
     int workers;
     int max_batch;
@@ -195,8 +197,8 @@ void api_job_fail(api_job *j, const api_error *e);
  * the byte count; *data (caller frees) is NULL when there is nothing. */
 size_t api_job_take_output(api_job *j, char **data, int *status);
 
-/* Scratch for one worker: batches of up to max_batch sequences, for any of
- * the served models.  NULL on out of memory.  Free with api_worker_free. */
+/* Scratch for one worker: batches of up to max_batch sequences (at least
+ * API_MAX_SEQS, all the choices of one completion), for any of the served models.  NULL on out of memory.  Free with api_worker_free. */
 api_worker *api_worker_new(int max_batch);
 void api_worker_free(api_worker *w);
 /* Frees the worker's scratch for models a reload retired and no step used

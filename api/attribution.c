@@ -24,13 +24,19 @@ int attribution_parse(api_job *j, const cJSON *o, api_error *e)
     long long target = 0, range = c->window, baseline = BASELINE_DEFAULT;
     if (json_get_int(o, "range", 1, max, &range, e) < 0 || json_get_int(o, "baseline", 0, 255, &baseline, e) < 0)
         return -1;
-    if (json_get_input(o, "text", max, false, &j->ids, &j->n_ids, e) < 0)
+    if (!(j->in = calloc(1, sizeof *j->in))) {
+        api_error_set(e, 500, NULL, "out of memory");
         return -1;
-    /* Positions count BOS as 0: the input's tokens are at 1 .. n_ids - 1. */
-    int has_target = json_get_int(o, "target", 1, j->n_ids - 1, &target, e);
+    }
+    j->n_in = 1;
+    if (json_get_input(o, "text", max, false, &j->in[0], e) < 0)
+        return -1;
+    /* Positions count BOS as 0: the input's tokens are at 1 .. n - 1. */
+    const int n = j->in[0].n;
+    int has_target = json_get_int(o, "target", 1, n - 1, &target, e);
     if (has_target < 0)
         return -1;
-    j->target = has_target ? (int)target : j->n_ids - 1;
+    j->target = has_target ? (int)target : n - 1;
     j->range = (int)range;
     j->baseline = (int)baseline;
     return 0;
@@ -46,8 +52,8 @@ static void fail_internal(api_job *j, const char *what)
 void attribution_run(api_job *j, api_worker *w)
 {
     (void)w;
-    const int V = model_get_config(j->m)->vocab, P = j->target; /* variants are P tokens long */
-    const int first = P - j->range < 1 ? 1 : P - j->range, goal = j->ids[P];
+    const int *ids = j->in[0].ids, V = model_get_config(j->m)->vocab, P = j->target; /* variants are P tokens long */
+    const int first = P - j->range < 1 ? 1 : P - j->range, goal = ids[P];
     /* Variant 0 is the input as it is; variant k > 0 occludes pos[k]. */
     int n_var = 1, per = 0;
     int *pos = malloc((size_t)(P + 1) * sizeof *pos);
@@ -61,12 +67,12 @@ void attribution_run(api_job *j, api_worker *w)
         goto fail;
     pos[0] = 0;
     for (int p = first; p < P; p++)
-        if (j->ids[p] != j->baseline)
+        if (ids[p] != j->baseline)
             pos[n_var++] = p;
     if (!(toks = malloc((size_t)n_var * P * sizeof *toks)))
         goto fail;
     for (int k = 0; k < n_var; k++) {
-        memcpy(toks + (size_t)k * P, j->ids, (size_t)P * sizeof *toks);
+        memcpy(toks + (size_t)k * P, ids, (size_t)P * sizeof *toks);
         if (k > 0)
             toks[(size_t)k * P + pos[k]] = j->baseline;
     }
@@ -111,7 +117,7 @@ void attribution_run(api_job *j, api_worker *w)
     for (int p = first, k = 1; p < P; p++) {
         bool run = k < n_var && pos[k] == p;
         float v = run ? lp_var[k++] : orig;
-        json_token_open(&o, j->ids[p]);
+        json_token_open(&o, ids[p]);
         jw_kint(&o, "position", p);
         jw_kfloat(&o, "logprob", v);
         jw_kfloat(&o, "delta", run ? v - orig : 0.0f);
@@ -119,7 +125,7 @@ void attribution_run(api_job *j, api_worker *w)
     }
     jw_arr_end(&o);
     jw_kobj(&o, "usage");
-    jw_kint(&o, "input_tokens", j->n_ids - 1);
+    jw_kint(&o, "input_tokens", j->in[0].n - 1);
     jw_kint(&o, "variants", n_var);
     jw_kint(&o, "forward_tokens", (long long)n_var * P);
     jw_obj_end(&o);

@@ -37,6 +37,7 @@ static void write_limits(jw *w, const api_limits *l)
     jw_kint(w, "max_input_tokens", l->max_input_tokens);
     jw_kint(w, "max_new_tokens", l->max_new_tokens);
     jw_kint(w, "max_attention_tokens", l->max_attention_tokens);
+    jw_kint(w, "max_inputs", l->max_inputs);
     jw_kint(w, "queue_size", l->queue_size);
     jw_kint(w, "workers", l->workers);
     jw_kint(w, "max_batch", l->max_batch);
@@ -173,12 +174,19 @@ static int one_model(const api_ctx *ctx, const char *name, bool openai, api_repl
     return json_reply(&b, 200, r);
 }
 
-/* The body of tokenize/detokenize, with its "model" checked (404 if unknown). */
-static cJSON *tokenizer_body(const api_ctx *ctx, const char *body, size_t len, api_error *e)
+/* The body of tokenize/detokenize, with its fields and "model" checked (404 if unknown). */
+static cJSON *tokenizer_body(const api_ctx *ctx, const char *body, size_t len, api_endpoint ep, api_error *e)
 {
+    static const char *const tokenize_fields[] = {"model", "text", NULL};
+    static const char *const detokenize_fields[] = {"model", "ids", NULL};
+    const char *const *fields = ep == API_EP_TOKENIZE ? tokenize_fields : detokenize_fields;
     cJSON *o = json_parse_object(body, len, e);
     if (!o)
         return NULL;
+    if (json_check_fields(o, fields, api_endpoint_path(ep), e) < 0) {
+        cJSON_Delete(o);
+        return NULL;
+    }
     api_model *am = json_get_model(ctx, o, e);
     if (!am) {
         cJSON_Delete(o);
@@ -191,7 +199,7 @@ static cJSON *tokenizer_body(const api_ctx *ctx, const char *body, size_t len, a
 static int tokenize(const api_ctx *ctx, const char *body, size_t len, api_reply *r)
 {
     api_error e;
-    cJSON *o = tokenizer_body(ctx, body, len, &e);
+    cJSON *o = tokenizer_body(ctx, body, len, API_EP_TOKENIZE, &e);
     const char *text = NULL;
     if (o && json_get_string(o, "text", &text, &e) == 0)
         api_error_set(&e, 400, "text", "text is required");
@@ -215,12 +223,13 @@ static int tokenize(const api_ctx *ctx, const char *body, size_t len, api_reply 
 static int detokenize(const api_ctx *ctx, const char *body, size_t len, api_reply *r)
 {
     api_error e;
-    cJSON *o = tokenizer_body(ctx, body, len, &e);
+    cJSON *o = tokenizer_body(ctx, body, len, API_EP_DETOKENIZE, &e);
     if (!o)
         return api_error_reply(&e, r);
-    int *ids = NULL, n = 0;
-    json_get_ids(o, ctx->limits.max_input_tokens, &ids, &n, &e);
+    job_input in = {0};
+    json_get_ids(o, ctx->limits.max_input_tokens, &in, &e);
     cJSON_Delete(o);
+    int *ids = in.ids, n = in.n;
     if (!ids)
         return api_error_reply(&e, r);
     unsigned char *bytes = malloc((size_t)n + 1);

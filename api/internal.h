@@ -45,6 +45,8 @@ int json_reply(buf *b, int status, api_reply *r);
  * Each returns 1 when the field is present and valid, 0 when it is absent or
  * null (the default stays), -1 with e filled when it has the wrong type or is
  * out of range. */
+/* Field name of o, NULL when absent or null. */
+const cJSON *json_field(const cJSON *o, const char *name);
 int json_get_int(const cJSON *o, const char *name, long long lo, long long hi, long long *out, api_error *e);
 int json_get_num(const cJSON *o, const char *name, double lo, double hi, double *out, api_error *e);
 int json_get_bool(const cJSON *o, const char *name, bool *out, api_error *e);
@@ -52,13 +54,34 @@ int json_get_string(const cJSON *o, const char *name, const char **out, api_erro
 /* Parses body as a JSON object.  NULL with e filled (400) if it is not one, or
  * if a string in it holds U+0000, which would cut it short. */
 cJSON *json_parse_object(const char *body, size_t len, api_error *e);
-/* Reads "text" (a string) or "ids" (token ids) into ids = [BOS] + tokens;
- * *n counts BOS.  Refuses both or neither, and more than max tokens (413).
- * Empty input is refused unless allow_empty.  The caller frees *ids. */
-int json_get_input(const cJSON *o, const char *text_field, int max, bool allow_empty, int **ids, int *n,
-                   api_error *e);
+/* Refuses (400, naming it) the first field of o that is not in allowed (a
+ * NULL-terminated list).  Returns 0 or -1. */
+int json_check_fields(const cJSON *o, const char *const *allowed, const char *route, api_error *e);
+
+/* One input of a request: ids = [BOS] + its tokens, n counting BOS. */
+typedef struct job_input {
+    int *ids;
+    int n;
+    float *lp; /* [n - 1, V] log-probabilities of the prompt, when an answer needs them */
+} job_input;
+
+/* Reads "text" (a string) or "ids" (token ids) into in->ids = [BOS] + tokens.
+ * Refuses both or neither, and more than max tokens (413).  Empty input is
+ * refused unless allow_empty.  The caller frees in->ids. */
+int json_get_input(const cJSON *o, const char *text_field, int max, bool allow_empty, job_input *in, api_error *e);
 /* Reads "ids" (required, may be empty) into [BOS] + ids as json_get_input does. */
-int json_get_ids(const cJSON *o, int max, int **ids, int *n, api_error *e);
+int json_get_ids(const cJSON *o, int max, job_input *in, api_error *e);
+/* One input given as the value v: a string (its UTF-8 bytes) when text_ok, an
+ * array of token ids when ids_ok.  param is the field errors name, name what
+ * messages call the value ("prompt[2]"). */
+int json_read_input(const cJSON *v, const char *param, const char *name, int max, bool allow_empty, bool text_ok,
+                    bool ids_ok, job_input *in, api_error *e);
+/* The array arr of inputs (each as json_read_input reads it) into *in (n of
+ * them, caller frees with job_inputs_free).  At least one, at most
+ * max_inputs, and max_tokens between them (413 beyond either). */
+int json_read_inputs(const cJSON *arr, const char *param, int max_inputs, int max_tokens, bool allow_empty,
+                     bool text_ok, bool ids_ok, job_input **in, int *n, api_error *e);
+void job_inputs_free(job_input *in, int n);
 /* The served model a request names in "model" (absent: the first), with a
  * reference; NULL with a 404 naming "model" when there is none of that name. */
 api_model *json_get_model(const api_ctx *ctx, const cJSON *o, api_error *e);
@@ -72,6 +95,10 @@ void api_topk(const float *lp, int n, int k, int *idx);
 typedef struct gen_params {
     int max_tokens;
     sampler_params sp;
+    sampler_penalties pen;
+    bool penalize;    /* a penalty is on: every choice counts its tokens */
+    int last_n;       /* repetition window over prompt + generated: -1 all, 0 none */
+    float *bias;      /* [V] logit_bias, -INFINITY for a ban; NULL: none */
     uint64_t seed;
     char *stop[API_MAX_STOP];
     int n_stop;
@@ -80,12 +107,13 @@ typedef struct gen_params {
     bool attention;   /* /v1/generate: attention rows per token */
     bool echo;        /* OpenAI: the prompt is part of the answer */
     bool include_usage; /* OpenAI stream_options: a usage chunk before [DONE] */
-    int n;            /* choices */
+    int n;            /* choices per prompt */
 } gen_params;
 
 /* One sequence being generated. */
 typedef struct gen_choice {
     model_seq *seq;
+    int prompt;         /* its prompt: j->in[prompt] */
     uint64_t rng;
     int next;           /* token to feed at the next step */
     int n_out;          /* tokens generated */
@@ -98,6 +126,8 @@ typedef struct gen_choice {
     int *top_ids;       /* [max_tokens, top] */
     float *top_lp;      /* [max_tokens, top] */
     float *attn;        /* [max_tokens, N, W] band rows, if asked */
+    int *counts;        /* [V] times each token was generated (with penalties) */
+    int *window;        /* [V] occurrences in the last last_n tokens of prompt + generated (with penalties) */
     const char *finish; /* "length" or "stop" once done */
     bool done;
     bool end_sent;      /* a stream has had this choice's final event */
@@ -114,8 +144,9 @@ struct api_job {
     bool done;
     int status;       /* of a non-streaming answer */
     buf out;          /* produced, not yet taken */
-    int *ids;         /* [n_ids] model input, BOS first */
-    int n_ids;
+    job_input *in;    /* [n_in] the inputs (prompts), each BOS first */
+    int n_in;
+    bool many;        /* /v1/score: the inputs came as an array, answered as "results" */
     int output_tokens;
     /* score */
     int top_k;
@@ -131,8 +162,8 @@ struct api_job {
     int baseline;     /* the byte put in their place */
     /* generation */
     gen_params gp;
-    gen_choice ch[API_MAX_CHOICES];
-    float *prompt_lp; /* [n_ids, V] when the prompt's log-probabilities are answered */
+    gen_choice *ch;   /* [n_ch]: choice k is choice k % gp.n of prompt k / gp.n */
+    int n_ch;
     char id[48];
     long long created;
 };
@@ -180,7 +211,8 @@ void openai_stream_usage(api_job *j);
 int openai_stream_echo(api_job *j, api_worker *w);
 /* score.c */
 int score_parse(api_job *j, const cJSON *o, api_error *e);
-/* Runs n score jobs of one model through one batched forward pass. */
+/* Runs n score jobs of one model through one batched forward pass over all
+ * their inputs. */
 void score_run_many(api_job **jobs, int n, api_worker *w);
 int attention_parse(api_job *j, const cJSON *o, api_error *e);
 void attention_run(api_job *j, api_worker *w);

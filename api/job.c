@@ -10,9 +10,28 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The fields each route takes; any other is refused, so that a request
+ * meant for another server does not silently do something else here. */
+static const char *const SCORE_FIELDS[] = {"model", "text", "ids", "texts", "top_k", "candidates", NULL};
+static const char *const ATTENTION_FIELDS[] = {"model", "text", "ids", "format", "summary", "maps", NULL};
+static const char *const ATTRIBUTION_FIELDS[] = {"model", "text", "ids", "target", "range", "baseline", NULL};
+#define SAMPLING_FIELDS                                                                                              \
+    "model", "prompt", "ids", "max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "stream",              \
+        "presence_penalty", "frequency_penalty", "repetition_penalty", "penalty_last_n", "logit_bias"
+static const char *const GENERATE_FIELDS[] = {SAMPLING_FIELDS, "logprobs", "attention", NULL};
+static const char *const COMPLETIONS_FIELDS[] = {SAMPLING_FIELDS, "n", "logprobs", "echo", "stream_options",
+                                                 "user", "best_of", "suffix", NULL};
+
 api_job *api_job_new(const api_ctx *ctx, api_endpoint ep, const char *body, size_t len, uint64_t seed,
                      const char *request_id, api_error *e)
 {
+    static const char *const *const fields[] = {
+        [JOB_SCORE] = SCORE_FIELDS,
+        [JOB_ATTENTION] = ATTENTION_FIELDS,
+        [JOB_GENERATE] = GENERATE_FIELDS,
+        [JOB_COMPLETIONS] = COMPLETIONS_FIELDS,
+        [JOB_ATTRIBUTION] = ATTRIBUTION_FIELDS,
+    };
     job_kind kind;
     switch (ep) {
     case API_EP_SCORE: kind = JOB_SCORE; break;
@@ -25,6 +44,10 @@ api_job *api_job_new(const api_ctx *ctx, api_endpoint ep, const char *body, size
     cJSON *o = json_parse_object(body, len, e);
     if (!o)
         return NULL;
+    if (json_check_fields(o, fields[kind], api_endpoint_path(ep), e) < 0) {
+        cJSON_Delete(o);
+        return NULL;
+    }
     api_job *j = calloc(1, sizeof *j);
     if (!j) {
         cJSON_Delete(o);
@@ -60,15 +83,21 @@ void api_job_free(api_job *j)
     generate_free(j);
     for (int i = 0; i < j->n_cands; i++)
         free(j->cands[i]);
-    free(j->ids);
+    job_inputs_free(j->in, j->n_in);
     buf_free(&j->out);
     api_model_release(j->am);
     free(j);
 }
 
 bool api_job_streams(const api_job *j) { return j->stream; }
-int api_job_weight(const api_job *j) { return j->kind == JOB_GENERATE || j->kind == JOB_COMPLETIONS ? j->gp.n : 1; }
-int api_job_input_tokens(const api_job *j) { return j->n_ids > 0 ? j->n_ids - 1 : 0; }
+int api_job_weight(const api_job *j) { return j->kind == JOB_GENERATE || j->kind == JOB_COMPLETIONS ? j->n_ch : 1; }
+int api_job_input_tokens(const api_job *j)
+{
+    int n = 0;
+    for (int i = 0; i < j->n_in; i++)
+        n += j->in[i].n - 1;
+    return n;
+}
 int api_job_output_tokens(const api_job *j) { return j->output_tokens; }
 int api_job_model_slot(const api_job *j) { return j->am->slot; }
 const char *api_job_model_name(const api_job *j) { return j->am->name; }
@@ -101,11 +130,12 @@ void api_job_start_many(api_job **jobs, int n, api_worker *w)
         int ng = 0, tokens = 0, rest = 0;
         for (int i = 0; i < ns; i++) {
             api_job *s = scores[i];
+            int n = api_job_input_tokens(s) + s->n_in;
             bool fits = s->m == m && ng < (int)(sizeof group / sizeof *group) &&
-                        (ng == 0 || tokens + s->n_ids <= API_FORWARD_TOKENS);
+                        (ng == 0 || tokens + n <= API_FORWARD_TOKENS);
             if (fits) {
                 group[ng++] = s;
-                tokens += s->n_ids;
+                tokens += n;
             } else {
                 scores[rest++] = s;
             }
@@ -185,8 +215,8 @@ api_worker *api_worker_new(int max_batch)
     int cap = max_batch;
     if (cap < API_MAX_CANDIDATES)
         cap = API_MAX_CANDIDATES;
-    if (cap < API_MAX_CHOICES)
-        cap = API_MAX_CHOICES;
+    if (cap < API_MAX_SEQS)
+        cap = API_MAX_SEQS;
     w->cap = cap;
     w->smp = sampler_new(TOK_VOCAB);
     w->lp = malloc(TOK_VOCAB * sizeof *w->lp);
@@ -262,7 +292,7 @@ static int step_group(api_worker *w, worker_model *ws, api_job *const *jobs, int
     for (int i = 0; i < n; i++) {
         first[i] = B;
         api_job *j = jobs[i];
-        if (j->done || B + j->gp.n > w->cap)
+        if (j->done || B + j->n_ch > w->cap)
             continue;
         B += generate_collect(j, w->seqs + B, w->tokens + B);
         attn |= j->gp.attention;
@@ -315,11 +345,11 @@ int api_step(api_worker *w, api_job *const *jobs, int n)
         api_model *am = jobs[i]->am;
         int ng = 0, rows = 0;
         for (int k = i; k < n && ng < w->cap; k++) {
-            if (taken[k] || jobs[k]->done || jobs[k]->am != am || rows + jobs[k]->gp.n > w->cap)
+            if (taken[k] || jobs[k]->done || jobs[k]->am != am || rows + jobs[k]->n_ch > w->cap)
                 continue;
             taken[k] = true;
             w->group[ng++] = jobs[k];
-            rows += jobs[k]->gp.n;
+            rows += jobs[k]->n_ch;
         }
         worker_model *ws = worker_scratch(w, am);
         if (!ws) {

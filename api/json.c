@@ -84,6 +84,23 @@ static const cJSON *field(const cJSON *o, const char *name)
     return f && !cJSON_IsNull(f) ? f : NULL;
 }
 
+const cJSON *json_field(const cJSON *o, const char *name) { return field(o, name); }
+
+int json_check_fields(const cJSON *o, const char *const *allowed, const char *route, api_error *e)
+{
+    for (const cJSON *f = o->child; f; f = f->next) {
+        const char *const *a = allowed;
+        while (*a && strcmp(*a, f->string) != 0)
+            a++;
+        if (!*a) {
+            api_error_set(e, 400, f->string, "%s does not take the field \"%.64s\" (docs/API.md lists the fields of each route)",
+                          route, f->string);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int json_get_int(const cJSON *o, const char *name, long long lo, long long hi, long long *out, api_error *e)
 {
     const cJSON *f = field(o, name);
@@ -258,10 +275,11 @@ cJSON *json_parse_object(const char *body, size_t len, api_error *e)
 }
 
 /* Reads the token ids of arr into [BOS] + ids (BOS not repeated if arr starts with it). */
-static int read_ids(const cJSON *arr, int max, bool allow_empty, int **ids, int *n, api_error *e)
+static int read_ids(const cJSON *arr, const char *param, const char *name, int max, bool allow_empty, job_input *in,
+                    api_error *e)
 {
     if (!cJSON_IsArray(arr)) {
-        api_error_set(e, 400, "ids", "ids must be an array of token ids");
+        api_error_set(e, 400, param, "%s must be an array of token ids", name);
         return -1;
     }
     int k = cJSON_GetArraySize(arr);
@@ -269,11 +287,11 @@ static int read_ids(const cJSON *arr, int max, bool allow_empty, int **ids, int 
     bool lead_bos = first && cJSON_IsNumber(first) && first->valuedouble == TOK_BOS;
     int total = k + (lead_bos ? 0 : 1);
     if (total - 1 > max) {
-        api_error_set(e, 413, "ids", "%d input tokens exceed the limit of %d", total - 1, max);
+        api_error_set(e, 413, param, "%d input tokens exceed the limit of %d", total - 1, max);
         return -1;
     }
     if (total - 1 == 0 && !allow_empty) {
-        api_error_set(e, 400, "ids", "ids must not be empty");
+        api_error_set(e, 400, param, "%s must not be empty", name);
         return -1;
     }
     int *out = malloc((size_t)total * sizeof *out), i = 0;
@@ -289,29 +307,118 @@ static int read_ids(const cJSON *arr, int max, bool allow_empty, int **ids, int 
         double v = it->valuedouble;
         if (!cJSON_IsNumber(it) || v != floor(v) || v < 0 || v >= TOK_VOCAB) {
             free(out);
-            api_error_set(e, 400, "ids", "ids[%d] is not a token id (an integer in [0, %d))", i - (lead_bos ? 0 : 1),
-                          TOK_VOCAB);
+            api_error_set(e, 400, param, "%s[%d] is not a token id (an integer in [0, %d))", name,
+                          i - (lead_bos ? 0 : 1), TOK_VOCAB);
             return -1;
         }
         out[i++] = (int)v;
     }
-    *ids = out;
-    *n = total;
+    in->ids = out;
+    in->n = total;
     return 0;
 }
 
-int json_get_ids(const cJSON *o, int max, int **ids, int *n, api_error *e)
+/* The UTF-8 bytes of text into [BOS] + bytes. */
+static int read_text(const char *text, const char *param, const char *name, int max, bool allow_empty, job_input *in,
+                     api_error *e)
+{
+    size_t len = strlen(text);
+    if (len == 0 && !allow_empty) {
+        api_error_set(e, 400, param, "%s must not be empty", name);
+        return -1;
+    }
+    if (len > (size_t)max) {
+        api_error_set(e, 413, param, "%zu input tokens exceed the limit of %d", len, max);
+        return -1;
+    }
+    int *out = malloc((len + 1) * sizeof *out);
+    if (!out) {
+        api_error_set(e, 500, NULL, "out of memory");
+        return -1;
+    }
+    tok_encode(text, len, out);
+    in->ids = out;
+    in->n = (int)len + 1;
+    return 0;
+}
+
+int json_read_input(const cJSON *v, const char *param, const char *name, int max, bool allow_empty, bool text_ok,
+                    bool ids_ok, job_input *in, api_error *e)
+{
+    if (text_ok && cJSON_IsString(v))
+        return read_text(v->valuestring, param, name, max, allow_empty, in, e);
+    if (ids_ok && cJSON_IsArray(v))
+        return read_ids(v, param, name, max, allow_empty, in, e);
+    api_error_set(e, 400, param, "%s must be %s", name,
+                  text_ok && ids_ok ? "a string or an array of token ids"
+                  : text_ok         ? "a string"
+                                    : "an array of token ids");
+    return -1;
+}
+
+void job_inputs_free(job_input *in, int n)
+{
+    if (!in)
+        return;
+    for (int i = 0; i < n; i++) {
+        free(in[i].ids);
+        free(in[i].lp);
+    }
+    free(in);
+}
+
+int json_read_inputs(const cJSON *arr, const char *param, int max_inputs, int max_tokens, bool allow_empty,
+                     bool text_ok, bool ids_ok, job_input **in, int *n, api_error *e)
+{
+    int k = cJSON_GetArraySize(arr);
+    if (k == 0) {
+        api_error_set(e, 400, param, "%s must not be an empty array", param);
+        return -1;
+    }
+    if (k > max_inputs) {
+        api_error_set(e, 413, param, "%d inputs exceed the limit of %d per request (--max-inputs)", k, max_inputs);
+        return -1;
+    }
+    job_input *out = calloc((size_t)k, sizeof *out);
+    if (!out) {
+        api_error_set(e, 500, NULL, "out of memory");
+        return -1;
+    }
+    long long total = 0;
+    int i = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, arr)
+    {
+        char name[48];
+        snprintf(name, sizeof name, "%.20s[%d]", param, i);
+        if (json_read_input(it, param, name, max_tokens, allow_empty, text_ok, ids_ok, &out[i], e) < 0) {
+            job_inputs_free(out, k);
+            return -1;
+        }
+        total += out[i++].n - 1;
+        if (total > max_tokens) {
+            job_inputs_free(out, k);
+            api_error_set(e, 413, param, "the inputs of %s hold more than the limit of %d tokens between them",
+                          param, max_tokens);
+            return -1;
+        }
+    }
+    *in = out;
+    *n = k;
+    return 0;
+}
+
+int json_get_ids(const cJSON *o, int max, job_input *in, api_error *e)
 {
     const cJSON *arr = field(o, "ids");
     if (!arr) {
         api_error_set(e, 400, "ids", "ids is required");
         return -1;
     }
-    return read_ids(arr, max, true, ids, n, e);
+    return read_ids(arr, "ids", "ids", max, true, in, e);
 }
 
-int json_get_input(const cJSON *o, const char *text_field, int max, bool allow_empty, int **ids, int *n,
-                   api_error *e)
+int json_get_input(const cJSON *o, const char *text_field, int max, bool allow_empty, job_input *in, api_error *e)
 {
     const char *text = NULL;
     int has_text = json_get_string(o, text_field, &text, e);
@@ -323,32 +430,12 @@ int json_get_input(const cJSON *o, const char *text_field, int max, bool allow_e
         return -1;
     }
     if (arr)
-        return read_ids(arr, max, allow_empty, ids, n, e);
-    if (!has_text) {
-        if (!allow_empty) {
-            api_error_set(e, 400, text_field, "%s is required", text_field);
-            return -1;
-        }
-        text = "";
-    }
-    size_t len = strlen(text);
-    if (len == 0 && !allow_empty) {
-        api_error_set(e, 400, text_field, "%s must not be empty", text_field);
+        return read_ids(arr, "ids", "ids", max, allow_empty, in, e);
+    if (!has_text && !allow_empty) {
+        api_error_set(e, 400, text_field, "%s is required", text_field);
         return -1;
     }
-    if (len > (size_t)max) {
-        api_error_set(e, 413, text_field, "%zu input tokens exceed the limit of %d", len, max);
-        return -1;
-    }
-    int *out = malloc((len + 1) * sizeof *out);
-    if (!out) {
-        api_error_set(e, 500, NULL, "out of memory");
-        return -1;
-    }
-    tok_encode(text, len, out);
-    *ids = out;
-    *n = (int)len + 1;
-    return 0;
+    return read_text(has_text ? text : "", text_field, text_field, max, allow_empty, in, e);
 }
 
 api_model *json_get_model(const api_ctx *ctx, const cJSON *o, api_error *e)

@@ -25,9 +25,9 @@ static void token_str(int id, char out[16])
         snprintf(out, 16, "bytes:\\x%02x", id);
 }
 
-/* The tokens of one logprobs object: prompt tokens [p0, p1) (indices into
- * j->ids, scored by j->prompt_lp), then generated tokens [g0, g1) of ch, whose
- * offsets start at gen_offset. */
+/* The tokens of one logprobs object: prompt tokens [p0, p1) (indices into the
+ * ids of ch's prompt, scored by its lp), then generated tokens [g0, g1) of ch,
+ * whose offsets start at gen_offset. */
 typedef struct lp_span {
     const gen_choice *ch;
     int p0, p1, g0, g1;
@@ -41,9 +41,10 @@ static void span_token(const api_job *j, const lp_span *s, int n, int *idx, int 
 {
     const int k = j->gp.top, V = model_get_config(j->m)->vocab, np = s->p1 - s->p0;
     if (n < np) {
+        const job_input *in = &j->in[s->ch->prompt];
         int t = s->p0 + n;
-        const float *row = j->prompt_lp + (size_t)(t - 1) * V;
-        *id = j->ids[t];
+        const float *row = in->lp + (size_t)(t - 1) * V;
+        *id = in->ids[t];
         *lp = row[*id];
         *offset = (size_t)t - 1;
         if (top_ids) {
@@ -156,12 +157,13 @@ static void chunk(api_job *j, api_worker *wk, int index, const unsigned char *te
  * -1 on out of memory. */
 static int text_with_prompt(jw *w, const api_job *j, const gen_choice *ch)
 {
-    size_t pl = (size_t)j->n_ids - 1, total = pl + (size_t)ch->keep;
+    const job_input *in = &j->in[ch->prompt];
+    size_t pl = (size_t)in->n - 1, total = pl + (size_t)ch->keep;
     unsigned char *all = malloc(total + 1);
     if (!all)
         return -1;
     for (size_t i = 0; i < pl; i++)
-        all[i] = (unsigned char)j->ids[i + 1];
+        all[i] = (unsigned char)in->ids[i + 1];
     if (ch->keep)
         memcpy(all + pl, ch->out, (size_t)ch->keep);
     jw_bytes(w, all, total);
@@ -171,12 +173,12 @@ static int text_with_prompt(jw *w, const api_job *j, const gen_choice *ch)
 
 int openai_answer(api_job *j, api_worker *wk)
 {
-    const int P = j->n_ids - 1;
     jw w;
     jw_init(&w, &j->out);
     head(&w, j);
-    for (int k = 0; k < j->gp.n; k++) {
+    for (int k = 0; k < j->n_ch; k++) {
         const gen_choice *ch = &j->ch[k];
+        const int P = j->in[ch->prompt].n - 1;
         jw_obj(&w);
         jw_key(&w, "text");
         if (!j->gp.echo)
@@ -195,14 +197,14 @@ int openai_answer(api_job *j, api_worker *wk)
         jw_obj_end(&w);
     }
     jw_arr_end(&w);
-    json_usage(&w, P, j->output_tokens, true);
+    json_usage(&w, api_job_input_tokens(j), j->output_tokens, true);
     jw_obj_end(&w);
     return 0;
 }
 
 void openai_stream_token(api_job *j, int k, int i, const unsigned char *text, size_t len)
 {
-    lp_span s = {&j->ch[k], 0, 0, i, i + 1, j->gp.echo ? (size_t)j->n_ids - 1 : 0};
+    lp_span s = {&j->ch[k], 0, 0, i, i + 1, j->gp.echo ? (size_t)j->in[j->ch[k].prompt].n - 1 : 0};
     chunk(j, NULL, k, text, len, j->gp.logprobs ? &s : NULL, NULL);
 }
 
@@ -218,23 +220,24 @@ void openai_stream_usage(api_job *j)
     sse_begin(&j->out, &w);
     head(&w, j);
     jw_arr_end(&w);
-    json_usage(&w, j->n_ids - 1, j->output_tokens, true);
+    json_usage(&w, api_job_input_tokens(j), j->output_tokens, true);
     jw_obj_end(&w);
     sse_end(&j->out);
 }
 
 int openai_stream_echo(api_job *j, api_worker *wk)
 {
-    const int P = j->n_ids - 1;
-    unsigned char *prompt = malloc((size_t)P + 1);
-    if (!prompt)
-        return -1;
-    for (int t = 0; t < P; t++)
-        prompt[t] = (unsigned char)j->ids[t + 1];
-    for (int k = 0; k < j->gp.n; k++) {
+    for (int k = 0; k < j->n_ch; k++) {
+        const job_input *in = &j->in[j->ch[k].prompt];
+        const int P = in->n - 1;
+        unsigned char *prompt = malloc((size_t)P + 1);
+        if (!prompt)
+            return -1;
+        for (int t = 0; t < P; t++)
+            prompt[t] = (unsigned char)in->ids[t + 1];
         lp_span s = {&j->ch[k], 1, P + 1, 0, 0, 0};
         chunk(j, wk, k, prompt, (size_t)P, j->gp.logprobs ? &s : NULL, NULL);
+        free(prompt);
     }
-    free(prompt);
     return 0;
 }

@@ -3,6 +3,11 @@
  * head's maps (entropy, look-back, weight on self and BOS, weight by
  * distance) and leave the maps out.
  *
+ * A score request may give an array of inputs ("texts", or "ids" as a list of
+ * id lists); all of them go through one forward pass, with the inputs of any
+ * other score requests the worker took, and each is answered as a single
+ * request for it would be, in order, under "results".
+ *
  * Candidates are scored by prefilling the input once and continuing a copy
  * of its state per candidate, all candidates stepped together as one batch.
  * Answers are written as they are read off the pass's log-probabilities, so
@@ -15,6 +20,39 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The input or inputs of a score request: "text" or "ids" (one), "texts" or
+ * "ids" as a list of id lists (several). */
+static int score_inputs(api_job *j, const cJSON *o, api_error *e)
+{
+    const api_limits *lim = &j->ctx->limits;
+    const cJSON *texts = json_field(o, "texts"), *ids = json_field(o, "ids");
+    bool id_lists = ids && cJSON_IsArray(ids) && ids->child && cJSON_IsArray(ids->child);
+    if (texts && (ids || json_field(o, "text"))) {
+        api_error_set(e, 400, "texts", "give one of text, texts and ids");
+        return -1;
+    }
+    if (id_lists && json_field(o, "text")) {
+        api_error_set(e, 400, "ids", "give either text or ids, not both");
+        return -1;
+    }
+    if (!texts && !id_lists) {
+        j->in = calloc(1, sizeof *j->in);
+        if (!j->in) {
+            api_error_set(e, 500, NULL, "out of memory");
+            return -1;
+        }
+        j->n_in = 1;
+        return json_get_input(o, "text", lim->max_input_tokens, false, &j->in[0], e);
+    }
+    if (texts && !cJSON_IsArray(texts)) {
+        api_error_set(e, 400, "texts", "texts must be an array of strings");
+        return -1;
+    }
+    j->many = true;
+    return json_read_inputs(texts ? texts : ids, texts ? "texts" : "ids", lim->max_inputs, lim->max_input_tokens,
+                            false, texts != NULL, texts == NULL, &j->in, &j->n_in, e);
+}
+
 int score_parse(api_job *j, const cJSON *o, api_error *e)
 {
     const api_limits *lim = &j->ctx->limits;
@@ -23,8 +61,11 @@ int score_parse(api_job *j, const cJSON *o, api_error *e)
     if (json_get_int(o, "top_k", 0, c->vocab, &top_k, e) < 0)
         return -1;
     j->top_k = (int)top_k;
-    if (json_get_input(o, "text", lim->max_input_tokens, false, &j->ids, &j->n_ids, e) < 0)
+    if (score_inputs(j, o, e) < 0)
         return -1;
+    int longest = 0;
+    for (int i = 0; i < j->n_in; i++)
+        longest = j->in[i].n > longest ? j->in[i].n : longest;
     const cJSON *cands = cJSON_GetObjectItemCaseSensitive(o, "candidates");
     if (!cands || cJSON_IsNull(cands))
         return 0;
@@ -44,9 +85,9 @@ int score_parse(api_job *j, const cJSON *o, api_error *e)
             return -1;
         }
         size_t len = strlen(it->valuestring);
-        if ((size_t)j->n_ids - 1 + len > (size_t)lim->max_input_tokens) {
-            api_error_set(e, 413, "candidates", "input and candidates[%d] together exceed %d tokens", j->n_cands,
-                          lim->max_input_tokens);
+        if ((size_t)longest - 1 + len > (size_t)lim->max_input_tokens) {
+            api_error_set(e, 413, "candidates", "%s and candidates[%d] together exceed %d tokens",
+                          j->many ? "an input" : "input", j->n_cands, lim->max_input_tokens);
             return -1;
         }
         if (!(j->cands[j->n_cands++] = strdup(it->valuestring))) {
@@ -156,80 +197,108 @@ static void fail_internal(api_job *j, const char *what)
     job_finish_error(j, &e);
 }
 
-/* The answer of score job j from its forward pass: lp [T, V] and, with
- * candidates, the state after the input in seq.  Frees lp and seq. */
-static void score_answer(api_job *j, api_worker *w, float *lp, model_seq *seq)
+/* The answer for input in of score job j, from its forward pass: lp [T, V]
+ * and, with candidates, the state after the input in seq.  Returns -1 when
+ * the candidates could not be scored. */
+static int score_answer(api_job *j, api_worker *w, jw *o, const job_input *in, const float *lp,
+                        const model_seq *seq)
 {
-    const int V = model_get_config(j->m)->vocab, T = j->n_ids;
-    jw o;
-    jw_init(&o, &j->out);
-    jw_obj(&o);
-    jw_karr(&o, "tokens");
+    const int V = model_get_config(j->m)->vocab, T = in->n;
+    jw_obj(o);
+    jw_karr(o, "tokens");
     double sum = 0.0;
     for (int t = 1; t < T; t++) {
         const float *row = lp + (size_t)(t - 1) * V;
-        sum += row[j->ids[t]];
-        json_token_open(&o, j->ids[t]);
-        jw_kfloat(&o, "logprob", row[j->ids[t]]);
+        sum += row[in->ids[t]];
+        json_token_open(o, in->ids[t]);
+        jw_kfloat(o, "logprob", row[in->ids[t]]);
         if (j->top_k > 0) {
-            jw_karr(&o, "top");
-            top_tokens(&o, row, V, j->top_k, w->idx);
-            jw_arr_end(&o);
+            jw_karr(o, "top");
+            top_tokens(o, row, V, j->top_k, w->idx);
+            jw_arr_end(o);
         }
+        jw_obj_end(o);
+    }
+    jw_arr_end(o);
+    const float *last = lp + (size_t)(T - 1) * V;
+    jw_karr(o, "next");
+    top_tokens(o, last, V, j->top_k, w->idx);
+    jw_arr_end(o);
+    if (j->n_cands && write_candidates(j, w, o, seq, last) < 0)
+        return -1;
+    jw_kfloat(o, "logprob", (float)sum);
+    jw_kfloat(o, "perplexity", (float)exp(-sum / (T - 1)));
+    jw_kobj(o, "usage");
+    jw_kint(o, "input_tokens", T - 1);
+    jw_obj_end(o);
+    jw_obj_end(o);
+    return 0;
+}
+
+/* The whole answer of score job j; lp[i] and seqs[i] belong to its input i. */
+static void score_job_answer(api_job *j, api_worker *w, float *const *lp, model_seq *const *seqs)
+{
+    jw o;
+    jw_init(&o, &j->out);
+    if (j->many) {
+        jw_obj(&o);
+        jw_karr(&o, "results");
+    }
+    for (int i = 0; i < j->n_in; i++)
+        if (score_answer(j, w, &o, &j->in[i], lp[i], seqs[i]) < 0) {
+            fail_internal(j, "scoring the candidates failed");
+            return;
+        }
+    if (j->many) {
+        jw_arr_end(&o);
+        jw_kobj(&o, "usage");
+        jw_kint(&o, "input_tokens", api_job_input_tokens(j));
+        jw_obj_end(&o);
         jw_obj_end(&o);
     }
-    jw_arr_end(&o);
-    const float *last = lp + (size_t)(T - 1) * V;
-    jw_karr(&o, "next");
-    top_tokens(&o, last, V, j->top_k, w->idx);
-    jw_arr_end(&o);
-    if (j->n_cands && write_candidates(j, w, &o, seq, last) < 0) {
-        fail_internal(j, "scoring the candidates failed");
-        goto done;
-    }
-    jw_kfloat(&o, "logprob", (float)sum);
-    jw_kfloat(&o, "perplexity", (float)exp(-sum / (T - 1)));
-    jw_kobj(&o, "usage");
-    jw_kint(&o, "input_tokens", T - 1);
-    jw_obj_end(&o);
-    jw_obj_end(&o);
     job_finish(j);
-done:
-    model_seq_free(seq);
-    free(lp);
 }
 
 void score_run_many(api_job **jobs, int n, api_worker *w)
 {
     const model *m = jobs[0]->m;
     const int V = model_get_config(m)->vocab;
-    const int **tokens = calloc((size_t)n, sizeof *tokens);
-    int *lens = calloc((size_t)n, sizeof *lens);
-    float **lp = calloc((size_t)n, sizeof *lp);
-    model_seq **seqs = calloc((size_t)n, sizeof *seqs);
-    bool ok = tokens && lens && lp && seqs;
-    for (int i = 0; ok && i < n; i++) {
-        tokens[i] = jobs[i]->ids;
-        lens[i] = jobs[i]->n_ids;
-        lp[i] = malloc((size_t)lens[i] * V * sizeof **lp);
-        seqs[i] = jobs[i]->n_cands ? model_seq_new(m) : NULL;
-        ok = lp[i] && (!jobs[i]->n_cands || seqs[i]);
+    int total = 0;
+    for (int i = 0; i < n; i++)
+        total += jobs[i]->n_in;
+    /* Every input of every job, in order: job i's inputs start at first[i]. */
+    const int **tokens = calloc((size_t)total, sizeof *tokens);
+    int *lens = calloc((size_t)total, sizeof *lens), *first = calloc((size_t)n, sizeof *first);
+    float **lp = calloc((size_t)total, sizeof *lp);
+    model_seq **seqs = calloc((size_t)total, sizeof *seqs);
+    bool ok = tokens && lens && first && lp && seqs;
+    for (int i = 0, b = 0; ok && i < n; i++) {
+        first[i] = b;
+        for (int k = 0; ok && k < jobs[i]->n_in; k++, b++) {
+            tokens[b] = jobs[i]->in[k].ids;
+            lens[b] = jobs[i]->in[k].n;
+            lp[b] = malloc((size_t)lens[b] * V * sizeof **lp);
+            seqs[b] = jobs[i]->n_cands ? model_seq_new(m) : NULL;
+            ok = lp[b] && (!jobs[i]->n_cands || seqs[b]);
+        }
     }
     char err[ATTNLM_ERR_LEN] = "out of memory";
-    if (ok && model_forward_batch(m, n, tokens, lens, lp, NULL, seqs, err, sizeof err) == 0) {
+    if (ok && model_forward_batch(m, total, tokens, lens, lp, NULL, seqs, err, sizeof err) == 0) {
         for (int i = 0; i < n; i++)
-            score_answer(jobs[i], w, lp[i], seqs[i]);
+            score_job_answer(jobs[i], w, lp + first[i], seqs + first[i]);
     } else {
-        for (int i = 0; i < n; i++) {
+        for (int i = 0; i < n; i++)
             fail_internal(jobs[i], err);
-            if (lp)
-                free(lp[i]);
-            if (seqs)
-                model_seq_free(seqs[i]);
-        }
+    }
+    for (int b = 0; b < total; b++) {
+        if (lp)
+            free(lp[b]);
+        if (seqs)
+            model_seq_free(seqs[b]);
     }
     free(tokens);
     free(lens);
+    free(first);
     free(lp);
     free(seqs);
 }
@@ -251,7 +320,12 @@ int attention_parse(api_job *j, const cJSON *o, api_error *e)
         api_error_set(e, 400, "maps", "maps can be false only with \"summary\": true (the answer would be empty)");
         return -1;
     }
-    return json_get_input(o, "text", j->ctx->limits.max_attention_tokens, false, &j->ids, &j->n_ids, e);
+    if (!(j->in = calloc(1, sizeof *j->in))) {
+        api_error_set(e, 500, NULL, "out of memory");
+        return -1;
+    }
+    j->n_in = 1;
+    return json_get_input(o, "text", j->ctx->limits.max_attention_tokens, false, &j->in[0], e);
 }
 
 /* What /v1/attention's summary says of one head (or of their average). */
@@ -357,14 +431,15 @@ void attention_run(api_job *j, api_worker *w)
 {
     (void)w;
     const model_config *c = model_get_config(j->m);
-    const int T = j->n_ids, N = c->heads, W = c->window;
+    const job_input *in = &j->in[0];
+    const int T = in->n, N = c->heads, W = c->window;
     float *band = malloc((size_t)T * N * W * sizeof *band);
     char err[ATTNLM_ERR_LEN];
     if (!band) {
         fail_internal(j, "out of memory");
         return;
     }
-    if (model_forward(j->m, j->ids, T, NULL, band, NULL, err, sizeof err) < 0) {
+    if (model_forward(j->m, in->ids, T, NULL, band, NULL, err, sizeof err) < 0) {
         free(band);
         fail_internal(j, err);
         return;
@@ -374,7 +449,7 @@ void attention_run(api_job *j, api_worker *w)
     jw_obj(&o);
     jw_karr(&o, "tokens");
     for (int t = 0; t < T; t++)
-        json_token(&o, j->ids[t]);
+        json_token(&o, in->ids[t]);
     jw_arr_end(&o);
     jw_kint(&o, "window", W);
     jw_kint(&o, "heads", N);

@@ -58,6 +58,23 @@ static int cmp_cand(const void *a, const void *b)
     return (x->id > y->id) - (x->id < y->id);
 }
 
+void sampler_adjust(float *logits, int n, const sampler_penalties *p, const int *window, const int *counts,
+                    const float *bias)
+{
+    const float rep = p ? p->repetition : 1.0f;
+    if (window && rep != 1.0f)
+        for (int i = 0; i < n; i++)
+            if (window[i] > 0)
+                logits[i] = logits[i] > 0.0f ? logits[i] / rep : logits[i] * rep;
+    if (p && counts && (p->presence != 0.0f || p->frequency != 0.0f))
+        for (int i = 0; i < n; i++)
+            if (counts[i] > 0)
+                logits[i] -= p->presence + p->frequency * (float)counts[i];
+    if (bias)
+        for (int i = 0; i < n; i++)
+            logits[i] += bias[i];
+}
+
 int sampler_sample(sampler *s, const float *logits, const sampler_params *p, float coin)
 {
     const int n = s->n;
@@ -66,6 +83,8 @@ int sampler_sample(sampler *s, const float *logits, const sampler_params *p, flo
 
     cand *c = s->c;
     float mx = logits[sampler_argmax(logits, n)];
+    if (!(mx > -INFINITY)) /* nothing possible: the lowest id, as greedy would say */
+        return sampler_argmax(logits, n);
     double sum = 0.0;
     for (int i = 0; i < n; i++) {
         c[i] = (cand){expf((logits[i] - mx) / p->temperature), i};

@@ -32,6 +32,7 @@ typedef struct srv_config {
     long max_input_tokens;
     long max_new_tokens;
     long max_attention_tokens;
+    long max_inputs;      /* inputs in one array request */
     const char *api_key;  /* "" = none */
     double drain_timeout; /* seconds */
     const char *port_file; /* "" = none: where to write the bound port(s) once listening */

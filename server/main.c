@@ -219,6 +219,7 @@ int main(int argc, char **argv)
                 .max_input_tokens = (int)cfg.max_input_tokens,
                 .max_new_tokens = (int)cfg.max_new_tokens,
                 .max_attention_tokens = (int)cfg.max_attention_tokens,
+                .max_inputs = (int)cfg.max_inputs,
                 .queue_size = (int)cfg.queue,
                 .workers = (int)cfg.workers,
                 .max_batch = (int)cfg.max_batch,

@@ -5,6 +5,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "api.h"
 #include "model.h"
+#include "sampler.h"
 #include "testutil.h"
 
 #include "api_fixture.h"
@@ -29,6 +30,7 @@ static void setup(void)
                                             .max_input_tokens = 64,
                                             .max_new_tokens = 100,
                                             .max_attention_tokens = 32,
+                                            .max_inputs = 8,
                                             .queue_size = 8,
                                             .workers = 1,
                                             .max_batch = 8},
@@ -89,6 +91,20 @@ static double num(const cJSON *o, const char *k)
     const cJSON *f = cJSON_GetObjectItemCaseSensitive(o, k);
     ck_assert_msg(cJSON_IsNumber(f), "%s is not a number", k);
     return f->valuedouble;
+}
+
+/* api_handle_inline with the reply's body NUL-terminated, so it can be read as a string. */
+static int handle_inline(api_endpoint ep, const char *path, const char *model_arg, const char *body, size_t len,
+                         bool draining, api_reply *r)
+{
+    int rc = api_handle_inline(&g_ctx, ep, path, model_arg, body, len, draining, r);
+    if (rc == 0) {
+        char *p = realloc(r->body, r->len + 1);
+        ck_assert_ptr_nonnull(p);
+        p[r->len] = '\0';
+        r->body = p;
+    }
+    return rc;
 }
 
 /* ---- routing, errors, keys --------------------------------------------------- */
@@ -216,13 +232,92 @@ static const bad_case BAD[] = {
     {API_EP_GENERATE, "{\"stop\":[\"\"]}", 400, "stop"},
     {API_EP_GENERATE, "{\"prompt\":\"a\\\\u0000\",\"stop\":{\"a\":\"\\u0000\"}}", 400, "stop"},
     {API_EP_GENERATE, "{\"prompt\":7}", 400, "prompt"},
-    {API_EP_COMPLETIONS, "{\"prompt\":[\"a\"]}", 400, "prompt"},
+    {API_EP_COMPLETIONS, "{\"prompt\":[true]}", 400, "prompt"},
     {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"n\":0}", 400, "n"},
     {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"n\":17}", 400, "n"},
     {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"logprobs\":21}", 400, "logprobs"},
     {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"echo\":\"x\"}", 400, "echo"},
     {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"model\":5}", 400, "model"},
     {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"stream_options\":5}", 400, "stream_options"},
+    /* penalties and logit_bias, on both generation routes */
+    {API_EP_GENERATE, "{\"presence_penalty\":2.5}", 400, "presence_penalty"},
+    {API_EP_GENERATE, "{\"presence_penalty\":\"1\"}", 400, "presence_penalty"},
+    {API_EP_COMPLETIONS, "{\"frequency_penalty\":-2.01}", 400, "frequency_penalty"},
+    {API_EP_GENERATE, "{\"repetition_penalty\":0}", 400, "repetition_penalty"},
+    {API_EP_COMPLETIONS, "{\"repetition_penalty\":-1.1}", 400, "repetition_penalty"},
+    {API_EP_GENERATE, "{\"repetition_penalty\":100.5}", 400, "repetition_penalty"},
+    {API_EP_GENERATE, "{\"penalty_last_n\":-2}", 400, "penalty_last_n"},
+    {API_EP_COMPLETIONS, "{\"penalty_last_n\":1.5}", 400, "penalty_last_n"},
+    {API_EP_GENERATE, "{\"logit_bias\":[1]}", 400, "logit_bias"},
+    {API_EP_COMPLETIONS, "{\"logit_bias\":{\"257\":1}}", 400, "logit_bias"},
+    {API_EP_COMPLETIONS, "{\"logit_bias\":{\"50256\":-100}}", 400, "logit_bias"},
+    {API_EP_GENERATE, "{\"logit_bias\":{\"-1\":1}}", 400, "logit_bias"},
+    {API_EP_GENERATE, "{\"logit_bias\":{\"1.0\":1}}", 400, "logit_bias"},
+    {API_EP_GENERATE, "{\"logit_bias\":{\" 1\":1}}", 400, "logit_bias"},
+    {API_EP_GENERATE, "{\"logit_bias\":{\"\":1}}", 400, "logit_bias"},
+    {API_EP_GENERATE, "{\"logit_bias\":{\"x\":1}}", 400, "logit_bias"},
+    {API_EP_GENERATE, "{\"logit_bias\":{\"5\":100.5}}", 400, "logit_bias"},
+    {API_EP_COMPLETIONS, "{\"logit_bias\":{\"5\":\"1\"}}", 400, "logit_bias"},
+    {API_EP_COMPLETIONS, "{\"logit_bias\":{\"5\":null}}", 400, "logit_bias"},
+    {API_EP_COMPLETIONS, "{\"logit_bias\":{\"5\":1,\"05\":2}}", 400, "logit_bias"},
+    {API_EP_COMPLETIONS, "{\"top_k\":-2}", 400, "top_k"},
+    {API_EP_COMPLETIONS, "{\"top_k\":258}", 400, "top_k"},
+    /* OpenAI fields accepted only where they change nothing */
+    {API_EP_COMPLETIONS, "{\"best_of\":2}", 400, "best_of"},
+    {API_EP_COMPLETIONS, "{\"best_of\":3,\"n\":2}", 400, "best_of"},
+    {API_EP_COMPLETIONS, "{\"best_of\":0}", 400, "best_of"},
+    {API_EP_COMPLETIONS, "{\"suffix\":\"end\"}", 400, "suffix"},
+    {API_EP_COMPLETIONS, "{\"user\":5}", 400, "user"},
+    /* fields a route does not take */
+    {API_EP_SCORE, "{\"text\":\"a\",\"user\":\"x\"}", 400, "user"},
+    {API_EP_SCORE, "{\"text\":\"a\",\"temperature\":0}", 400, "temperature"},
+    {API_EP_ATTENTION, "{\"text\":\"a\",\"top_k\":1}", 400, "top_k"},
+    {API_EP_GENERATE, "{\"n\":2}", 400, "n"},
+    {API_EP_GENERATE, "{\"echo\":true}", 400, "echo"},
+    {API_EP_GENERATE, "{\"user\":\"x\"}", 400, "user"},
+    {API_EP_GENERATE, "{\"min_p\":0.1}", 400, "min_p"},
+    {API_EP_COMPLETIONS, "{\"attention\":true}", 400, "attention"},
+    {API_EP_COMPLETIONS, "{\"Prompt\":\"a\"}", 400, "Prompt"},
+    /* arrays of inputs: /v1/score */
+    {API_EP_SCORE, "{\"texts\":\"a\"}", 400, "texts"},
+    {API_EP_SCORE, "{\"texts\":[]}", 400, "texts"},
+    {API_EP_SCORE, "{\"texts\":[\"a\",1]}", 400, "texts"},
+    {API_EP_SCORE, "{\"texts\":[\"a\",[1]]}", 400, "texts"},
+    {API_EP_SCORE, "{\"texts\":[\"a\",\"\"]}", 400, "texts"},
+    {API_EP_SCORE, "{\"texts\":[\"a\"],\"text\":\"b\"}", 400, "texts"},
+    {API_EP_SCORE, "{\"texts\":[\"a\"],\"ids\":[1]}", 400, "texts"},
+    {API_EP_SCORE, "{\"ids\":[[1],[2,300]]}", 400, "ids"},
+    {API_EP_SCORE, "{\"ids\":[[1],2]}", 400, "ids"},
+    {API_EP_SCORE, "{\"ids\":[[1],[]]}", 400, "ids"},
+    {API_EP_SCORE, "{\"ids\":[[1]],\"text\":\"a\"}", 400, "ids"},
+    {API_EP_SCORE, "{\"texts\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\"]}", 413, "texts"},
+    {API_EP_SCORE, "{\"ids\":[[1],[1],[1],[1],[1],[1],[1],[1],[1]]}", 413, "ids"},
+    {API_EP_SCORE, "{\"texts\":[\"0123456789012345678901234567890123\",\"0123456789012345678901234567890\"]}", 413,
+     "texts"},
+    {API_EP_SCORE, "{\"texts\":[\"0123456789012345678901234567890123456789012345678901234567890123456789\"]}", 413,
+     "texts"},
+    {API_EP_SCORE, "{\"texts\":[\"a\",\"0123456789012345678901234567890123456789012345678901234567890\"],"
+                   "\"candidates\":[\"abcd\"]}",
+     413, "candidates"},
+    /* arrays of inputs: /v1/completions */
+    {API_EP_COMPLETIONS, "{\"prompt\":[]}", 400, "prompt"},
+    {API_EP_COMPLETIONS, "{\"prompt\":{\"a\":1}}", 400, "prompt"},
+    {API_EP_COMPLETIONS, "{\"prompt\":[\"a\",5]}", 400, "prompt"},
+    {API_EP_COMPLETIONS, "{\"prompt\":[65,\"a\"]}", 400, "prompt"},
+    {API_EP_COMPLETIONS, "{\"prompt\":[[65],[66,300]]}", 400, "prompt"},
+    {API_EP_COMPLETIONS, "{\"prompt\":[[65],[66,1.5]]}", 400, "prompt"},
+    {API_EP_COMPLETIONS, "{\"prompt\":[\"a\"],\"ids\":[1]}", 400, "ids"},
+    {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"ids\":[1]}", 400, "ids"},
+    {API_EP_COMPLETIONS, "{\"prompt\":[\"a\",\"b\",\"c\",\"d\",\"e\"],\"n\":13}", 400, "n"},
+    {API_EP_COMPLETIONS, "{\"prompt\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\"]}", 413, "prompt"},
+    {API_EP_COMPLETIONS, "{\"prompt\":[\"0123456789012345678901234567890123\",[48,49,50,51,52,53,54,55,56,57,48,49,50,"
+                         "51,52,53,54,55,56,57,48,49,50,51,52,53,54,55,56,57,48]]}",
+     413, "prompt"},
+    {API_EP_COMPLETIONS, "{\"prompt\":[48,49,50,51,52,53,54,55,56,57,48,49,50,51,52,53,54,55,56,57,48,49,50,51,52,53,"
+                         "54,55,56,57,48,49,50,51,52,53,54,55,56,57,48,49,50,51,52,53,54,55,56,57,48,49,50,51,52,53,54,"
+                         "55,56,57,48,49,50,51,52,53]}",
+     413, "prompt"},
+    {API_EP_GENERATE, "{\"prompt\":[\"a\",\"b\"]}", 400, "prompt"},
     {API_EP_ATTENTION, "{\"text\":\"a\",\"format\":\"sparse\"}", 400, "format"},
     {API_EP_ATTENTION, "{\"text\":\"012345678901234567890123456789012\"}", 413, "text"},
     /* JSON text is UTF-8: ill-formed strings are refused, naming the top-level field they are in. */
@@ -265,12 +360,36 @@ START_TEST(test_bad_requests_are_refused)
 }
 END_TEST
 
-START_TEST(test_nulls_and_unknown_fields_are_defaults)
+START_TEST(test_nulls_are_defaults)
 {
-    cJSON *o = run_json(API_EP_SCORE, "{\"text\":\"ab\",\"top_k\":null,\"candidates\":null,\"user\":\"x\"}");
+    cJSON *o = run_json(API_EP_SCORE, "{\"text\":\"ab\",\"top_k\":null,\"candidates\":null,\"texts\":null}");
     cJSON *tok = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "tokens"), 0);
     ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(tok, "top")), 5);
     cJSON_Delete(o);
+    /* The OpenAI fields a client may send by default are taken: user, and best_of and
+     * suffix where they change nothing; logit_bias {} is no bias. */
+    const char *plain = "{\"prompt\":\"ab\",\"max_tokens\":6,\"seed\":3,\"n\":2}";
+    cJSON *a = run_json(API_EP_COMPLETIONS, plain);
+    cJSON *b = run_json(API_EP_COMPLETIONS, "{\"prompt\":\"ab\",\"max_tokens\":6,\"seed\":3,\"n\":2,\"user\":\"u-1\","
+                                            "\"best_of\":2,\"suffix\":\"\",\"logit_bias\":{},\"presence_penalty\":0,"
+                                            "\"frequency_penalty\":0,\"top_k\":-1,\"stream_options\":null}");
+    for (int k = 0; k < 2; k++)
+        ck_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(a, "choices"), k), "text")->valuestring,
+                         cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(b, "choices"), k), "text")->valuestring);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    /* tokenize and detokenize refuse other fields too */
+    api_reply r;
+    const char *t = "{\"text\":\"a\",\"ids\":[1]}";
+    ck_assert_int_eq(handle_inline(API_EP_TOKENIZE, NULL, NULL, t, strlen(t), false, &r), 0);
+    ck_assert_int_eq(r.status, 400);
+    ck_assert_ptr_nonnull(strstr(r.body, "\"param\":\"ids\""));
+    free(r.body);
+    t = "{\"ids\":[65],\"text\":\"a\"}";
+    ck_assert_int_eq(handle_inline(API_EP_DETOKENIZE, NULL, NULL, t, strlen(t), false, &r), 0);
+    ck_assert_int_eq(r.status, 400);
+    ck_assert_ptr_nonnull(strstr(r.body, "\"param\":\"text\""));
+    free(r.body);
 }
 END_TEST
 
@@ -714,7 +833,7 @@ START_TEST(test_zero_alternatives_and_nul_bytes)
     /* Byte 0 is a token like any other: it is escaped, never a string's end. */
     api_reply r;
     const char *d = "{\"ids\":[65,0,66]}";
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_DETOKENIZE, NULL, NULL, d, strlen(d), false, &r), 0);
+    ck_assert_int_eq(handle_inline(API_EP_DETOKENIZE, NULL, NULL, d, strlen(d), false, &r), 0);
     ck_assert_int_eq(r.status, 200);
     ck_assert_msg(strstr(r.body, "\"text\":\"A\\u0000B\"") != NULL, "%s", r.body);
     free(r.body);
@@ -790,10 +909,10 @@ END_TEST
 START_TEST(test_inline_endpoints)
 {
     api_reply r;
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_READY, NULL, NULL, NULL, 0, true, &r), 0);
+    ck_assert_int_eq(handle_inline(API_EP_READY, NULL, NULL, NULL, 0, true, &r), 0);
     ck_assert_int_eq(r.status, 503);
     free(r.body);
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_TOKENIZE, NULL, NULL, "{\"text\":\"h\xC3\xA9\"}", 14, false, &r), 0);
+    ck_assert_int_eq(handle_inline(API_EP_TOKENIZE, NULL, NULL, "{\"text\":\"h\xC3\xA9\"}", 14, false, &r), 0);
     cJSON *o = cJSON_Parse(r.body), *toks = cJSON_GetObjectItem(o, "tokens");
     ck_assert_int_eq(cJSON_GetArraySize(toks), 3);
     ck_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(toks, 1), "text")->valuestring, "\xEF\xBF\xBD");
@@ -801,17 +920,17 @@ START_TEST(test_inline_endpoints)
     cJSON_Delete(o);
     free(r.body);
     const char *d = "{\"ids\":[256,104,195,169,255]}";
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_DETOKENIZE, NULL, NULL, d, strlen(d), false, &r), 0);
+    ck_assert_int_eq(handle_inline(API_EP_DETOKENIZE, NULL, NULL, d, strlen(d), false, &r), 0);
     o = cJSON_Parse(r.body);
     ck_assert_str_eq(cJSON_GetObjectItem(o, "text")->valuestring, "h\xC3\xA9\xEF\xBF\xBD");
     cJSON_Delete(o);
     free(r.body);
     d = "{\"ids\":[1,257]}";
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_DETOKENIZE, NULL, NULL, d, strlen(d), false, &r), 0);
+    ck_assert_int_eq(handle_inline(API_EP_DETOKENIZE, NULL, NULL, d, strlen(d), false, &r), 0);
     ck_assert_int_eq(r.status, 400);
     ck_assert_ptr_nonnull(strstr(r.body, "\"param\":\"ids\""));
     free(r.body);
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_MODEL, NULL, NULL, NULL, 0, false, &r), 0);
+    ck_assert_int_eq(handle_inline(API_EP_MODEL, NULL, NULL, NULL, 0, false, &r), 0);
     o = cJSON_Parse(r.body);
     ck_assert_int_eq((int)num(cJSON_GetObjectItem(o, "limits"), "max_input_tokens"), 64);
     ck_assert_int_eq((int)num(o, "parameters"), (int)model_param_count(g_model));
@@ -831,11 +950,11 @@ START_TEST(test_model_by_id)
     ck_assert_int_eq(api_route("GET", "/v1/models/", &ep, &allow), 404);
     ck_assert_int_eq(api_route("POST", "/v1/models/fixture gru_dot", &ep, &allow), 405);
     api_reply r;
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_MODEL_BY_ID, "/v1/models/fixture gru_dot", NULL, NULL, 0, false, &r), 0);
+    ck_assert_int_eq(handle_inline(API_EP_MODEL_BY_ID, "/v1/models/fixture gru_dot", NULL, NULL, 0, false, &r), 0);
     ck_assert_int_eq(r.status, 200);
     ck_assert_ptr_nonnull(strstr(r.body, "\"id\":\"fixture gru_dot\""));
     free(r.body);
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_MODEL_BY_ID, "/v1/models/other", NULL, NULL, 0, false, &r), 0);
+    ck_assert_int_eq(handle_inline(API_EP_MODEL_BY_ID, "/v1/models/other", NULL, NULL, 0, false, &r), 0);
     ck_assert_int_eq(r.status, 404);
     ck_assert_ptr_nonnull(strstr(r.body, "\"param\":\"model\""));
     free(r.body);
@@ -848,7 +967,7 @@ START_TEST(test_metrics_exposition)
     metrics_request(&g_metrics, API_EP_SCORE, 413, 0.0001);
     metrics_batch(&g_metrics, 5);
     api_reply r;
-    ck_assert_int_eq(api_handle_inline(&g_ctx, API_EP_METRICS, NULL, NULL, NULL, 0, false, &r), 0);
+    ck_assert_int_eq(handle_inline(API_EP_METRICS, NULL, NULL, NULL, 0, false, &r), 0);
     ck_assert_ptr_nonnull(strstr(r.body, "attnlm_requests_total{route=\"/v1/score\",status=\"200\"} 1\n"));
     ck_assert_ptr_nonnull(strstr(r.body, "attnlm_requests_total{route=\"/v1/score\",status=\"413\"} 1\n"));
     ck_assert_ptr_nonnull(strstr(r.body, "attnlm_request_duration_seconds_bucket{route=\"/v1/score\",le=\"0.025\"} 2\n"));
@@ -861,19 +980,381 @@ START_TEST(test_metrics_exposition)
 }
 END_TEST
 
+/* ---- penalties, logit_bias, arrays of inputs ------------------------------------- */
+
+/* Each adjustment on a logit vector worked out by hand (all values exact in binary). */
+START_TEST(test_sampler_adjust_by_hand)
+{
+    const float in[4] = {2.0f, -1.0f, 0.5f, 3.0f};
+    const int window[4] = {1, 1, 0, 0}, counts[4] = {0, 2, 1, 0};
+    float x[4];
+    /* repetition 2: positive logits halved, negative doubled, only for tokens in the window */
+    memcpy(x, in, sizeof x);
+    sampler_adjust(x, 4, &(sampler_penalties){0.0f, 0.0f, 2.0f}, window, counts, NULL);
+    ck_assert(x[0] == 1.0f && x[1] == -2.0f && x[2] == 0.5f && x[3] == 3.0f);
+    /* presence 0.5: once for every generated token, whatever its count */
+    memcpy(x, in, sizeof x);
+    sampler_adjust(x, 4, &(sampler_penalties){0.5f, 0.0f, 1.0f}, window, counts, NULL);
+    ck_assert(x[0] == 2.0f && x[1] == -1.5f && x[2] == 0.0f && x[3] == 3.0f);
+    /* frequency 0.25: per time generated */
+    memcpy(x, in, sizeof x);
+    sampler_adjust(x, 4, &(sampler_penalties){0.0f, 0.25f, 1.0f}, window, counts, NULL);
+    ck_assert(x[0] == 2.0f && x[1] == -1.5f && x[2] == 0.25f && x[3] == 3.0f);
+    /* bias: added; -INFINITY bans */
+    const float bias[4] = {0.0f, 0.0f, 1.5f, -INFINITY};
+    memcpy(x, in, sizeof x);
+    sampler_adjust(x, 4, NULL, NULL, NULL, bias);
+    ck_assert(x[0] == 2.0f && x[1] == -1.0f && x[2] == 2.0f && x[3] == -INFINITY);
+    /* all together, in the order repetition, presence + frequency, bias */
+    memcpy(x, in, sizeof x);
+    sampler_adjust(x, 4, &(sampler_penalties){0.5f, 0.25f, 2.0f}, window, counts, bias);
+    ck_assert(x[0] == 1.0f && x[1] == -3.0f && x[2] == 1.25f && x[3] == -INFINITY);
+
+    /* Greedy picks the argmax of the adjusted logits: 2, not the model's 3; no coin reaches a ban. */
+    sampler *smp = sampler_new(4);
+    ck_assert_int_eq(sampler_sample(smp, in, &(sampler_params){0.0f, 0, 1.0f}, 0.5f), 3);
+    ck_assert_int_eq(sampler_sample(smp, x, &(sampler_params){0.0f, 0, 1.0f}, 0.5f), 2);
+    for (float coin = 0.0f; coin < 1.0f; coin += 1.0f / 64)
+        ck_assert_int_ne(sampler_sample(smp, x, &(sampler_params){1.0f, 0, 1.0f}, coin), 3);
+    /* Everything banned: no NaN, no crash, the lowest id. */
+    const float none[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    ck_assert_int_eq(sampler_sample(smp, none, &(sampler_params){1.0f, 2, 0.9f}, 0.7f), 0);
+    ck_assert_int_eq(sampler_sample(smp, none, &(sampler_params){0.0f, 0, 1.0f}, 0.7f), 0);
+    sampler_free(smp);
+}
+END_TEST
+
+static int tok_id(const cJSON *toks, int i) { return (int)num(cJSON_GetArrayItem(toks, i), "id"); }
+
+/* A penalized, biased greedy generation is what decoding by hand gives: the
+ * repetition window (the last 3 tokens of prompt + output) slides, presence and
+ * frequency count the output only, and the answer's log-probabilities are the
+ * model's own. */
+START_TEST(test_penalized_greedy_equals_reference)
+{
+    const char *prompt = "abcab";
+    const int P = 5, N = 40, V = 257, last_n = 3;
+    const float presence = 0.7f, frequency = 0.4f, repetition = 1.5f;
+    cJSON *o = run_json(API_EP_GENERATE, "{\"prompt\":\"abcab\",\"max_tokens\":40,\"temperature\":0,"
+                                         "\"presence_penalty\":0.7,\"frequency_penalty\":0.4,\"repetition_penalty\":1.5,"
+                                         "\"penalty_last_n\":3,\"logit_bias\":{\"101\":-100,\"32\":2.5}}");
+    cJSON *toks = cJSON_GetObjectItem(o, "tokens");
+    ck_assert_int_eq(cJSON_GetArraySize(toks), N);
+
+    int ctx[5 + 40];
+    for (int i = 0; i < P; i++)
+        ctx[i] = (unsigned char)prompt[i];
+    int ids[6] = {256};
+    memcpy(ids + 1, ctx, P * sizeof *ids);
+    char err[ATTNLM_ERR_LEN];
+    model_seq *seq = model_seq_new(g_model);
+    model_batch *b = model_batch_new(g_model, 1);
+    ck_assert_int_eq(model_forward(g_model, ids, P, NULL, NULL, seq, err, sizeof err), 0);
+    float logits[257], lp[257];
+    int next = ctx[P - 1], changed = 0;
+    for (int n = 0; n < N; n++) {
+        ck_assert_int_eq(model_step(g_model, b, &seq, &next, 1, logits, NULL, err, sizeof err), 0);
+        model_log_softmax(lp, logits, V);
+        changed += sampler_argmax(logits, V) != tok_id(toks, n);
+        /* by hand, rescanning */
+        for (int t = 0; t < V; t++) {
+            int in_window = 0, gen = 0;
+            for (int q = P + n - last_n; q < P + n; q++)
+                in_window |= q >= 0 && ctx[q] == t;
+            for (int q = P; q < P + n; q++)
+                gen += ctx[q] == t;
+            if (in_window)
+                logits[t] = logits[t] > 0 ? logits[t] / repetition : logits[t] * repetition;
+            if (gen)
+                logits[t] -= presence + frequency * (float)gen;
+        }
+        logits[101] = -INFINITY;
+        logits[32] += 2.5f;
+        logits[256] = -INFINITY;
+        int want = sampler_argmax(logits, V);
+        ck_assert_msg(tok_id(toks, n) == want, "token %d: %d, by hand %d", n, tok_id(toks, n), want);
+        ck_assert_msg((float)num(cJSON_GetArrayItem(toks, n), "logprob") == lp[want], "token %d: logprob %g, model %g",
+                      n, num(cJSON_GetArrayItem(toks, n), "logprob"), lp[want]);
+        ck_assert_int_ne(want, 101);
+        ctx[P + n] = next = want;
+    }
+    ck_assert_int_gt(changed, 0); /* the penalties and the bias did change tokens */
+    model_batch_free(b);
+    model_seq_free(seq);
+    cJSON_Delete(o);
+}
+END_TEST
+
+static const char *choice_text(const cJSON *o, int k)
+{
+    return cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), k), "text")->valuestring;
+}
+
+START_TEST(test_logit_bias_bans)
+{
+    /* Banning the greedy next byte changes it; the reported numbers stay the model's. */
+    cJSON *a = run_json(API_EP_GENERATE, "{\"prompt\":\"Call me\",\"max_tokens\":1,\"temperature\":0,\"logprobs\":4}");
+    cJSON *ta = cJSON_GetArrayItem(cJSON_GetObjectItem(a, "tokens"), 0);
+    int first = (int)num(ta, "id");
+    char req[256];
+    snprintf(req, sizeof req,
+             "{\"prompt\":\"Call me\",\"max_tokens\":1,\"temperature\":0,\"logprobs\":4,\"logit_bias\":{\"%d\":-100}}", first);
+    cJSON *b = run_json(API_EP_GENERATE, req);
+    cJSON *tb = cJSON_GetArrayItem(cJSON_GetObjectItem(b, "tokens"), 0);
+    int second = (int)num(tb, "id");
+    ck_assert_int_ne(second, first);
+    char *top_a = cJSON_PrintUnformatted(cJSON_GetObjectItem(ta, "top")),
+         *top_b = cJSON_PrintUnformatted(cJSON_GetObjectItem(tb, "top"));
+    ck_assert_str_eq(top_a, top_b);
+    /* the next most likely byte of the model, with its own log-probability */
+    cJSON *alt = cJSON_GetArrayItem(cJSON_GetObjectItem(ta, "top"), 1);
+    ck_assert_int_eq(second, (int)num(alt, "id"));
+    ck_assert(num(tb, "logprob") == num(alt, "logprob"));
+    free(top_a);
+    free(top_b);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+
+    /* A positive bias on one byte with the rest banned: only that byte, at any temperature. */
+    char *big = malloc(8192);
+    size_t len = (size_t)snprintf(big, 8192, "{\"prompt\":\"x\",\"max_tokens\":20,\"seed\":4,\"logit_bias\":{");
+    for (int t = 0; t < 256; t++)
+        len += (size_t)snprintf(big + len, 8192 - len, "%s\"%d\":%s", t ? "," : "", t, t == 'q' ? "3" : "-100");
+    snprintf(big + len, 8192 - len, "}}");
+    cJSON *q = run_json(API_EP_GENERATE, big);
+    ck_assert_str_eq(cJSON_GetObjectItem(q, "text")->valuestring, "qqqqqqqqqqqqqqqqqqqq");
+    cJSON_Delete(q);
+
+    /* Every byte banned: the bans cancel out (the same -100 added to every byte), no crash. */
+    len = (size_t)snprintf(big, 8192, "{\"prompt\":\"x\",\"max_tokens\":20,\"seed\":4,\"logit_bias\":{");
+    for (int t = 0; t < 257; t++)
+        len += (size_t)snprintf(big + len, 8192 - len, "%s\"%d\":-100", t ? "," : "", t);
+    snprintf(big + len, 8192 - len, "}}");
+    for (int greedy = 0; greedy < 2; greedy++) {
+        cJSON *all = run_json(API_EP_GENERATE, big);
+        cJSON *plain = run_json(API_EP_GENERATE, greedy ? "{\"prompt\":\"x\",\"max_tokens\":20,\"temperature\":0}"
+                                                        : "{\"prompt\":\"x\",\"max_tokens\":20,\"seed\":4}");
+        cJSON *ta = cJSON_GetObjectItem(all, "tokens"), *tp = cJSON_GetObjectItem(plain, "tokens");
+        for (int i = 0; i < 20; i++)
+            ck_assert_int_eq(tok_id(ta, i), tok_id(tp, i));
+        cJSON_Delete(all);
+        cJSON_Delete(plain);
+        len = (size_t)snprintf(big, 8192, "{\"prompt\":\"x\",\"max_tokens\":20,\"temperature\":0,\"logit_bias\":{");
+        for (int t = 0; t < 256; t++)
+            len += (size_t)snprintf(big + len, 8192 - len, "%s\"%d\":-100", t ? "," : "", t);
+        snprintf(big + len, 8192 - len, "}}");
+    }
+    free(big);
+
+    /* The same on /v1/completions, with its own greedy. */
+    cJSON *c = run_json(API_EP_COMPLETIONS, "{\"prompt\":\"Call me\",\"max_tokens\":1,\"temperature\":0}");
+    snprintf(req, sizeof req, "{\"prompt\":\"Call me\",\"max_tokens\":1,\"temperature\":0,\"logit_bias\":{\"%d\":-100}}",
+             (unsigned char)choice_text(c, 0)[0]);
+    ck_assert_int_eq((unsigned char)choice_text(c, 0)[0], first);
+    cJSON *d = run_json(API_EP_COMPLETIONS, req);
+    ck_assert_int_eq((unsigned char)choice_text(d, 0)[0], second);
+    cJSON_Delete(c);
+    cJSON_Delete(d);
+}
+END_TEST
+
+/* Greedy text that repeats itself repeats less with a frequency penalty. */
+START_TEST(test_frequency_penalty_reduces_repeats)
+{
+    int repeats[2];
+    for (int k = 0; k < 2; k++) {
+        cJSON *o = run_json(API_EP_GENERATE, k ? "{\"prompt\":\"the \",\"max_tokens\":100,\"temperature\":0,"
+                                                 "\"frequency_penalty\":2}"
+                                               : "{\"prompt\":\"the \",\"max_tokens\":100,\"temperature\":0}");
+        cJSON *toks = cJSON_GetObjectItem(o, "tokens");
+        int seen[257] = {0};
+        repeats[k] = 0;
+        for (int i = 0; i < 100; i++)
+            repeats[k] += seen[tok_id(toks, i)]++ > 0;
+        cJSON_Delete(o);
+    }
+    ck_assert_msg(repeats[1] < repeats[0], "repeated bytes: %d with frequency_penalty 2, %d without", repeats[1],
+                  repeats[0]);
+}
+END_TEST
+
+/* Starts the jobs of bodies[n] together (score jobs share one forward pass) and
+ * returns their answers (caller frees). */
+static void run_together(api_endpoint ep, const char *const *bodies, int n, char **out)
+{
+    api_job *jobs[8];
+    api_error e;
+    for (int i = 0; i < n; i++) {
+        jobs[i] = api_job_new(&g_ctx, ep, bodies[i], strlen(bodies[i]), 1, "t", &e);
+        ck_assert_msg(jobs[i] != NULL, "%s: %s", bodies[i], e.message);
+    }
+    api_worker *w = api_worker_new(8);
+    api_job_start_many(jobs, n, w);
+    for (int i = 0; i < n; i++) {
+        int status;
+        char *data;
+        ck_assert(api_job_done(jobs[i]));
+        size_t len = api_job_take_output(jobs[i], &data, &status);
+        ck_assert_int_eq(status, 200);
+        ck_assert_ptr_nonnull(out[i] = strndup(data, len));
+        free(data);
+        api_job_free(jobs[i]);
+    }
+    api_worker_free(w);
+}
+
+START_TEST(test_score_array_equals_singles)
+{
+    /* The answer of an array is each single answer, in order, byte for byte, when the
+     * singles share a pass the same way; and the same to float rounding alone. */
+    const char *singles[3] = {"{\"text\":\"Call me\",\"top_k\":2,\"candidates\":[\" Ishmael\",\"x\"]}",
+                              "{\"ids\":[0,255,10],\"top_k\":2,\"candidates\":[\" Ishmael\",\"x\"]}",
+                              "{\"text\":\"The whale, the whale!\",\"top_k\":2,\"candidates\":[\" Ishmael\",\"x\"]}"};
+    char *one[3], *arr[2];
+    run_together(API_EP_SCORE, singles, 3, one);
+    const char *ids = "{\"ids\":[[67,97,108,108,32,109,101],[0,255,10],[256,84,104,101,32,119,104,97,108,101,44,32,"
+                      "116,104,101,32,119,104,97,108,101,33]],\"top_k\":2,\"candidates\":[\" Ishmael\",\"x\"]}";
+    /* Byte 0 cannot be sent in text (a string holding U+0000 is refused): the texts form
+     * has a second input of its own. */
+    const char *texts = "{\"texts\":[\"Call me\",\"\\u00ff\\n\",\"The whale, the whale!\"],\"top_k\":2,"
+                        "\"candidates\":[\" Ishmael\",\"x\"]}";
+    char *texts_one[3];
+    const char *texts_singles[3] = {singles[0], "{\"text\":\"\\u00ff\\n\",\"top_k\":2,\"candidates\":[\" Ishmael\",\"x\"]}",
+                                    singles[2]};
+    run_together(API_EP_SCORE, texts_singles, 3, texts_one);
+    run_together(API_EP_SCORE, &texts, 1, &arr[0]);
+    run_together(API_EP_SCORE, &ids, 1, &arr[1]);
+    for (int form = 0; form < 2; form++) {
+        char **want = form ? one : texts_one;
+        char expect[16384];
+        int n = snprintf(expect, sizeof expect, "{\"results\":[%s,%s,%s],\"usage\":{\"input_tokens\":", want[0], want[1],
+                         want[2]);
+        ck_assert_int_lt(n, (int)sizeof expect);
+        if (strncmp(arr[form], expect, (size_t)n) != 0) {
+            size_t d = 0;
+            while (arr[form][d] == expect[d])
+                d++;
+            ck_abort_msg("form %d differs at byte %zu: %.60s, want %.60s", form, d, arr[form] + d, expect + d);
+        }
+        cJSON *o = cJSON_Parse(arr[form]);
+        int total = 0;
+        for (int i = 0; i < 3; i++)
+            total += (int)num(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "results"), i), "usage"),
+                              "input_tokens");
+        ck_assert_int_eq(total, 7 + 3 + 21); /* U+00FF is two bytes; a leading 256 is the BOS */
+        ck_assert_int_eq((int)num(cJSON_GetObjectItem(o, "usage"), "input_tokens"), total);
+        cJSON_Delete(o);
+    }
+    /* Each alone: the same tokens and alternatives, numbers to float rounding. */
+    for (int i = 0; i < 3; i++) {
+        cJSON *alone = run_json(API_EP_SCORE, singles[i]);
+        cJSON *o = cJSON_Parse(arr[1]), *r = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "results"), i);
+        cJSON *ta = cJSON_GetObjectItem(alone, "tokens"), *tr = cJSON_GetObjectItem(r, "tokens");
+        ck_assert_int_eq(cJSON_GetArraySize(ta), cJSON_GetArraySize(tr));
+        for (int t = 0; t < cJSON_GetArraySize(ta); t++) {
+            cJSON *x = cJSON_GetArrayItem(ta, t), *y = cJSON_GetArrayItem(tr, t);
+            ck_assert_int_eq((int)num(x, "id"), (int)num(y, "id"));
+            ck_assert(fabs(num(x, "logprob") - num(y, "logprob")) < 1e-5);
+            for (int a = 0; a < 2; a++)
+                ck_assert_int_eq((int)num(cJSON_GetArrayItem(cJSON_GetObjectItem(x, "top"), a), "id"),
+                                 (int)num(cJSON_GetArrayItem(cJSON_GetObjectItem(y, "top"), a), "id"));
+        }
+        ck_assert(fabs(num(alone, "logprob") - num(r, "logprob")) < 1e-4);
+        cJSON_Delete(o);
+        cJSON_Delete(alone);
+    }
+    for (int i = 0; i < 3; i++) {
+        free(one[i]);
+        free(texts_one[i]);
+    }
+    free(arr[0]);
+    free(arr[1]);
+}
+END_TEST
+
+START_TEST(test_completions_prompt_arrays)
+{
+    /* Three prompts (a string, the empty prompt, token ids), two choices each: choice
+     * p * 2 + j is choice j of the request for prompt p alone, with the same seed. */
+    cJSON *o = run_json(API_EP_COMPLETIONS, "{\"prompt\":[\"Call me\",\"\",[104,105,256,32]],\"n\":2,\"max_tokens\":12,"
+                                            "\"seed\":5,\"echo\":true,\"logprobs\":1}");
+    const char *alone[3] = {"{\"prompt\":\"Call me\",\"n\":2,\"max_tokens\":12,\"seed\":5,\"echo\":true,\"logprobs\":1}",
+                            "{\"prompt\":\"\",\"n\":2,\"max_tokens\":12,\"seed\":5,\"echo\":true,\"logprobs\":1}",
+                            "{\"prompt\":[104,105,256,32],\"n\":2,\"max_tokens\":12,\"seed\":5,\"echo\":true,\"logprobs\":1}"};
+    cJSON *choices = cJSON_GetObjectItem(o, "choices");
+    ck_assert_int_eq(cJSON_GetArraySize(choices), 6);
+    int prompt_tokens = 0;
+    for (int p = 0; p < 3; p++) {
+        cJSON *s = run_json(API_EP_COMPLETIONS, alone[p]);
+        prompt_tokens += (int)num(cJSON_GetObjectItem(s, "usage"), "prompt_tokens");
+        for (int j = 0; j < 2; j++) {
+            cJSON *c = cJSON_GetArrayItem(choices, p * 2 + j), *sc = cJSON_GetArrayItem(cJSON_GetObjectItem(s, "choices"), j);
+            ck_assert_int_eq((int)num(c, "index"), p * 2 + j);
+            ck_assert_str_eq(cJSON_GetObjectItem(c, "text")->valuestring, cJSON_GetObjectItem(sc, "text")->valuestring);
+            cJSON *la = cJSON_GetObjectItem(cJSON_GetObjectItem(c, "logprobs"), "token_logprobs"),
+                  *lb = cJSON_GetObjectItem(cJSON_GetObjectItem(sc, "logprobs"), "token_logprobs");
+            ck_assert_int_eq(cJSON_GetArraySize(la), cJSON_GetArraySize(lb));
+            for (int t = 0; t < cJSON_GetArraySize(la); t++)
+                ck_assert(fabs(cJSON_GetArrayItem(la, t)->valuedouble - cJSON_GetArrayItem(lb, t)->valuedouble) < 1e-5);
+        }
+        cJSON_Delete(s);
+    }
+    ck_assert_str_ne(choice_text(o, 0), choice_text(o, 1));
+    ck_assert_int_eq(prompt_tokens, 7 + 0 + 4); /* BOS among the ids is a token like any other */
+    ck_assert_int_eq((int)num(cJSON_GetObjectItem(o, "usage"), "prompt_tokens"), prompt_tokens);
+    ck_assert_int_eq((int)num(cJSON_GetObjectItem(o, "usage"), "completion_tokens"), 6 * 12);
+    cJSON_Delete(o);
+
+    /* Streamed: every choice's chunks carry its index, and add up to the same texts. */
+    int status;
+    char *sse = run_job(API_EP_COMPLETIONS,
+                        "{\"prompt\":[\"Call me\",\"\",[104,105,256,32]],\"n\":2,\"max_tokens\":12,\"seed\":5,"
+                        "\"stream\":true}",
+                        &status);
+    cJSON *plain = run_json(API_EP_COMPLETIONS,
+                            "{\"prompt\":[\"Call me\",\"\",[104,105,256,32]],\"n\":2,\"max_tokens\":12,\"seed\":5}");
+    char texts[6][64] = {{0}};
+    int ends = 0;
+    for (const char *p = sse; (p = strstr(p, "data: {")); p += 6) {
+        const char *end = strstr(p, "\n\n");
+        cJSON *ev = cJSON_ParseWithLength(p + 6, (size_t)(end - p - 6));
+        cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItem(ev, "choices"), 0);
+        int k = (int)num(c, "index");
+        ck_assert(k >= 0 && k < 6);
+        strcat(texts[k], cJSON_GetObjectItem(c, "text")->valuestring);
+        ends += cJSON_IsString(cJSON_GetObjectItem(c, "finish_reason"));
+        cJSON_Delete(ev);
+    }
+    ck_assert_int_eq(ends, 6);
+    for (int k = 0; k < 6; k++)
+        ck_assert_str_eq(texts[k], choice_text(plain, k));
+    cJSON_Delete(plain);
+    free(sse);
+
+    /* 5 prompts x 12 choices: 60 sequences, more than the worker's batch of 8, step together. */
+    o = run_json(API_EP_COMPLETIONS, "{\"prompt\":[\"a\",\"b\",\"c\",\"d\",\"e\"],\"n\":12,\"max_tokens\":3,\"seed\":1}");
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(o, "choices")), 60);
+    ck_assert_int_eq((int)num(cJSON_GetObjectItem(o, "usage"), "completion_tokens"), 180);
+    cJSON_Delete(o);
+}
+END_TEST
+
 int main(void)
 {
     const check_case api = {
         "api",
         CHECK_TESTS(CHECK_TEST(test_routes), CHECK_TEST(test_error_body), CHECK_TEST(test_api_key),
                     CHECK_LOOP(test_bad_requests_are_refused, (int)(sizeof BAD / sizeof *BAD)),
-                    CHECK_TEST(test_nulls_and_unknown_fields_are_defaults), CHECK_TEST(test_score_matches_engine),
+                    CHECK_TEST(test_nulls_are_defaults), CHECK_TEST(test_score_matches_engine),
                     CHECK_TEST(test_attention_rows), CHECK_TEST(test_attention_summary),
                     CHECK_TEST(test_attribution_matches_engine), CHECK_TEST(test_generation_is_reproducible_and_streams_alike),
                     CHECK_TEST(test_stop_string_ends_generation), CHECK_TEST(test_stream_sends_whole_characters),
                     CHECK_TEST(test_zero_alternatives_and_nul_bytes), CHECK_TEST(test_completions_echo_scores_prompt),
                     CHECK_TEST(test_inline_endpoints), CHECK_TEST(test_model_by_id),
-                    CHECK_TEST(test_metrics_exposition)),
+                    CHECK_TEST(test_metrics_exposition), CHECK_TEST(test_sampler_adjust_by_hand),
+                    CHECK_TEST(test_penalized_greedy_equals_reference), CHECK_TEST(test_logit_bias_bans),
+                    CHECK_TEST(test_frequency_penalty_reduces_repeats), CHECK_TEST(test_score_array_equals_singles),
+                    CHECK_TEST(test_completions_prompt_arrays)),
         .setup = setup,
         .teardown = teardown,
         .timeout = 60,

@@ -179,5 +179,74 @@ await check('(f) a wrong key rejects with a 401 AuthenticationError (any key pas
   assert(open.status === 200, `/health without a key: ${open.status}`);
 });
 
+// Sampling controls web backends send: a penalty or a bias visibly changes what comes back.
+const greedy = { model: modelId, prompt: 'Call me Ishmael. ', max_tokens: 200, temperature: 0 };
+const repeated = (text) => {
+  const seen = new Set();
+  let n = 0;
+  for (const b of Buffer.from(text)) {
+    if (seen.has(b)) n++;
+    seen.add(b);
+  }
+  return n;
+};
+
+await check('(g) logit_bias banning the greedy next byte changes the greedy text', async () => {
+  const plain = (await client.completions.create(greedy)).choices[0].text;
+  const first = Buffer.from(plain)[0];
+  const r = await client.completions.create({ ...greedy, logit_bias: { [String(first)]: -100 } });
+  const text = r.choices[0].text;
+  assert(text !== plain, 'the same text with its first byte banned');
+  assert(!Buffer.from(text).includes(first), `banned byte ${first} in ${json(text)}`);
+  let err = null;
+  try {
+    await client.completions.create({ ...greedy, logit_bias: { 50256: -100 } });
+  } catch (e) {
+    err = e;
+  }
+  assert(err instanceof OpenAI.BadRequestError && err.param === 'logit_bias', `an id out of range: ${err}`);
+  return `${json(plain.slice(0, 12))} -> ${json(text.slice(0, 12))}`;
+});
+
+await check('(h) frequency_penalty 2 repeats fewer bytes in a greedy 200-byte completion than 0', async () => {
+  const plain = (await client.completions.create({ ...greedy, frequency_penalty: 0 })).choices[0].text;
+  const pen = (await client.completions.create({ ...greedy, frequency_penalty: 2 })).choices[0].text;
+  assert(repeated(pen) < repeated(plain), `${repeated(pen)} repeated bytes with the penalty, ${repeated(plain)} without`);
+  return `${repeated(plain)} -> ${repeated(pen)} repeated bytes`;
+});
+
+await check('(i) an array of 3 prompts with n 2: 6 choices in order, each the single-prompt call', async () => {
+  const prompts = ['Call me Ishmael.', 'The whale', 'It is not down on any map'];
+  const req = { model: modelId, max_tokens: 24, n: 2, seed: 77, temperature: 0.9 };
+  const r = await client.completions.create({ ...req, prompt: prompts });
+  assert(r.choices.length === 6, `${r.choices.length} choices`);
+  assert(json(r.choices.map((c) => c.index)) === json([0, 1, 2, 3, 4, 5]), `indices ${json(r.choices.map((c) => c.index))}`);
+  let prompt_tokens = 0;
+  for (const [p, prompt] of prompts.entries()) {
+    const alone = await client.completions.create({ ...req, prompt });
+    prompt_tokens += alone.usage.prompt_tokens;
+    for (const j of [0, 1])
+      assert(r.choices[p * 2 + j].text === alone.choices[j].text,
+        `choice ${p * 2 + j}: ${json(r.choices[p * 2 + j].text)} != ${json(alone.choices[j].text)}`);
+  }
+  assert(r.usage.prompt_tokens === prompt_tokens && r.usage.completion_tokens === 6 * 24, `usage ${json(r.usage)}`);
+  const ids = await client.completions.create({ ...req, prompt: [[...Buffer.from('The whale')]], n: 1 });
+  assert(ids.choices[0].text === r.choices[2].text, 'token-id prompt differs from its text');
+  return `${json(r.choices[0].text.slice(0, 16))}...`;
+});
+
+await check('(j) a field the route does not take rejects with a 400 naming it', async () => {
+  let err = null;
+  try {
+    await client.completions.create({ ...greedy, max_tokens: 1, min_p: 0.1 });
+  } catch (e) {
+    err = e;
+  }
+  assert(err instanceof OpenAI.BadRequestError && err.param === 'min_p', `min_p: ${err}`);
+  const ok = await client.completions.create({ ...greedy, max_tokens: 1, user: 'user-1', best_of: 1 });
+  assert(ok.choices.length === 1, 'user and best_of 1 refused');
+  return err.message;
+});
+
 console.log(`[${mode}] ${passed} passed, ${failed} failed`);
 process.exit(failed ? 1 : 0);
