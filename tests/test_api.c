@@ -346,6 +346,7 @@ static const bad_case BAD[] = {
     {API_EP_ATTRIBUTION, "{\"text\":\"abc\",\"baseline\":256}", 400, "baseline"},
     {API_EP_ATTRIBUTION, "{\"text\":\"abc\",\"baseline\":\" \"}", 400, "baseline"},
     {API_EP_ATTRIBUTION, "{\"text\":\"abc\",\"model\":\"nope\"}", 404, "model"},
+    {API_EP_ATTRIBUTION, "{\"text\":\"abc\",\"format\":\"band\"}", 400, "format"}, /* a field it does not take */
 };
 
 START_TEST(test_bad_requests_are_refused)
