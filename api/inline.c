@@ -31,28 +31,30 @@ static void typed_value(jw *w, const char *v)
     jw_str(w, v);
 }
 
+/* The server's limits as /v1/model names them, in the order of write_limits. */
+static const char *const LIMIT_NAMES[] = {"max_body_bytes", "max_input_tokens", "max_new_tokens",
+                                          "max_attention_tokens", "max_inputs", "queue_size", "workers",
+                                          "max_batch"};
+#define N_LIMITS (sizeof LIMIT_NAMES / sizeof *LIMIT_NAMES)
+
 static void write_limits(jw *w, const api_limits *l)
 {
-    jw_kint(w, "max_body_bytes", (long long)l->max_body_bytes);
-    jw_kint(w, "max_input_tokens", l->max_input_tokens);
-    jw_kint(w, "max_new_tokens", l->max_new_tokens);
-    jw_kint(w, "max_attention_tokens", l->max_attention_tokens);
-    jw_kint(w, "max_inputs", l->max_inputs);
-    jw_kint(w, "queue_size", l->queue_size);
-    jw_kint(w, "workers", l->workers);
-    jw_kint(w, "max_batch", l->max_batch);
+    const long long v[N_LIMITS] = {(long long)l->max_body_bytes, l->max_input_tokens, l->max_new_tokens,
+                                   l->max_attention_tokens, l->max_inputs, l->queue_size, l->workers, l->max_batch};
+    for (size_t i = 0; i < N_LIMITS; i++)
+        jw_kint(w, LIMIT_NAMES[i], v[i]);
 }
 
 /* Whether key is one the answer sets itself at the top level. */
 static bool reserved_key(const char *key)
 {
-    static const char *const own[] = {"id",           "object",        "metadata",         "config",
-                                      "parameters",   "parameter_count", "sha256",         "file",
-                                      "load_seconds", "loaded_at",     "kernels",          "limits",
-                                      "max_body_bytes", "max_input_tokens", "max_new_tokens", "max_attention_tokens",
-                                      "queue_size",   "workers",       "max_batch"};
+    static const char *const own[] = {"id",     "object",    "metadata", "config",     "parameters", "parameter_count",
+                                      "sha256", "file", "load_seconds", "loaded_at", "kernels",    "limits"};
     for (size_t i = 0; i < sizeof own / sizeof *own; i++)
         if (strcmp(key, own[i]) == 0)
+            return true;
+    for (size_t i = 0; i < N_LIMITS; i++)
+        if (strcmp(key, LIMIT_NAMES[i]) == 0)
             return true;
     return false;
 }

@@ -101,65 +101,73 @@ int json_check_fields(const cJSON *o, const char *const *allowed, const char *ro
     return 0;
 }
 
-int json_get_int(const cJSON *o, const char *name, long long lo, long long hi, long long *out, api_error *e)
+/* The field name of o when it is present and passes is: 1; absent or null:
+ * 0; otherwise -1 with e saying it must be `what`. */
+static int typed_field(const cJSON *o, const char *name, cJSON_bool (*is)(const cJSON *), const char *what,
+                       const cJSON **f, api_error *e)
 {
-    const cJSON *f = field(o, name);
-    if (!f)
+    *f = field(o, name);
+    if (!*f)
         return 0;
-    double v = f->valuedouble;
-    if (!cJSON_IsNumber(f) || v != floor(v)) {
-        api_error_set(e, 400, name, "%s must be an integer", name);
+    if (!is(*f)) {
+        api_error_set(e, 400, name, "%s must be %s", name, what);
         return -1;
     }
-    if (v < (double)lo || v > (double)hi) {
-        api_error_set(e, 400, name, "%s must be between %lld and %lld", name, lo, hi);
-        return -1;
-    }
-    *out = (long long)v;
     return 1;
 }
 
-int json_get_num(const cJSON *o, const char *name, double lo, double hi, double *out, api_error *e)
+static cJSON_bool is_finite_number(const cJSON *f) { return cJSON_IsNumber(f) && isfinite(f->valuedouble); }
+static cJSON_bool is_integer(const cJSON *f) { return is_finite_number(f) && f->valuedouble == floor(f->valuedouble); }
+
+/* A number field within [lo, hi]; integer asks for a whole number. */
+static int number_field(const cJSON *o, const char *name, bool integer, double lo, double hi, double *out,
+                        api_error *e)
 {
-    const cJSON *f = field(o, name);
-    if (!f)
-        return 0;
-    if (!cJSON_IsNumber(f) || !isfinite(f->valuedouble)) {
-        api_error_set(e, 400, name, "%s must be a number", name);
-        return -1;
-    }
+    const cJSON *f;
+    int rc = typed_field(o, name, integer ? is_integer : is_finite_number, integer ? "an integer" : "a number", &f, e);
+    if (rc != 1)
+        return rc;
     if (f->valuedouble < lo || f->valuedouble > hi) {
-        api_error_set(e, 400, name, "%s must be between %g and %g", name, lo, hi);
+        if (integer)
+            api_error_set(e, 400, name, "%s must be between %lld and %lld", name, (long long)lo, (long long)hi);
+        else
+            api_error_set(e, 400, name, "%s must be between %g and %g", name, lo, hi);
         return -1;
     }
     *out = f->valuedouble;
     return 1;
 }
 
+int json_get_int(const cJSON *o, const char *name, long long lo, long long hi, long long *out, api_error *e)
+{
+    double v;
+    int rc = number_field(o, name, true, (double)lo, (double)hi, &v, e);
+    if (rc == 1)
+        *out = (long long)v;
+    return rc;
+}
+
+int json_get_num(const cJSON *o, const char *name, double lo, double hi, double *out, api_error *e)
+{
+    return number_field(o, name, false, lo, hi, out, e);
+}
+
 int json_get_bool(const cJSON *o, const char *name, bool *out, api_error *e)
 {
-    const cJSON *f = field(o, name);
-    if (!f)
-        return 0;
-    if (!cJSON_IsBool(f)) {
-        api_error_set(e, 400, name, "%s must be true or false", name);
-        return -1;
-    }
-    *out = cJSON_IsTrue(f);
-    return 1;
+    const cJSON *f;
+    int rc = typed_field(o, name, cJSON_IsBool, "true or false", &f, e);
+    if (rc == 1)
+        *out = cJSON_IsTrue(f);
+    return rc;
 }
 
 int json_get_string(const cJSON *o, const char *name, const char **out, api_error *e)
 {
-    const cJSON *f = field(o, name);
-    if (!f)
-        return 0;
-    if (!cJSON_IsString(f)) {
-        api_error_set(e, 400, name, "%s must be a string", name);
-        return -1;
-    }
-    *out = f->valuestring;
-    return 1;
+    const cJSON *f;
+    int rc = typed_field(o, name, cJSON_IsString, "a string", &f, e);
+    if (rc == 1)
+        *out = f->valuestring;
+    return rc;
 }
 
 /* Whether the (valid) JSON object text s holds the escape \u0000 in a string.

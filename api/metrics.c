@@ -100,6 +100,46 @@ static void put_model_sample(buf *t, const char *name, const char *model, const 
     buf_printf(t, "\"%s} %s\n", extra, value);
 }
 
+/* The figures kept or reported per served model, one metric family each. */
+typedef enum { MF_INPUT, MF_GENERATED, MF_INFO, MF_LOAD, MF_PARAMS, MF_RELOADS } model_family;
+
+static const struct {
+    const char *name, *type, *help;
+} FAMILIES[] = {
+    [MF_INPUT] = {"attnlm_input_tokens_total", "counter", "Tokens read from requests (prompts, scored and attended text)."},
+    [MF_GENERATED] = {"attnlm_generated_tokens_total", "counter", "Tokens generated."},
+    [MF_INFO] = {"attnlm_model_info", "gauge", "The served models: name and file hash."},
+    [MF_LOAD] = {"attnlm_model_load_seconds", "gauge", "Time taken to load and check each model file."},
+    [MF_PARAMS] = {"attnlm_model_parameters", "gauge", "Parameters of each served model."},
+    [MF_RELOADS] = {"attnlm_model_reloads_total", "counter", "Reloads of each model's file (SIGHUP), by result."},
+};
+
+static void put_model_family(buf *t, model_family f, api_metrics *m, const metrics_view *v)
+{
+    const char *name = FAMILIES[f].name;
+    buf_printf(t, "# HELP %s %s\n# TYPE %s %s\n", name, FAMILIES[f].help, name, FAMILIES[f].type);
+    for (int i = 0; i < v->n_models; i++) {
+        char val[64], extra[96] = "";
+        switch (f) {
+        case MF_INPUT: snprintf(val, sizeof val, "%lu", LOAD(m->model[i].input_tokens)); break;
+        case MF_GENERATED: snprintf(val, sizeof val, "%lu", LOAD(m->model[i].generated_tokens)); break;
+        case MF_INFO:
+            snprintf(val, sizeof val, "1");
+            snprintf(extra, sizeof extra, ",sha256=\"%s\"", v->model[i].sha256);
+            break;
+        case MF_LOAD: snprintf(val, sizeof val, "%.6f", v->model[i].load_seconds); break;
+        case MF_PARAMS: snprintf(val, sizeof val, "%llu", v->model[i].parameters); break;
+        case MF_RELOADS:
+            snprintf(val, sizeof val, "%lu", LOAD(m->model[i].reloads_ok));
+            put_model_sample(t, name, v->model[i].name, ",result=\"ok\"", val);
+            snprintf(val, sizeof val, "%lu", LOAD(m->model[i].reloads_failed));
+            snprintf(extra, sizeof extra, ",result=\"failed\"");
+            break;
+        }
+        put_model_sample(t, name, v->model[i].name, extra, val);
+    }
+}
+
 char *metrics_render(const api_metrics *mc, const metrics_view *v, size_t *len)
 {
     const char *const *route_names = v->routes;
@@ -136,19 +176,8 @@ char *metrics_render(const api_metrics *mc, const metrics_view *v, size_t *len)
         buf_printf(&t, "attnlm_request_duration_seconds_count{route=\"%s\"} %lu\n", route_names[r], count);
     }
 
-    char val[64];
-    buf_puts(&t, "# HELP attnlm_input_tokens_total Tokens read from requests (prompts, scored and attended text).\n"
-                 "# TYPE attnlm_input_tokens_total counter\n");
-    for (int i = 0; i < v->n_models; i++) {
-        snprintf(val, sizeof val, "%lu", LOAD(m->model[i].input_tokens));
-        put_model_sample(&t, "attnlm_input_tokens_total", v->model[i].name, "", val);
-    }
-    buf_puts(&t, "# HELP attnlm_generated_tokens_total Tokens generated.\n"
-                 "# TYPE attnlm_generated_tokens_total counter\n");
-    for (int i = 0; i < v->n_models; i++) {
-        snprintf(val, sizeof val, "%lu", LOAD(m->model[i].generated_tokens));
-        put_model_sample(&t, "attnlm_generated_tokens_total", v->model[i].name, "", val);
-    }
+    put_model_family(&t, MF_INPUT, m, v);
+    put_model_family(&t, MF_GENERATED, m, v);
 
     buf_printf(&t,
         "# HELP attnlm_queue_depth Requests waiting for a worker.\n"
@@ -180,33 +209,8 @@ char *metrics_render(const api_metrics *mc, const metrics_view *v, size_t *len)
         LOAD(m->rejected_queue_full), LOAD(m->cancelled), LOAD(m->timeouts), LOAD(m->stalled),
         LOAD(m->conns_cut_header), LOAD(m->conns_cut_body));
 
-    buf_puts(&t, "# HELP attnlm_model_info The served models: name and file hash.\n"
-                 "# TYPE attnlm_model_info gauge\n");
-    for (int i = 0; i < v->n_models; i++) {
-        char extra[96];
-        snprintf(extra, sizeof extra, ",sha256=\"%s\"", v->model[i].sha256);
-        put_model_sample(&t, "attnlm_model_info", v->model[i].name, extra, "1");
-    }
-    buf_puts(&t, "# HELP attnlm_model_load_seconds Time taken to load and check each model file.\n"
-                 "# TYPE attnlm_model_load_seconds gauge\n");
-    for (int i = 0; i < v->n_models; i++) {
-        snprintf(val, sizeof val, "%.6f", v->model[i].load_seconds);
-        put_model_sample(&t, "attnlm_model_load_seconds", v->model[i].name, "", val);
-    }
-    buf_puts(&t, "# HELP attnlm_model_parameters Parameters of each served model.\n"
-                 "# TYPE attnlm_model_parameters gauge\n");
-    for (int i = 0; i < v->n_models; i++) {
-        snprintf(val, sizeof val, "%llu", v->model[i].parameters);
-        put_model_sample(&t, "attnlm_model_parameters", v->model[i].name, "", val);
-    }
-    buf_puts(&t, "# HELP attnlm_model_reloads_total Reloads of each model's file (SIGHUP), by result.\n"
-                 "# TYPE attnlm_model_reloads_total counter\n");
-    for (int i = 0; i < v->n_models; i++) {
-        snprintf(val, sizeof val, "%lu", LOAD(m->model[i].reloads_ok));
-        put_model_sample(&t, "attnlm_model_reloads_total", v->model[i].name, ",result=\"ok\"", val);
-        snprintf(val, sizeof val, "%lu", LOAD(m->model[i].reloads_failed));
-        put_model_sample(&t, "attnlm_model_reloads_total", v->model[i].name, ",result=\"failed\"", val);
-    }
+    for (model_family f = MF_INFO; f <= MF_RELOADS; f++)
+        put_model_family(&t, f, m, v);
     buf_printf(&t,
                "# HELP attnlm_workers Worker threads running the models.\n"
                "# TYPE attnlm_workers gauge\nattnlm_workers %ld\n",

@@ -23,17 +23,9 @@ import time
 import http.client
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "lib"))
-from attnlm_server import Server  # noqa: E402
+from attnlm_server import Server, proc_memory  # noqa: E402
 
 MB = 1024 * 1024
-
-
-def mem(pid, field):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def cpu():
@@ -70,7 +62,7 @@ def large_answers(binary, model):
         rnd = random.Random(1)
         score = {"ids": [rnd.randrange(256) for _ in range(4095)], "top_k": 257}
         gen = {"prompt": "Call me", "max_tokens": 2048, "logprobs": 257, "attention": True, "seed": 1}
-        idle = mem(srv.proc.pid, "VmRSS")
+        idle = proc_memory(srv.proc.pid, "VmRSS")
         out = []
         ts = [threading.Thread(target=lambda a: out.append(post(srv.port, *a)), args=(a,)) for a in
               (("/v1/score", score), ("/v1/score", score), ("/v1/generate", gen))]
@@ -80,9 +72,9 @@ def large_answers(binary, model):
         for t in ts:
             t.join()
         took = time.monotonic() - t0
-        peak = mem(srv.proc.pid, "VmHWM")
+        peak = proc_memory(srv.proc.pid, "VmHWM")
         time.sleep(1)
-        after = mem(srv.proc.pid, "VmRSS")
+        after = proc_memory(srv.proc.pid, "VmRSS")
         print("1. three largest answers (%s, %.1f MB total) in %.1f s: RSS idle %.0f MB, peak %.0f MB, "
               "a second after %.0f MB" % ([s for s, _ in out], sum(n for _, n in out) / MB, took, idle / MB,
                                            peak / MB, after / MB))
@@ -104,13 +96,13 @@ def silent_streams(binary, model, n=200):
                       b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
             socks.append(s)
         time.sleep(5)
-        rss = mem(srv.proc.pid, "VmRSS")
+        rss = proc_memory(srv.proc.pid, "VmRSS")
         lat = []
         for _ in range(5):
             t0 = time.monotonic()
             status, _ = post(srv.port, "/v1/score", {"text": "Call me Ishmael. Some years ago"})
             lat.append((time.monotonic() - t0, status))
-        peak = mem(srv.proc.pid, "VmHWM")
+        peak = proc_memory(srv.proc.pid, "VmHWM")
         print("2. %d streams that never read: RSS %.0f MB after 5 s (peak %.0f MB); /v1/score meanwhile: %s" % (
             n, rss / MB, peak / MB, ", ".join("%d in %.0f ms" % (st, t * 1e3) for t, st in lat)))
     finally:

@@ -16,30 +16,18 @@ typedef struct {
 
 struct sampler {
     int n;
-    cand *c; /* [n] candidates, most likely first after sorting */
+    cand c[]; /* [n] candidates, most likely first after sorting */
 };
 
 sampler *sampler_new(int n)
 {
-    sampler *s = calloc(1, sizeof *s);
-    if (!s)
-        return NULL;
-    s->n = n;
-    s->c = malloc((size_t)n * sizeof *s->c);
-    if (!s->c) {
-        sampler_free(s);
-        return NULL;
-    }
+    sampler *s = n > 0 ? calloc(1, sizeof *s + (size_t)n * sizeof *s->c) : NULL;
+    if (s)
+        s->n = n;
     return s;
 }
 
-void sampler_free(sampler *s)
-{
-    if (!s)
-        return;
-    free(s->c);
-    free(s);
-}
+void sampler_free(sampler *s) { free(s); }
 
 int sampler_argmax(const float *x, int n)
 {

@@ -48,6 +48,17 @@ static void now_iso(char out[32])
     snprintf(out + n, 32 - n, ".%03ldZ", ts.tv_nsec / 1000000);
 }
 
+/* Opens a JSON log line: {"time", "level" -- the caller adds the rest and closes it. */
+static void json_line(jw *w, buf *b, const char *level)
+{
+    char t[32];
+    now_iso(t);
+    jw_init(w, b);
+    jw_obj(w);
+    jw_kstr(w, "time", t);
+    jw_kstr(w, "level", level);
+}
+
 static void emit(buf *b)
 {
     buf_putc(b, '\n');
@@ -65,13 +76,8 @@ void log_msg(const char *level, const char *fmt, ...)
     va_end(ap);
     buf b = {0};
     if (atomic_load(&log_format) == LOG_JSON) {
-        char t[32];
-        now_iso(t);
         jw w;
-        jw_init(&w, &b);
-        jw_obj(&w);
-        jw_kstr(&w, "time", t);
-        jw_kstr(&w, "level", level);
+        json_line(&w, &b, level);
         jw_kstr(&w, "msg", msg);
         jw_obj_end(&w);
     } else {
@@ -87,13 +93,8 @@ void log_req(const log_request *r)
     log_escape(r->path ? r->path : "", path, sizeof path);
     buf b = {0};
     if (atomic_load(&log_format) == LOG_JSON) {
-        char t[32];
-        now_iso(t);
         jw w;
-        jw_init(&w, &b);
-        jw_obj(&w);
-        jw_kstr(&w, "time", t);
-        jw_kstr(&w, "level", r->status >= 500 ? "error" : "info");
+        json_line(&w, &b, r->status >= 500 ? "error" : "info");
         jw_kstr(&w, "request_id", r->id);
         jw_kstr(&w, "trace_id", r->trace_id);
         jw_kstr(&w, "method", method);

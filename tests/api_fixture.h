@@ -10,6 +10,13 @@
 #include <check.h>
 #include <string.h>
 
+/* Limits small enough to reach in a test; a test changes the ones it is about. */
+static inline api_limits fixture_limits(void)
+{
+    return (api_limits){.max_body_bytes = 1 << 20, .max_input_tokens = 64, .max_new_tokens = 100,
+                        .max_attention_tokens = 32, .max_inputs = 8, .queue_size = 8, .workers = 1, .max_batch = 8};
+}
+
 /* Serves tests/fixtures/<name> from *ctx with zeroed *metrics and sets *m to its
  * model; returns the registry, which the caller frees with api_models_free. */
 static inline api_models *load_api_fixture(api_ctx *ctx, api_metrics *metrics, const char *name, api_limits limits,

@@ -25,16 +25,7 @@ static api_ctx g_ctx;
 
 static void setup(void)
 {
-    g_models = load_api_fixture(&g_ctx, &g_metrics, "gru_dot.safetensors",
-                               (api_limits){.max_body_bytes = 1 << 20,
-                                            .max_input_tokens = 64,
-                                            .max_new_tokens = 100,
-                                            .max_attention_tokens = 32,
-                                            .max_inputs = 8,
-                                            .queue_size = 8,
-                                            .workers = 1,
-                                            .max_batch = 8},
-                                &g_model);
+    g_models = load_api_fixture(&g_ctx, &g_metrics, "gru_dot.safetensors", fixture_limits(), &g_model);
 }
 
 static void teardown(void) { api_models_free(g_models); }

@@ -45,15 +45,9 @@ static void setup_with_key(const char *key)
     fclose(devnull);
     g_cfg.api_key = key;
     const model *m;
-    g_models = load_api_fixture(&g_ctx, &g_metrics, "gru_dot.safetensors",
-                                (api_limits){.max_body_bytes = 256,
-                                             .max_input_tokens = 64,
-                                             .max_new_tokens = 64,
-                                             .max_attention_tokens = 64,
-                                             .queue_size = 8,
-                                             .workers = 1,
-                                             .max_batch = 8},
-                                &m);
+    api_limits lim = fixture_limits();
+    lim.max_body_bytes = 256, lim.max_new_tokens = 64, lim.max_attention_tokens = 64;
+    g_models = load_api_fixture(&g_ctx, &g_metrics, "gru_dot.safetensors", lim, &m);
     g_pool = pool_new(&g_ctx, 1, 8, 8, 30, err, sizeof err);
     ck_assert_msg(g_pool != NULL, "%s", err);
     g_srv = srv_start(&g_cfg, &g_ctx, g_pool, err, sizeof err);

@@ -351,6 +351,17 @@ START_TEST(test_broken_file_is_refused)
 }
 END_TEST
 
+/* Asserts that two models give the very same log-probabilities on a short text. */
+static void assert_same_numbers(const model *x, const model *y)
+{
+    char err[ATTNLM_ERR_LEN];
+    int tok[9] = {256, 'W', 'h', 'a', 'l', 'e', 's', '!', '\n'};
+    float a[9 * 257], c[9 * 257];
+    ck_assert_int_eq(model_forward(x, tok, 9, a, NULL, NULL, err, sizeof err), 0);
+    ck_assert_int_eq(model_forward(y, tok, 9, c, NULL, NULL, err, sizeof err), 0);
+    ck_assert_int_eq(memcmp(a, c, sizeof a), 0);
+}
+
 /* The rebuilt fixture loads and computes what the original does; so does an unpadded header. */
 START_TEST(test_good_file_loads)
 {
@@ -364,11 +375,7 @@ START_TEST(test_good_file_loads)
     ck_assert_msg(rebuilt != NULL, "%s", err);
     model *orig = model_load(fixture_path(path, sizeof path, BASE_FIXTURE), err, sizeof err);
     ck_assert_ptr_nonnull(orig);
-    int tok[9] = {256, 'W', 'h', 'a', 'l', 'e', 's', '!', '\n'};
-    float a[9 * 257], c[9 * 257];
-    ck_assert_int_eq(model_forward(orig, tok, 9, a, NULL, NULL, err, sizeof err), 0);
-    ck_assert_int_eq(model_forward(rebuilt, tok, 9, c, NULL, NULL, err, sizeof err), 0);
-    ck_assert_int_eq(memcmp(a, c, sizeof a), 0);
+    assert_same_numbers(orig, rebuilt);
     model_free(orig);
     model_free(rebuilt);
     free(b->data);
@@ -424,11 +431,7 @@ START_TEST(test_bf16_file_loads)
     model *full = write_and_load(r, err, sizeof err);
     ck_assert_msg(full != NULL, "%s", err);
     ck_assert_uint_eq(model_param_count(half), model_param_count(full));
-    int tok[9] = {256, 'W', 'h', 'a', 'l', 'e', 's', '!', '\n'};
-    float a[9 * 257], c[9 * 257];
-    ck_assert_int_eq(model_forward(half, tok, 9, a, NULL, NULL, err, sizeof err), 0);
-    ck_assert_int_eq(model_forward(full, tok, 9, c, NULL, NULL, err, sizeof err), 0);
-    ck_assert_int_eq(memcmp(a, c, sizeof a), 0);
+    assert_same_numbers(half, full);
     model_free(half);
     model_free(full);
     free(b->data);

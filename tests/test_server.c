@@ -325,15 +325,10 @@ static void tt_free(test_task *x)
 
 static void pool_setup(void)
 {
-    g_models = load_api_fixture(&g_ctx, &g_metrics, "lstm_additive.safetensors",
-                               (api_limits){.max_body_bytes = 1 << 20,
-                                            .max_input_tokens = 256,
-                                            .max_new_tokens = 100000,
-                                            .max_attention_tokens = 64,
-                                            .queue_size = 16,
-                                            .workers = 2,
-                                            .max_batch = 8},
-                                &g_model);
+    api_limits lim = fixture_limits();
+    lim.max_input_tokens = 256, lim.max_new_tokens = 100000, lim.max_attention_tokens = 64;
+    lim.queue_size = 16, lim.workers = 2;
+    g_models = load_api_fixture(&g_ctx, &g_metrics, "lstm_additive.safetensors", lim, &g_model);
 }
 
 /* The test's pool, freed with its tasks by pool_teardown. */

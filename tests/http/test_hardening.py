@@ -19,18 +19,11 @@ import threading
 import time
 import http.client
 
-from servercase import DEFAULT, FIXTURES, TINY, ServerCase, parse_prom, raw_post, sse_events, wait_for
+from servercase import FIXTURES, TINY, ServerCase, raw_post, sse_events, wait_for
+from attnlm_server import proc_memory
 
 SAN = os.environ.get("ATTNLM_SAN") == "1"
 MB = 1024 * 1024
-
-
-def mem(pid, field):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no %s in /proc/%d/status" % (field, pid))
 
 
 def bound(nbytes):
@@ -93,9 +86,9 @@ class TestMemory(ServerCase):
             t.join(600)
         self.assertEqual(sorted(r[0] for r in results), [200, 200, 200], results)
         self.assertGreater(min(r[1] for r in results), 20 * MB, results)
-        peak = mem(self.s.proc.pid, "VmHWM")
+        peak = proc_memory(self.s.proc.pid, "VmHWM")
         time.sleep(1)
-        after = mem(self.s.proc.pid, "VmRSS")
+        after = proc_memory(self.s.proc.pid, "VmRSS")
         self.assertLessEqual(peak, bound(300 * MB), "peak RSS %.0f MB" % (peak / MB))
         self.assertLessEqual(after, bound(120 * MB), "RSS a second after %.0f MB" % (after / MB))
 
@@ -125,7 +118,7 @@ class TestBackpressure(ServerCase):
             self.assertTrue(wait_for(settled, 30), "generation did not pause")
             generated = srv.metric("attnlm_generated_tokens_total")
             self.assertLess(generated, 20 * 2048 / 2, generated)
-            self.assertLessEqual(mem(srv.proc.pid, "VmRSS"), bound(300 * MB))
+            self.assertLessEqual(proc_memory(srv.proc.pid, "VmRSS"), bound(300 * MB))
             status, obj, _ = srv.post("/v1/score", {"text": "Call me Ishmael."})
             self.assertEqual(status, 200, obj)
             # Unread for --timeout: ended, counted, logged with the reason.
@@ -138,13 +131,18 @@ class TestBackpressure(ServerCase):
                                              for ln in srv.lines) >= 20, 30), srv.stderr(30))
 
 
+def serve_a_copy(case, *flags):
+    """A server of the test's own on a copy of the tiny model in a directory of its own; -> (server, path)."""
+    d = tempfile.mkdtemp()
+    case.addCleanup(shutil.rmtree, d)
+    path = os.path.join(d, "m.safetensors")
+    shutil.copy(TINY, path)
+    return case.start(*flags, model=path), path
+
+
 class TestModelFile(ServerCase):
     def test_file_changes_do_not_reach_the_server(self):
-        d = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, d)
-        path = os.path.join(d, "m.safetensors")
-        shutil.copy(TINY, path)
-        srv = self.start(model=path)
+        srv, path = serve_a_copy(self)
         want = srv.ok("/v1/score", {"text": "Whales!"})
         sha = srv.json("GET", "/v1/model")[1]["sha256"]
         os.truncate(path, 0)
@@ -159,11 +157,7 @@ class TestModelFile(ServerCase):
 
 class TestReload(ServerCase):
     def test_sighup_reloads_and_keeps_what_is_in_flight(self):
-        d = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, d)
-        path = os.path.join(d, "m.safetensors")
-        shutil.copy(TINY, path)
-        srv = self.start("--max-new-tokens", "400000", model=path)
+        srv, path = serve_a_copy(self, "--max-new-tokens", "400000")
         before = srv.json("GET", "/v1/model")[1]
         old_score = srv.ok("/v1/score", {"text": "Whales!"})
         # A long stream on the old weights, read slowly so it is still in flight at the reload.

@@ -233,6 +233,15 @@ class Server:
         return sum(v for n, l, v in parse_prom(text) if n == name and all(l.get(k) == x for k, x in labels.items()))
 
 
+def proc_memory(pid, field):
+    """A /proc/PID/status memory figure in bytes: "VmRSS" now, "VmHWM" the peak."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no %s in /proc/%d/status" % (field, pid))
+
+
 def parse_prom(text):
     """[(name, {labels}, value)] of a Prometheus text exposition; raises on a malformed sample line."""
     out = []
