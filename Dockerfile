@@ -21,6 +21,9 @@ COPY common/ common/
 COPY model/ model/
 COPY api/ api/
 COPY server/ server/
+# The inspector page and the generator that embeds it in the binary.
+COPY tools/ tools/
+COPY ui/ ui/
 # -O2 without debug information; the runtime image has no debugger to use it.
 RUN make build/attnlm-server OPT=-O2 && strip build/attnlm-server
 

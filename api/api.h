@@ -41,6 +41,7 @@ typedef enum {
     API_EP_ATTENTION,
     API_EP_COMPLETIONS,
     API_EP_MODEL_BY_ID, /* GET /v1/models/{id} */
+    API_EP_ATTRIBUTION,
     API_EP_COUNT
 } api_endpoint;
 
@@ -154,7 +155,7 @@ int api_handle_inline(const api_ctx *ctx, api_endpoint ep, const char *path, con
 
 /* ---- jobs ----------------------------------------------------------------- */
 
-/* Validates a request for score, attention, generate or completions and turns
+/* Validates a request for score, attention, attribution, generate or completions and turns
  * it into a job.  seed is used when the request gives none; request_id names
  * the OpenAI completion.  NULL with e filled on a bad request.  Free with
  * api_job_free. */

@@ -133,7 +133,7 @@ typedef struct gen_choice {
     bool end_sent;      /* a stream has had this choice's final event */
 } gen_choice;
 
-typedef enum { JOB_SCORE, JOB_ATTENTION, JOB_GENERATE, JOB_COMPLETIONS } job_kind;
+typedef enum { JOB_SCORE, JOB_ATTENTION, JOB_GENERATE, JOB_COMPLETIONS, JOB_ATTRIBUTION } job_kind;
 
 struct api_job {
     const api_ctx *ctx;
@@ -154,6 +154,12 @@ struct api_job {
     int n_cands;
     /* attention */
     bool dense;
+    bool summary;     /* per-head figures of the maps */
+    bool maps;        /* the maps themselves (false: the summary alone) */
+    /* attribution */
+    int target;       /* position whose token's log-probability is explained */
+    int range;        /* positions before it that are occluded */
+    int baseline;     /* the byte put in their place */
     /* generation */
     gen_params gp;
     gen_choice *ch;   /* [n_ch]: choice k is choice k % gp.n of prompt k / gp.n */
@@ -210,6 +216,9 @@ int score_parse(api_job *j, const cJSON *o, api_error *e);
 void score_run_many(api_job **jobs, int n, api_worker *w);
 int attention_parse(api_job *j, const cJSON *o, api_error *e);
 void attention_run(api_job *j, api_worker *w);
+/* attribution.c */
+int attribution_parse(api_job *j, const cJSON *o, api_error *e);
+void attribution_run(api_job *j, api_worker *w);
 /* generate.c */
 /* Length of the longest proper prefix of a stop string that out[n] ends with:
  * the bytes a stream holds back until it is clear they do not begin a stop. */

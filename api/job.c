@@ -13,7 +13,8 @@
 /* The fields each route takes; any other is refused, so that a request
  * meant for another server does not silently do something else here. */
 static const char *const SCORE_FIELDS[] = {"model", "text", "ids", "texts", "top_k", "candidates", NULL};
-static const char *const ATTENTION_FIELDS[] = {"model", "text", "ids", "format", NULL};
+static const char *const ATTENTION_FIELDS[] = {"model", "text", "ids", "format", "summary", "maps", NULL};
+static const char *const ATTRIBUTION_FIELDS[] = {"model", "text", "ids", "target", "range", "baseline", NULL};
 #define SAMPLING_FIELDS                                                                                              \
     "model", "prompt", "ids", "max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "stream",              \
         "presence_penalty", "frequency_penalty", "repetition_penalty", "penalty_last_n", "logit_bias"
@@ -29,6 +30,7 @@ api_job *api_job_new(const api_ctx *ctx, api_endpoint ep, const char *body, size
         [JOB_ATTENTION] = ATTENTION_FIELDS,
         [JOB_GENERATE] = GENERATE_FIELDS,
         [JOB_COMPLETIONS] = COMPLETIONS_FIELDS,
+        [JOB_ATTRIBUTION] = ATTRIBUTION_FIELDS,
     };
     job_kind kind;
     switch (ep) {
@@ -36,6 +38,7 @@ api_job *api_job_new(const api_ctx *ctx, api_endpoint ep, const char *body, size
     case API_EP_ATTENTION: kind = JOB_ATTENTION; break;
     case API_EP_GENERATE: kind = JOB_GENERATE; break;
     case API_EP_COMPLETIONS: kind = JOB_COMPLETIONS; break;
+    case API_EP_ATTRIBUTION: kind = JOB_ATTRIBUTION; break;
     default: api_error_set(e, 500, NULL, "%s is not model work", api_endpoint_path(ep)); return NULL;
     }
     cJSON *o = json_parse_object(body, len, e);
@@ -61,6 +64,7 @@ api_job *api_job_new(const api_ctx *ctx, api_endpoint ep, const char *body, size
         switch (kind) {
         case JOB_SCORE: rc = score_parse(j, o, e); break;
         case JOB_ATTENTION: rc = attention_parse(j, o, e); break;
+        case JOB_ATTRIBUTION: rc = attribution_parse(j, o, e); break;
         default: rc = generate_parse(j, o, seed, e); break;
         }
     }
@@ -110,6 +114,8 @@ void api_job_start_many(api_job **jobs, int n, api_worker *w)
             scores[ns++] = jobs[i];
         else if (jobs[i]->kind == JOB_ATTENTION)
             attention_run(jobs[i], w);
+        else if (jobs[i]->kind == JOB_ATTRIBUTION)
+            attribution_run(jobs[i], w);
         else if (jobs[i]->kind == JOB_SCORE)
             score_run_many(&jobs[i], 1, w);
         else

@@ -10,7 +10,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 
-#define METRICS_ROUTES 13     /* the routes of api.h plus "other" */
+#define METRICS_ROUTES 14     /* the routes of api.h plus "other" */
 #define METRICS_MODELS 16     /* served models (API_MAX_MODELS) */
 #define METRICS_STATUSES 15   /* distinct status codes counted (see metrics.c), plus "other" */
 #define METRICS_DUR_BUCKETS 14

@@ -32,6 +32,7 @@ static const route ROUTES[API_EP_COUNT] = {
     [API_EP_ATTENTION] = {"/v1/attention", true, false, true},
     [API_EP_COMPLETIONS] = {"/v1/completions", true, false, true},
     [API_EP_MODEL_BY_ID] = {"/v1/models/{id}", false, false, false}, /* matched by prefix below */
+    [API_EP_ATTRIBUTION] = {"/v1/attribution", true, false, true},
 };
 
 #define MODELS_PREFIX "/v1/models/"

@@ -1,5 +1,7 @@
 /* score.c -- POST /v1/score and POST /v1/attention: one full forward pass
- * over the input, answered whole.
+ * over the input, answered whole.  /v1/attention can add a summary of each
+ * head's maps (entropy, look-back, weight on self and BOS, weight by
+ * distance) and leave the maps out.
  *
  * A score request may give an array of inputs ("texts", or "ids" as a list of
  * id lists); all of them go through one forward pass, with the inputs of any
@@ -311,12 +313,118 @@ int attention_parse(api_job *j, const cJSON *o, api_error *e)
         return -1;
     }
     j->dense = format[0] == 'd';
+    j->maps = true;
+    if (json_get_bool(o, "summary", &j->summary, e) < 0 || json_get_bool(o, "maps", &j->maps, e) < 0)
+        return -1;
+    if (!j->maps && !j->summary) {
+        api_error_set(e, 400, "maps", "maps can be false only with \"summary\": true (the answer would be empty)");
+        return -1;
+    }
     if (!(j->in = calloc(1, sizeof *j->in))) {
         api_error_set(e, 500, NULL, "out of memory");
         return -1;
     }
     j->n_in = 1;
     return json_get_input(o, "text", j->ctx->limits.max_attention_tokens, false, &j->in[0], e);
+}
+
+/* What /v1/attention's summary says of one head (or of their average). */
+enum { SUM_ENTROPY, SUM_NORM_ENTROPY, SUM_LOOKBACK, SUM_SELF, SUM_BOS, SUM_FIGURES };
+static const char *const SUM_NAMES[SUM_FIGURES] = {"entropy", "normalized_entropy", "lookback", "self", "bos"};
+
+typedef struct head_summary {
+    double *per_pos[SUM_FIGURES]; /* [T] each */
+    double *by_distance;          /* [min(W, T)]: mean weight at distance d over the rows that reach it */
+} head_summary;
+
+/* Figures of head h from the band maps [T, N, W] into s. */
+static void summarize_head(const float *band, int T, int N, int W, int h, head_summary *s)
+{
+    const int D = T < W ? T : W;
+    for (int d = 0; d < D; d++)
+        s->by_distance[d] = 0.0;
+    for (int t = 0; t < T; t++) {
+        const float *b = band + ((size_t)t * N + h) * W;
+        const int lo = t - W + 1 < 0 ? 0 : t - W + 1, n = t - lo + 1;
+        double H = 0.0, look = 0.0;
+        for (int i = lo; i <= t; i++) {
+            double a = b[i - t + W - 1];
+            if (a > 0.0)
+                H -= a * log(a);
+            look += a * (t - i);
+            s->by_distance[t - i] += a;
+        }
+        s->per_pos[SUM_ENTROPY][t] = H;
+        s->per_pos[SUM_NORM_ENTROPY][t] = n > 1 ? H / log((double)n) : 0.0;
+        s->per_pos[SUM_LOOKBACK][t] = look;
+        s->per_pos[SUM_SELF][t] = b[W - 1];
+        s->per_pos[SUM_BOS][t] = lo == 0 ? b[W - 1 - t] : 0.0;
+    }
+    /* Rows t >= d reach distance d: T - d of them. */
+    for (int d = 0; d < D; d++)
+        s->by_distance[d] /= (double)(T - d);
+}
+
+static void write_head_summary(jw *o, const head_summary *s, int T, int W)
+{
+    jw_obj(o);
+    for (int f = 0; f < SUM_FIGURES; f++) {
+        jw_karr(o, SUM_NAMES[f]);
+        for (int t = 0; t < T; t++)
+            jw_float(o, (float)s->per_pos[f][t]);
+        jw_arr_end(o);
+    }
+    jw_karr(o, "by_distance");
+    for (int d = 0; d < (T < W ? T : W); d++)
+        jw_float(o, (float)s->by_distance[d]);
+    jw_arr_end(o);
+    jw_kobj(o, "mean");
+    for (int f = 0; f < SUM_FIGURES; f++) {
+        double sum = 0.0;
+        for (int t = 0; t < T; t++)
+            sum += s->per_pos[f][t];
+        jw_kfloat(o, SUM_NAMES[f], (float)(sum / T));
+    }
+    jw_obj_end(o);
+    jw_obj_end(o);
+}
+
+/* The "summary" object: each head's figures and their mean over heads.
+ * Returns -1 on out of memory (nothing written). */
+static int write_summary(jw *o, const float *band, int T, int N, int W)
+{
+    const int D = T < W ? T : W;
+    const size_t per = (size_t)SUM_FIGURES * T + (size_t)D;
+    double *all = calloc((size_t)(N + 1) * per, sizeof *all);
+    head_summary *hs = malloc((size_t)(N + 1) * sizeof *hs);
+    if (!all || !hs) {
+        free(all);
+        free(hs);
+        return -1;
+    }
+    for (int h = 0; h <= N; h++) {
+        double *p = all + (size_t)h * per;
+        for (int f = 0; f < SUM_FIGURES; f++)
+            hs[h].per_pos[f] = p + (size_t)f * T;
+        hs[h].by_distance = p + (size_t)SUM_FIGURES * T;
+    }
+    head_summary *avg = &hs[N]; /* zeroed by calloc */
+    for (int h = 0; h < N; h++) {
+        summarize_head(band, T, N, W, h, &hs[h]);
+        for (size_t k = 0; k < per; k++)
+            avg->per_pos[0][k] += hs[h].per_pos[0][k] / N; /* one block: figures then distances */
+    }
+    jw_kobj(o, "summary");
+    jw_karr(o, "heads");
+    for (int h = 0; h < N; h++)
+        write_head_summary(o, &hs[h], T, W);
+    jw_arr_end(o);
+    jw_key(o, "average");
+    write_head_summary(o, avg, T, W);
+    jw_obj_end(o);
+    free(all);
+    free(hs);
+    return 0;
 }
 
 void attention_run(api_job *j, api_worker *w)
@@ -346,9 +454,16 @@ void attention_run(api_job *j, api_worker *w)
     jw_kint(&o, "window", W);
     jw_kint(&o, "heads", N);
     jw_kstr(&o, "attention", model_attention_name(c->attention));
-    jw_kstr(&o, "format", j->dense ? "dense" : "band");
-    jw_karr(&o, "maps");
-    for (int h = 0; h < N; h++) {
+    if (j->summary && write_summary(&o, band, T, N, W) < 0) {
+        free(band);
+        fail_internal(j, "out of memory");
+        return;
+    }
+    if (j->maps) {
+        jw_kstr(&o, "format", j->dense ? "dense" : "band");
+        jw_karr(&o, "maps");
+    }
+    for (int h = 0; j->maps && h < N; h++) {
         jw_arr(&o);
         for (int t = 0; t < T; t++) {
             /* Band column col holds key position t - (W - 1) + col. */
@@ -367,7 +482,8 @@ void attention_run(api_job *j, api_worker *w)
         }
         jw_arr_end(&o);
     }
-    jw_arr_end(&o);
+    if (j->maps)
+        jw_arr_end(&o);
     jw_kobj(&o, "usage");
     jw_kint(&o, "input_tokens", T - 1);
     jw_obj_end(&o);

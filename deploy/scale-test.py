@@ -307,6 +307,25 @@ def main():
         check(events[-2]["choices"][0]["finish_reason"] == "length", "no finish_reason before [DONE]")
         print("ok   /v1/completions stream: %d chunks, finish_reason length, then [DONE]" % (len(events) - 1))
 
+        # ---- the inspector page -----------------------------------------------------------
+        print("\n== the inspector page through nginx")
+        got = {}
+        for path in ("/", "/ui/app.js", "/ui/style.css"):
+            c = http.client.HTTPConnection("127.0.0.1", nginx.port, timeout=30)
+            try:
+                c.request("GET", path)
+                r = c.getresponse()
+                body, etag, csp = r.read(), r.getheader("ETag"), r.getheader("Content-Security-Policy") or ""
+                c.request("GET", path, headers={"If-None-Match": etag or ""})
+                r2 = c.getresponse()
+                r2.read()
+            finally:
+                c.close()
+            check(r.status == 200 and body and "default-src 'self'" in csp, "%s through nginx: %s" % (path, r.status))
+            check(r2.status == 304, "%s with its ETag through nginx: %s, want 304" % (path, r2.status))
+            got[path] = len(body)
+        print("ok   %s answered with their CSP, and 304 for their ETags" % ", ".join("%s (%d bytes)" % kv for kv in got.items()))
+
         mix = ["score", "generate", "stream", "score", "generate"]
 
         # ---- 3. kill -9 ------------------------------------------------------------------------

@@ -10,11 +10,12 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "err.h"
 
-typedef enum { OPT_STR, OPT_LONG, OPT_DOUBLE, OPT_LIST } opt_type;
+typedef enum { OPT_STR, OPT_LONG, OPT_DOUBLE, OPT_LIST, OPT_BOOL } opt_type;
 
 /* One setting: flag name, where it lives, its range and its help. */
 typedef struct option {
@@ -62,6 +63,8 @@ static const option OPTIONS[] = {
     {"cors-origin", OPT_LIST, OFF(cors_origins), 0, 0,
      "an origin whose pages may call the API (once per origin, or \"*\"); none: no CORS headers"},
     {"log-format", OPT_STR, OFF(log_format_name), 0, 0, "\"text\" or \"json\" (one object per line)"},
+    {"ui", OPT_BOOL, OFF(ui), 0, 1,
+     "serve the attention inspector page at / (--no-ui, or the variable 0: 404 there); 1/0, true/false, yes/no, on/off"},
 };
 #define N_OPTIONS (sizeof OPTIONS / sizeof *OPTIONS)
 
@@ -96,6 +99,7 @@ static void defaults(srv_config *c)
         .tls_cert = "",
         .tls_key = "",
         .log_format_name = "text",
+        .ui = 1,
     };
 }
 
@@ -153,6 +157,16 @@ static int set_value(srv_config *c, const option *o, const char *v, const char *
         *(long *)p = x;
         return 0;
     }
+    case OPT_BOOL: {
+        static const char *const yes[] = {"1", "true", "yes", "on"}, *const no[] = {"0", "false", "no", "off"};
+        for (size_t i = 0; i < 4; i++)
+            if (strcasecmp(v, yes[i]) == 0 || strcasecmp(v, no[i]) == 0) {
+                *(long *)p = strcasecmp(v, yes[i]) == 0;
+                return 0;
+            }
+        err_set(err, errlen, "%s must be 1 or 0 (true/false, yes/no, on/off), got \"%s\"", from, v);
+        return -1;
+    }
     case OPT_DOUBLE: {
         double x = strtod(v, &end);
         if (errno || end == v || *end || !isfinite(x) || x < o->lo || x > o->hi) {
@@ -189,7 +203,8 @@ void config_usage(FILE *out)
         const char *p = (const char *)&d + o->offset;
         switch (o->type) {
         case OPT_STR: snprintf(def, sizeof def, "\"%s\"", *(const char *const *)p); break;
-        case OPT_LONG: snprintf(def, sizeof def, "%ld", *(const long *)p); break;
+        case OPT_LONG:
+        case OPT_BOOL: snprintf(def, sizeof def, "%ld", *(const long *)p); break;
         case OPT_DOUBLE: snprintf(def, sizeof def, "%g", *(const double *)p); break;
         case OPT_LIST: {
             const srv_list *l = (const srv_list *)(const void *)p;
@@ -239,9 +254,19 @@ int config_load(srv_config *c, int argc, char **argv, FILE *out, char *err, size
         }
         const char *name = a + 2, *eq = strchr(name, '=');
         const option *o = find(name, eq ? (size_t)(eq - name) : strlen(name));
+        /* A switch is --NAME (on), --no-NAME (off) or --NAME=VALUE; it never takes the next argument. */
+        const option *off = !o && !eq && strncmp(name, "no-", 3) == 0 ? find(name + 3, strlen(name) - 3) : NULL;
+        if (off && off->type == OPT_BOOL) {
+            *(long *)((char *)c + off->offset) = 0;
+            continue;
+        }
         if (!o) {
             err_set(err, errlen, "unknown flag \"%s\" (see --help)", a);
             return -1;
+        }
+        if (o->type == OPT_BOOL && !eq) {
+            *(long *)((char *)c + o->offset) = 1;
+            continue;
         }
         const char *v = eq ? eq + 1 : NULL;
         if (!v) {

@@ -46,6 +46,7 @@ typedef struct srv_config {
     srv_list cors_origins; /* origins allowed to call from a browser; "*" = any */
     const char *log_format_name;
     srv_log_format log_format;
+    long ui;              /* serve the inspector page (server/ui.c) at / and /ui/ */
     int health_check;     /* --health: probe a running server's /health instead of serving */
 } srv_config;
 

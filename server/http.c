@@ -50,6 +50,7 @@
 #include "err.h"
 #include "log.h"
 #include "rng.h"
+#include "ui.h"
 
 #define PROBE_INTERVAL_NS 20000000   /* how often a worker checks a waiting client's socket */
 #define SWEEP_INTERVAL_NS 250000000  /* how often the sweeper looks at the connections */
@@ -603,6 +604,30 @@ static enum MHD_Result submit_job(srv_req *r)
     return MHD_YES;
 }
 
+/* The inspector page's files (server/ui.c): GET and HEAD, no key needed. */
+static enum MHD_Result serve_ui(srv_req *r, const char *method, const char *url)
+{
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+        api_error e;
+        api_error_set(&e, 405, NULL, "%.200s does not answer %.16s (allowed: GET, HEAD)", url, method);
+        return reply_error(r, &e, "GET, HEAD", false);
+    }
+    const ui_asset *a = ui_find(url);
+    if (!a)
+        return fail(r, 404, NULL, "no such file: %.200s", url);
+    unsigned status;
+    struct MHD_Response *resp =
+        ui_response(a, MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_NONE_MATCH), &status);
+    if (!resp)
+        return MHD_NO;
+    common_headers(r, resp);
+    enum MHD_Result ok = MHD_queue_response(r->conn, status, resp);
+    MHD_destroy_response(resp);
+    r->status = (int)status;
+    r->ph = PH_REPLIED;
+    return ok;
+}
+
 /* A CORS preflight: which methods and headers a page of an allowed origin may use. */
 static enum MHD_Result preflight(srv_req *r)
 {
@@ -628,6 +653,9 @@ static enum MHD_Result req_complete(srv_req *r, struct MHD_Connection *conn, con
 {
     srv *s = r->s;
     set_phase(r->track, CONN_BUSY);
+    /* The inspector page's files, on the main port: before routing and the key check. */
+    if (!r->admin && s->cfg->ui && ui_is_path(url))
+        return serve_ui(r, method, url);
     const char *allow = NULL;
     api_endpoint ep;
     int rc = api_route(method, url, &ep, &allow);

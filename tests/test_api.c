@@ -119,6 +119,10 @@ START_TEST(test_routes)
     ck_assert(!api_endpoint_is_open(API_EP_SCORE));
     ck_assert(api_endpoint_is_job(API_EP_COMPLETIONS));
     ck_assert(!api_endpoint_is_job(API_EP_TOKENIZE));
+    ck_assert_int_eq(api_route("POST", "/v1/attribution", &ep, &allow), 0);
+    ck_assert_int_eq(ep, API_EP_ATTRIBUTION);
+    ck_assert(api_endpoint_is_job(API_EP_ATTRIBUTION) && !api_endpoint_is_open(API_EP_ATTRIBUTION));
+    ck_assert_str_eq(api_endpoint_path(API_EP_ATTRIBUTION), "/v1/attribution");
 }
 END_TEST
 
@@ -317,6 +321,23 @@ static const bad_case BAD[] = {
     /* "model" names a served model. */
     {API_EP_SCORE, "{\"text\":\"a\",\"model\":\"nope\"}", 404, "model"},
     {API_EP_GENERATE, "{\"model\":\"\"}", 404, "model"},
+    {API_EP_ATTENTION, "{\"text\":\"a\",\"summary\":\"yes\"}", 400, "summary"},
+    {API_EP_ATTENTION, "{\"text\":\"a\",\"maps\":0}", 400, "maps"},
+    {API_EP_ATTENTION, "{\"text\":\"a\",\"maps\":false}", 400, "maps"},
+    {API_EP_ATTENTION, "{\"text\":\"a\",\"maps\":false,\"summary\":false}", 400, "maps"},
+    {API_EP_ATTRIBUTION, "{}", 400, "text"},
+    {API_EP_ATTRIBUTION, "{\"text\":\"\"}", 400, "text"},
+    {API_EP_ATTRIBUTION, "{\"ids\":[1,2],\"text\":\"ab\"}", 400, "ids"},
+    {API_EP_ATTRIBUTION, "{\"text\":\"012345678901234567890123456789012\"}", 413, "text"},
+    {API_EP_ATTRIBUTION, "{\"text\":\"abc\",\"target\":0}", 400, "target"},
+    {API_EP_ATTRIBUTION, "{\"text\":\"abc\",\"target\":4}", 400, "target"},
+    {API_EP_ATTRIBUTION, "{\"text\":\"abc\",\"target\":1.5}", 400, "target"},
+    {API_EP_ATTRIBUTION, "{\"text\":\"abc\",\"range\":0}", 400, "range"},
+    {API_EP_ATTRIBUTION, "{\"text\":\"abc\",\"range\":33}", 400, "range"},
+    {API_EP_ATTRIBUTION, "{\"text\":\"abc\",\"baseline\":256}", 400, "baseline"},
+    {API_EP_ATTRIBUTION, "{\"text\":\"abc\",\"baseline\":\" \"}", 400, "baseline"},
+    {API_EP_ATTRIBUTION, "{\"text\":\"abc\",\"model\":\"nope\"}", 404, "model"},
+    {API_EP_ATTRIBUTION, "{\"text\":\"abc\",\"format\":\"band\"}", 400, "format"}, /* a field it does not take */
 };
 
 START_TEST(test_bad_requests_are_refused)
@@ -452,6 +473,153 @@ START_TEST(test_attention_rows)
         }
         cJSON_Delete(o);
     }
+}
+END_TEST
+
+/* An array of numbers as doubles; n is checked. */
+static void numbers(const cJSON *arr, int n, double *out)
+{
+    ck_assert_msg(cJSON_IsArray(arr), "not an array");
+    ck_assert_int_eq(cJSON_GetArraySize(arr), n);
+    for (int i = 0; i < n; i++) {
+        const cJSON *v = cJSON_GetArrayItem(arr, i);
+        ck_assert(cJSON_IsNumber(v));
+        out[i] = v->valuedouble;
+    }
+}
+
+static void assert_close(double got, double want, const char *what, int i)
+{
+    ck_assert_msg(fabs(got - want) <= 1e-5 + 1e-5 * fabs(want), "%s[%d]: %.9g, want %.9g", what, i, got, want);
+}
+
+/* The summary's figures recomputed from the engine's band maps, on a text
+ * longer than the fixture's window (so rows are cut and BOS leaves the window). */
+START_TEST(test_attention_summary)
+{
+    const char *text = "the whale, the whale!";
+    const int T = 22, W = model_get_config(g_model)->window, D = T < W ? T : W;
+    int ids[22] = {256};
+    for (int i = 0; i < T - 1; i++)
+        ids[i + 1] = (unsigned char)text[i];
+    float *band = malloc((size_t)T * W * sizeof *band);
+    char err[ATTNLM_ERR_LEN];
+    ck_assert_int_eq(model_forward(g_model, ids, T, NULL, band, NULL, err, sizeof err), 0);
+    ck_assert_int_lt(W, T);
+
+    double ent[22], norm[22], look[22], self[22], bos[22], dist[22] = {0}, mean[5] = {0};
+    for (int t = 0; t < T; t++) {
+        int lo = t - W + 1 < 0 ? 0 : t - W + 1, n = t - lo + 1;
+        ent[t] = look[t] = 0;
+        for (int i = lo; i <= t; i++) {
+            double a = band[(size_t)t * W + i - t + W - 1];
+            ent[t] -= a > 0 ? a * log(a) : 0;
+            look[t] += a * (t - i);
+            dist[t - i] += a / (T - (t - i));
+        }
+        norm[t] = n == 1 ? 0 : ent[t] / log(n);
+        self[t] = band[(size_t)t * W + W - 1];
+        bos[t] = lo == 0 ? band[(size_t)t * W + W - 1 - t] : 0;
+        const double fig[5] = {ent[t], norm[t], look[t], self[t], bos[t]};
+        for (int f = 0; f < 5; f++)
+            mean[f] += fig[f] / T;
+    }
+    ck_assert(bos[W] == 0 && bos[W - 1] > 0);
+    ck_assert(norm[0] == 0 && self[0] == 1);
+
+    for (int with_maps = 0; with_maps < 2; with_maps++) {
+        cJSON *o = run_json(API_EP_ATTENTION, with_maps ? "{\"text\":\"the whale, the whale!\",\"summary\":true}"
+                                                        : "{\"text\":\"the whale, the whale!\",\"summary\":true,"
+                                                          "\"maps\":false}");
+        ck_assert(!with_maps == !cJSON_GetObjectItem(o, "maps"));
+        ck_assert(!with_maps == !cJSON_GetObjectItem(o, "format"));
+        ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(o, "tokens")), T);
+        const cJSON *sum = cJSON_GetObjectItem(o, "summary"), *heads = cJSON_GetObjectItem(sum, "heads");
+        ck_assert_int_eq(cJSON_GetArraySize(heads), 1);
+        const cJSON *both[2] = {cJSON_GetArrayItem(heads, 0), cJSON_GetObjectItem(sum, "average")};
+        const char *names[5] = {"entropy", "normalized_entropy", "lookback", "self", "bos"};
+        const double *want[5] = {ent, norm, look, self, bos};
+        for (int k = 0; k < 2; k++) {
+            double got[22];
+            for (int f = 0; f < 5; f++) {
+                numbers(cJSON_GetObjectItem(both[k], names[f]), T, got);
+                for (int t = 0; t < T; t++)
+                    assert_close(got[t], want[f][t], names[f], t);
+                assert_close(num(cJSON_GetObjectItem(both[k], "mean"), names[f]), mean[f], names[f], -1);
+            }
+            numbers(cJSON_GetObjectItem(both[k], "by_distance"), D, got);
+            for (int d = 0; d < D; d++)
+                assert_close(got[d], dist[d], "by_distance", d);
+        }
+        cJSON_Delete(o);
+    }
+    free(band);
+}
+END_TEST
+
+/* Each position's occluded log-probability is the engine's on the changed
+ * input; positions outside the range, BOS and those holding the baseline are
+ * not occluded. */
+START_TEST(test_attribution_matches_engine)
+{
+    const int V = 257;
+    const char *text = "a sea of whales";
+    const int n = 16, target = 12, range = 8, first = target - range; /* 4 .. 11 */
+    int ids[16] = {256};
+    for (int i = 0; i < n - 1; i++)
+        ids[i + 1] = (unsigned char)text[i];
+    float *lp = malloc((size_t)target * V * sizeof *lp);
+    char err[ATTNLM_ERR_LEN];
+    ck_assert_int_eq(model_forward(g_model, ids, target, lp, NULL, NULL, err, sizeof err), 0);
+    const double orig = lp[(size_t)(target - 1) * V + ids[target]];
+
+    cJSON *o = run_json(API_EP_ATTRIBUTION, "{\"text\":\"a sea of whales\",\"target\":12,\"range\":8,\"baseline\":97}");
+    const cJSON *tg = cJSON_GetObjectItem(o, "target");
+    ck_assert_int_eq((int)num(tg, "position"), target);
+    ck_assert_int_eq((int)num(tg, "id"), ids[target]);
+    assert_close(num(tg, "logprob"), orig, "target", target);
+    ck_assert_int_eq((int)num(cJSON_GetObjectItem(o, "baseline"), "id"), 'a');
+    const cJSON *ps = cJSON_GetObjectItem(o, "positions");
+    ck_assert_int_eq(cJSON_GetArraySize(ps), range);
+    int occluded = 0;
+    for (int k = 0; k < range; k++) {
+        const cJSON *p = cJSON_GetArrayItem(ps, k);
+        const int at = first + k;
+        ck_assert_int_eq((int)num(p, "position"), at);
+        ck_assert_int_eq((int)num(p, "id"), ids[at]);
+        double want = orig;
+        if (ids[at] != 'a') {
+            int changed[16];
+            memcpy(changed, ids, sizeof changed);
+            changed[at] = 'a';
+            ck_assert_int_eq(model_forward(g_model, changed, target, lp, NULL, NULL, err, sizeof err), 0);
+            want = lp[(size_t)(target - 1) * V + ids[target]];
+            occluded++;
+        } else {
+            ck_assert(num(p, "delta") == 0.0);
+        }
+        assert_close(num(p, "logprob"), want, "logprob", at);
+        assert_close(num(p, "delta"), want - orig, "delta", at);
+    }
+    ck_assert_int_eq(occluded, range - 1); /* "whales" has one a in 4..11: "ea of wh" -> the a of "sea" */
+    const cJSON *u = cJSON_GetObjectItem(o, "usage");
+    ck_assert_int_eq((int)num(u, "input_tokens"), n - 1);
+    ck_assert_int_eq((int)num(u, "variants"), occluded + 1);
+    cJSON_Delete(o);
+
+    /* Defaults: the last token, the model's window, a space. */
+    o = run_json(API_EP_ATTRIBUTION, "{\"text\":\"a sea of whales\"}");
+    ck_assert_int_eq((int)num(cJSON_GetObjectItem(o, "target"), "position"), n - 1);
+    ck_assert_int_eq((int)num(o, "range"), model_get_config(g_model)->window);
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(o, "positions")), model_get_config(g_model)->window);
+    ck_assert_int_eq((int)num(cJSON_GetObjectItem(o, "baseline"), "id"), ' ');
+    cJSON_Delete(o);
+    /* A range past BOS stops at position 1. */
+    o = run_json(API_EP_ATTRIBUTION, "{\"text\":\"sea\",\"range\":30}");
+    ck_assert_int_eq(cJSON_GetArraySize(cJSON_GetObjectItem(o, "positions")), 2);
+    ck_assert_int_eq((int)num(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "positions"), 0), "position"), 1);
+    cJSON_Delete(o);
+    free(lp);
 }
 END_TEST
 
@@ -1170,7 +1338,8 @@ int main(void)
         CHECK_TESTS(CHECK_TEST(test_routes), CHECK_TEST(test_error_body), CHECK_TEST(test_api_key),
                     CHECK_LOOP(test_bad_requests_are_refused, (int)(sizeof BAD / sizeof *BAD)),
                     CHECK_TEST(test_nulls_are_defaults), CHECK_TEST(test_score_matches_engine),
-                    CHECK_TEST(test_attention_rows), CHECK_TEST(test_generation_is_reproducible_and_streams_alike),
+                    CHECK_TEST(test_attention_rows), CHECK_TEST(test_attention_summary),
+                    CHECK_TEST(test_attribution_matches_engine), CHECK_TEST(test_generation_is_reproducible_and_streams_alike),
                     CHECK_TEST(test_stop_string_ends_generation), CHECK_TEST(test_stream_sends_whole_characters),
                     CHECK_TEST(test_zero_alternatives_and_nul_bytes), CHECK_TEST(test_completions_echo_scores_prompt),
                     CHECK_TEST(test_inline_endpoints), CHECK_TEST(test_model_by_id),

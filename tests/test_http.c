@@ -3,7 +3,8 @@
  * the same process's sanitizers.  Routing, refusals before any model work
  * (404, 405 with Allow, 413 from Content-Length and from the body, 415, 401),
  * request ids, a job answered by a worker, a stream, a client that leaves in
- * the middle of a stream, and /ready during a drain.
+ * the middle of a stream, /ready during a drain, and the embedded inspector
+ * page (open without the key, CSP, 304 by ETag, 404 with --no-ui).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "api.h"
@@ -12,6 +13,7 @@
 #include "http.h"
 #include "model.h"
 #include "pool.h"
+#include "ui.h"
 #include "api_fixture.h"
 
 #include "check_main.h"
@@ -252,6 +254,61 @@ START_TEST(test_api_key)
 }
 END_TEST
 
+/* The embedded page: its table, and its files served without the key, with
+ * their headers and conditional answers; --no-ui makes them 404. */
+START_TEST(test_inspector_page)
+{
+    ck_assert(ui_is_path("/") && ui_is_path("/ui/app.js") && !ui_is_path("/ui") && !ui_is_path("/v1/model"));
+    const ui_asset *page = ui_find("/"), *js = ui_find("/ui/app.js");
+    ck_assert(page && js && !ui_find("/index.html") && !ui_find("/ui/../ui/app.js") && !ui_find("/ui/"));
+    ck_assert_str_eq(page->type, "text/html; charset=utf-8");
+    ck_assert_str_eq(js->type, "text/javascript; charset=utf-8");
+    ck_assert_int_eq(page->etag[0], '"');
+    ck_assert_str_ne(page->etag, js->etag);
+    ck_assert(ui_etag_matches(page->etag, page->etag));
+    char list[160];
+    snprintf(list, sizeof list, "\"abc\" , W/%s", page->etag);
+    ck_assert(ui_etag_matches(list, page->etag));
+    ck_assert(ui_etag_matches("*", page->etag));
+    ck_assert(!ui_etag_matches(js->etag, page->etag));
+    ck_assert(!ui_etag_matches("", page->etag) && !ui_etag_matches(NULL, page->etag));
+
+    char *a = exchange("GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"); /* no key needed */
+    ck_assert_int_eq(status_of(a), 200);
+    ck_assert_ptr_nonnull(strstr(a, "Content-Type: text/html; charset=utf-8\r\n"));
+    ck_assert_ptr_nonnull(strstr(a, "Content-Security-Policy: default-src 'self';"));
+    ck_assert_ptr_nonnull(strstr(a, "X-Content-Type-Options: nosniff\r\n"));
+    ck_assert_ptr_nonnull(strstr(a, "Cache-Control: no-cache\r\n"));
+    ck_assert_uint_eq(strlen(body_of(a)), page->len);
+    ck_assert(memcmp(body_of(a), page->data, page->len) == 0);
+    free(a);
+    char req[256];
+    snprintf(req, sizeof req, "GET /ui/app.js HTTP/1.1\r\nHost: t\r\nConnection: close\r\nIf-None-Match: %s\r\n\r\n",
+             js->etag);
+    a = exchange(req);
+    ck_assert_int_eq(status_of(a), 304);
+    ck_assert_str_eq(body_of(a), "");
+    free(a);
+    a = exchange("DELETE /ui/app.js HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    ck_assert_int_eq(status_of(a), 405);
+    ck_assert_ptr_nonnull(strstr(a, "Allow: GET, HEAD\r\n"));
+    free(a);
+    a = exchange("GET /ui/none.js HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    ck_assert_int_eq(status_of(a), 404);
+    free(a);
+    /* Off, the paths are like any other: the key first (so nothing tells them apart), then 404. */
+    g_cfg.ui = 0;
+    a = exchange("GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    ck_assert_int_eq(status_of(a), 401);
+    free(a);
+    a = exchange("GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer sesame\r\n\r\n");
+    ck_assert_int_eq(status_of(a), 404);
+    ck_assert_ptr_nonnull(strstr(body_of(a), "\"not_found_error\""));
+    free(a);
+    g_cfg.ui = 1;
+}
+END_TEST
+
 /* Reads one answer with a Content-Length from a kept-alive connection. */
 static char *read_one(int fd)
 {
@@ -300,7 +357,7 @@ int main(void)
          CHECK_TESTS(CHECK_TEST(test_routes_and_refusals), CHECK_TEST(test_job_answered_by_a_worker),
                      CHECK_TEST(test_stream_and_client_leaving), CHECK_TEST(test_drain_turns_ready)),
          .setup = setup, .teardown = teardown, .timeout = 60},
-        {"key", CHECK_TESTS(CHECK_TEST(test_api_key)), .setup = setup_key, .teardown = teardown, .timeout = 60},
+        {"key", CHECK_TESTS(CHECK_TEST(test_api_key), CHECK_TEST(test_inspector_page)), .setup = setup_key, .teardown = teardown, .timeout = 60},
     };
     return check_main("http", cases, sizeof cases / sizeof *cases);
 }

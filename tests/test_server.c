@@ -140,6 +140,25 @@ START_TEST(test_config_defaults_flags_env)
     ck_assert_str_eq(c.models.v[0], "x.safetensors");
     ck_assert_str_eq(c.models.v[1], "y.safetensors");
     unsetenv("ATTNLM_MODEL");
+
+    /* The inspector page: on by default; a switch: --ui, --no-ui, --ui=VALUE, ATTNLM_UI. */
+    ck_assert_int_eq(load(&c, a0, 1, err), 0);
+    ck_assert_int_eq(c.ui, 1);
+    char *a4[] = {"attnlm-server", "--no-ui", "--port", "1"};
+    ck_assert_int_eq(load(&c, a4, 4, err), 0);
+    ck_assert_int_eq(c.ui, 0);
+    ck_assert_int_eq(c.port, 1); /* the switch took no value */
+    setenv("ATTNLM_UI", "off", 1);
+    ck_assert_int_eq(load(&c, a0, 1, err), 0);
+    ck_assert_int_eq(c.ui, 0);
+    char *a5[] = {"attnlm-server", "--ui"};
+    ck_assert_int_eq(load(&c, a5, 2, err), 0);
+    ck_assert_int_eq(c.ui, 1);
+    setenv("ATTNLM_UI", "TRUE", 1);
+    char *a6[] = {"attnlm-server", "--ui=0"};
+    ck_assert_int_eq(load(&c, a6, 2, err), 0);
+    ck_assert_int_eq(c.ui, 0);
+    unsetenv("ATTNLM_UI");
     config_free(&c);
 }
 END_TEST
@@ -176,6 +195,16 @@ START_TEST(test_config_refusals_name_the_setting)
                   "17"};
     ck_assert_int_eq(load(&c, a7, 35, err), -1);
     ck_assert_ptr_nonnull(strstr(err, "at most 16 values"));
+    char *a8[] = {"attnlm-server", "--ui=maybe"};
+    ck_assert_int_eq(load(&c, a8, 2, err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "--ui"));
+    char *a9[] = {"attnlm-server", "--no-port"}; /* only switches have a --no- form */
+    ck_assert_int_eq(load(&c, a9, 2, err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "--no-port"));
+    setenv("ATTNLM_UI", "2", 1);
+    ck_assert_int_eq(load(&c, a5, 1, err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "ATTNLM_UI"));
+    unsetenv("ATTNLM_UI");
     config_free(&c);
 }
 END_TEST
@@ -189,7 +218,7 @@ START_TEST(test_help_lists_every_variable)
     fclose(f);
     const char *want[] = {"ATTNLM_HOST", "ATTNLM_PORT", "ATTNLM_MODEL", "ATTNLM_WORKERS", "ATTNLM_QUEUE",
                           "ATTNLM_TIMEOUT", "ATTNLM_MAX_BODY", "ATTNLM_MAX_INPUT_TOKENS", "ATTNLM_MAX_NEW_TOKENS",
-                          "ATTNLM_MAX_ATTENTION_TOKENS", "ATTNLM_API_KEY", "ATTNLM_DRAIN_TIMEOUT", "--max-batch"};
+                          "ATTNLM_MAX_ATTENTION_TOKENS", "ATTNLM_API_KEY", "ATTNLM_DRAIN_TIMEOUT", "--max-batch", "ATTNLM_UI", "--no-ui"};
     for (size_t i = 0; i < sizeof want / sizeof *want; i++)
         ck_assert_msg(strstr(buf, want[i]) != NULL, "--help lacks %s", want[i]);
     free(buf);

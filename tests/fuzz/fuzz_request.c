@@ -69,10 +69,11 @@ static void check_stream(const char *s, size_t n)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static const api_endpoint eps[] = {API_EP_SCORE, API_EP_GENERATE, API_EP_ATTENTION, API_EP_COMPLETIONS};
+    static const api_endpoint eps[] = {API_EP_SCORE, API_EP_GENERATE, API_EP_ATTENTION, API_EP_COMPLETIONS,
+                                       API_EP_ATTRIBUTION};
     if (size < 1)
         return 0;
-    api_endpoint ep = eps[data[0] % 4];
+    api_endpoint ep = eps[data[0] % (sizeof eps / sizeof *eps)];
     api_error e = {0};
     api_job *j = api_job_new(&ctx, ep, (const char *)data + 1, size - 1, 7, "fuzz", &e);
     if (!j) {
