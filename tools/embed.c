@@ -148,7 +148,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: embed OUT.c ROOT FILE...\n");
         return 2;
     }
-    char tmp[4096], err[512] = "";
+    char tmp[4096], err[4096 + 256] = "";
     if (snprintf(tmp, sizeof tmp, "%s.tmp", argv[1]) >= (int)sizeof tmp) {
         fprintf(stderr, "embed: %s: path too long\n", argv[1]);
         return 1;
