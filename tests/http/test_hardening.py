@@ -48,6 +48,19 @@ def raw_exchange(port, data, timeout=10):
     return out, closed
 
 
+def read_stream(s, timeout, until=None):
+    """What a raw socket receives until the server closes it (or `until` appears near the end)."""
+    data = b""
+    s.settimeout(timeout)
+    while not (until and until in data[-64:]):
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    return data
+
+
 def status_of(raw):
     m = re.match(rb"HTTP/1\.[01] (\d{3})", raw)
     assert m, raw[:200]
@@ -176,14 +189,7 @@ class TestReload(ServerCase):
         self.assertEqual(after["config"]["cell"], "lstm")
         self.assertNotEqual(srv.ok("/v1/score", {"text": "Whales!"})["logprob"], old_score["logprob"])
         # The stream goes on to its end on the old model.
-        data = b""
-        s.settimeout(120)
-        while not data.endswith(b"data: [DONE]\r\n\r\n") and b"data: [DONE]" not in data[-64:]:
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                break
-            data += chunk
-        s.close()
+        data = read_stream(s, 120, until=b"data: [DONE]")
         self.assertIn(b"\"finish_reason\":\"length\"", data)
         self.assertIn(b"data: [DONE]", data)
         # A broken file: the reload fails, is logged and counted, and the model serves on.
@@ -368,14 +374,7 @@ class TestStreamEndsAreLogged(ServerCase):
         s = raw_post(srv2.port, "/v1/generate", {"prompt": "a", "max_tokens": 1000000, "stream": True})
         s.recv(100)
         srv2.proc.send_signal(signal.SIGTERM)
-        data = b""
-        s.settimeout(60)
-        while True:
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                break
-            data += chunk
-        s.close()
+        data = read_stream(s, 60)
         self.assertIn(b"\"code\":503", data)
         self.assertTrue(wait_for(lambda: any("POST /v1/generate 503" in ln for ln in srv2.lines), 30),
                         srv2.stderr(5))
