@@ -240,4 +240,8 @@ uninstall:
 clean:
 	rm -rf build
 
+# The compiler writes the dependency files; without this empty rule make would
+# try to remake one through its built-in `%: %.o` (compiling kernels_avx2.d.o).
+%.d: ;
+
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
