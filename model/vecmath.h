@@ -59,8 +59,12 @@ static inline float fast_tanhf(float x) { return 1.0f - 2.0f / (fast_expf(2.0f *
  * scalar version itself (their trip count is only known at run time, and -O2
  * will not add the remainder loop that needs). */
 typedef int32_t v16i __attribute__((vector_size(64)));
+typedef uint32_t v16u __attribute__((vector_size(64)));
 
-static inline __attribute__((always_inline)) v16 v16_splat(float x) { return (v16){0} + x; }
+static inline __attribute__((always_inline)) v16 v16_splat(float x)
+{
+    return (v16){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+}
 
 static inline __attribute__((always_inline)) v16 v16_exp(v16 x)
 {
@@ -86,5 +90,19 @@ static inline __attribute__((always_inline)) v16 v16_load(const float *p)
 }
 
 static inline __attribute__((always_inline)) void v16_store(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+
+static inline __attribute__((always_inline)) v16u v16u_load(const uint32_t *p)
+{
+    v16u v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline __attribute__((always_inline)) v16i v16i_load(const int32_t *p)
+{
+    v16i v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
 
 #endif
