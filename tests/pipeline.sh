@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end check of the training side against the engine: train a tiny model
 # for a few steps on a small text, export it, and compare the C engine's
-# log-probabilities and attention maps with PyTorch's on a held-out sentence.
+# log-probabilities and attention maps with PyTorch's on a held-out sentence,
+# and `attnlm eval`'s loss over the training text with train.py's evaluate.
 # usage: pipeline.sh ATTNLM_CLI  (its `parity` command compares the engine with PyTorch)
 set -euo pipefail
 cli=$1
@@ -40,6 +41,22 @@ for combo in "lstm additive" "gru multihead" "elman cosine"; do
     if "$cli" parity --model "$work/m.safetensors" --expected "$work/expected.safetensors"; then
         pass=$((pass + 1))
     else
+        fail=$((fail + 1))
+    fi
+    # attnlm eval's held-out loss is train.py's evaluate (slices of 256 bytes, the last one shorter).
+    want=$("$py" -c 'import sys, torch
+sys.path.insert(0, sys.argv[1])
+from attnlm import load_model
+from train import evaluate
+m, _ = load_model(sys.argv[2])
+print("%.5f" % evaluate(m, torch.tensor(list(open(sys.argv[3], "rb").read())), 256))' \
+        "$here/train" "$work/m.safetensors" "$work/train.txt")
+    got=$("$cli" eval --model "$work/m.safetensors" --text "$work/train.txt" | sed -n 's/.*: \([0-9.]*\) nats\/byte.*/\1/p')
+    if awk -v a="$got" -v b="$want" 'BEGIN {d = a - b; exit !(a != "" && d < 1e-4 && d > -1e-4)}'; then
+        echo "eval: attnlm $got nats/byte, train.py $want"
+        pass=$((pass + 1))
+    else
+        echo "eval: attnlm gives \"$got\" nats/byte, train.py $want"
         fail=$((fail + 1))
     fi
 done
