@@ -27,6 +27,7 @@ typedef struct srv_config {
     const char *api_key;  /* "" = none */
     double drain_timeout; /* seconds */
     const char *port_file; /* "" = none: where to write the bound port once listening */
+    const char *precision; /* the models' weights: "f32", "bf16" or "int8" (checked by main) */
     int health_check;     /* --health: probe a running server's /health instead of serving */
 } srv_config;
 

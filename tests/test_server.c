@@ -189,7 +189,8 @@ START_TEST(test_help_lists_every_variable)
     fclose(f);
     const char *want[] = {"ATTNLM_HOST", "ATTNLM_PORT", "ATTNLM_MODEL", "ATTNLM_WORKERS", "ATTNLM_QUEUE",
                           "ATTNLM_TIMEOUT", "ATTNLM_MAX_BODY", "ATTNLM_MAX_INPUT_TOKENS", "ATTNLM_MAX_NEW_TOKENS",
-                          "ATTNLM_MAX_ATTENTION_TOKENS", "ATTNLM_API_KEY", "ATTNLM_DRAIN_TIMEOUT", "--max-batch"};
+                          "ATTNLM_MAX_ATTENTION_TOKENS", "ATTNLM_API_KEY", "ATTNLM_DRAIN_TIMEOUT", "--max-batch",
+                          "ATTNLM_PRECISION"};
     for (size_t i = 0; i < sizeof want / sizeof *want; i++)
         ck_assert_msg(strstr(buf, want[i]) != NULL, "--help lacks %s", want[i]);
     free(buf);
