@@ -6,7 +6,8 @@ Prints the same `name value` lines as bench_engine.  Scoring is one forward()
 over BOS + TEXT followed by log_softmax.  Decoding uses an incremental step
 (the RNN's own state plus a cache of the last `window` top-layer outputs, so a
 step costs what it costs in C), checked against forward() before timing.
-PyTorch runs on one thread, like each engine worker.
+PyTorch runs on one thread, like each engine worker; times are that thread's
+CPU time, as bench_engine's.
 """
 import math
 import os
@@ -72,9 +73,9 @@ def timed(fn):
     fn()
     secs = []
     for _ in range(REPS):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         fn()
-        secs.append(time.perf_counter() - t0)
+        secs.append(time.thread_time() - t0)
     return statistics.median(secs)
 
 
@@ -90,6 +91,7 @@ def main():
 
     with torch.inference_mode():
         print(f"torch {torch.__version__}, {torch.get_num_threads()} thread")
+        print("timing thread-cpu-time")
         diff = check_step(model, tokens[:PROMPT_BYTES + 2 * model.cfg.window + 5])
         print(f"step_vs_forward_max_abs_diff {diff:.2e}")
         if diff > 1e-4:
