@@ -13,6 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #define MAX_DIM (1 << 16) /* embed, hidden, attn_dim, heads */
 #define MAX_LAYERS 256
@@ -356,8 +359,14 @@ static model *model_from(st_file *f, const model_opts *opts, char *err, size_t e
         goto fail;
     for (int i = 0; i < st_tensor_count(m->file); i++)
         m->n_params += st_tensor_at(m->file, i)->numel;
-    /* Everything is packed or copied: the file's tensor data is no longer needed. */
+    /* Everything is packed or copied: the file's tensor data is no longer
+     * needed, and goes back to the system even when the allocator had put it
+     * on its heap (as it does for a reload's file once a larger block has
+     * been freed). */
     st_release_data(m->file);
+#if defined(__GLIBC__)
+    malloc_trim(0);
+#endif
     m->proj_dim = m->attn->proj_dim(&m->cfg);
     m->key_dim = m->attn->key_dim(&m->cfg);
     m->kern = kern_best();
