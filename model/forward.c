@@ -132,12 +132,21 @@ static void forward_tail(const model *m, const float *hs, int T, float *logprobs
     }
 }
 
+/* The recurrent stack of a forward pass runs over time-major rows: the rows
+ * of position t are those of the sequences still running at t (a prefix of
+ * the sequences sorted by decreasing length), from row base[t] on.  The input
+ * projections are computed a chunk of positions at a time, up to
+ * FWD_CHUNK_ROWS rows (or one position), so they stay in cache until the
+ * recurrence of those positions uses them; each position's recurrent product
+ * covers every sequence still running. */
+#define FWD_CHUNK_ROWS 256
+
 int model_forward_batch(const model *m, int B, const int *const *tokens, const int *lens, float *const *logprobs,
                         float *const *attn, model_seq *const *seqs, char *err, size_t errlen)
 {
     const model_config *c = &m->cfg;
     const model_weights *w = &m->w;
-    const int E = c->embed, H = c->hidden, GH = c->gates * c->hidden;
+    const int E = c->embed, H = c->hidden, GH = c->gates * c->hidden, L = c->layers;
     if (B < 1) {
         err_set(err, errlen, "no sequences to run");
         return -1;
@@ -158,20 +167,23 @@ int model_forward_batch(const model *m, int B, const int *const *tokens, const i
         S += (size_t)lens[b];
         Tmax = lens[b] > Tmax ? lens[b] : Tmax;
     }
-    size_t Bz = (size_t)B;
-    size_t total = S * (size_t)E + 2 * S * (size_t)H + S * (size_t)GH + Bz * ((size_t)GH + 2 * (size_t)H) +
-                   tail_floats(m, Tmax);
+    const size_t Bz = (size_t)B, chunk = Bz > FWD_CHUNK_ROWS ? Bz : FWD_CHUNK_ROWS;
+    /* x [S, E] time-major embeddings; ht [S, H] time-major outputs of the layers below the
+     * top (each layer overwrites its input); hs [S, H] the top layer's, sequence after sequence */
+    size_t total = S * (size_t)E + (L > 1 ? S * (size_t)H : 0) + S * (size_t)H + chunk * (size_t)GH +
+                   Bz * ((size_t)GH + 2 * (size_t)H) + tail_floats(m, Tmax);
     float *buf = malloc(total * sizeof *buf + m->scratch_bytes);
-    /* order: sequences by decreasing length, so the ones still running at a position are a prefix */
-    int *order = malloc(2 * Bz * sizeof *order), *off = order ? order + Bz : NULL;
+    /* order: sequences by decreasing length; off: where each starts in hs; base [Tmax + 1] */
+    int *order = malloc((2 * Bz + (size_t)Tmax + 1) * sizeof *order), *off = order ? order + Bz : NULL,
+        *base = order ? off + Bz : NULL;
     if (!buf || !order) {
         free(buf);
         free(order);
         err_set(err, errlen, "out of memory for a forward pass over %zu tokens", S);
         return -1;
     }
-    float *x = buf, *hA = x + S * E, *hB = hA + S * H, *gi = hB + S * H, *gh = gi + S * GH, *hst = gh + Bz * GH,
-          *cst = hst + Bz * H, *tail = cst + Bz * H;
+    float *x = buf, *ht = x + S * E, *hs = ht + (L > 1 ? S * H : 0), *gi = hs + S * H, *gh = gi + chunk * GH,
+          *hst = gh + Bz * GH, *cst = hst + Bz * H, *tail = cst + Bz * H;
     void *scratch = buf + total;
     for (int b = 0, pos = 0; b < B; b++) {
         off[b] = pos;
@@ -183,30 +195,37 @@ int model_forward_batch(const model *m, int B, const int *const *tokens, const i
         }
         order[r] = b;
     }
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < lens[b]; t++)
-            memcpy(x + (size_t)(off[b] + t) * E, w->embed + (size_t)tokens[b][t] * E, (size_t)E * sizeof *x);
+    base[0] = 0;
+    for (int t = 0, running = B; t < Tmax; t++) {
+        while (lens[order[running - 1]] <= t)
+            running--;
+        base[t + 1] = base[t] + running;
+        for (int r = 0; r < running; r++)
+            memcpy(x + (size_t)(base[t] + r) * E, w->embed + (size_t)tokens[order[r]][t] * E, (size_t)E * sizeof *x);
+    }
 
-    /* Recurrent stack: input projections of every position are one product;
-     * each position's recurrent product covers every sequence still running. */
     const float *in = x;
     int in_dim = E;
-    float *hout = hA;
-    for (int k = 0; k < c->layers; k++) {
+    for (int k = 0; k < L; k++) {
         const layer_weights *l = &w->layer[k];
-        linear(m, gi, GH, in, in_dim, &l->wih, l->bih, (int)S, false, scratch);
+        const bool top = k == L - 1;
         memset(hst, 0, Bz * (size_t)H * sizeof *hst);
         memset(cst, 0, Bz * (size_t)H * sizeof *cst);
-        int running = B;
-        for (int t = 0; t < Tmax; t++) {
-            while (lens[order[running - 1]] <= t)
-                running--;
-            linear(m, gh, GH, hst, H, &l->whh, l->bhh, running, false, scratch);
-            for (int r = 0; r < running; r++) {
-                size_t p = (size_t)(off[order[r]] + t);
-                m->kern->cell_update(c->cell, H, gi + p * GH, gh + (size_t)r * GH, hst + (size_t)r * H,
-                                     cst + (size_t)r * H);
-                memcpy(hout + p * H, hst + (size_t)r * H, (size_t)H * sizeof *hst);
+        for (int t0 = 0, t1; t0 < Tmax; t0 = t1) {
+            for (t1 = t0 + 1; t1 < Tmax && (size_t)(base[t1 + 1] - base[t0]) <= chunk; t1++)
+                ;
+            linear(m, gi, GH, in + (size_t)base[t0] * in_dim, in_dim, &l->wih, l->bih, base[t1] - base[t0], false,
+                   scratch);
+            for (int t = t0; t < t1; t++) {
+                const int running = base[t + 1] - base[t];
+                linear(m, gh, GH, hst, H, &l->whh, l->bhh, running, false, scratch);
+                for (int r = 0; r < running; r++) {
+                    float *h = hst + (size_t)r * H;
+                    m->kern->cell_update(c->cell, H, gi + (size_t)(base[t] - base[t0] + r) * GH, gh + (size_t)r * GH,
+                                         h, cst + (size_t)r * H);
+                    memcpy(top ? hs + (size_t)(off[order[r]] + t) * H : ht + (size_t)(base[t] + r) * H, h,
+                           (size_t)H * sizeof *h);
+                }
             }
         }
         for (int r = 0; seqs && r < B; r++) {
@@ -217,12 +236,11 @@ int model_forward_batch(const model *m, int B, const int *const *tokens, const i
             if (sq->c)
                 memcpy(sq->c + (size_t)k * H, cst + (size_t)r * H, (size_t)H * sizeof *cst);
         }
-        in = hout;
+        in = ht;
         in_dim = H;
-        hout = hout == hA ? hB : hA;
     }
     for (int b = 0; b < B; b++)
-        forward_tail(m, in + (size_t)off[b] * H, lens[b], logprobs ? logprobs[b] : NULL, attn ? attn[b] : NULL,
+        forward_tail(m, hs + (size_t)off[b] * H, lens[b], logprobs ? logprobs[b] : NULL, attn ? attn[b] : NULL,
                      seqs ? seqs[b] : NULL, tail, scratch);
     free(order);
     free(buf);
