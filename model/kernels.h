@@ -8,9 +8,10 @@
  *   f32   panel [K][16] floats;
  *   bf16  panel [ceil(K/2)][16] 32-bit words, word = bf16(W[j][2i]) | bf16(W[j][2i+1]) << 16
  *         (rounded to nearest even); products accumulate in f32;
- *   int8  panel [ceil(K/4)][16][4] signed bytes q[j][4i .. 4i+3] with W[j][k] ~ scale[j] * q[j][k]
- *         (one scale per output column); each block of rows is quantised per row to
- *         [-127, 127] the same way, and products accumulate exactly in int32.
+ *   int8  panel [ceil(K/4)][16][4] signed bytes q[j][4i .. 4i+3] in [-127, 127] with
+ *         W[j][k] ~ scale[j] * q[j][k] (one scale per output column); each block of rows is
+ *         quantised per row to 7 bits, [-63, 63] (so that one vpmaddubsw pair sum cannot
+ *         saturate), and products accumulate exactly in int32.
  * Padding (columns past N, k past K) is zero.
  *
  * Every kernel is a pure function of its arguments.  kernels_isa.c holds their

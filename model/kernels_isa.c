@@ -292,37 +292,28 @@ INLINE void tile_nbf(const gemm_args *a, int r, int p, const int MR, const int N
 
 /* ---- int8: per 4 k, 16 columns' 4 bytes times a row's 4 quantised inputs ----
  *
- * dot4(acc, xa, xb, w) adds to each 32-bit lane the sum of its 4 bytes of w
- * times the 4 bytes of the row's inputs, exactly.  With VNNI that is one
- * vpdpbusd on unsigned inputs q + 128 (xa; the 128 * column sums are taken
- * off at the end); with AVX2 it is vpmaddubsw on |q| (xa) and w with the
- * signs of q (xb), whose pair sums (at most 2 * 127 * 127) cannot saturate,
- * then vpmaddwd into 32 bits; the baseline does it lane by lane.  All three
- * give the same integers. */
+ * A row's inputs are quantised to 7 bits, q in [-63, 63], and stored as the
+ * unsigned bytes q + 64; dot4(acc, x, w) adds to each 32-bit lane the sum of
+ * its 4 signed weight bytes times the 4 unsigned input bytes, exactly, and
+ * the tile takes 64 times each column's weight sum off at the end.  With
+ * VNNI that is one vpdpbusd; with AVX2 it is vpmaddubsw, whose pair sums (at
+ * most 2 * 127 * 127) cannot saturate, then vpmaddwd into 32 bits; the
+ * baseline does it lane by lane.  All three give the same integers. */
+#define I8_LEVELS 63
+#define I8_OFFSET 64
 #if defined(__AVX512VNNI__)
-#define I8_OFFSET 128
-INLINE vi i8_xa(vi xb) { return xb; }
-INLINE vi dot4(vi acc, vi xa, vi xb, vi w)
-{
-    (void)xb;
-    return (vi)_mm512_dpbusd_epi32((__m512i)acc, (__m512i)xa, (__m512i)w);
-}
+INLINE vi dot4(vi acc, vi x, vi w) { return (vi)_mm512_dpbusd_epi32((__m512i)acc, (__m512i)x, (__m512i)w); }
 #elif defined(__AVX2__)
-#define I8_OFFSET 0
-INLINE vi i8_xa(vi xb) { return (vi)_mm256_abs_epi8((__m256i)xb); }
-INLINE vi dot4(vi acc, vi xa, vi xb, vi w)
+INLINE vi dot4(vi acc, vi x, vi w)
 {
-    __m256i prod = _mm256_maddubs_epi16((__m256i)xa, _mm256_sign_epi8((__m256i)w, (__m256i)xb));
-    return acc + (vi)_mm256_madd_epi16(prod, _mm256_set1_epi16(1));
+    return acc + (vi)_mm256_madd_epi16(_mm256_maddubs_epi16((__m256i)x, (__m256i)w), _mm256_set1_epi16(1));
 }
 #else
-#define I8_OFFSET 0
-INLINE vi i8_xa(vi xb) { return xb; }
-INLINE vi dot4(vi acc, vi xa, vi xb, vi w)
+INLINE vi dot4(vi acc, vi x, vi w)
 {
-    (void)xb;
-    int8_t xs[4 * VI], ws[4 * VI];
-    memcpy(xs, &xa, sizeof xs);
+    uint8_t xs[4 * VI];
+    int8_t ws[4 * VI];
+    memcpy(xs, &x, sizeof xs);
     memcpy(ws, &w, sizeof ws);
     for (int l = 0; l < VI; l++)
         acc[l] += xs[4 * l] * ws[4 * l] + xs[4 * l + 1] * ws[4 * l + 1] + xs[4 * l + 2] * ws[4 * l + 2] +
@@ -331,8 +322,8 @@ INLINE vi dot4(vi acc, vi xa, vi xb, vi w)
 }
 #endif
 
-/* A block's rows quantised: scale t = max|x| / 127, q = round(x / t) (halves
- * away from zero) in [-127, 127], plus I8_OFFSET, 4 per word, 0 past K. */
+/* A block's rows quantised: scale t = max|x| / I8_LEVELS, q = round(x / t)
+ * (halves away from zero), stored as q + I8_OFFSET, 4 per word; q = 0 past K. */
 typedef int32_t vm __attribute__((vector_size(VW * 4)));
 typedef uint8_t vb __attribute__((vector_size(VW)));
 
@@ -364,7 +355,7 @@ static void prepare_i8(gemm_args *a, int mb, void *scratch)
             float v = x[k] < 0.0f ? -x[k] : x[k];
             mx = v > mx ? v : mx;
         }
-        const float inv = mx > 0.0f ? 127.0f / mx : 0.0f;
+        const float inv = mx > 0.0f ? (float)I8_LEVELS / mx : 0.0f;
         for (int k = 0; k < KV; k += VW) {
             vf y = vf_load(x + k) * inv;
             vf half = (vf)(((vu)y & 0x80000000u) | (vu)vf_splat(0.5f));
@@ -376,7 +367,7 @@ static void prepare_i8(gemm_args *a, int mb, void *scratch)
             q[k] = (unsigned char)quantise(x[k], inv);
         for (int k = K; k < K4 * 4; k++)
             q[k] = I8_OFFSET;
-        xs[i] = mx / 127.0f;
+        xs[i] = mx / (float)I8_LEVELS;
     }
     a->x = xq;
     a->ldx = K4;
@@ -401,10 +392,10 @@ INLINE void tile_i8(const gemm_args *a, int r, int p, const int MR, const int NP
             wv[q] = vi_load(wp + (size_t)(q / PI) * ps + (size_t)k4 * KERN_NR + (q % PI) * VI);
 #pragma GCC unroll 8
         for (int i = 0; i < MR; i++) {
-            vi xb = vi_splat(x[(size_t)i * ldx + k4]), xa = i8_xa(xb);
+            vi xv = vi_splat(x[(size_t)i * ldx + k4]);
 #pragma GCC unroll 16
             for (int q = 0; q < NP * PI; q++)
-                acc[i * NP * PI + q] = dot4(acc[i * NP * PI + q], xa, xb, wv[q]);
+                acc[i * NP * PI + q] = dot4(acc[i * NP * PI + q], xv, wv[q]);
         }
     }
 #pragma GCC unroll 8

@@ -36,17 +36,17 @@ static void find_tables(void)
 }
 
 /* What the kernels of table t multiply row x [K] by at precision p: int8
- * quantises it per row, native bf16 rounds it. */
+ * quantises it per row to 7 bits, native bf16 rounds it. */
 static void reference_inputs(const kern_ops *t, kern_prec p, const float *x, int K, double *out)
 {
     if (p == KERN_INT8) {
         float mx = 0.0f;
         for (int k = 0; k < K; k++)
             mx = fmaxf(mx, fabsf(x[k]));
-        const float inv = mx > 0.0f ? 127.0f / mx : 0.0f;
+        const float inv = mx > 0.0f ? 63.0f / mx : 0.0f;
         for (int k = 0; k < K; k++) {
             float y = x[k] * inv;
-            out[k] = (double)(int)(y + (y < 0.0f ? -0.5f : 0.5f)) * (mx / 127.0f);
+            out[k] = (double)(int)(y + (y < 0.0f ? -0.5f : 0.5f)) * (mx / 63.0f);
         }
     } else {
         for (int k = 0; k < K; k++)
