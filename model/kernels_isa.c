@@ -49,6 +49,8 @@
 typedef float vf __attribute__((vector_size(VW * 4)));
 typedef uint32_t vu __attribute__((vector_size(VW * 4)));
 typedef int32_t vi __attribute__((vector_size(VI * 4)));
+typedef int32_t vm __attribute__((vector_size(VW * 4))); /* a comparison's result on vf */
+VECMATH_VECTOR(vf, vm, vf)
 
 INLINE vf vf_load(const float *p)
 {
@@ -324,7 +326,6 @@ INLINE vi dot4(vi acc, vi x, vi w)
 
 /* A block's rows quantised: scale t = max|x| / I8_LEVELS, q = round(x / t)
  * (halves away from zero), stored as q + I8_OFFSET, 4 per word; q = 0 past K. */
-typedef int32_t vm __attribute__((vector_size(VW * 4)));
 typedef uint8_t vb __attribute__((vector_size(VW)));
 
 INLINE int quantise(float x, float inv)
@@ -497,25 +498,27 @@ static void gemm_i8(float *out, int ldo, const float *in, int ldi, const kmat *w
 
 /* ---- recurrent cells ---------------------------------------------------------- */
 
-/* The gate activations 16 units at a time, then the H % 16 rest one by one. */
+INLINE void vf_store(float *p, vf v) { memcpy(p, &v, sizeof v); }
+
+/* The gate activations VW units at a time, then the H % VW rest one by one. */
 static void cell_update(int cell, int H, const float *gi, const float *gh, float *h, float *c)
 {
-    const int H16 = H & ~15;
+    const int HV = H / VW * VW;
     switch (cell) {
     case 0: /* elman */
-        for (int j = 0; j < H16; j += 16)
-            v16_store(h + j, v16_tanh(v16_load(gi + j) + v16_load(gh + j)));
-        for (int j = H16; j < H; j++)
+        for (int j = 0; j < HV; j += VW)
+            vf_store(h + j, vf_tanh(vf_load(gi + j) + vf_load(gh + j)));
+        for (int j = HV; j < H; j++)
             h[j] = fast_tanhf(gi[j] + gh[j]);
         break;
     case 1: /* gru: gate rows r, z, n */
-        for (int j = 0; j < H16; j += 16) {
-            v16 r = v16_sigmoid(v16_load(gi + j) + v16_load(gh + j));
-            v16 z = v16_sigmoid(v16_load(gi + H + j) + v16_load(gh + H + j));
-            v16 n = v16_tanh(v16_load(gi + 2 * H + j) + r * v16_load(gh + 2 * H + j));
-            v16_store(h + j, (1.0f - z) * n + z * v16_load(h + j));
+        for (int j = 0; j < HV; j += VW) {
+            vf r = vf_sigmoid(vf_load(gi + j) + vf_load(gh + j));
+            vf z = vf_sigmoid(vf_load(gi + H + j) + vf_load(gh + H + j));
+            vf n = vf_tanh(vf_load(gi + 2 * H + j) + r * vf_load(gh + 2 * H + j));
+            vf_store(h + j, (1.0f - z) * n + z * vf_load(h + j));
         }
-        for (int j = H16; j < H; j++) {
+        for (int j = HV; j < H; j++) {
             float r = sigmoidf(gi[j] + gh[j]);
             float z = sigmoidf(gi[H + j] + gh[H + j]);
             float n = fast_tanhf(gi[2 * H + j] + r * gh[2 * H + j]);
@@ -523,16 +526,16 @@ static void cell_update(int cell, int H, const float *gi, const float *gh, float
         }
         break;
     default: /* lstm: gate rows i, f, g, o */
-        for (int j = 0; j < H16; j += 16) {
-            v16 i = v16_sigmoid(v16_load(gi + j) + v16_load(gh + j));
-            v16 f = v16_sigmoid(v16_load(gi + H + j) + v16_load(gh + H + j));
-            v16 g = v16_tanh(v16_load(gi + 2 * H + j) + v16_load(gh + 2 * H + j));
-            v16 o = v16_sigmoid(v16_load(gi + 3 * H + j) + v16_load(gh + 3 * H + j));
-            v16 cv = f * v16_load(c + j) + i * g;
-            v16_store(c + j, cv);
-            v16_store(h + j, o * v16_tanh(cv));
+        for (int j = 0; j < HV; j += VW) {
+            vf i = vf_sigmoid(vf_load(gi + j) + vf_load(gh + j));
+            vf f = vf_sigmoid(vf_load(gi + H + j) + vf_load(gh + H + j));
+            vf g = vf_tanh(vf_load(gi + 2 * H + j) + vf_load(gh + 2 * H + j));
+            vf o = vf_sigmoid(vf_load(gi + 3 * H + j) + vf_load(gh + 3 * H + j));
+            vf cv = f * vf_load(c + j) + i * g;
+            vf_store(c + j, cv);
+            vf_store(h + j, o * vf_tanh(cv));
         }
-        for (int j = H16; j < H; j++) {
+        for (int j = HV; j < H; j++) {
             float i = sigmoidf(gi[j] + gh[j]);
             float f = sigmoidf(gi[H + j] + gh[H + j]);
             float g = fast_tanhf(gi[2 * H + j] + gh[2 * H + j]);
@@ -547,8 +550,8 @@ static void cell_update(int cell, int H, const float *gi, const float *gh, float
 static void tanh_inplace(float *x, size_t n)
 {
     size_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        v16_store(x + i, v16_tanh(v16_load(x + i)));
+    for (; i + VW <= n; i += VW)
+        vf_store(x + i, vf_tanh(vf_load(x + i)));
     for (; i < n; i++)
         x[i] = fast_tanhf(x[i]);
 }
