@@ -326,7 +326,15 @@ INLINE vi dot4(vi acc, vi x, vi w)
 
 /* A block's rows quantised: scale t = max|x| / I8_LEVELS, q = round(x / t)
  * (halves away from zero), stored as q + I8_OFFSET, 4 per word; q = 0 past K. */
-typedef uint8_t vb __attribute__((vector_size(VW)));
+typedef uint8_t vbw __attribute__((vector_size(VW * 4))); /* a vm's bytes */
+/* The low byte of each lane of a vm (a narrowing conversion, which GCC would do lane by lane). */
+#if VW == 16
+#define LOW_BYTES(v) __builtin_shufflevector((vbw)(v), (vbw)(v), 0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60)
+#elif VW == 8
+#define LOW_BYTES(v) __builtin_shufflevector((vbw)(v), (vbw)(v), 0, 4, 8, 12, 16, 20, 24, 28)
+#else
+#define LOW_BYTES(v) __builtin_shufflevector((vbw)(v), (vbw)(v), 0, 4, 8, 12)
+#endif
 
 INLINE int quantise(float x, float inv)
 {
@@ -361,7 +369,7 @@ static void prepare_i8(gemm_args *a, int mb, void *scratch)
             vf y = vf_load(x + k) * inv;
             vf half = (vf)(((vu)y & 0x80000000u) | (vu)vf_splat(0.5f));
             vm v = __builtin_convertvector(y + half, vm) + I8_OFFSET;
-            vb b = __builtin_convertvector(v, vb);
+            __typeof__(LOW_BYTES(v)) b = LOW_BYTES(v); /* VW bytes */
             memcpy(q + k, &b, sizeof b);
         }
         for (int k = KV; k < K; k++)
