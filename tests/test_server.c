@@ -413,6 +413,34 @@ START_TEST(test_pool_drops_gone_and_late_tasks)
 }
 END_TEST
 
+/* A worker takes scoring requests in rounds of at most 2,048 input tokens:
+ * twelve of 250 tokens queued for one worker are answered in forward passes
+ * of at most 8, not in one pass of all that were queued. */
+START_TEST(test_pool_rounds_bound_input_tokens)
+{
+    enum { N = 12 };
+    char body[300] = "{\"text\":\"";
+    size_t len = strlen(body);
+    for (int i = 0; i < 250; i++)
+        body[len++] = (char)('a' + i % 26);
+    strcpy(body + len, "\"}");
+    start_pool(1, 16, 16);
+    test_task *t[N];
+    for (int i = 0; i < N; i++)
+        t[i] = tt_submit(API_EP_SCORE, body, 0);
+    for (int i = 0; i < N; i++) {
+        tt_wait(t[i]);
+        ck_assert_int_eq(t[i]->status, 200);
+        ck_assert_str_eq(t[i]->out, t[0]->out);
+    }
+    unsigned long requests = atomic_load(&g_metrics.fwd_sum), passes = atomic_load(&g_metrics.fwd_count);
+    ck_assert_uint_eq(requests, N);
+    ck_assert_uint_ge(passes, 2);
+    for (int b = 4; b < METRICS_BATCH_BUCKETS; b++) /* bucket 3 holds passes of 5 to 8 */
+        ck_assert_msg(atomic_load(&g_metrics.fwd_bucket[b]) == 0, "a forward pass of more than 8 requests");
+}
+END_TEST
+
 /* With one worker holding one sequence and a queue of one, the third is refused;
  * an abort ends everything held with its error. */
 START_TEST(test_pool_queue_bound_and_abort)
@@ -444,7 +472,7 @@ int main(void)
                      CHECK_TEST(test_help_lists_every_variable), CHECK_TEST(test_health_probe_reads_the_status))},
         {"pool",
          CHECK_TESTS(CHECK_TEST(test_pool_batches_and_matches_alone), CHECK_TEST(test_pool_drops_gone_and_late_tasks),
-                     CHECK_TEST(test_pool_queue_bound_and_abort)),
+                     CHECK_TEST(test_pool_queue_bound_and_abort), CHECK_TEST(test_pool_rounds_bound_input_tokens)),
          .setup = pool_setup, .teardown = pool_teardown, .timeout = 120},
     };
     return check_main("server", cases, sizeof cases / sizeof *cases);
