@@ -27,6 +27,13 @@
 #endif
 
 #define INLINE static inline __attribute__((always_inline))
+/* Unrolls the loop that follows completely (its trip count is a constant once
+ * the tile is inlined), so a tile's arrays become registers. */
+#if defined(__clang__)
+#define UNROLL _Pragma("clang loop unroll(full)")
+#else
+#define UNROLL _Pragma("GCC unroll 32")
+#endif
 
 /* Native vectors: VW floats and VI 32-bit integers per register.  A panel's
  * row of 16 columns is PV float vectors, or PI integer vectors. */
@@ -155,9 +162,9 @@ INLINE void put16(const gemm_args *a, int r, int p, const float *v)
 /* Writes a tile's float accumulators acc[(i * NP + q) * PV + v]. */
 INLINE void put_tile(const gemm_args *a, int r, int p, const vf *acc, const int MR, const int NP)
 {
-#pragma GCC unroll 8
+    UNROLL
     for (int i = 0; i < MR; i++)
-#pragma GCC unroll 8
+        UNROLL
         for (int q = 0; q < NP; q++) {
             float v[KERN_NR];
             memcpy(v, &acc[(i * NP + q) * PV], sizeof v);
@@ -175,18 +182,18 @@ INLINE void tile_f32(const gemm_args *a, int r, int p, const int MR, const int N
     const float *wp = (const float *)(const void *)w->data + (size_t)p * ps;
     const float *x = a->in + (size_t)r * ldi;
     vf acc[TILE_MAX];
-#pragma GCC unroll 24
+    UNROLL
     for (int i = 0; i < MR * NP * PV; i++)
         acc[i] = (vf){0};
     for (int k = 0; k < K; k++) {
         vf wv[NP_MAX * PV];
-#pragma GCC unroll 16
+        UNROLL
         for (int q = 0; q < NP * PV; q++)
             wv[q] = vf_load(wp + (size_t)(q / PV) * ps + (size_t)k * KERN_NR + (q % PV) * VW);
-#pragma GCC unroll 8
+        UNROLL
         for (int i = 0; i < MR; i++) {
             vf xv = vf_splat(x[(size_t)i * ldi + k]);
-#pragma GCC unroll 16
+            UNROLL
             for (int q = 0; q < NP * PV; q++)
                 acc[i * NP * PV + q] += wv[q] * xv;
         }
@@ -205,21 +212,21 @@ INLINE void tile_wbf(const gemm_args *a, int r, int p, const int MR, const int N
     const uint32_t *wp = (const uint32_t *)(const void *)w->data + (size_t)p * ps;
     const float *x = a->in + (size_t)r * ldi;
     vf acc[TILE_MAX];
-#pragma GCC unroll 24
+    UNROLL
     for (int i = 0; i < MR * NP * PV; i++)
         acc[i] = (vf){0};
     for (int k2 = 0; k2 < K2; k2++) {
         vf lo[NP_MAX * PV], hi[NP_MAX * PV];
-#pragma GCC unroll 16
+        UNROLL
         for (int q = 0; q < NP * PV; q++) {
             vu u = vu_load(wp + (size_t)(q / PV) * ps + (size_t)k2 * KERN_NR + (q % PV) * VW);
             lo[q] = (vf)(u << 16);
             hi[q] = (vf)(u & 0xffff0000u);
         }
-#pragma GCC unroll 8
+        UNROLL
         for (int i = 0; i < MR; i++) {
             vf x0 = vf_splat(x[(size_t)i * ldi + 2 * k2]), x1 = vf_splat(x[(size_t)i * ldi + 2 * k2 + 1]);
-#pragma GCC unroll 16
+            UNROLL
             for (int q = 0; q < NP * PV; q++) {
                 acc[i * NP * PV + q] += lo[q] * x0;
                 acc[i * NP * PV + q] += hi[q] * x1;
@@ -227,10 +234,10 @@ INLINE void tile_wbf(const gemm_args *a, int r, int p, const int MR, const int N
         }
     }
     if (K % 2) {
-#pragma GCC unroll 16
+        UNROLL
         for (int q = 0; q < NP * PV; q++) {
             vf lo = (vf)(vu_load(wp + (size_t)(q / PV) * ps + (size_t)K2 * KERN_NR + (q % PV) * VW) << 16);
-#pragma GCC unroll 8
+            UNROLL
             for (int i = 0; i < MR; i++)
                 acc[i * NP * PV + q] += lo * vf_splat(x[(size_t)i * ldi + K - 1]);
         }
@@ -272,18 +279,18 @@ INLINE void tile_nbf(const gemm_args *a, int r, int p, const int MR, const int N
     const uint32_t *wp = (const uint32_t *)(const void *)w->data + (size_t)p * ps;
     const uint32_t *x = (const uint32_t *)a->x + (size_t)(r - a->r0) * ldx;
     vf acc[TILE_MAX];
-#pragma GCC unroll 24
+    UNROLL
     for (int i = 0; i < MR * NP; i++)
         acc[i] = (vf){0};
     for (int k2 = 0; k2 < K2; k2++) {
         vu wv[NP_MAX];
-#pragma GCC unroll 8
+        UNROLL
         for (int q = 0; q < NP; q++)
             wv[q] = vu_load(wp + (size_t)q * ps + (size_t)k2 * KERN_NR);
-#pragma GCC unroll 8
+        UNROLL
         for (int i = 0; i < MR; i++) {
             vu xv = vu_splat(x[(size_t)i * ldx + k2]);
-#pragma GCC unroll 8
+            UNROLL
             for (int q = 0; q < NP; q++)
                 acc[i * NP + q] = (vf)_mm512_dpbf16_ps((__m512)acc[i * NP + q], (__m512bh)wv[q], (__m512bh)xv);
         }
@@ -391,26 +398,26 @@ INLINE void tile_i8(const gemm_args *a, int r, int p, const int MR, const int NP
     const int32_t *wp = (const int32_t *)(const void *)w->data + (size_t)p * ps;
     const int32_t *x = (const int32_t *)a->x + (size_t)(r - a->r0) * ldx;
     vi acc[TILE_MAX];
-#pragma GCC unroll 24
+    UNROLL
     for (int i = 0; i < MR * NP * PI; i++)
         acc[i] = (vi){0};
     for (int k4 = 0; k4 < K4; k4++) {
         vi wv[NP_MAX * PI];
-#pragma GCC unroll 16
+        UNROLL
         for (int q = 0; q < NP * PI; q++)
             wv[q] = vi_load(wp + (size_t)(q / PI) * ps + (size_t)k4 * KERN_NR + (q % PI) * VI);
-#pragma GCC unroll 8
+        UNROLL
         for (int i = 0; i < MR; i++) {
             vi xv = vi_splat(x[(size_t)i * ldx + k4]);
-#pragma GCC unroll 16
+            UNROLL
             for (int q = 0; q < NP * PI; q++)
                 acc[i * NP * PI + q] = dot4(acc[i * NP * PI + q], xv, wv[q]);
         }
     }
-#pragma GCC unroll 8
+    UNROLL
     for (int q = 0; q < NP; q++) {
         const int j0 = (p + q) * KERN_NR;
-#pragma GCC unroll 8
+        UNROLL
         for (int i = 0; i < MR; i++) {
             int32_t s[KERN_NR];
             float v[KERN_NR];
