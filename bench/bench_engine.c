@@ -23,9 +23,9 @@
  * Times are the benchmarking thread's CPU time (CLOCK_THREAD_CPUTIME_ID), so
  * other processes sharing the cores slow the figures less than they would
  * the wall clock; cpu_share says what fraction of the wall clock the thread
- * got.  Each figure is the median of REPS repetitions after a warm-up, the
- * precisions taking turns within each repetition so that a change of load
- * affects them alike; the product timings are the minimum.
+ * got.  Each figure is the best of REPS repetitions after a warm-up (on a
+ * shared machine the other work only ever adds time), the precisions taking
+ * turns within each repetition so that a change of load affects them alike.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "kernels.h"
@@ -41,7 +41,7 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { REPS = 5, PROMPT_BYTES = 32, MAX_BATCH = 32, N_BATCHES = 3 };
+enum { REPS = 7, PROMPT_BYTES = 32, MAX_BATCH = 32, N_BATCHES = 3 };
 static const int BATCHES[N_BATCHES] = {1, 8, 32};
 
 static double clock_s(clockid_t id)
@@ -52,16 +52,12 @@ static double clock_s(clockid_t id)
 }
 static double cpu_now(void) { return clock_s(CLOCK_THREAD_CPUTIME_ID); }
 
-static int cmp_double(const void *a, const void *b)
+static double best(const double *v, int n)
 {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return v[n / 2];
+    double b = v[0];
+    for (int i = 1; i < n; i++)
+        b = v[i] < b ? v[i] : b;
+    return b;
 }
 
 static void die(const char *what)
@@ -358,13 +354,13 @@ int main(int argc, char **argv)
     for (int i = 0; i < n_runs; i++) {
         run *r = &runs[i];
         const char *p = model_precision_name(r->prec);
-        printf("score_%s_tokens_per_s %.1f\n", p, (double)(T - 1) / median(r->score, REPS));
+        printf("score_%s_tokens_per_s %.1f\n", p, (double)(T - 1) / best(r->score, REPS));
         for (int bi = 0; bi < N_BATCHES; bi++) {
-            double s = median(r->step[bi], REPS);
+            double s = best(r->step[bi], REPS);
             printf("decode_b%d_%s_tokens_per_s %.1f\n", BATCHES[bi], p, BATCHES[bi] / s);
             printf("decode_b%d_%s_ms_per_step %.4f\n", BATCHES[bi], p, 1e3 * s);
         }
-        printf("weight_read_%s_ms %.4f\n", p, 1e3 * median(r->read, REPS));
+        printf("weight_read_%s_ms %.4f\n", p, 1e3 * best(r->read, REPS));
     }
     crossover(c->gates * c->hidden, c->hidden);
     crossover(c->gates * c->hidden, c->embed);

@@ -38,7 +38,7 @@ echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 value() { awk -v k="$1" '$1 == k {print $2}' <<<"$2"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a != "" && b != "" && b > 0) printf "%.2fx", a / b; else print "-"}'; }
 
-echo "== side by side (tokens per second of the benchmarking thread's CPU time; decoding is the aggregate over the batch)"
+echo "== side by side (tokens per second of the benchmarking thread's CPU time, best of 7; decoding is the aggregate over the batch)"
 echo "kernels: $(value kernels_f32 "$c_out" | cut -d, -f1) ($(sed -n 's/^kernels_\([a-z0-9]*\) [^,]*, /\1: /p' <<<"$c_out" | paste -sd';' | sed 's/;/; /g'))"
 printf '%-12s %12s %12s %12s %12s %12s\n' "work" "f32" "bf16" "int8" "pytorch f32" "f32/pytorch"
 for k in score decode_b1 decode_b8 decode_b32; do
