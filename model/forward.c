@@ -1,17 +1,18 @@
 /* forward.c -- the full-sequence forward pass and batched incremental decoding.
  *
  * Both paths compute the function of docs/FORMAT.md.  The forward pass turns
- * everything that is not sequential into matrix products over all positions
+ * everything that is not sequential into matrix products over many positions
  * (input projections, attention in diagonal blocks, output projections); the
  * step path does the same over the sequences of a batch.  Only the recurrence
- * itself is a matrix-vector product per position.  What is particular to an
- * attention mechanism is asked of its descriptor (engine.h).
+ * itself is a product per position, over the sequences still running.  Every
+ * product with a weight matrix is linear(), the model's kernels over its
+ * packed weights (kernels.h); what is particular to an attention mechanism is
+ * asked of its descriptor (engine.h).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "engine.h"
 #include "vecmath.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>

@@ -331,8 +331,8 @@ static void pool_teardown(void)
     api_models_free(g_models);
 }
 
-/* Same text and tokens; log-probabilities equal to float rounding (a batch
- * of one takes a matrix-vector product, larger batches a matrix product). */
+/* Same text and tokens; the same log-probabilities (a row's numbers do not
+ * depend on its batch; compared to 1e-5 as printed). */
 static void same_generation(const char *a, const char *b)
 {
     cJSON *x = cJSON_Parse(a), *y = cJSON_Parse(b);
