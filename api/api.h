@@ -76,10 +76,11 @@ typedef struct api_model {
 
 typedef struct api_models api_models; /* the served models, by name */
 
-/* Loads the model files paths[n] (at most API_MAX_MODELS), refusing two with
- * one name.  NULL with a message naming the file and the problem.  Free with
+/* Loads the model files paths[n] (at most API_MAX_MODELS) with opts (NULL:
+ * the defaults; reloads use the same), refusing two with one name.  NULL
+ * with a message naming the file and the problem.  Free with
  * api_models_free once no job holds a model. */
-api_models *api_models_load(const char *const *paths, int n, char *err, size_t errlen);
+api_models *api_models_load(const char *const *paths, int n, const model_opts *opts, char *err, size_t errlen);
 void api_models_free(api_models *r);
 int api_models_count(const api_models *r);
 /* The model now served under name (NULL or "": the first), with a reference

@@ -19,6 +19,7 @@
 
 struct api_models {
     pthread_mutex_t lock;
+    model_opts opts; /* how every model is loaded, reloads included */
     int n;
     api_model *slot[API_MAX_MODELS]; /* the model each file now serves */
 };
@@ -35,7 +36,7 @@ static void model_name(const model *m, const char *path, char *out, size_t len)
 }
 
 /* Loads path into a new served model with one reference (the slot's). */
-static api_model *load_one(const char *path, int slot, char *err, size_t errlen)
+static api_model *load_one(const char *path, int slot, const model_opts *opts, char *err, size_t errlen)
 {
     api_model *am = calloc(1, sizeof *am);
     if (!am) {
@@ -48,7 +49,7 @@ static api_model *load_one(const char *path, int slot, char *err, size_t errlen)
         return NULL;
     }
     int64_t t0 = clock_now_ns();
-    am->m = model_load(path, err, errlen);
+    am->m = model_load_opts(path, opts, err, errlen);
     if (!am->m) {
         free(am);
         return NULL;
@@ -82,7 +83,7 @@ static int find_slot(const api_models *r, const char *name)
     return -1;
 }
 
-api_models *api_models_load(const char *const *paths, int n, char *err, size_t errlen)
+api_models *api_models_load(const char *const *paths, int n, const model_opts *opts, char *err, size_t errlen)
 {
     if (n < 1 || n > API_MAX_MODELS) {
         err_set(err, errlen, "%d model files given; from 1 to %d can be served", n, API_MAX_MODELS);
@@ -94,9 +95,11 @@ api_models *api_models_load(const char *const *paths, int n, char *err, size_t e
         return NULL;
     }
     pthread_mutex_init(&r->lock, NULL);
+    if (opts)
+        r->opts = *opts;
     for (int i = 0; i < n; i++) {
         char why[ATTNLM_ERR_LEN];
-        api_model *am = load_one(paths[i], i, why, sizeof why);
+        api_model *am = load_one(paths[i], i, &r->opts, why, sizeof why);
         if (!am) {
             err_set(err, errlen, "cannot load %s: %s", paths[i], why);
             goto fail;
@@ -156,7 +159,7 @@ int api_models_reload(api_models *r, api_metrics *metrics, api_reload_note note,
         /* Only reload swaps slots, and reloads run one at a time, so the path is stable. */
         char path[API_MODEL_PATH], why[ATTNLM_ERR_LEN], msg[ATTNLM_ERR_LEN + 256];
         snprintf(path, sizeof path, "%s", r->slot[i]->path);
-        api_model *am = load_one(path, i, why, sizeof why);
+        api_model *am = load_one(path, i, &r->opts, why, sizeof why);
         bool ok = am != NULL;
         if (ok) {
             pthread_mutex_lock(&r->lock);

@@ -1,19 +1,34 @@
-/* bench_engine.c -- engine throughput on one model, single-threaded BLAS.
+/* bench_engine.c -- engine throughput on one model at every weight precision,
+ * single-threaded, side by side in one run.
  *
  *   bench_engine MODEL TEXT_FILE [DECODE_STEPS]
  *
- * Measures, as `name value` lines on stdout:
- *   score_tokens_per_s        full-sequence forward (log-probabilities) over BOS + TEXT
- *   decode_bN_tokens_per_s    greedy decoding of N sequences stepped together (N = 1, 8, 32),
- *                             aggregate tokens/s; each sequence is first prefilled with its own
- *                             32-byte slice of TEXT (not timed)
- *   decode_bN_ms_per_step     wall time of one model_step + argmax over the batch
- *   weight_stream_ms          one cblas_sgemv over as many floats as a step's weight
- *                             matrices hold: the floor that reading the weights sets
- *                             for a batch-1 step on this machine
- * Each figure is the median of several timed repetitions after one warm-up.
+ * Loads MODEL once per precision (f32, bf16, int8; BENCH_PRECISIONS narrows
+ * the list) and prints `name value` lines on stdout, P being the precision:
+ *   kernels_P                   what model_kernels() reports
+ *   weights_P_bytes             weights the model holds; rss_P_kb what loading it adds to the
+ *                               resident memory of a fresh process
+ *   score_P_tokens_per_s        full-sequence forward (log-probabilities) over BOS + TEXT
+ *   decode_bN_P_tokens_per_s    greedy decoding of N sequences stepped together (N = 1, 8, 32),
+ *                               aggregate tokens/s; each sequence is first prefilled with its own
+ *                               32-byte slice of TEXT (not timed)
+ *   decode_bN_P_ms_per_step     one model_step + argmax over the batch
+ *   weight_read_P_ms            reading as many bytes as the weights hold once (AVX2 loads, four
+ *                               streams) from a buffer that has just been read (as a step's
+ *                               weights have): the floor that reading them sets for a batch-1 step
+ * and the crossover of the product kernels with OpenBLAS on the model's
+ * recurrent shape [G*H, H] and its first input shape [G*H, E]:
+ *   gemm_NxK_mM_kernel_us / gemm_NxK_mM_blas_us   one f32 product of M rows (BLAS: sgemv for M = 1)
+ *
+ * Times are the benchmarking thread's CPU time (CLOCK_THREAD_CPUTIME_ID), so
+ * other processes sharing the cores slow the figures less than they would
+ * the wall clock; cpu_share says what fraction of the wall clock the thread
+ * got.  Each figure is the best of REPS repetitions after a warm-up (on a
+ * shared machine the other work only ever adds time), the precisions taking
+ * turns within each repetition so that a change of load affects them alike.
  */
 #define _POSIX_C_SOURCE 200809L
+#include "kernels.h"
 #include "model.h"
 #include "sampler.h"
 #include "tokenizer.h"
@@ -22,27 +37,33 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
-enum { REPS = 5, PROMPT_BYTES = 32, MAX_BATCH = 32 };
+enum { REPS = 7, PROMPT_BYTES = 32, MAX_BATCH = 32, N_BATCHES = 3 };
+static const int BATCHES[N_BATCHES] = {1, 8, 32};
 
-static double now(void)
+static double clock_s(clockid_t id)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
+static double cpu_now(void) { return clock_s(CLOCK_THREAD_CPUTIME_ID); }
 
-static int cmp_double(const void *a, const void *b)
+static double best(const double *v, int n)
 {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
+    double b = v[0];
+    for (int i = 1; i < n; i++)
+        b = v[i] < b ? v[i] : b;
+    return b;
 }
 
-static double median(double *v, int n)
+static void die(const char *what)
 {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return v[n / 2];
+    fprintf(stderr, "bench_engine: %s\n", what);
+    exit(1);
 }
 
 static char *read_file(const char *path, size_t *len)
@@ -62,100 +83,182 @@ static char *read_file(const char *path, size_t *len)
     return buf;
 }
 
-static double bench_score(const model *m, const int *tokens, int T, float *logprobs)
+static long rss_kb(void)
 {
-    char err[ATTNLM_ERR_LEN];
-    double secs[REPS];
-    for (int r = -1; r < REPS; r++) {
-        double t0 = now();
-        if (model_forward(m, tokens, T, logprobs, NULL, NULL, err, sizeof err) < 0) {
-            fprintf(stderr, "bench_engine: %s\n", err);
-            exit(1);
-        }
-        if (r >= 0)
-            secs[r] = now() - t0;
+    long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
+            resident = 0;
+        fclose(f);
     }
-    return (double)(T - 1) / median(secs, REPS);
+    return resident * (sysconf(_SC_PAGESIZE) / 1024);
 }
 
-/* Returns the median seconds for `steps` steps of B sequences. */
-static double bench_decode(const model *m, const int *text, int ntext, int B, int steps)
-{
-    char err[ATTNLM_ERR_LEN];
-    const model_config *c = model_get_config(m);
+/* One precision's model and what was measured of it. */
+typedef struct run {
+    model_precision prec;
+    model *m;
+    long rss_kb;
+    double score[REPS], step[N_BATCHES][REPS], read[REPS];
     model_seq *seqs[MAX_BATCH];
-    model_batch *batch = model_batch_new(m, B);
-    float *logits = malloc(sizeof(float) * (size_t)B * (size_t)c->vocab);
-    int tokens[MAX_BATCH], prompt[PROMPT_BYTES + 1];
-    if (!batch || !logits) {
-        fprintf(stderr, "bench_engine: out of memory\n");
-        exit(1);
-    }
-    for (int b = 0; b < B; b++)
-        seqs[b] = model_seq_new(m);
+    model_batch *batch;
+    float *logits;
+} run;
 
-    double secs[REPS];
-    for (int r = -1; r < REPS; r++) {
-        for (int b = 0; b < B; b++) {
-            int start = (b * 29) % (ntext - PROMPT_BYTES);
-            prompt[0] = c->bos_id;
-            memcpy(prompt + 1, text + start, sizeof(int) * PROMPT_BYTES);
-            model_seq_reset(seqs[b]);
-            /* The prompt's last token is fed by the first step. */
-            if (model_forward(m, prompt, PROMPT_BYTES, NULL, NULL, seqs[b], err, sizeof err) < 0) {
-                fprintf(stderr, "bench_engine: %s\n", err);
-                exit(1);
-            }
-            tokens[b] = prompt[PROMPT_BYTES];
-        }
-        double t0 = now();
-        for (int s = 0; s < steps; s++) {
-            if (model_step(m, batch, seqs, tokens, B, logits, NULL, err, sizeof err) < 0) {
-                fprintf(stderr, "bench_engine: %s\n", err);
-                exit(1);
-            }
-            for (int b = 0; b < B; b++)
-                tokens[b] = sampler_argmax(logits + (size_t)b * (size_t)c->vocab, c->vocab);
-        }
-        if (r >= 0)
-            secs[r] = now() - t0;
-    }
-    for (int b = 0; b < B; b++)
-        model_seq_free(seqs[b]);
-    model_batch_free(batch);
-    free(logits);
-    return median(secs, REPS);
+static double time_score(const model *m, const int *tokens, int T, float *logprobs)
+{
+    char err[ATTNLM_ERR_LEN];
+    double t0 = cpu_now();
+    if (model_forward(m, tokens, T, logprobs, NULL, NULL, err, sizeof err) < 0)
+        die(err);
+    return cpu_now() - t0;
 }
 
-/* Every weight except the embedding table (a step reads one row of it). */
-static double bench_weight_stream(const model *m)
+/* CPU seconds for `steps` steps of B sequences, each prefilled first (not timed). */
+static double time_decode(run *r, const int *text, int ntext, int B, int steps)
 {
-    const model_config *c = model_get_config(m);
-    int cols = c->hidden;
-    int rows = (int)((model_param_count(m) - (uint64_t)c->vocab * (uint64_t)c->embed) / (uint64_t)cols);
-    float *w = malloc(sizeof(float) * (size_t)rows * (size_t)cols);
-    float *x = malloc(sizeof(float) * (size_t)cols), *y = malloc(sizeof(float) * (size_t)rows);
-    if (!w || !x || !y) {
-        fputs("bench_engine: out of memory\n", stderr);
-        exit(1);
+    char err[ATTNLM_ERR_LEN];
+    const model_config *c = model_get_config(r->m);
+    int tokens[MAX_BATCH], prompt[PROMPT_BYTES + 1];
+    for (int b = 0; b < B; b++) {
+        int start = (b * 29) % (ntext - PROMPT_BYTES);
+        prompt[0] = c->bos_id;
+        memcpy(prompt + 1, text + start, sizeof(int) * PROMPT_BYTES);
+        model_seq_reset(r->seqs[b]);
+        /* The prompt's last token is fed by the first step. */
+        if (model_forward(r->m, prompt, PROMPT_BYTES, NULL, NULL, r->seqs[b], err, sizeof err) < 0)
+            die(err);
+        tokens[b] = prompt[PROMPT_BYTES];
     }
-    for (size_t i = 0; i < (size_t)rows * (size_t)cols; i++)
-        w[i] = 1e-3f * (float)(i % 13);
-    for (int i = 0; i < cols; i++)
-        x[i] = 1.0f;
-    enum { CALLS = 200 };
-    double secs[REPS];
-    for (int r = -1; r < REPS; r++) {
-        double t0 = now();
-        for (int k = 0; k < CALLS; k++)
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, cols, 1.0f, w, cols, x, 1, 0.0f, y, 1);
-        if (r >= 0)
-            secs[r] = (now() - t0) / CALLS;
+    double t0 = cpu_now();
+    for (int s = 0; s < steps; s++) {
+        if (model_step(r->m, r->batch, r->seqs, tokens, B, r->logits, NULL, err, sizeof err) < 0)
+            die(err);
+        for (int b = 0; b < B; b++)
+            tokens[b] = sampler_argmax(r->logits + (size_t)b * (size_t)c->vocab, c->vocab);
     }
+    return cpu_now() - t0;
+}
+
+/* Reads n bytes (a multiple of 1024) as 4 streams, one per quarter, as the
+ * kernels read 4 panels at once, with 32-byte loads into 8 independent sums:
+ * bound by the memory hierarchy, not by the loop.  (Only scalars cross the
+ * boundary of this AVX2 function.) */
+typedef uint64_t u64x4 __attribute__((vector_size(32)));
+#if defined(__x86_64__)
+__attribute__((target("avx2")))
+#endif
+static uint64_t read_bytes(const unsigned char *buf, size_t n)
+{
+    __asm__ volatile("" ::: "memory"); /* each call reads: the compiler may not reuse a result */
+    u64x4 s[8] = {{0}};
+    const size_t q = n / 4;
+    for (size_t i = 0; i < q; i += 64)
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            u64x4 v, w;
+            memcpy(&v, buf + (size_t)j * q + i, sizeof v);
+            memcpy(&w, buf + (size_t)j * q + i + 32, sizeof w);
+            s[2 * j] ^= v;
+            s[2 * j + 1] ^= w;
+        }
+    for (int j = 1; j < 8; j++)
+        s[0] ^= s[j];
+    return s[0][0] ^ s[0][1] ^ s[0][2] ^ s[0][3];
+}
+
+/* CPU seconds to read n bytes once, right after reading them (as a step's
+ * weights have been by the step before). */
+static double time_read(const unsigned char *buf, size_t n)
+{
+    static volatile uint64_t sink;
+    enum { CALLS = 50 };
+    n &= ~(size_t)1023;
+#if defined(__x86_64__)
+    if (!__builtin_cpu_supports("avx2"))
+        return 0.0;
+#endif
+    uint64_t s = read_bytes(buf, n);
+    double t0 = cpu_now();
+    for (int k = 0; k < CALLS; k++)
+        s ^= read_bytes(buf, n);
+    sink = s;
+    (void)sink;
+    return (cpu_now() - t0) / CALLS;
+}
+
+/* What loading the model at prec adds to a fresh process's resident memory
+ * (measured in a child process, so no other model or allocation history counts). */
+static long load_rss_kb(const char *path, model_precision prec)
+{
+    int fd[2];
+    if (pipe(fd) < 0)
+        return -1;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fd[0]);
+        char err[ATTNLM_ERR_LEN];
+        model_opts opts = {.precision = prec};
+        long before = rss_kb();
+        model *m = model_load_opts(path, &opts, err, sizeof err);
+        long kb = m ? rss_kb() - before : -1;
+        ssize_t w = write(fd[1], &kb, sizeof kb);
+        _exit(w == (ssize_t)sizeof kb ? 0 : 1);
+    }
+    close(fd[1]);
+    long kb = -1;
+    if (pid < 0 || read(fd[0], &kb, sizeof kb) != (ssize_t)sizeof kb)
+        kb = -1;
+    close(fd[0]);
+    if (pid > 0)
+        waitpid(pid, NULL, 0);
+    return kb;
+}
+
+/* The f32 product kernel against OpenBLAS on [N, K] for M rows: minimum microseconds of each. */
+static void crossover(int N, int K)
+{
+    static const int Ms[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 1024};
+    enum { MAXM = 1024 };
+    float *w = malloc(sizeof(float) * (size_t)N * K), *in = malloc(sizeof(float) * (size_t)MAXM * K);
+    float *out = malloc(sizeof(float) * (size_t)MAXM * N);
+    void *scratch = malloc(kern_scratch_bytes(K));
+    kmat km;
+    char err[128];
+    if (!w || !in || !out || !scratch)
+        die("out of memory");
+    for (size_t i = 0; i < (size_t)N * K; i++)
+        w[i] = 1e-3f * (float)(i % 13) - 6e-3f;
+    for (size_t i = 0; i < (size_t)MAXM * K; i++)
+        in[i] = 1e-2f * (float)(i % 7) - 3e-2f;
+    if (kmat_pack(&km, w, K, N, K, KERN_F32, err, sizeof err) < 0)
+        die(err);
+    const kern_ops *k = kern_best();
+    for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++) {
+        const int M = Ms[mi], reps = M <= 16 ? 200 : M <= 128 ? 30 : 6;
+        double best[2] = {1e9, 1e9};
+        for (int rep = 0; rep < reps; rep++) {
+            double t0 = cpu_now();
+            k->gemm[KERN_F32](out, N, in, K, &km, NULL, M, false, scratch);
+            double t1 = cpu_now();
+            if (M == 1)
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, w, K, in, 1, 0.0f, out, 1);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, in, K, w, K, 0.0f, out, N);
+            double t2 = cpu_now();
+            best[0] = t1 - t0 < best[0] ? t1 - t0 : best[0];
+            best[1] = t2 - t1 < best[1] ? t2 - t1 : best[1];
+        }
+        printf("gemm_%dx%d_m%d_kernel_us %.1f\n", N, K, M, 1e6 * best[0]);
+        printf("gemm_%dx%d_m%d_blas_us %.1f\n", N, K, M, 1e6 * best[1]);
+    }
+    kmat_free(&km);
     free(w);
-    free(x);
-    free(y);
-    return median(secs, REPS);
+    free(in);
+    free(out);
+    free(scratch);
 }
 
 int main(int argc, char **argv)
@@ -168,54 +271,111 @@ int main(int argc, char **argv)
     if (steps < 1)
         steps = 256;
     openblas_set_num_threads(1);
+    double wall0 = clock_s(CLOCK_MONOTONIC), cpu0 = cpu_now();
 
+    run runs[MODEL_PRECISION_COUNT];
+    int n_runs = 0;
+    const char *want = getenv("BENCH_PRECISIONS");
     char err[ATTNLM_ERR_LEN];
-    double t0 = now();
-    model *m = model_load(argv[1], err, sizeof err);
-    if (!m) {
-        fprintf(stderr, "bench_engine: %s\n", err);
-        return 1;
+    for (int p = 0; p < MODEL_PRECISION_COUNT; p++) {
+        const char *name = model_precision_name((model_precision)p);
+        if (want && *want && !strstr(want, name))
+            continue;
+        run *r = &runs[n_runs++];
+        memset(r, 0, sizeof *r);
+        r->prec = (model_precision)p;
+        model_opts opts = {.precision = r->prec};
+        if (!(r->m = model_load_opts(argv[1], &opts, err, sizeof err)))
+            die(err);
+        r->rss_kb = load_rss_kb(argv[1], r->prec);
+        r->batch = model_batch_new(r->m, MAX_BATCH);
+        r->logits = malloc(sizeof(float) * MAX_BATCH * (size_t)model_get_config(r->m)->vocab);
+        for (int b = 0; b < MAX_BATCH; b++)
+            if (!(r->seqs[b] = model_seq_new(r->m)))
+                die("out of memory");
+        if (!r->batch || !r->logits)
+            die("out of memory");
     }
-    double load_s = now() - t0;
-    const model_config *c = model_get_config(m);
+    if (n_runs == 0)
+        die("BENCH_PRECISIONS names none of f32, bf16, int8");
+    const model *m0 = runs[0].m;
+    const model_config *c = model_get_config(m0);
 
     size_t len = 0;
     char *text = read_file(argv[2], &len);
     if (!text || len <= PROMPT_BYTES) {
-        fprintf(stderr, "bench_engine: cannot read text from %s (need more than %d bytes)\n", argv[2],
-                PROMPT_BYTES);
+        fprintf(stderr, "bench_engine: cannot read text from %s (need more than %d bytes)\n", argv[2], PROMPT_BYTES);
         return 1;
     }
     int T = (int)len + 1;
     int *tokens = malloc(sizeof(int) * (size_t)T);
     float *logprobs = malloc(sizeof(float) * (size_t)T * (size_t)c->vocab);
-    if (!tokens || !logprobs) {
-        fputs("bench_engine: out of memory\n", stderr);
-        return 1;
-    }
+    size_t max_bytes = 0;
+    for (int i = 0; i < n_runs; i++)
+        max_bytes = model_weight_bytes(runs[i].m) > max_bytes ? model_weight_bytes(runs[i].m) : max_bytes;
+    unsigned char *wbuf = malloc(max_bytes + 1024);
+    if (!tokens || !logprobs || !wbuf)
+        die("out of memory");
+    memset(wbuf, 1, max_bytes + 1024);
     tokens[0] = c->bos_id;
     for (size_t i = 0; i < len; i++)
         tokens[i + 1] = (unsigned char)text[i];
 
     printf("model %s: %s x%d, hidden %d, %s attention, window %d, %llu parameters\n", argv[1],
            model_cell_name(c->cell), c->layers, c->hidden, model_attention_name(c->attention), c->window,
-           (unsigned long long)model_param_count(m));
+           (unsigned long long)model_param_count(m0));
     printf("openblas %s\n", openblas_get_config());
-    printf("load_seconds %.4f\n", load_s);
+    printf("timing thread-cpu-time\n");
     printf("score_bytes %d\n", T - 1);
-    printf("score_tokens_per_s %.1f\n", bench_score(m, tokens, T, logprobs));
     printf("decode_steps %d\n", steps);
-    static const int batches[] = {1, 8, 32};
-    for (size_t i = 0; i < sizeof batches / sizeof batches[0]; i++) {
-        int B = batches[i];
-        double s = bench_decode(m, tokens + 1, (int)len, B, steps);
-        printf("decode_b%d_tokens_per_s %.1f\n", B, (double)B * steps / s);
-        printf("decode_b%d_ms_per_step %.3f\n", B, 1e3 * s / steps);
+    for (int i = 0; i < n_runs; i++) {
+        const char *p = model_precision_name(runs[i].prec);
+        printf("kernels_%s %s\n", p, model_kernels(runs[i].m));
+        printf("weights_%s_bytes %zu\n", p, model_weight_bytes(runs[i].m));
+        printf("rss_%s_kb %ld\n", p, runs[i].rss_kb);
     }
-    printf("weight_stream_ms %.3f\n", 1e3 * bench_weight_stream(m));
+    fflush(stdout);
+
+    for (int rep = -1; rep < REPS; rep++)
+        for (int i = 0; i < n_runs; i++) {
+            run *r = &runs[i];
+            double s = time_score(r->m, tokens, T, logprobs);
+            if (rep >= 0)
+                r->score[rep] = s;
+            for (int bi = 0; bi < N_BATCHES; bi++) {
+                double d = time_decode(r, tokens + 1, (int)len, BATCHES[bi], steps);
+                if (rep >= 0)
+                    r->step[bi][rep] = d / steps;
+            }
+            double rd = time_read(wbuf, model_weight_bytes(r->m));
+            if (rep >= 0)
+                r->read[rep] = rd;
+        }
+    for (int i = 0; i < n_runs; i++) {
+        run *r = &runs[i];
+        const char *p = model_precision_name(r->prec);
+        printf("score_%s_tokens_per_s %.1f\n", p, (double)(T - 1) / best(r->score, REPS));
+        for (int bi = 0; bi < N_BATCHES; bi++) {
+            double s = best(r->step[bi], REPS);
+            printf("decode_b%d_%s_tokens_per_s %.1f\n", BATCHES[bi], p, BATCHES[bi] / s);
+            printf("decode_b%d_%s_ms_per_step %.4f\n", BATCHES[bi], p, 1e3 * s);
+        }
+        printf("weight_read_%s_ms %.4f\n", p, 1e3 * best(r->read, REPS));
+    }
+    crossover(c->gates * c->hidden, c->hidden);
+    crossover(c->gates * c->hidden, c->embed);
+    printf("cpu_share %.2f\n", (cpu_now() - cpu0) / (clock_s(CLOCK_MONOTONIC) - wall0));
+
+    for (int i = 0; i < n_runs; i++) {
+        for (int b = 0; b < MAX_BATCH; b++)
+            model_seq_free(runs[i].seqs[b]);
+        model_batch_free(runs[i].batch);
+        free(runs[i].logits);
+        model_free(runs[i].m);
+    }
+    free(wbuf);
     free(tokens);
     free(logprobs);
     free(text);
-    model_free(m);
     return 0;
 }

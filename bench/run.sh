@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# run.sh BENCH_ENGINE MODEL -- the engine and the PyTorch model on the same work, side by side.
+# run.sh BENCH_ENGINE MODEL -- the engine at f32, bf16 and int8 and the PyTorch model on the same
+# work, side by side, with the machine they ran on.
 # DECODE_STEPS (default 256) sets the tokens decoded per sequence.  PYTHON selects the interpreter.
 set -euo pipefail
 
@@ -9,42 +10,63 @@ text=$here/text_1000.txt
 steps=${DECODE_STEPS:-256}
 python=${PYTHON:-/usr/bin/python3}
 
+cpuinfo() { sed -n "s/^$1[[:space:]]*: //p" /proc/cpuinfo | head -1; }
 echo "== machine"
 echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
-echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores online"
+echo "cpu: $(cpuinfo 'model name'), family $(cpuinfo 'cpu family') model $(cpuinfo model) stepping $(cpuinfo stepping);" \
+     "$(nproc) cores online"
+echo "cpu features: $(cpuinfo flags | tr ' ' '\n' | grep -E '^(avx2|fma|avx512(f|bw|vl|_bf16|_vnni|vnni|bf16)|avx_vnni)$' | sort | tr '\n' ' ')"
 echo "memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "compiler: $(${CC:-cc} --version | head -1)"
+echo "OPENBLAS_CORETYPE: ${OPENBLAS_CORETYPE:-(unset)}"
 
-echo "== engine (C, OpenBLAS single-threaded)"
+echo "== engine (C, one thread; f32, bf16 and int8 take turns in each repetition)"
 c_out=$(OPENBLAS_NUM_THREADS=1 "$engine" "$model" "$text" "$steps")
 echo "$c_out"
 
 t_out=""
 if "$python" -c 'import torch' 2>/dev/null; then
-    echo "== PyTorch eager (the project's train/attnlm.py model)"
+    echo "== PyTorch eager (the project's train/attnlm.py model, f32)"
     t_out=$(OMP_NUM_THREADS=1 "$python" "$here/bench_torch.py" "$model" "$text" "$steps")
     echo "$t_out"
 else
     echo "== PyTorch not installed: engine figures only"
 fi
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 value() { awk -v k="$1" '$1 == k {print $2}' <<<"$2"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (a != "" && b != "" && b > 0) printf "%.2fx", a / b; else print "-"}'; }
 
-echo "== side by side (tokens/s; decoding is the aggregate over the batch)"
-printf '%-22s %14s %14s %10s\n' "work" "engine" "pytorch" "ratio"
+echo "== side by side (tokens per second of the benchmarking thread's CPU time, best of 7; decoding is the aggregate over the batch)"
+echo "kernels: $(value kernels_f32 "$c_out" | cut -d, -f1) ($(sed -n 's/^kernels_\([a-z0-9]*\) [^,]*, /\1: /p' <<<"$c_out" | paste -sd';' | sed 's/;/; /g'))"
+printf '%-12s %12s %12s %12s %12s %12s\n' "work" "f32" "bf16" "int8" "pytorch f32" "f32/pytorch"
 for k in score decode_b1 decode_b8 decode_b32; do
-    c=$(value "${k}_tokens_per_s" "$c_out")
+    row=()
+    for p in f32 bf16 int8; do
+        if [ "$k" = score ]; then v=$(value "score_${p}_tokens_per_s" "$c_out"); else v=$(value "${k}_${p}_tokens_per_s" "$c_out"); fi
+        row+=("${v:--}")
+    done
     t=$(value "${k}_tokens_per_s" "$t_out")
-    if [ -n "$t" ]; then
-        r=$(awk -v c="$c" -v t="$t" 'BEGIN {printf "%.1fx", c / t}')
-    else
-        t="-" r="-"
-    fi
-    printf '%-22s %14s %14s %10s\n' "$k" "$c" "$t" "$r"
+    printf '%-12s %12s %12s %12s %12s %12s\n' "$k" "${row[@]}" "${t:--}" "$(ratio "${row[0]}" "$t")"
 done
-b1=$(value decode_b1_tokens_per_s "$c_out") b32=$(value decode_b32_tokens_per_s "$c_out")
-awk -v a="$b32" -v b="$b1" 'BEGIN {printf "engine batch-32 aggregate / batch-1: %.1fx\n", a / b}'
-step=$(value decode_b1_ms_per_step "$c_out") floor=$(value weight_stream_ms "$c_out")
-awk -v s="$step" -v f="$floor" \
-    'BEGIN {printf "engine batch-1 step %.3f ms; reading its weights once (sgemv) takes %.3f ms (%.0f%% of the step)\n", s, f, 100 * f / s}'
+for p in f32 bf16 int8; do
+    b1=$(value "decode_b1_${p}_tokens_per_s" "$c_out") b32=$(value "decode_b32_${p}_tokens_per_s" "$c_out")
+    [ -n "$b1" ] || continue
+    step=$(value "decode_b1_${p}_ms_per_step" "$c_out") floor=$(value "weight_read_${p}_ms" "$c_out")
+    echo "$p: batch-32 aggregate / batch-1 $(ratio "$b32" "$b1"); batch-1 $(ratio "$b1" "$(value decode_b1_f32_tokens_per_s "$c_out")") of f32;" \
+         "step $step ms, reading its $(awk -v b="$(value "weights_${p}_bytes" "$c_out")" 'BEGIN {printf "%.1f MB", b / 1e6}') of weights once" \
+         "$floor ms ($(awk -v s="$step" -v f="$floor" 'BEGIN {printf "%.0f%%", 100 * f / s}') of the step); RSS +$(value "rss_${p}_kb" "$c_out") kB"
+done
+
+echo "== f32 products: the engine's kernel against OpenBLAS (microseconds, best of many; BLAS is sgemv for one row)"
+for shape in $(sed -n 's/^gemm_\([0-9]*x[0-9]*\)_m1_kernel_us .*/\1/p' <<<"$c_out"); do
+    printf '%-12s' "[$shape] M"
+    for m in $(sed -n "s/^gemm_${shape}_m\([0-9]*\)_kernel_us .*/\1/p" <<<"$c_out"); do printf '%9s' "$m"; done
+    printf '\n%-13s' "  kernel"
+    for m in $(sed -n "s/^gemm_${shape}_m\([0-9]*\)_kernel_us .*/\1/p" <<<"$c_out"); do printf '%9s' "$(value "gemm_${shape}_m${m}_kernel_us" "$c_out")"; done
+    printf '\n%-13s' "  openblas"
+    for m in $(sed -n "s/^gemm_${shape}_m\([0-9]*\)_kernel_us .*/\1/p" <<<"$c_out"); do printf '%9s' "$(value "gemm_${shape}_m${m}_blas_us" "$c_out")"; done
+    echo
+done
+echo "the benchmarking thread had $(awk -v s="$(value cpu_share "$c_out")" 'BEGIN {printf "%.0f%%", 100 * s}') of a core over its run"

@@ -3,7 +3,9 @@
  *   attnlm info     --model M                 configuration and provenance
  *   attnlm score    --model M --text T        per-byte log-probabilities, nats/byte
  *   attnlm generate --model M --prompt P [--max-tokens N --temperature X --top-k K --top-p P --seed S]
+ *   attnlm eval     --model M --text FILE     held-out loss in nats/byte, as train/train.py's evaluate
  *   attnlm parity   --model M --expected E    the engine against a PyTorch dump of M (exit 1 if off)
+ * info, score, generate and eval take --precision f32|bf16|int8 (default f32).
  *
  * Generation prefills the prompt with the full-sequence pass and then decodes
  * one token at a time with model_step, exactly as the service does.
@@ -21,9 +23,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+/* Bytes per evaluation slice and slices per forward pass (train/train.py's --eval-len and batch). */
+enum { EVAL_LEN = 256, EVAL_BATCH = 32 };
 
 typedef struct options {
     const char *cmd, *model, *text, *expected;
+    model_opts load;
     long max_tokens;
     double temperature, top_p;
     long top_k;
@@ -36,7 +43,9 @@ static void usage(FILE *to)
           "       attnlm score    --model FILE --text TEXT\n"
           "       attnlm generate --model FILE --prompt TEXT [--max-tokens N (200)] [--temperature X (0.8)]\n"
           "                       [--top-k K (0: off)] [--top-p P (1: off)] [--seed S (1)]\n"
-          "       attnlm parity   --model FILE --expected DUMP (from train/dump_expected.py)\n",
+          "       attnlm eval     --model FILE --text FILE\n"
+          "       attnlm parity   --model FILE --expected DUMP (from train/dump_expected.py)\n"
+          "info, score, generate and eval take --precision f32|bf16|int8 (weights; default f32)\n",
           to);
 }
 
@@ -74,6 +83,12 @@ static int parse_args(int argc, char **argv, options *o)
             o->text = v;
         } else if (!strcmp(f, "--expected")) {
             o->expected = v;
+        } else if (!strcmp(f, "--precision")) {
+            char err[ATTNLM_ERR_LEN];
+            if (model_precision_parse(v, &o->load.precision, err, sizeof err) < 0) {
+                fprintf(stderr, "attnlm: --precision: %s\n", err);
+                return -1;
+            }
         } else if (!strcmp(f, "--max-tokens")) {
             if (parse_num(f, v, 0, 1e6, &d) < 0)
                 return -1;
@@ -196,6 +211,85 @@ done:
     return rc;
 }
 
+static double seconds(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The mean negative log-likelihood in nats per byte of the file's text,
+ * exactly as train/train.py's evaluate: the text cut into slices of EVAL_LEN
+ * bytes (the last may be shorter), each scored after BOS and its own
+ * preceding bytes only. */
+static int eval(const model *m, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "attnlm: cannot open %s\n", path);
+        return -1;
+    }
+    size_t cap = 1 << 16, len = 0, n;
+    unsigned char *text = malloc(cap);
+    while (text && (n = fread(text + len, 1, cap - len, f)) > 0)
+        if ((len += n) == cap) {
+            unsigned char *bigger = realloc(text, cap *= 2);
+            if (!bigger) {
+                free(text);
+                text = NULL;
+            }
+            text = bigger;
+        }
+    fclose(f);
+    const model_config *c = model_get_config(m);
+    const size_t V = (size_t)c->vocab;
+    int *tok = malloc(sizeof *tok * EVAL_BATCH * EVAL_LEN);
+    float *lp = malloc(sizeof *lp * EVAL_BATCH * EVAL_LEN * V);
+    int rc = -1;
+    if (!text || !tok || !lp) {
+        fprintf(stderr, "attnlm: out of memory\n");
+        goto done;
+    }
+    if (len == 0) {
+        fprintf(stderr, "attnlm: %s is empty\n", path);
+        goto done;
+    }
+    double total = 0.0, cpu0 = seconds(CLOCK_PROCESS_CPUTIME_ID), wall0 = seconds(CLOCK_MONOTONIC);
+    char err[ATTNLM_ERR_LEN];
+    for (size_t start = 0; start < len; start += (size_t)EVAL_BATCH * EVAL_LEN) {
+        const int *tp[EVAL_BATCH];
+        float *lps[EVAL_BATCH];
+        int lens[EVAL_BATCH], B = 0;
+        for (size_t s = start; s < len && B < EVAL_BATCH; s += EVAL_LEN, B++) {
+            lens[B] = (int)(len - s < EVAL_LEN ? len - s : EVAL_LEN);
+            int *t = tok + (size_t)B * EVAL_LEN;
+            t[0] = c->bos_id;
+            for (int i = 1; i < lens[B]; i++)
+                t[i] = text[s + (size_t)i - 1];
+            tp[B] = t;
+            lps[B] = lp + (size_t)B * EVAL_LEN * V;
+        }
+        if (model_forward_batch(m, B, tp, lens, lps, NULL, NULL, err, sizeof err) < 0) {
+            fprintf(stderr, "attnlm: %s\n", err);
+            goto done;
+        }
+        for (int b = 0; b < B; b++)
+            for (int i = 0; i < lens[b]; i++)
+                total -= lps[b][(size_t)i * V + text[start + (size_t)b * EVAL_LEN + (size_t)i]];
+    }
+    double cpu = seconds(CLOCK_PROCESS_CPUTIME_ID) - cpu0, wall = seconds(CLOCK_MONOTONIC) - wall0;
+    printf("%s: %.5f nats/byte (%.4f bits/byte) over %zu bytes in slices of %d; precision %s, kernels %s; "
+           "%.0f tokens/s (%.0f per CPU second)\n",
+           path, total / (double)len, total / (double)len / log(2.0), len, EVAL_LEN,
+           model_precision_name(model_get_precision(m)), model_kernels(m), (double)len / wall, (double)len / cpu);
+    rc = 0;
+done:
+    free(text);
+    free(tok);
+    free(lp);
+    return rc;
+}
+
 /* Exit status 0 when the engine matches the dump within tolerance. */
 static int parity(const options *o)
 {
@@ -218,12 +312,13 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (strcmp(o.cmd, "info") && strcmp(o.cmd, "score") && strcmp(o.cmd, "generate") && strcmp(o.cmd, "parity")) {
+    if (strcmp(o.cmd, "info") && strcmp(o.cmd, "score") && strcmp(o.cmd, "generate") && strcmp(o.cmd, "eval") &&
+        strcmp(o.cmd, "parity")) {
         usage(strcmp(o.cmd, "--help") && strcmp(o.cmd, "-h") ? stderr : stdout);
         return strcmp(o.cmd, "--help") && strcmp(o.cmd, "-h") ? 2 : 0;
     }
-    if (!strcmp(o.cmd, "score") && !o.text) {
-        fprintf(stderr, "attnlm: score needs --text\n");
+    if ((!strcmp(o.cmd, "score") || !strcmp(o.cmd, "eval")) && !o.text) {
+        fprintf(stderr, "attnlm: %s needs --text\n", o.cmd);
         return 2;
     }
     if (!strcmp(o.cmd, "parity") && !o.expected) {
@@ -234,7 +329,7 @@ int main(int argc, char **argv)
     if (!strcmp(o.cmd, "parity"))
         return parity(&o);
     char err[ATTNLM_ERR_LEN];
-    model *m = model_load(o.model, err, sizeof err);
+    model *m = model_load_opts(o.model, &o.load, err, sizeof err);
     if (!m) {
         fprintf(stderr, "attnlm: cannot load %s: %s\n", o.model, err);
         return 1;
@@ -244,6 +339,8 @@ int main(int argc, char **argv)
         info(m);
     else if (!strcmp(o.cmd, "score"))
         rc = score(m, o.text);
+    else if (!strcmp(o.cmd, "eval"))
+        rc = eval(m, o.text);
     else
         rc = generate(m, &o);
     model_free(m);

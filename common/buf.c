@@ -84,6 +84,8 @@ const char *buf_cstr(buf *b)
 
 char *buf_take(buf *b, size_t *len)
 {
+    if (b->p && buf_reserve(b, 1))
+        b->p[b->len] = '\0';
     char *p = b->p;
     if (len)
         *len = b->len;

@@ -28,7 +28,9 @@ bool buf_reserve(buf *b, size_t n);
 void buf_consume(buf *b, size_t n);
 /* A NUL-terminated view of the contents ("" if empty or on out of memory). */
 const char *buf_cstr(buf *b);
-/* Hands the bytes to the caller (who frees them) and leaves b empty. */
+/* Hands the bytes to the caller (who frees them) and leaves b empty.  A NUL
+ * not counted in len follows them, so they also read as a string, unless
+ * memory ran out. */
 char *buf_take(buf *b, size_t *len);
 void buf_free(buf *b);
 

@@ -97,11 +97,11 @@ static int additive_configure(model_config *c, int attn_dim, char *err, size_t e
 static int additive_proj_dim(const model_config *c) { return 2 * c->attn_dim; }
 static int additive_key_dim(const model_config *c) { return c->attn_dim; }
 
-static void additive_project(const model *m, float *proj, const float *hs, int T)
+static void additive_project(const model *m, float *proj, const float *hs, int T, void *scratch)
 {
     const int H = m->cfg.hidden, A = m->cfg.attn_dim;
-    linear(m, proj, 2 * A, hs, H, m->w.attn[ADD_Q], H, NULL, T, A, H, false);
-    linear(m, proj + A, 2 * A, hs, H, m->w.attn[ADD_K], H, m->w.attn[ADD_KB], T, A, H, false);
+    linear(m, proj, 2 * A, hs, H, &m->w.attn_mat[ADD_Q], NULL, T, false, scratch);
+    linear(m, proj + A, 2 * A, hs, H, &m->w.attn_mat[ADD_K], m->w.attn[ADD_KB], T, false, scratch);
 }
 
 /* Sum of v[a] * tanh(q[a] + k[a]): one additive attention score. */
@@ -149,10 +149,10 @@ static void additive_step(const model *m, const model_seq *s, const float *row, 
 static const attn_mech ADDITIVE = {
     .name = "additive",
     .size_key = "attn_dim",
-    .tensors = {{"attn.query.weight", 2, {DIM_A, DIM_H}},
-                {"attn.key.weight", 2, {DIM_A, DIM_H}},
-                {"attn.key.bias", 1, {DIM_A}},
-                {"attn.v.weight", 2, {DIM_1, DIM_A}}},
+    .tensors = {{"attn.query.weight", 2, {DIM_A, DIM_H}, true},
+                {"attn.key.weight", 2, {DIM_A, DIM_H}, true},
+                {"attn.key.bias", 1, {DIM_A}, false},
+                {"attn.v.weight", 2, {DIM_1, DIM_A}, false}},
     .n_tensors = 4,
     .configure = additive_configure,
     .proj_dim = additive_proj_dim,
@@ -212,8 +212,9 @@ enum { COS_SCALE };
 static int hidden_width(const model_config *c) { return c->hidden; }
 
 /* proj [T, H] <- each row of hs divided by max(|row|, 1e-8), as torch.nn.functional.normalize. */
-static void cosine_project(const model *m, float *proj, const float *hs, int T)
+static void cosine_project(const model *m, float *proj, const float *hs, int T, void *scratch)
 {
+    (void)scratch;
     const int H = m->cfg.hidden;
     for (int t = 0; t < T; t++) {
         const float *x = hs + (size_t)t * H;
@@ -244,7 +245,7 @@ static void cosine_step(const model *m, const model_seq *s, const float *row, co
 
 static const attn_mech COSINE = {
     .name = "cosine",
-    .tensors = {{"attn.scale", 1, {DIM_1}}},
+    .tensors = {{"attn.scale", 1, {DIM_1}, false}},
     .n_tensors = 1,
     .configure = single_head,
     .proj_dim = hidden_width,
@@ -277,10 +278,10 @@ static int multihead_configure(model_config *c, int heads, char *err, size_t err
 static int multihead_proj_dim(const model_config *c) { return 3 * c->hidden; }
 static int multihead_key_dim(const model_config *c) { return 2 * c->hidden; }
 
-static void multihead_project(const model *m, float *proj, const float *hs, int T)
+static void multihead_project(const model *m, float *proj, const float *hs, int T, void *scratch)
 {
     const int H = m->cfg.hidden;
-    linear(m, proj, 3 * H, hs, H, m->w.attn[MH_IN_W], H, m->w.attn[MH_IN_B], T, 3 * H, H, false);
+    linear(m, proj, 3 * H, hs, H, &m->w.attn_mat[MH_IN_W], m->w.attn[MH_IN_B], T, false, scratch);
 }
 
 static void multihead_seq(const model *m, float *ctx, float *ctxh, float *attn, float *S, const float *proj,
@@ -309,19 +310,19 @@ static void multihead_step(const model *m, const model_seq *s, const float *row,
     }
 }
 
-static void multihead_out(const model *m, float *ctx, const float *ctxh, int rows)
+static void multihead_out(const model *m, float *ctx, const float *ctxh, int rows, void *scratch)
 {
     const int H = m->cfg.hidden;
-    linear(m, ctx, H, ctxh, H, m->w.attn[MH_OUT_W], H, m->w.attn[MH_OUT_B], rows, H, H, false);
+    linear(m, ctx, H, ctxh, H, &m->w.attn_mat[MH_OUT_W], m->w.attn[MH_OUT_B], rows, false, scratch);
 }
 
 static const attn_mech MULTIHEAD = {
     .name = "multihead",
     .size_key = "heads",
-    .tensors = {{"attn.in_proj_weight", 2, {DIM_3H, DIM_H}},
-                {"attn.in_proj_bias", 1, {DIM_3H}},
-                {"attn.out_proj.weight", 2, {DIM_H, DIM_H}},
-                {"attn.out_proj.bias", 1, {DIM_H}}},
+    .tensors = {{"attn.in_proj_weight", 2, {DIM_3H, DIM_H}, true},
+                {"attn.in_proj_bias", 1, {DIM_3H}, false},
+                {"attn.out_proj.weight", 2, {DIM_H, DIM_H}, true},
+                {"attn.out_proj.bias", 1, {DIM_H}, false}},
     .n_tensors = 4,
     .configure = multihead_configure,
     .proj_dim = multihead_proj_dim,

@@ -25,28 +25,35 @@
 /* A tensor dimension in terms of the configuration. */
 typedef enum { DIM_1, DIM_A, DIM_H, DIM_3H } attn_dim_sym;
 
-/* One tensor a mechanism needs: its name in the file and its shape. */
+/* One tensor a mechanism needs: its name in the file, its shape, and whether
+ * it is a matrix the mechanism multiplies with linear() (packed at load) or a
+ * vector or scalar it reads as floats. */
 typedef struct attn_tensor {
     const char *name;
     int ndim;
     attn_dim_sym dims[2];
+    bool product;
 } attn_tensor;
 
 /* One recurrent layer's weights. */
 typedef struct layer_weights {
-    const float *wih; /* [G*H, E or H] */
-    const float *whh; /* [G*H, H] */
+    kmat wih;         /* [G*H, E or H] */
+    kmat whh;         /* [G*H, H] */
     const float *bih; /* [G*H] */
     const float *bhh; /* [G*H] */
 } layer_weights;
 
-/* All weights: read-only pointers into the loaded file. */
+/* All weights, owned by the model: the matrices packed for the kernels at the
+ * model's precision, the vectors as floats in one arena. */
 typedef struct model_weights {
-    const float *embed;                   /* [V, E] */
-    layer_weights *layer;                 /* [L] */
-    const float *attn[ATTN_MAX_TENSORS];  /* the mechanism's tensors, in its table's order */
-    const float *comb_w, *comb_b;         /* [H, 2H], [H] */
-    const float *out_w, *out_b;           /* [V, H], [V] */
+    const float *embed;                  /* [V, E] */
+    layer_weights *layer;                /* [L] */
+    const float *attn[ATTN_MAX_TENSORS]; /* the mechanism's vectors and scalars, in its table's order */
+    kmat attn_mat[ATTN_MAX_TENSORS];     /* the mechanism's matrices (attn_tensor.product), same order */
+    kmat comb_h, comb_c;                 /* combine.weight [H, 2H] as its two halves [H, H]: the columns for h, for c */
+    const float *comb_b;                 /* [H] */
+    kmat out_w;                          /* [V, H] */
+    const float *out_b;                  /* [V] */
 } model_weights;
 
 typedef struct attn_mech attn_mech;
@@ -56,10 +63,15 @@ struct model {
     model_weights w;
     const attn_mech *attn;
     const kern_ops *kern;
-    st_file *file;
+    st_file *file;        /* metadata and hash; its tensor data is released once packed */
+    float *vectors;       /* the arena of model_weights' vectors */
     uint64_t n_params;
+    size_t weight_bytes;  /* packed matrices and vectors */
+    size_t scratch_bytes; /* one product's scratch (kern_scratch_bytes of the widest input) */
+    model_precision precision;
     int proj_dim; /* P: floats of one position's attention projections (0: none) */
     int key_dim;  /* floats a ring slot caches besides h (0: none) */
+    char kernels[128]; /* what model_kernels() reports */
 };
 
 struct model_seq {
@@ -81,6 +93,7 @@ struct model_batch {
     float *ctxh;    /* [cap, H] heads' outputs before a mechanism's output projection */
     float *o;       /* [cap, H] */
     float *scores;  /* [W] */
+    void *scratch;  /* [model.scratch_bytes] for the products */
 };
 
 /* One attention mechanism. */
@@ -96,8 +109,9 @@ struct attn_mech {
      * ones) a decoding sequence caches per window slot to score later positions. */
     int (*proj_dim)(const model_config *cfg);
     int (*key_dim)(const model_config *cfg);
-    /* proj [T, P] <- the projections of hs [T, H]; NULL when there are none. */
-    void (*project)(const model *m, float *proj, const float *hs, int T);
+    /* proj [T, P] <- the projections of hs [T, H]; NULL when there are none.
+     * scratch: model.scratch_bytes for the products. */
+    void (*project)(const model *m, float *proj, const float *hs, int T, void *scratch);
     /* Full sequence: ctx [T, H] from hs [T, H] and proj [T, P]; band maps
      * [T, N, W] into attn unless NULL (zeroed by the caller).  ctxh [T, H] and
      * S [ATTN_BLOCK * (ATTN_BLOCK + W - 1) + W] are scratch. */
@@ -111,7 +125,7 @@ struct attn_mech {
                         float *band, float *scores);
     /* When set, the context is this projection of the heads' outputs:
      * ctx [rows, H] <- ctxh [rows, H]. */
-    void (*out_proj)(const model *m, float *ctx, const float *ctxh, int rows);
+    void (*out_proj)(const model *m, float *ctx, const float *ctxh, int rows, void *scratch);
 };
 
 /* The mechanism of a model_attention value. */
@@ -119,10 +133,11 @@ const attn_mech *attn_at(int i);
 /* A symbolic dimension's value. */
 int attn_dim_value(attn_dim_sym d, const model_config *c);
 
-/* out[M, N] (+)= in[M, K] . w[N, K]^T + bias[N]; bias may be NULL.  With
- * accumulate the product is added to out and bias is ignored. */
-void linear(const model *m, float *out, int ldo, const float *in, int ldi, const float *w, int ldw,
-            const float *bias, int M, int N, int K, bool accumulate);
+/* out[M, N] (+)= in[M, K] . w[N, K]^T + bias[N] with the model's kernels;
+ * bias may be NULL.  With accumulate the product is added to out and bias is
+ * ignored.  scratch holds m->scratch_bytes. */
+void linear(const model *m, float *out, int ldo, const float *in, int ldi, const kmat *w, const float *bias, int M,
+            bool accumulate, void *scratch);
 void softmax_inplace(float *x, int n);
 /* Writes the weights over a sequence's valid ring slots (0 .. n-1) into the
  * band row of position pos.  Slot s holds position pos - ((pos - s) mod W). */

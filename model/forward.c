@@ -1,40 +1,28 @@
 /* forward.c -- the full-sequence forward pass and batched incremental decoding.
  *
  * Both paths compute the function of docs/FORMAT.md.  The forward pass turns
- * everything that is not sequential into matrix products over all positions
+ * everything that is not sequential into matrix products over many positions
  * (input projections, attention in diagonal blocks, output projections); the
  * step path does the same over the sequences of a batch.  Only the recurrence
- * itself is a matrix-vector product per position.  What is particular to an
- * attention mechanism is asked of its descriptor (engine.h).
+ * itself is a product per position, over the sequences still running.  Every
+ * product with a weight matrix is linear(), the model's kernels over its
+ * packed weights (kernels.h); what is particular to an attention mechanism is
+ * asked of its descriptor (engine.h).
  */
 #define _POSIX_C_SOURCE 200809L
 #include "engine.h"
 #include "vecmath.h"
 
-#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* ---- shared helpers ---------------------------------------------------------- */
 
-void linear(const model *m, float *out, int ldo, const float *in, int ldi, const float *w, int ldw,
-            const float *bias, int M, int N, int K, bool accumulate)
+void linear(const model *m, float *out, int ldo, const float *in, int ldi, const kmat *w, const float *bias, int M,
+            bool accumulate, void *scratch)
 {
-    if (!accumulate) {
-        for (int r = 0; r < M; r++) {
-            if (bias)
-                memcpy(out + (size_t)r * ldo, bias, (size_t)N * sizeof *out);
-            else
-                memset(out + (size_t)r * ldo, 0, (size_t)N * sizeof *out);
-        }
-    }
-    if (M == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, w, ldw, in, 1, 1.0f, out, 1);
-    else if (M <= KERN_SMALL_M)
-        m->kern->gemm_small(out, ldo, in, ldi, w, ldw, M, N, K);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, in, ldi, w, ldw, 1.0f, out, ldo);
+    m->kern->gemm[w->prec](out, ldo, in, ldi, w, bias, M, accumulate, scratch);
 }
 
 void softmax_inplace(float *x, int n)
@@ -87,15 +75,15 @@ static int check_tokens(const model *m, const int *tokens, int n, char *err, siz
 }
 
 /* o [M, H] <- tanh(combine [h ; ctx]), then logits [M, V] <- out(o). */
-static void output_layer(const model *m, float *logits, float *o, const float *h, const float *ctx, int M)
+static void output_layer(const model *m, float *logits, float *o, const float *h, const float *ctx, int M,
+                         void *scratch)
 {
     const model_weights *w = &m->w;
     const int V = m->cfg.vocab, H = m->cfg.hidden;
-    linear(m, o, H, h, H, w->comb_w, 2 * H, w->comb_b, M, H, H, false);
-    linear(m, o, H, ctx, H, w->comb_w + H, 2 * H, NULL, M, H, H, true);
-    for (size_t i = 0; i < (size_t)M * H; i++)
-        o[i] = fast_tanhf(o[i]);
-    linear(m, logits, V, o, H, w->out_w, H, w->out_b, M, V, H, false);
+    linear(m, o, H, h, H, &w->comb_h, w->comb_b, M, false, scratch);
+    linear(m, o, H, ctx, H, &w->comb_c, NULL, M, true, scratch);
+    m->kern->tanh_inplace(o, (size_t)M * H);
+    linear(m, logits, V, o, H, &w->out_w, w->out_b, M, false, scratch);
 }
 
 /* ---- full-sequence forward ------------------------------------------------- */
@@ -109,9 +97,10 @@ static size_t tail_floats(const model *m, int T)
 }
 
 /* Attention, the sequence's ring (for a prefill) and the output layer of one
- * sequence whose top-layer outputs are hs [T, H]; buf has tail_floats(m, T). */
+ * sequence whose top-layer outputs are hs [T, H]; buf has tail_floats(m, T),
+ * scratch m->scratch_bytes. */
 static void forward_tail(const model *m, const float *hs, int T, float *logprobs, float *attn, model_seq *seq,
-                         float *buf)
+                         float *buf, void *scratch)
 {
     const model_config *c = &m->cfg;
     const attn_mech *a = m->attn;
@@ -122,10 +111,10 @@ static void forward_tail(const model *m, const float *hs, int T, float *logprobs
     if (attn)
         memset(attn, 0, Tz * (size_t)N * (size_t)W * sizeof *attn);
     if (a->project)
-        a->project(m, proj, hs, T);
+        a->project(m, proj, hs, T, scratch);
     a->attend_seq(m, ctx, ctxh, attn, S, proj, hs, T);
     if (a->out_proj)
-        a->out_proj(m, ctx, ctxh, T);
+        a->out_proj(m, ctx, ctxh, T, scratch);
     if (seq) {
         int n = T < W ? T : W;
         for (int i = T - n; i < T; i++) {
@@ -138,18 +127,27 @@ static void forward_tail(const model *m, const float *hs, int T, float *logprobs
         seq->pos = T;
     }
     if (logprobs) {
-        output_layer(m, logprobs, o, hs, ctx, T);
+        output_layer(m, logprobs, o, hs, ctx, T, scratch);
         for (int t = 0; t < T; t++)
             model_log_softmax(logprobs + (size_t)t * V, logprobs + (size_t)t * V, V);
     }
 }
+
+/* The recurrent stack of a forward pass runs over time-major rows: the rows
+ * of position t are those of the sequences still running at t (a prefix of
+ * the sequences sorted by decreasing length), from row base[t] on.  The input
+ * projections are computed a chunk of positions at a time, up to
+ * FWD_CHUNK_ROWS rows (or one position), so they stay in cache until the
+ * recurrence of those positions uses them; each position's recurrent product
+ * covers every sequence still running. */
+#define FWD_CHUNK_ROWS 256
 
 int model_forward_batch(const model *m, int B, const int *const *tokens, const int *lens, float *const *logprobs,
                         float *const *attn, model_seq *const *seqs, char *err, size_t errlen)
 {
     const model_config *c = &m->cfg;
     const model_weights *w = &m->w;
-    const int E = c->embed, H = c->hidden, GH = c->gates * c->hidden;
+    const int E = c->embed, H = c->hidden, GH = c->gates * c->hidden, L = c->layers;
     if (B < 1) {
         err_set(err, errlen, "no sequences to run");
         return -1;
@@ -170,20 +168,24 @@ int model_forward_batch(const model *m, int B, const int *const *tokens, const i
         S += (size_t)lens[b];
         Tmax = lens[b] > Tmax ? lens[b] : Tmax;
     }
-    size_t Bz = (size_t)B;
-    size_t total = S * (size_t)E + 2 * S * (size_t)H + S * (size_t)GH + Bz * ((size_t)GH + 2 * (size_t)H) +
-                   tail_floats(m, Tmax);
-    float *buf = malloc(total * sizeof *buf);
-    /* order: sequences by decreasing length, so the ones still running at a position are a prefix */
-    int *order = malloc(2 * Bz * sizeof *order), *off = order ? order + Bz : NULL;
+    const size_t Bz = (size_t)B, chunk = Bz > FWD_CHUNK_ROWS ? Bz : FWD_CHUNK_ROWS;
+    /* x [S, E] time-major embeddings; ht [S, H] time-major outputs of the layers below the
+     * top (each layer overwrites its input); hs [S, H] the top layer's, sequence after sequence */
+    size_t total = S * (size_t)E + (L > 1 ? S * (size_t)H : 0) + S * (size_t)H + chunk * (size_t)GH +
+                   Bz * ((size_t)GH + 2 * (size_t)H) + tail_floats(m, Tmax);
+    float *buf = malloc(total * sizeof *buf + m->scratch_bytes);
+    /* order: sequences by decreasing length; off: where each starts in hs; base [Tmax + 1] */
+    int *order = malloc((2 * Bz + (size_t)Tmax + 1) * sizeof *order), *off = order ? order + Bz : NULL,
+        *base = order ? off + Bz : NULL;
     if (!buf || !order) {
         free(buf);
         free(order);
         err_set(err, errlen, "out of memory for a forward pass over %zu tokens", S);
         return -1;
     }
-    float *x = buf, *hA = x + S * E, *hB = hA + S * H, *gi = hB + S * H, *gh = gi + S * GH, *hst = gh + Bz * GH,
-          *cst = hst + Bz * H, *tail = cst + Bz * H;
+    float *x = buf, *ht = x + S * E, *hs = ht + (L > 1 ? S * H : 0), *gi = hs + S * H, *gh = gi + chunk * GH,
+          *hst = gh + Bz * GH, *cst = hst + Bz * H, *tail = cst + Bz * H;
+    void *scratch = buf + total;
     for (int b = 0, pos = 0; b < B; b++) {
         off[b] = pos;
         pos += lens[b];
@@ -194,30 +196,37 @@ int model_forward_batch(const model *m, int B, const int *const *tokens, const i
         }
         order[r] = b;
     }
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < lens[b]; t++)
-            memcpy(x + (size_t)(off[b] + t) * E, w->embed + (size_t)tokens[b][t] * E, (size_t)E * sizeof *x);
+    base[0] = 0;
+    for (int t = 0, running = B; t < Tmax; t++) {
+        while (lens[order[running - 1]] <= t)
+            running--;
+        base[t + 1] = base[t] + running;
+        for (int r = 0; r < running; r++)
+            memcpy(x + (size_t)(base[t] + r) * E, w->embed + (size_t)tokens[order[r]][t] * E, (size_t)E * sizeof *x);
+    }
 
-    /* Recurrent stack: input projections of every position are one product;
-     * each position's recurrent product covers every sequence still running. */
     const float *in = x;
     int in_dim = E;
-    float *hout = hA;
-    for (int k = 0; k < c->layers; k++) {
+    for (int k = 0; k < L; k++) {
         const layer_weights *l = &w->layer[k];
-        linear(m, gi, GH, in, in_dim, l->wih, in_dim, l->bih, (int)S, GH, in_dim, false);
+        const bool top = k == L - 1;
         memset(hst, 0, Bz * (size_t)H * sizeof *hst);
         memset(cst, 0, Bz * (size_t)H * sizeof *cst);
-        int running = B;
-        for (int t = 0; t < Tmax; t++) {
-            while (lens[order[running - 1]] <= t)
-                running--;
-            linear(m, gh, GH, hst, H, l->whh, H, l->bhh, running, GH, H, false);
-            for (int r = 0; r < running; r++) {
-                size_t p = (size_t)(off[order[r]] + t);
-                m->kern->cell_update(c->cell, H, gi + p * GH, gh + (size_t)r * GH, hst + (size_t)r * H,
-                                     cst + (size_t)r * H);
-                memcpy(hout + p * H, hst + (size_t)r * H, (size_t)H * sizeof *hst);
+        for (int t0 = 0, t1; t0 < Tmax; t0 = t1) {
+            for (t1 = t0 + 1; t1 < Tmax && (size_t)(base[t1 + 1] - base[t0]) <= chunk; t1++)
+                ;
+            linear(m, gi, GH, in + (size_t)base[t0] * in_dim, in_dim, &l->wih, l->bih, base[t1] - base[t0], false,
+                   scratch);
+            for (int t = t0; t < t1; t++) {
+                const int running = base[t + 1] - base[t];
+                linear(m, gh, GH, hst, H, &l->whh, l->bhh, running, false, scratch);
+                for (int r = 0; r < running; r++) {
+                    float *h = hst + (size_t)r * H;
+                    m->kern->cell_update(c->cell, H, gi + (size_t)(base[t] - base[t0] + r) * GH, gh + (size_t)r * GH,
+                                         h, cst + (size_t)r * H);
+                    memcpy(top ? hs + (size_t)(off[order[r]] + t) * H : ht + (size_t)(base[t] + r) * H, h,
+                           (size_t)H * sizeof *h);
+                }
             }
         }
         for (int r = 0; seqs && r < B; r++) {
@@ -228,13 +237,12 @@ int model_forward_batch(const model *m, int B, const int *const *tokens, const i
             if (sq->c)
                 memcpy(sq->c + (size_t)k * H, cst + (size_t)r * H, (size_t)H * sizeof *cst);
         }
-        in = hout;
+        in = ht;
         in_dim = H;
-        hout = hout == hA ? hB : hA;
     }
     for (int b = 0; b < B; b++)
-        forward_tail(m, in + (size_t)off[b] * H, lens[b], logprobs ? logprobs[b] : NULL, attn ? attn[b] : NULL,
-                     seqs ? seqs[b] : NULL, tail);
+        forward_tail(m, hs + (size_t)off[b] * H, lens[b], logprobs ? logprobs[b] : NULL, attn ? attn[b] : NULL,
+                     seqs ? seqs[b] : NULL, tail, scratch);
     free(order);
     free(buf);
     return 0;
@@ -257,11 +265,14 @@ model_batch *model_batch_new(const model *m, int max_batch)
     size_t total = B * (size_t)c->embed + 2 * B * H + 2 * B * GH + B * P + 3 * B * H + (size_t)c->window;
     model_batch *b = calloc(1, sizeof *b);
     float *buf = calloc(total, sizeof *buf);
-    if (!b || !buf) {
+    void *scratch = malloc(m->scratch_bytes);
+    if (!b || !buf || !scratch) {
         free(b);
         free(buf);
+        free(scratch);
         return NULL;
     }
+    b->scratch = scratch;
     b->cap = max_batch;
     b->x = buf;
     b->hbuf[0] = b->x + B * (size_t)c->embed;
@@ -281,6 +292,7 @@ void model_batch_free(model_batch *b)
     if (!b)
         return;
     free(b->x);
+    free(b->scratch);
     free(b);
 }
 
@@ -313,8 +325,8 @@ int model_step(const model *m, model_batch *bt, model_seq *const *seqs, const in
         float *hp = bt->hbuf[k % 2];
         for (int b = 0; b < B; b++)
             memcpy(hp + (size_t)b * H, seqs[b]->h + (size_t)k * H, (size_t)H * sizeof *hp);
-        linear(m, bt->gi, GH, in, in_dim, l->wih, in_dim, l->bih, B, GH, in_dim, false);
-        linear(m, bt->gh, GH, hp, H, l->whh, H, l->bhh, B, GH, H, false);
+        linear(m, bt->gi, GH, in, in_dim, &l->wih, l->bih, B, false, bt->scratch);
+        linear(m, bt->gh, GH, hp, H, &l->whh, l->bhh, B, false, bt->scratch);
         for (int b = 0; b < B; b++) {
             float *hrow = hp + (size_t)b * H;
             m->kern->cell_update(c->cell, H, bt->gi + (size_t)b * GH, bt->gh + (size_t)b * GH, hrow,
@@ -327,7 +339,7 @@ int model_step(const model *m, model_batch *bt, model_seq *const *seqs, const in
     const float *top = in; /* [B, H] */
 
     if (a->project)
-        a->project(m, bt->proj, top, B);
+        a->project(m, bt->proj, top, B, bt->scratch);
     if (attn)
         memset(attn, 0, (size_t)B * N * W * sizeof *attn);
     float *heads_out = a->out_proj ? bt->ctxh : bt->ctx;
@@ -342,7 +354,7 @@ int model_step(const model *m, model_batch *bt, model_seq *const *seqs, const in
         s->pos++;
     }
     if (a->out_proj)
-        a->out_proj(m, bt->ctx, bt->ctxh, B);
-    output_layer(m, logits, bt->o, top, bt->ctx, B);
+        a->out_proj(m, bt->ctx, bt->ctxh, B, bt->scratch);
+    output_layer(m, logits, bt->o, top, bt->ctx, B, bt->scratch);
     return 0;
 }

@@ -1,91 +1,539 @@
 /* kernels_isa.c -- the kernels of kernels.h, written once and compiled once
- * per instruction set: the build passes -DKERN_ISA=avx512, avx2 or generic
- * together with that set's target flags and -ffp-contract=fast (multiplies
- * and adds may fuse), and this file defines the table kern_ops_<KERN_ISA>.
+ * per instruction set: the build passes -DKERN_ISA=<name> together with that
+ * set's target flags and -ffp-contract=fast (multiplies and adds may fuse),
+ * and this file defines the table kern_ops_<name>.
+ *
+ * A product runs in blocks of KERN_MB rows.  Within a block, groups of a few
+ * panels are visited in turn and every row tile of the block is multiplied
+ * with the group while its weights are in cache; a tile is MR rows by NP
+ * panels of accumulators held in registers, its shape chosen per instruction
+ * set and precision (the *_ROWS, *_GROUP and *_NP macros below).  The shape
+ * changes only the order in which outputs are computed, never how one is: an
+ * output is a multiply-add chain over k in order, or an exact integer sum.
  */
 #include "kernels.h"
 #include "vecmath.h"
 
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 
-#ifndef KERN_ISA
-#error "kernels_isa.c is compiled with -DKERN_ISA=avx512, avx2 or generic"
+#if defined(__AVX2__)
+#include <immintrin.h>
 #endif
 
-/* Products of a few rows with a weight matrix: out[M, N] += in[M, K] . w[N, K]^T
- * for 2 <= M <= KERN_SMALL_M.  Each row of w is read once for all M inputs, where a BLAS
- * product first copies all of w into its packed layout (OpenBLAS 0.3.21 does so
- * whatever M is: a 2-row product cost more than two matrix-vector products)
- * and M matrix-vector products read w M times.  A row's result does not depend
- * on M: each output is 16 lane sums in k order, then the lanes halved down to
- * one, then the K % 16 tail, so a sequence's numbers are the same in any batch this size. */
-static inline __attribute__((always_inline)) void small_rows(float *out, int ldo, const float *in, int ldi,
-                                                              const float *w, int ldw, const int M, int N, int K)
+#ifndef KERN_ISA
+#error "kernels_isa.c is compiled with -DKERN_ISA=avx512bf16, avx512vnni, avx512, avx2 or generic"
+#endif
+
+#define INLINE static inline __attribute__((always_inline))
+/* Unrolls the loop that follows completely (its trip count is a constant once
+ * the tile is inlined), so a tile's arrays become registers. */
+#if defined(__clang__)
+#define UNROLL _Pragma("clang loop unroll(full)")
+#else
+#define UNROLL _Pragma("GCC unroll 32")
+#endif
+
+/* Native vectors: VW floats and VI 32-bit integers per register.  A panel's
+ * row of 16 columns is PV float vectors, or PI integer vectors. */
+#if defined(__AVX512F__)
+#define VW 16
+#else
+#if defined(__AVX2__)
+#define VW 8
+#else
+#define VW 4
+#endif
+#endif
+#if defined(__AVX512VNNI__)
+#define VI 16
+#else
+#define VI (VW < 8 ? VW : 8)
+#endif
+#define PV (KERN_NR / VW)
+#define PI (KERN_NR / VI)
+typedef float vf __attribute__((vector_size(VW * 4)));
+typedef uint32_t vu __attribute__((vector_size(VW * 4)));
+typedef int32_t vi __attribute__((vector_size(VI * 4)));
+typedef int32_t vm __attribute__((vector_size(VW * 4))); /* a comparison's result on vf */
+VECMATH_VECTOR(vf, vm, vf)
+
+INLINE vf vf_load(const float *p)
 {
-    const int K16 = K & ~15;
-    for (int j = 0; j < N; j++) {
-        const float *wj = w + (size_t)j * ldw;
-        v16 acc[KERN_SMALL_M];
-#pragma GCC unroll 8
-        for (int r = 0; r < M; r++)
-            acc[r] = (v16){0};
-        for (int k = 0; k < K16; k += 16) {
-            v16 wv = v16_load(wj + k);
-#pragma GCC unroll 8
-            for (int r = 0; r < M; r++)
-                acc[r] += wv * v16_load(in + (size_t)r * ldi + k);
+    vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+INLINE vu vu_load(const uint32_t *p)
+{
+    vu v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+INLINE vi vi_load(const int32_t *p)
+{
+    vi v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+/* x in every lane: x - 0 is x exactly, and the compilers make it a broadcast. */
+INLINE vf vf_splat(float x) { return x - (vf){0}; }
+INLINE vi vi_splat(int32_t x) { return x + (vi){0}; }
+
+/* Tile shapes: rows per full tile (*_ROWS), panels per group (*_GROUP) and
+ * panels per tile of mr rows (*_NP), so that a tile's accumulators, its
+ * weights and a row's inputs fit the registers; TILE_MAX and NP_MAX bound
+ * the accumulator and weight arrays, in vectors. */
+#if defined(__AVX512F__) /* 32 registers */
+#define F32_ROWS 6
+#define F32_GROUP 8
+#define F32_NP(mr) ((mr) <= 2 ? 8 : 4)
+#define WBF_ROWS 4
+#define WBF_GROUP 8
+#define WBF_NP(mr) ((mr) == 1 ? 8 : 4)
+#define TILE_MAX 24
+#define NP_MAX 8
+#elif defined(__AVX2__) /* 16 registers */
+#define F32_ROWS 6
+#define F32_GROUP 4
+#define F32_NP(mr) ((mr) == 1 ? 4 : (mr) == 2 ? 2 : 1)
+#define WBF_ROWS 4
+#define WBF_GROUP 4
+#define WBF_NP(mr) ((mr) == 1 ? 4 : 1)
+#define TILE_MAX 12
+#define NP_MAX 4
+#else /* baseline: 16 registers of 4 floats */
+#define F32_ROWS 3
+#define F32_GROUP 2
+#define F32_NP(mr) ((mr) == 1 ? 2 : 1)
+#define WBF_ROWS 2
+#define WBF_GROUP 2
+#define WBF_NP(mr) 1
+#define TILE_MAX 12
+#define NP_MAX 2
+#endif
+#if VI == 16 /* VNNI: one instruction per 4 inputs, like f32 */
+#define I8_ROWS 6
+#define I8_GROUP 8
+#define I8_NP(mr) ((mr) <= 2 ? 8 : 4)
+#elif VI == 8
+#define I8_ROWS 4
+#define I8_GROUP 4
+#define I8_NP(mr) ((mr) == 1 ? 4 : (mr) == 2 ? 2 : 1)
+#else
+#define I8_ROWS 2
+#define I8_GROUP 2
+#define I8_NP(mr) 1
+#endif
+
+/* What one product needs, handed to every tile. */
+typedef struct gemm_args {
+    float *out;
+    int ldo;
+    const float *in; /* f32 and widened bf16: the activations */
+    int ldi;
+    const void *x;   /* int8 and native bf16: the block's prepared activations, ldx words per row */
+    int ldx;
+    const float *xs; /* int8: the block's per-row scales */
+    int r0;          /* first row of the block (x and xs are relative to it) */
+    const kmat *w;
+    const float *bias;
+    bool accumulate;
+} gemm_args;
+
+/* Writes the 16 outputs v of row r, panel p: out (+)= v (+ bias), only the columns below N. */
+INLINE void put16(const gemm_args *a, int r, int p, const float *v)
+{
+    const int j0 = p * KERN_NR, n = a->w->n - j0 < KERN_NR ? a->w->n - j0 : KERN_NR;
+    float *o = a->out + (size_t)r * a->ldo + j0;
+    if (n == KERN_NR) {
+        for (int i = 0; i < KERN_NR; i += VW) {
+            vf base = a->accumulate ? vf_load(o + i) : a->bias ? vf_load(a->bias + j0 + i) : (vf){0};
+            vf sum = base + vf_load(v + i);
+            memcpy(o + i, &sum, sizeof sum);
         }
-#pragma GCC unroll 8
-        for (int r = 0; r < M; r++) {
-            /* Halving the lanes keeps the 15 additions of a sum mostly independent. */
-            v8 lo, hi;
-            memcpy(&lo, &acc[r], sizeof lo);
-            memcpy(&hi, (const char *)&acc[r] + sizeof lo, sizeof hi);
-            lo += hi;
-            v4 q0, q1;
-            memcpy(&q0, &lo, sizeof q0);
-            memcpy(&q1, (const char *)&lo + sizeof q0, sizeof q1);
-            q0 += q1;
-            float s = (q0[0] + q0[2]) + (q0[1] + q0[3]);
-            for (int k = K16; k < K; k++)
-                s += wj[k] * in[(size_t)r * ldi + k];
-            out[(size_t)r * ldo + j] += s;
+    } else {
+        for (int j = 0; j < n; j++)
+            o[j] = (a->accumulate ? o[j] : a->bias ? a->bias[j0 + j] : 0.0f) + v[j];
+    }
+}
+
+/* Writes a tile's float accumulators acc[(i * NP + q) * PV + v]. */
+INLINE void put_tile(const gemm_args *a, int r, int p, const vf *acc, const int MR, const int NP)
+{
+    UNROLL
+    for (int i = 0; i < MR; i++)
+        UNROLL
+        for (int q = 0; q < NP; q++) {
+            float v[KERN_NR];
+            memcpy(v, &acc[(i * NP + q) * PV], sizeof v);
+            put16(a, r + i, p + q, v);
+        }
+}
+
+/* ---- f32: per k, the NP panels' 16 weights times each row's broadcast input ---- */
+
+INLINE void tile_f32(const gemm_args *a, int r, int p, const int MR, const int NP)
+{
+    const kmat *w = a->w;
+    const int K = w->k, ldi = a->ldi;
+    const size_t ps = w->panel_bytes / sizeof(float);
+    const float *wp = (const float *)(const void *)w->data + (size_t)p * ps;
+    const float *x = a->in + (size_t)r * ldi;
+    vf acc[TILE_MAX];
+    UNROLL
+    for (int i = 0; i < MR * NP * PV; i++)
+        acc[i] = (vf){0};
+    for (int k = 0; k < K; k++) {
+        vf wv[NP_MAX * PV];
+        UNROLL
+        for (int q = 0; q < NP * PV; q++)
+            wv[q] = vf_load(wp + (size_t)(q / PV) * ps + (size_t)k * KERN_NR + (q % PV) * VW);
+        UNROLL
+        for (int i = 0; i < MR; i++) {
+            vf xv = vf_splat(x[(size_t)i * ldi + k]);
+            UNROLL
+            for (int q = 0; q < NP * PV; q++)
+                acc[i * NP * PV + q] += wv[q] * xv;
+        }
+    }
+    put_tile(a, r, p, acc, MR, NP);
+}
+
+/* ---- bf16 widened: a word holds k = 2i (low half) and 2i+1 (high half) ------ */
+
+#if !defined(__AVX512BF16__)
+INLINE void tile_wbf(const gemm_args *a, int r, int p, const int MR, const int NP)
+{
+    const kmat *w = a->w;
+    const int K = w->k, K2 = K / 2, ldi = a->ldi;
+    const size_t ps = w->panel_bytes / sizeof(uint32_t);
+    const uint32_t *wp = (const uint32_t *)(const void *)w->data + (size_t)p * ps;
+    const float *x = a->in + (size_t)r * ldi;
+    vf acc[TILE_MAX];
+    UNROLL
+    for (int i = 0; i < MR * NP * PV; i++)
+        acc[i] = (vf){0};
+    for (int k2 = 0; k2 < K2; k2++) {
+        vf lo[NP_MAX * PV], hi[NP_MAX * PV];
+        UNROLL
+        for (int q = 0; q < NP * PV; q++) {
+            vu u = vu_load(wp + (size_t)(q / PV) * ps + (size_t)k2 * KERN_NR + (q % PV) * VW);
+            lo[q] = (vf)(u << 16);
+            hi[q] = (vf)(u & 0xffff0000u);
+        }
+        UNROLL
+        for (int i = 0; i < MR; i++) {
+            vf x0 = vf_splat(x[(size_t)i * ldi + 2 * k2]), x1 = vf_splat(x[(size_t)i * ldi + 2 * k2 + 1]);
+            UNROLL
+            for (int q = 0; q < NP * PV; q++) {
+                acc[i * NP * PV + q] += lo[q] * x0;
+                acc[i * NP * PV + q] += hi[q] * x1;
+            }
+        }
+    }
+    if (K % 2) {
+        UNROLL
+        for (int q = 0; q < NP * PV; q++) {
+            vf lo = (vf)(vu_load(wp + (size_t)(q / PV) * ps + (size_t)K2 * KERN_NR + (q % PV) * VW) << 16);
+            UNROLL
+            for (int i = 0; i < MR; i++)
+                acc[i * NP * PV + q] += lo * vf_splat(x[(size_t)i * ldi + K - 1]);
+        }
+    }
+    put_tile(a, r, p, acc, MR, NP);
+}
+#endif
+
+/* ---- bf16 native (AVX512_BF16): vdpbf16ps on weight pairs and input pairs ---- */
+
+#if defined(__AVX512BF16__)
+INLINE vu vu_splat(uint32_t x) { return x + (vu){0}; }
+
+#define NBF_ROWS F32_ROWS
+#define NBF_GROUP F32_GROUP
+#define NBF_NP(mr) F32_NP(mr)
+
+/* A block's rows as bf16 pairs: word i = bf16(x[2i]) | bf16(x[2i+1]) << 16, 0 past K. */
+static void prepare_nbf(gemm_args *a, int mb, void *scratch)
+{
+    const int K = a->w->k, K2 = (K + 1) / 2;
+    uint32_t *xp = scratch;
+    for (int i = 0; i < mb; i++) {
+        const float *x = a->in + (size_t)(a->r0 + i) * a->ldi;
+        for (int k2 = 0; k2 < K2; k2++) {
+            uint32_t hi = 2 * k2 + 1 < K ? kern_bf16(x[2 * k2 + 1]) : 0;
+            xp[(size_t)i * K2 + k2] = kern_bf16(x[2 * k2]) | hi << 16;
+        }
+    }
+    a->x = xp;
+    a->ldx = K2;
+}
+
+INLINE void tile_nbf(const gemm_args *a, int r, int p, const int MR, const int NP)
+{
+    const kmat *w = a->w;
+    const int K2 = (w->k + 1) / 2, ldx = a->ldx;
+    const size_t ps = w->panel_bytes / sizeof(uint32_t);
+    const uint32_t *wp = (const uint32_t *)(const void *)w->data + (size_t)p * ps;
+    const uint32_t *x = (const uint32_t *)a->x + (size_t)(r - a->r0) * ldx;
+    vf acc[TILE_MAX];
+    UNROLL
+    for (int i = 0; i < MR * NP; i++)
+        acc[i] = (vf){0};
+    for (int k2 = 0; k2 < K2; k2++) {
+        vu wv[NP_MAX];
+        UNROLL
+        for (int q = 0; q < NP; q++)
+            wv[q] = vu_load(wp + (size_t)q * ps + (size_t)k2 * KERN_NR);
+        UNROLL
+        for (int i = 0; i < MR; i++) {
+            vu xv = vu_splat(x[(size_t)i * ldx + k2]);
+            UNROLL
+            for (int q = 0; q < NP; q++)
+                acc[i * NP + q] = (vf)_mm512_dpbf16_ps((__m512)acc[i * NP + q], (__m512bh)wv[q], (__m512bh)xv);
+        }
+    }
+    put_tile(a, r, p, acc, MR, NP);
+}
+#endif
+
+/* ---- int8: per 4 k, 16 columns' 4 bytes times a row's 4 quantised inputs ----
+ *
+ * A row's inputs are quantised to 7 bits, q in [-63, 63], and stored as the
+ * unsigned bytes q + 64; dot4(acc, x, w) adds to each 32-bit lane the sum of
+ * its 4 signed weight bytes times the 4 unsigned input bytes, exactly, and
+ * the tile takes 64 times each column's weight sum off at the end.  With
+ * VNNI that is one vpdpbusd; with AVX2 it is vpmaddubsw, whose pair sums (at
+ * most 2 * 127 * 127) cannot saturate, then vpmaddwd into 32 bits; the
+ * baseline does it lane by lane.  All three give the same integers. */
+#define I8_LEVELS 63
+#define I8_OFFSET 64
+#if defined(__AVX512VNNI__)
+INLINE vi dot4(vi acc, vi x, vi w) { return (vi)_mm512_dpbusd_epi32((__m512i)acc, (__m512i)x, (__m512i)w); }
+#elif defined(__AVX2__)
+INLINE vi dot4(vi acc, vi x, vi w)
+{
+    return acc + (vi)_mm256_madd_epi16(_mm256_maddubs_epi16((__m256i)x, (__m256i)w), _mm256_set1_epi16(1));
+}
+#else
+INLINE vi dot4(vi acc, vi x, vi w)
+{
+    uint8_t xs[4 * VI];
+    int8_t ws[4 * VI];
+    memcpy(xs, &x, sizeof xs);
+    memcpy(ws, &w, sizeof ws);
+    for (int l = 0; l < VI; l++)
+        acc[l] += xs[4 * l] * ws[4 * l] + xs[4 * l + 1] * ws[4 * l + 1] + xs[4 * l + 2] * ws[4 * l + 2] +
+                  xs[4 * l + 3] * ws[4 * l + 3];
+    return acc;
+}
+#endif
+
+/* A block's rows quantised: scale t = max|x| / I8_LEVELS, q = round(x / t)
+ * (halves away from zero), stored as q + I8_OFFSET, 4 per word; q = 0 past K. */
+typedef uint8_t vbw __attribute__((vector_size(VW * 4))); /* a vm's bytes */
+/* The low byte of each lane of a vm (a narrowing conversion, which GCC would do lane by lane). */
+#if VW == 16
+#define LOW_BYTES(v) __builtin_shufflevector((vbw)(v), (vbw)(v), 0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60)
+#elif VW == 8
+#define LOW_BYTES(v) __builtin_shufflevector((vbw)(v), (vbw)(v), 0, 4, 8, 12, 16, 20, 24, 28)
+#else
+#define LOW_BYTES(v) __builtin_shufflevector((vbw)(v), (vbw)(v), 0, 4, 8, 12)
+#endif
+
+INLINE int quantise(float x, float inv)
+{
+    float y = x * inv;
+    return (int)(y + (y < 0.0f ? -0.5f : 0.5f)) + I8_OFFSET;
+}
+
+static void prepare_i8(gemm_args *a, int mb, void *scratch)
+{
+    const int K = a->w->k, K4 = (K + 3) / 4, KV = K / VW * VW;
+    unsigned char *xq = scratch;
+    float *xs = (float *)(void *)(xq + (size_t)KERN_MB * K4 * 8);
+    for (int i = 0; i < mb; i++) {
+        const float *x = a->in + (size_t)(a->r0 + i) * a->ldi;
+        unsigned char *q = xq + (size_t)i * K4 * 4;
+        vf vmx = (vf){0};
+        for (int k = 0; k < KV; k += VW) {
+            vf v = vf_load(x + k);
+            v = (vf)((vu)v & 0x7fffffffu);
+            vm gt = v > vmx;
+            vmx = (vf)(((vm)v & gt) | ((vm)vmx & ~gt));
+        }
+        float mx = 0.0f;
+        for (int l = 0; l < VW; l++)
+            mx = vmx[l] > mx ? vmx[l] : mx;
+        for (int k = KV; k < K; k++) {
+            float v = x[k] < 0.0f ? -x[k] : x[k];
+            mx = v > mx ? v : mx;
+        }
+        const float inv = mx > 0.0f ? (float)I8_LEVELS / mx : 0.0f;
+        for (int k = 0; k < KV; k += VW) {
+            vf y = vf_load(x + k) * inv;
+            vf half = (vf)(((vu)y & 0x80000000u) | (vu)vf_splat(0.5f));
+            vm v = __builtin_convertvector(y + half, vm) + I8_OFFSET;
+            __typeof__(LOW_BYTES(v)) b = LOW_BYTES(v); /* VW bytes */
+            memcpy(q + k, &b, sizeof b);
+        }
+        for (int k = KV; k < K; k++)
+            q[k] = (unsigned char)quantise(x[k], inv);
+        for (int k = K; k < K4 * 4; k++)
+            q[k] = I8_OFFSET;
+        xs[i] = mx / (float)I8_LEVELS;
+    }
+    a->x = xq;
+    a->ldx = K4;
+    a->xs = xs;
+}
+
+INLINE void tile_i8(const gemm_args *a, int r, int p, const int MR, const int NP)
+{
+    const kmat *w = a->w;
+    const int K4 = (w->k + 3) / 4, ldx = a->ldx;
+    const size_t ps = w->panel_bytes / sizeof(int32_t);
+    const int32_t *wp = (const int32_t *)(const void *)w->data + (size_t)p * ps;
+    const int32_t *x = (const int32_t *)a->x + (size_t)(r - a->r0) * ldx;
+    vi acc[TILE_MAX];
+    UNROLL
+    for (int i = 0; i < MR * NP * PI; i++)
+        acc[i] = (vi){0};
+    for (int k4 = 0; k4 < K4; k4++) {
+        vi wv[NP_MAX * PI];
+        UNROLL
+        for (int q = 0; q < NP * PI; q++)
+            wv[q] = vi_load(wp + (size_t)(q / PI) * ps + (size_t)k4 * KERN_NR + (q % PI) * VI);
+        UNROLL
+        for (int i = 0; i < MR; i++) {
+            vi xv = vi_splat(x[(size_t)i * ldx + k4]);
+            UNROLL
+            for (int q = 0; q < NP * PI; q++)
+                acc[i * NP * PI + q] = dot4(acc[i * NP * PI + q], xv, wv[q]);
+        }
+    }
+    UNROLL
+    for (int q = 0; q < NP; q++) {
+        const int j0 = (p + q) * KERN_NR;
+        UNROLL
+        for (int i = 0; i < MR; i++) {
+            int32_t s[KERN_NR];
+            float v[KERN_NR];
+            memcpy(s, &acc[(i * NP + q) * PI], sizeof s);
+            const float t = a->xs[r + i - a->r0];
+            for (int j = 0; j < KERN_NR; j++)
+                v[j] = (float)(int32_t)((uint32_t)s[j] - (uint32_t)(I8_OFFSET * w->colsum[j0 + j])) *
+                       (w->scale[j0 + j] * t);
+            put16(a, r + i, p + q, v);
         }
     }
 }
 
-static void gemm_small(float *out, int ldo, const float *in, int ldi, const float *w, int ldw, int M, int N, int K)
+/* ---- the product: blocks of rows, groups of panels, tiles ------------------- */
+
+/* Row tile [r, r + MR) over the panels [p0, p1): tiles of NP panels, then single panels. */
+#define SWEEP(TILE, MR, NP)                         \
+    do {                                            \
+        int p_ = p0;                                \
+        for (; p_ + (NP) <= p1; p_ += (NP))         \
+            TILE(a, r, p_, (MR), (NP));             \
+        for (; p_ < p1; p_++)                       \
+            TILE(a, r, p_, (MR), 1);                \
+    } while (0)
+
+/* NAME(a, r, mr, p0, p1): a tile of mr <= ROWS rows over panels [p0, p1). */
+#define ROWS_FN(NAME, TILE, ROWS, NPF)                                              \
+    static void NAME(const gemm_args *a, int r, int mr, int p0, int p1)             \
+    {                                                                               \
+        switch (mr) {                                                               \
+        case 1: SWEEP(TILE, 1, NPF(1)); break;                                      \
+        case 2: if (ROWS >= 2) SWEEP(TILE, 2, NPF(2)); break;                       \
+        case 3: if (ROWS >= 3) SWEEP(TILE, 3, NPF(3)); break;                       \
+        case 4: if (ROWS >= 4) SWEEP(TILE, 4, NPF(4)); break;                       \
+        case 5: if (ROWS >= 5) SWEEP(TILE, 5, NPF(5)); break;                       \
+        default: if (ROWS >= 6) SWEEP(TILE, 6, NPF(6)); break;                      \
+        }                                                                           \
+    }
+
+ROWS_FN(rows_f32, tile_f32, F32_ROWS, F32_NP)
+ROWS_FN(rows_i8, tile_i8, I8_ROWS, I8_NP)
+#if defined(__AVX512BF16__)
+ROWS_FN(rows_nbf, tile_nbf, NBF_ROWS, NBF_NP)
+#else
+ROWS_FN(rows_wbf, tile_wbf, WBF_ROWS, WBF_NP)
+#endif
+
+typedef void (*rows_fn)(const gemm_args *a, int r, int mr, int p0, int p1);
+typedef void (*prepare_fn)(gemm_args *a, int mb, void *scratch);
+
+/* Blocks of KERN_MB rows (prepared once each), groups of panels, row tiles. */
+static void gemm_blocks(float *out, int ldo, const float *in, int ldi, const kmat *w, const float *bias, int M,
+                        bool accumulate, void *scratch, prepare_fn prepare, rows_fn rows, int max_rows, int group)
 {
-    switch (M) {
-    case 2: small_rows(out, ldo, in, ldi, w, ldw, 2, N, K); break;
-    case 3: small_rows(out, ldo, in, ldi, w, ldw, 3, N, K); break;
-    case 4: small_rows(out, ldo, in, ldi, w, ldw, 4, N, K); break;
-    case 5: small_rows(out, ldo, in, ldi, w, ldw, 5, N, K); break;
-    case 6: small_rows(out, ldo, in, ldi, w, ldw, 6, N, K); break;
-    case 7: small_rows(out, ldo, in, ldi, w, ldw, 7, N, K); break;
-    default: small_rows(out, ldo, in, ldi, w, ldw, 8, N, K); break;
+    gemm_args a = {.out = out, .ldo = ldo, .in = in, .ldi = ldi, .w = w, .bias = bias, .accumulate = accumulate};
+    for (int r0 = 0; r0 < M; r0 += KERN_MB) {
+        const int mb = M - r0 < KERN_MB ? M - r0 : KERN_MB;
+        a.r0 = r0;
+        if (prepare)
+            prepare(&a, mb, scratch);
+        for (int g = 0; g < w->panels; g += group) {
+            const int p1 = g + group < w->panels ? g + group : w->panels;
+            int r = r0;
+            for (; r + max_rows <= r0 + mb; r += max_rows)
+                rows(&a, r, max_rows, g, p1);
+            if (r < r0 + mb)
+                rows(&a, r, r0 + mb - r, g, p1);
+        }
     }
 }
 
-/* The gate activations 16 units at a time, then the H % 16 rest one by one. */
+static void gemm_f32(float *out, int ldo, const float *in, int ldi, const kmat *w, const float *bias, int M,
+                     bool accumulate, void *scratch)
+{
+    gemm_blocks(out, ldo, in, ldi, w, bias, M, accumulate, scratch, NULL, rows_f32, F32_ROWS, F32_GROUP);
+}
+
+static void gemm_bf16(float *out, int ldo, const float *in, int ldi, const kmat *w, const float *bias, int M,
+                      bool accumulate, void *scratch)
+{
+#if defined(__AVX512BF16__)
+    gemm_blocks(out, ldo, in, ldi, w, bias, M, accumulate, scratch, prepare_nbf, rows_nbf, NBF_ROWS, NBF_GROUP);
+#else
+    gemm_blocks(out, ldo, in, ldi, w, bias, M, accumulate, scratch, NULL, rows_wbf, WBF_ROWS, WBF_GROUP);
+#endif
+}
+
+static void gemm_i8(float *out, int ldo, const float *in, int ldi, const kmat *w, const float *bias, int M,
+                    bool accumulate, void *scratch)
+{
+    gemm_blocks(out, ldo, in, ldi, w, bias, M, accumulate, scratch, prepare_i8, rows_i8, I8_ROWS, I8_GROUP);
+}
+
+/* ---- recurrent cells ---------------------------------------------------------- */
+
+INLINE void vf_store(float *p, vf v) { memcpy(p, &v, sizeof v); }
+
+/* The gate activations VW units at a time, then the H % VW rest one by one. */
 static void cell_update(int cell, int H, const float *gi, const float *gh, float *h, float *c)
 {
-    const int H16 = H & ~15;
+    const int HV = H / VW * VW;
     switch (cell) {
     case 0: /* elman */
-        for (int j = 0; j < H16; j += 16)
-            v16_store(h + j, v16_tanh(v16_load(gi + j) + v16_load(gh + j)));
-        for (int j = H16; j < H; j++)
+        for (int j = 0; j < HV; j += VW)
+            vf_store(h + j, vf_tanh(vf_load(gi + j) + vf_load(gh + j)));
+        for (int j = HV; j < H; j++)
             h[j] = fast_tanhf(gi[j] + gh[j]);
         break;
     case 1: /* gru: gate rows r, z, n */
-        for (int j = 0; j < H16; j += 16) {
-            v16 r = v16_sigmoid(v16_load(gi + j) + v16_load(gh + j));
-            v16 z = v16_sigmoid(v16_load(gi + H + j) + v16_load(gh + H + j));
-            v16 n = v16_tanh(v16_load(gi + 2 * H + j) + r * v16_load(gh + 2 * H + j));
-            v16_store(h + j, (1.0f - z) * n + z * v16_load(h + j));
+        for (int j = 0; j < HV; j += VW) {
+            vf r = vf_sigmoid(vf_load(gi + j) + vf_load(gh + j));
+            vf z = vf_sigmoid(vf_load(gi + H + j) + vf_load(gh + H + j));
+            vf n = vf_tanh(vf_load(gi + 2 * H + j) + r * vf_load(gh + 2 * H + j));
+            vf_store(h + j, (1.0f - z) * n + z * vf_load(h + j));
         }
-        for (int j = H16; j < H; j++) {
+        for (int j = HV; j < H; j++) {
             float r = sigmoidf(gi[j] + gh[j]);
             float z = sigmoidf(gi[H + j] + gh[H + j]);
             float n = fast_tanhf(gi[2 * H + j] + r * gh[2 * H + j]);
@@ -93,16 +541,16 @@ static void cell_update(int cell, int H, const float *gi, const float *gh, float
         }
         break;
     default: /* lstm: gate rows i, f, g, o */
-        for (int j = 0; j < H16; j += 16) {
-            v16 i = v16_sigmoid(v16_load(gi + j) + v16_load(gh + j));
-            v16 f = v16_sigmoid(v16_load(gi + H + j) + v16_load(gh + H + j));
-            v16 g = v16_tanh(v16_load(gi + 2 * H + j) + v16_load(gh + 2 * H + j));
-            v16 o = v16_sigmoid(v16_load(gi + 3 * H + j) + v16_load(gh + 3 * H + j));
-            v16 cv = f * v16_load(c + j) + i * g;
-            v16_store(c + j, cv);
-            v16_store(h + j, o * v16_tanh(cv));
+        for (int j = 0; j < HV; j += VW) {
+            vf i = vf_sigmoid(vf_load(gi + j) + vf_load(gh + j));
+            vf f = vf_sigmoid(vf_load(gi + H + j) + vf_load(gh + H + j));
+            vf g = vf_tanh(vf_load(gi + 2 * H + j) + vf_load(gh + 2 * H + j));
+            vf o = vf_sigmoid(vf_load(gi + 3 * H + j) + vf_load(gh + 3 * H + j));
+            vf cv = f * vf_load(c + j) + i * g;
+            vf_store(c + j, cv);
+            vf_store(h + j, o * vf_tanh(cv));
         }
-        for (int j = H16; j < H; j++) {
+        for (int j = HV; j < H; j++) {
             float i = sigmoidf(gi[j] + gh[j]);
             float f = sigmoidf(gi[H + j] + gh[H + j]);
             float g = fast_tanhf(gi[2 * H + j] + gh[2 * H + j]);
@@ -114,6 +562,15 @@ static void cell_update(int cell, int H, const float *gi, const float *gh, float
     }
 }
 
+static void tanh_inplace(float *x, size_t n)
+{
+    size_t i = 0;
+    for (; i + VW <= n; i += VW)
+        vf_store(x + i, vf_tanh(vf_load(x + i)));
+    for (; i < n; i++)
+        x[i] = fast_tanhf(x[i]);
+}
+
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 #define STR_(a) #a
@@ -121,6 +578,17 @@ static void cell_update(int cell, int H, const float *gi, const float *gh, float
 
 const kern_ops CAT(kern_ops_, KERN_ISA) = {
     .name = STR(KERN_ISA),
-    .gemm_small = gemm_small,
+#if defined(__AVX512BF16__)
+    .how = {"fma", "vdpbf16ps", "vpdpbusd"},
+    .bf16_rounds_inputs = true,
+#elif defined(__AVX512VNNI__)
+    .how = {"fma", "widened to f32, fma", "vpdpbusd"},
+#elif defined(__AVX2__)
+    .how = {"fma", "widened to f32, fma", "vpmaddubsw"},
+#else
+    .how = {"vector multiply-add", "widened to f32", "scalar"},
+#endif
+    .gemm = {gemm_f32, gemm_bf16, gemm_i8},
     .cell_update = cell_update,
+    .tanh_inplace = tanh_inplace,
 };

@@ -13,6 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #define MAX_DIM (1 << 16) /* embed, hidden, attn_dim, heads */
 #define MAX_LAYERS 256
@@ -199,6 +202,65 @@ static const char *extra_tensor(const st_file *f, const model_config *c, const a
     return NULL;
 }
 
+/* Floats of the weights kept as vectors: the embedding, the biases and the
+ * mechanism's tensors that are not matrices. */
+static size_t vector_floats(const model_config *c, const attn_mech *a)
+{
+    size_t n = (size_t)c->vocab * c->embed + (size_t)c->layers * 2 * c->gates * c->hidden + (size_t)c->hidden +
+               (size_t)c->vocab;
+    for (int j = 0; j < a->n_tensors; j++)
+        if (!a->tensors[j].product)
+            n += (size_t)attn_dim_value(a->tensors[j].dims[0], c) *
+                 (a->tensors[j].ndim > 1 ? (size_t)attn_dim_value(a->tensors[j].dims[1], c) : 1);
+    return n;
+}
+
+/* Where the loader puts what it binds: the vectors' arena and the precision. */
+typedef struct binder {
+    model *m;
+    float *next; /* the arena's free part */
+    kern_prec prec;
+    int n_bound;
+    char *err;
+    size_t errlen;
+} binder;
+
+/* Binds a vector tensor: copied into the arena. */
+static int bind_vector(binder *b, const float **dst, const char *name, int ndim, int d0, int d1)
+{
+    const float *src = bind(b->m->file, name, ndim, d0, d1, &b->n_bound, b->err, b->errlen);
+    if (!src)
+        return -1;
+    size_t n = (size_t)d0 * (ndim > 1 ? (size_t)d1 : 1);
+    memcpy(b->next, src, n * sizeof *src);
+    *dst = b->next;
+    b->next += n;
+    b->m->weight_bytes += n * sizeof *src;
+    return 0;
+}
+
+/* Packs columns [c0, c0 + k) of the [n, cols] matrix src into w. */
+static int pack(binder *b, kmat *w, const char *name, const float *src, int cols, int c0, int n, int k)
+{
+    char why[ATTNLM_ERR_LEN];
+    if (kmat_pack(w, src + c0, cols, n, k, b->prec, why, sizeof why) < 0) {
+        err_set(b->err, b->errlen, "tensor \"%s\": %s", name, why);
+        return -1;
+    }
+    b->m->weight_bytes += kmat_bytes(w);
+    size_t need = kern_scratch_bytes(k);
+    if (need > b->m->scratch_bytes)
+        b->m->scratch_bytes = need;
+    return 0;
+}
+
+/* Binds a matrix tensor [n, k]: packed at the model's precision. */
+static int bind_matrix(binder *b, kmat *w, const char *name, int n, int k)
+{
+    const float *src = bind(b->m->file, name, 2, n, k, &b->n_bound, b->err, b->errlen);
+    return src ? pack(b, w, name, src, k, 0, n, k) : -1;
+}
+
 static int bind_weights(model *m, char *err, size_t errlen)
 {
     const st_file *f = m->file;
@@ -206,41 +268,48 @@ static int bind_weights(model *m, char *err, size_t errlen)
     const attn_mech *a = m->attn;
     const int V = c->vocab, E = c->embed, H = c->hidden, GH = c->gates * c->hidden;
     model_weights *w = &m->w;
-    int n_bound = 0;
     char name[MAX_TENSOR_NAME];
+    static const kern_prec PREC[MODEL_PRECISION_COUNT] = {KERN_F32, KERN_BF16, KERN_INT8};
 
     w->layer = calloc((size_t)c->layers, sizeof *w->layer);
-    if (!w->layer) {
+    m->vectors = malloc(vector_floats(c, a) * sizeof *m->vectors);
+    if (!w->layer || !m->vectors) {
         err_set(err, errlen, "out of memory");
         return -1;
     }
-#define BIND(dst, nm, ndim, d0, d1)                                                    \
-    do {                                                                               \
-        if (!((dst) = bind(f, (nm), (ndim), (d0), (d1), &n_bound, err, errlen)))       \
-            return -1;                                                                 \
-    } while (0)
-    BIND(w->embed, "embed.weight", 2, V, E);
+    binder b = {.m = m, .next = m->vectors, .prec = PREC[m->precision], .err = err, .errlen = errlen};
+    if (bind_vector(&b, &w->embed, "embed.weight", 2, V, E) < 0)
+        return -1;
     for (int k = 0; k < c->layers; k++) {
         layer_weights *l = &w->layer[k];
-        const float **dst[] = {&l->wih, &l->whh, &l->bih, &l->bhh};
-        const int cols[] = {k == 0 ? E : H, H, 0, 0};
-        for (int j = 0; j < 4; j++) {
-            snprintf(name, sizeof name, LAYER_TENSORS[j], k);
-            BIND(*dst[j], name, cols[j] ? 2 : 1, GH, cols[j]);
-        }
+        snprintf(name, sizeof name, LAYER_TENSORS[0], k);
+        if (bind_matrix(&b, &l->wih, name, GH, k == 0 ? E : H) < 0)
+            return -1;
+        snprintf(name, sizeof name, LAYER_TENSORS[1], k);
+        if (bind_matrix(&b, &l->whh, name, GH, H) < 0)
+            return -1;
+        snprintf(name, sizeof name, LAYER_TENSORS[2], k);
+        if (bind_vector(&b, &l->bih, name, 1, GH, 0) < 0)
+            return -1;
+        snprintf(name, sizeof name, LAYER_TENSORS[3], k);
+        if (bind_vector(&b, &l->bhh, name, 1, GH, 0) < 0)
+            return -1;
     }
     for (int j = 0; j < a->n_tensors; j++) {
         const attn_tensor *t = &a->tensors[j];
-        BIND(w->attn[j], t->name, t->ndim, attn_dim_value(t->dims[0], c),
-             t->ndim > 1 ? attn_dim_value(t->dims[1], c) : 0);
+        int d0 = attn_dim_value(t->dims[0], c), d1 = t->ndim > 1 ? attn_dim_value(t->dims[1], c) : 0;
+        if (t->product ? bind_matrix(&b, &w->attn_mat[j], t->name, d0, d1) < 0
+                       : bind_vector(&b, &w->attn[j], t->name, t->ndim, d0, d1) < 0)
+            return -1;
     }
-    BIND(w->comb_w, "combine.weight", 2, H, 2 * H);
-    BIND(w->comb_b, "combine.bias", 1, H, 0);
-    BIND(w->out_w, "out.weight", 2, V, H);
-    BIND(w->out_b, "out.bias", 1, V, 0);
-#undef BIND
+    const float *comb = bind(f, "combine.weight", 2, H, 2 * H, &b.n_bound, err, errlen);
+    if (!comb || pack(&b, &w->comb_h, "combine.weight", comb, 2 * H, 0, H, H) < 0 ||
+        pack(&b, &w->comb_c, "combine.weight", comb, 2 * H, H, H, H) < 0 ||
+        bind_vector(&b, &w->comb_b, "combine.bias", 1, H, 0) < 0 || bind_matrix(&b, &w->out_w, "out.weight", V, H) < 0 ||
+        bind_vector(&b, &w->out_b, "out.bias", 1, V, 0) < 0)
+        return -1;
 
-    if (n_bound != st_tensor_count(f)) {
+    if (b.n_bound != st_tensor_count(f)) {
         const char *tn = extra_tensor(f, c, a);
         if (tn)
             err_set(err, errlen, "unexpected tensor \"%s\" for a %d-layer %s model with %s attention", tn, c->layers,
@@ -267,7 +336,7 @@ static int check_finite(const st_file *f, char *err, size_t errlen)
 }
 
 /* Takes f (freed on failure) and builds the model its contents describe. */
-static model *model_from(st_file *f, char *err, size_t errlen)
+static model *model_from(st_file *f, const model_opts *opts, char *err, size_t errlen)
 {
     if (!f)
         return NULL;
@@ -278,41 +347,91 @@ static model *model_from(st_file *f, char *err, size_t errlen)
         return NULL;
     }
     m->file = f;
+    m->precision = opts ? opts->precision : MODEL_F32;
+    if (m->precision < 0 || m->precision >= MODEL_PRECISION_COUNT) {
+        err_set(err, errlen, "unknown precision %d", (int)m->precision);
+        goto fail;
+    }
     if (read_config(m->file, &m->cfg, err, errlen) < 0)
         goto fail;
     m->attn = attn_at(m->cfg.attention);
-    if (bind_weights(m, err, errlen) < 0 || check_finite(m->file, err, errlen) < 0)
+    if (check_finite(m->file, err, errlen) < 0 || bind_weights(m, err, errlen) < 0)
         goto fail;
     for (int i = 0; i < st_tensor_count(m->file); i++)
         m->n_params += st_tensor_at(m->file, i)->numel;
+    /* Everything is packed or copied: the file's tensor data is no longer
+     * needed, and goes back to the system even when the allocator had put it
+     * on its heap (as it does for a reload's file once a larger block has
+     * been freed). */
+    st_release_data(m->file);
+#if defined(__GLIBC__)
+    malloc_trim(0);
+#endif
     m->proj_dim = m->attn->proj_dim(&m->cfg);
     m->key_dim = m->attn->key_dim(&m->cfg);
     m->kern = kern_best();
+    snprintf(m->kernels, sizeof m->kernels, "%s, %s (%s)", m->kern->name, model_precision_name(m->precision),
+             m->kern->how[m->w.out_w.prec]);
     return m;
 fail:
     model_free(m);
     return NULL;
 }
 
-model *model_load(const char *path, char *err, size_t errlen) { return model_from(st_open(path, err, errlen), err, errlen); }
+model *model_load_opts(const char *path, const model_opts *opts, char *err, size_t errlen)
+{
+    return model_from(st_open(path, err, errlen), opts, err, errlen);
+}
+
+model *model_load(const char *path, char *err, size_t errlen) { return model_load_opts(path, NULL, err, errlen); }
 
 model *model_load_mem(const void *data, size_t len, char *err, size_t errlen)
 {
-    return model_from(st_open_mem(data, len, err, errlen), err, errlen);
+    return model_from(st_open_mem(data, len, err, errlen), NULL, err, errlen);
 }
 
 void model_free(model *m)
 {
     if (!m)
         return;
+    for (int k = 0; m->w.layer && k < m->cfg.layers; k++) {
+        kmat_free(&m->w.layer[k].wih);
+        kmat_free(&m->w.layer[k].whh);
+    }
+    for (int j = 0; j < ATTN_MAX_TENSORS; j++)
+        kmat_free(&m->w.attn_mat[j]);
+    kmat_free(&m->w.comb_h);
+    kmat_free(&m->w.comb_c);
+    kmat_free(&m->w.out_w);
     free(m->w.layer);
+    free(m->vectors);
     st_close(m->file);
     free(m);
 }
 
+static const char *const PRECISIONS[MODEL_PRECISION_COUNT] = {"f32", "bf16", "int8"};
+
+const char *model_precision_name(model_precision p)
+{
+    return p >= 0 && p < MODEL_PRECISION_COUNT ? PRECISIONS[p] : "?";
+}
+
+int model_precision_parse(const char *s, model_precision *out, char *err, size_t errlen)
+{
+    for (int i = 0; i < MODEL_PRECISION_COUNT; i++)
+        if (s && strcmp(s, PRECISIONS[i]) == 0) {
+            *out = (model_precision)i;
+            return 0;
+        }
+    err_set(err, errlen, "precision \"%s\" is not one of f32, bf16, int8", s ? s : "");
+    return -1;
+}
+
 const model_config *model_get_config(const model *m) { return &m->cfg; }
 uint64_t model_param_count(const model *m) { return m->n_params; }
-const char *model_kernels(const model *m) { return m->kern->name; }
+const char *model_kernels(const model *m) { return m->kernels; }
+model_precision model_get_precision(const model *m) { return m->precision; }
+size_t model_weight_bytes(const model *m) { return m->weight_bytes; }
 const char *model_sha256(const model *m) { return st_sha256(m->file); }
 const char *model_meta(const model *m, const char *key) { return st_meta_get(m->file, key); }
 int model_meta_count(const model *m) { return st_meta_count(m->file); }

@@ -40,6 +40,19 @@ typedef struct model_config {
     model_attention attention;
 } model_config;
 
+/* The precision a model's weight matrices are held and multiplied in.  f32
+ * computes the file's function exactly (to float rounding); bf16 rounds every
+ * matrix to bfloat16 at load (half the memory); int8 quantises them to 8 bits
+ * with a scale per output row and multiplies them with activations quantised
+ * per row at each product (a quarter).  Products accumulate in f32 or int32;
+ * embeddings, biases and attention vectors stay f32. */
+typedef enum { MODEL_F32, MODEL_BF16, MODEL_INT8, MODEL_PRECISION_COUNT } model_precision;
+
+/* How to load a model; {0} is the default (f32). */
+typedef struct model_opts {
+    model_precision precision;
+} model_opts;
+
 typedef struct model model;           /* loaded weights, read-only */
 typedef struct model_seq model_seq;   /* one sequence's decoding state */
 typedef struct model_batch model_batch; /* one worker's scratch for model_step */
@@ -49,17 +62,28 @@ typedef struct model_batch model_batch; /* one worker's scratch for model_step *
  * nothing done to it afterwards changes or breaks the model.  Free with
  * model_free. */
 model *model_load(const char *path, char *err, size_t errlen);
+/* The same with options (opts NULL: the defaults, as model_load). */
+model *model_load_opts(const char *path, const model_opts *opts, char *err, size_t errlen);
 /* The same from a file's bytes in memory (copied). */
 model *model_load_mem(const void *data, size_t len, char *err, size_t errlen);
 void model_free(model *m);
+
+/* "f32", "bf16" or "int8". */
+const char *model_precision_name(model_precision p);
+/* The precision named s; -1 with a message listing the names if there is none. */
+int model_precision_parse(const char *s, model_precision *out, char *err, size_t errlen);
 
 const model_config *model_get_config(const model *m);
 const char *model_cell_name(model_cell c);
 const char *model_attention_name(model_attention a);
 /* Number of parameters (sum of tensor sizes). */
 uint64_t model_param_count(const model *m);
-/* The instruction set the engine's kernels use on this CPU ("avx512", "avx2", "generic"). */
+/* The instruction set the engine's kernels use on this CPU and how the
+ * products run at the model's precision, e.g. "avx2, f32 (fma)". */
 const char *model_kernels(const model *m);
+model_precision model_get_precision(const model *m);
+/* Bytes of weights the model holds (packed matrices and vectors). */
+size_t model_weight_bytes(const model *m);
 /* Lower-case hex SHA-256 of the file's bytes as loaded. */
 const char *model_sha256(const model *m);
 /* Metadata of the file, including provenance; value NULL if key is absent. */

@@ -660,6 +660,16 @@ void st_close(st_file *f)
     free(f);
 }
 
+void st_release_data(st_file *f)
+{
+    for (int i = 0; i < f->n_tensors; i++)
+        f->tensors[i].data = NULL;
+    free(f->arena);
+    free(f->bytes);
+    f->arena = NULL;
+    f->bytes = NULL;
+}
+
 int st_tensor_count(const st_file *f) { return f->n_tensors; }
 const st_tensor *st_tensor_at(const st_file *f, int i) { return &f->tensors[i]; }
 int st_meta_count(const st_file *f) { return f->n_meta; }

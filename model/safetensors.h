@@ -34,7 +34,7 @@ typedef struct st_tensor {
     uint64_t shape[ST_MAX_DIMS];
     uint64_t numel;
     uint64_t begin, end;   /* byte offsets into the data buffer */
-    const float *data;     /* [numel] as F32 (BF16 widened), 4-byte aligned */
+    const float *data;     /* [numel] as F32 (BF16 widened), 4-byte aligned; NULL once released */
 } st_tensor;
 
 /* One metadata entry (string -> string). */
@@ -51,6 +51,9 @@ st_file *st_open(const char *path, char *err, size_t errlen);
 /* The same for a file's bytes already in memory (copied). */
 st_file *st_open_mem(const void *data, size_t len, char *err, size_t errlen);
 void st_close(st_file *f);
+/* Frees the tensors' data (the file's bytes and the arena), keeping names,
+ * shapes, metadata and hash: for a reader that has copied what it needs. */
+void st_release_data(st_file *f);
 
 int st_tensor_count(const st_file *f);
 const st_tensor *st_tensor_at(const st_file *f, int i);

@@ -1,8 +1,9 @@
-/* vecmath.h -- exp, sigmoid and tanh for the engine, as scalars and as
- * vectors of 16 floats (GCC and clang split them to what the target has).
+/* vecmath.h -- exp, sigmoid and tanh for the engine, as scalars and on
+ * vectors of any width (instantiated for 16 floats here, and for the
+ * registers' width by kernels_isa.c).
  *
  * Everything here is inline so each caller's vector code keeps it in
- * registers.  The 16-float functions are meant for code compiled for one
+ * registers.  The vector functions are meant for code compiled for one
  * instruction set as a whole (kernels_isa.c), where passing them between
  * inlined helpers costs nothing.
  */
@@ -55,28 +56,37 @@ static inline float sigmoidf(float x) { return 1.0f / (1.0f + fast_expf(-x)); }
 /* Absolute error about 1e-7; exact +-1 in the tails. */
 static inline float fast_tanhf(float x) { return 1.0f - 2.0f / (fast_expf(2.0f * x) + 1.0f); }
 
-/* fast_expf's steps on whole vectors: GCC does not vectorize loops over the
- * scalar version itself (their trip count is only known at run time, and -O2
- * will not add the remainder loop that needs). */
+/* fast_expf's steps on whole vectors (GCC does not vectorize loops over the
+ * scalar version itself: their trip count is only known at run time, and -O2
+ * will not add the remainder loop that needs).  VECMATH_VECTOR(VF, VI, P)
+ * defines P_exp, P_sigmoid and P_tanh for a vector type VF of floats and VI
+ * of 32-bit integers with as many lanes.  Code compiled for one instruction
+ * set should use its registers' width: GCC compiles the comparisons of
+ * vectors wider than the registers lane by lane, ten times slower. */
+#define VECMATH_VECTOR(VF, VI, P)                                                                  \
+    static inline __attribute__((always_inline)) VF P##_exp(VF x)                                 \
+    {                                                                                              \
+        VI keep = x > -87.0f; /* false for NaN too, as in fast_expf */                             \
+        x = (VF)(((VI)x & keep) | ((VI)((VF){0} - 87.0f) & ~keep));                                \
+        VI big = x > 88.0f;                                                                        \
+        x = (VF)(((VI)((VF){0} + 88.0f) & big) | ((VI)x & ~big));                                  \
+        VI k = __builtin_convertvector(x * EXP_LOG2E + 127.5f, VI) - 127;                          \
+        VF kf = __builtin_convertvector(k, VF);                                                    \
+        VF r = x - kf * EXP_LN2_HI + kf * EXP_LN2_LO;                                              \
+        VF p = EXP_POLY(r);                                                                        \
+        return p * (VF)((k + 127) << 23);                                                          \
+    }                                                                                              \
+    static inline __attribute__((always_inline)) VF P##_sigmoid(VF x) { return 1.0f / (1.0f + P##_exp(-x)); } \
+    static inline __attribute__((always_inline)) VF P##_tanh(VF x) { return 1.0f - 2.0f / (P##_exp(2.0f * x) + 1.0f); }
+
+/* The 16-float instance. */
 typedef int32_t v16i __attribute__((vector_size(64)));
+VECMATH_VECTOR(v16, v16i, v16)
 
-static inline __attribute__((always_inline)) v16 v16_splat(float x) { return (v16){0} + x; }
-
-static inline __attribute__((always_inline)) v16 v16_exp(v16 x)
+static inline __attribute__((always_inline)) v16 v16_splat(float x)
 {
-    v16i keep = x > -87.0f; /* false for NaN too, as in fast_expf */
-    x = (v16)(((v16i)x & keep) | ((v16i)v16_splat(-87.0f) & ~keep));
-    v16i big = x > 88.0f;
-    x = (v16)(((v16i)v16_splat(88.0f) & big) | ((v16i)x & ~big));
-    v16i k = __builtin_convertvector(x * EXP_LOG2E + 127.5f, v16i) - 127;
-    v16 kf = __builtin_convertvector(k, v16);
-    v16 r = x - kf * EXP_LN2_HI + kf * EXP_LN2_LO;
-    v16 p = EXP_POLY(r);
-    return p * (v16)((k + 127) << 23);
+    return (v16){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
 }
-
-static inline __attribute__((always_inline)) v16 v16_sigmoid(v16 x) { return 1.0f / (1.0f + v16_exp(-x)); }
-static inline __attribute__((always_inline)) v16 v16_tanh(v16 x) { return 1.0f - 2.0f / (v16_exp(2.0f * x) + 1.0f); }
 
 static inline __attribute__((always_inline)) v16 v16_load(const float *p)
 {

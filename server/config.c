@@ -65,6 +65,8 @@ static const option OPTIONS[] = {
     {"log-format", OPT_STR, OFF(log_format_name), 0, 0, "\"text\" or \"json\" (one object per line)"},
     {"ui", OPT_BOOL, OFF(ui), 0, 1,
      "serve the attention inspector page at / (--no-ui, or the variable 0: 404 there); 1/0, true/false, yes/no, on/off"},
+    {"precision", OPT_STR, OFF(precision), 0, 0,
+     "precision of the weights: f32 (exact), bf16 (half the memory) or int8 (a quarter, fastest)"},
 };
 #define N_OPTIONS (sizeof OPTIONS / sizeof *OPTIONS)
 
@@ -100,6 +102,7 @@ static void defaults(srv_config *c)
         .tls_key = "",
         .log_format_name = "text",
         .ui = 1,
+        .precision = "f32",
     };
 }
 

@@ -47,6 +47,7 @@ typedef struct srv_config {
     const char *log_format_name;
     srv_log_format log_format;
     long ui;              /* serve the inspector page (server/ui.c) at / and /ui/ */
+    const char *precision; /* the models' weights: "f32", "bf16" or "int8" (checked by main) */
     int health_check;     /* --health: probe a running server's /health instead of serving */
 } srv_config;
 

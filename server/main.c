@@ -203,8 +203,14 @@ int main(int argc, char **argv)
     /* Each worker runs its own small products; BLAS threads would only contend. */
     openblas_set_num_threads(1);
 
+    model_opts load = {0};
+    if (model_precision_parse(cfg.precision, &load.precision, err, sizeof err) < 0) {
+        fprintf(stderr, "attnlm: --precision: %s\n", err);
+        config_free(&cfg);
+        return 2;
+    }
     _Static_assert(SRV_MAX_LIST <= API_MAX_MODELS, "every --model can be served");
-    api_models *models = api_models_load(cfg.models.v, cfg.models.n, err, sizeof err);
+    api_models *models = api_models_load(cfg.models.v, cfg.models.n, &load, err, sizeof err);
     if (!models) {
         log_msg("error", "%s", err);
         config_free(&cfg);

@@ -134,23 +134,34 @@ static bool check_leave(worker *w, pool_task *t, int64_t now)
     return false;
 }
 
+/* Input tokens a worker takes at once: scoring and prefills of up to this
+ * many tokens run before it answers them or steps its generations again. */
+#define POOL_ROUND_TOKENS 2048
+
 /* Takes queued tasks this worker should run; called with the lock held.
  * A worker takes up to its fair share of all the work in hand (queued plus
- * every worker's running load, divided by the number of workers), so a burst
- * of requests is split between the workers instead of waiting for whichever
- * finishes first, and never more than max_batch sequences running. */
+ * every worker's running load, divided by the number of workers), so a burst of
+ * requests is split between the workers instead of waiting for whichever
+ * finishes first, never more than max_batch sequences, and no more input
+ * tokens than POOL_ROUND_TOKENS (beyond the first task): a forward pass of
+ * that size runs its products as fast as a larger one, and what is left in
+ * the queue is answered a round later instead of everything at the end of
+ * one long pass. */
 static int take(worker *w, pool_task **taken, int max)
 {
     pool *p = w->p;
     int total = p->queued_weight;
     for (int i = 0; i < p->n_workers; i++)
         total += p->load[i];
-    int share = (total + p->n_workers - 1) / p->n_workers, n = 0;
+    int share = (total + p->n_workers - 1) / p->n_workers, n = 0, tokens = 0;
     while (p->head && n < max) {
         pool_task *t = p->head;
-        int weight = api_job_weight(t->job), load = p->load[w->index];
+        int weight = api_job_weight(t->job), load = p->load[w->index], in = api_job_input_tokens(t->job);
         if (load > 0 && (load + weight > p->max_batch || load + weight > share))
             break;
+        if (n > 0 && tokens + in > POOL_ROUND_TOKENS)
+            break;
+        tokens += in;
         p->head = t->next;
         if (!p->head)
             p->tail = NULL;

@@ -24,7 +24,7 @@ static inline api_models *load_api_fixture(api_ctx *ctx, api_metrics *metrics, c
 {
     char path[512], err[ATTNLM_ERR_LEN];
     const char *paths[] = {fixture_path(path, sizeof path, name)};
-    api_models *r = api_models_load(paths, 1, err, sizeof err);
+    api_models *r = api_models_load(paths, 1, NULL, err, sizeof err);
     ck_assert_msg(r != NULL, "%s", err);
     memset(metrics, 0, sizeof *metrics);
     *ctx = (api_ctx){.models = r, .limits = limits, .metrics = metrics};

@@ -37,6 +37,7 @@ START_TEST(test_buf_grows_and_formats)
     size_t n;
     char *p = buf_take(&b, &n);
     ck_assert_uint_eq(n, 1002);
+    ck_assert_str_eq(p + 1000, "]z"); /* NUL-terminated */
     ck_assert_ptr_null(b.p);
     ck_assert_uint_eq(b.len, 0);
     free(p);

@@ -1,7 +1,10 @@
 /* test_kernels.c -- the vector kernels against double-precision references,
- * for every kernel table this CPU runs: the few-row product at every M, with
- * remainders and row strides, the cell updates on awkward widths, and the
- * vector activations against the scalar ones and libm. */
+ * for every kernel table this CPU runs: the packed products at every
+ * precision on awkward shapes (rows, columns and inputs that are not
+ * multiples of the vector width, blocks of rows and their remainders, row
+ * strides, bias and accumulation), the same numbers for a row in any number
+ * of rows, the packing and rounding themselves, the cell updates on awkward
+ * widths, and the vector activations against the scalar ones and libm. */
 #define _POSIX_C_SOURCE 200809L
 #include "kernels.h"
 #include "vecmath.h"
@@ -11,6 +14,7 @@
 #include <check.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 static float frand(unsigned *s)
 {
@@ -19,83 +23,188 @@ static float frand(unsigned *s)
 }
 
 /* The tables this CPU runs; each test loops over them. */
-static const kern_ops *TABLES[3];
+static const kern_ops *TABLES[8];
 static int n_tables;
 
 static void find_tables(void)
 {
-    const kern_ops *all[] = {&kern_ops_generic,
-#if defined(__x86_64__)
-                             &kern_ops_avx2, &kern_ops_avx512
-#endif
-    };
     n_tables = 0;
-    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
-        if (kern_runs(all[i]))
-            TABLES[n_tables++] = all[i];
+    for (int i = 0; kern_tables[i]; i++)
+        if (kern_runs(kern_tables[i]))
+            TABLES[n_tables++] = kern_tables[i];
+    ck_assert_int_ge(n_tables, 1);
 }
 
-START_TEST(test_gemm_small_matches_reference)
+/* What the kernels of table t multiply row x [K] by at precision p: int8
+ * quantises it per row to 7 bits, native bf16 rounds it. */
+static void reference_inputs(const kern_ops *t, kern_prec p, const float *x, int K, double *out)
 {
-    const int Ks[] = {1, 7, 15, 16, 17, 31, 40, 64, 100};
-    double worst = 0.0;
-    find_tables();
-    ck_assert_int_ge(n_tables, 1);
-    for (int ti = 0; ti < n_tables; ti++)
-    for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++)
-        for (int M = 2; M <= KERN_SMALL_M; M++) {
-            const int K = Ks[ki], N = 37, ldi = K + 3, ldw = K + 5, ldo = N + 2;
-            unsigned s = (unsigned)(K * 131 + M);
-            float *in = malloc(sizeof *in * (size_t)(M * ldi)), *w = malloc(sizeof *w * (size_t)(N * ldw));
-            float *out = malloc(sizeof *out * (size_t)(M * ldo));
-            for (int i = 0; i < M * ldi; i++)
-                in[i] = frand(&s);
-            for (int i = 0; i < N * ldw; i++)
-                w[i] = frand(&s);
-            for (int i = 0; i < M * ldo; i++)
-                out[i] = 0.5f;
-            TABLES[ti]->gemm_small(out, ldo, in, ldi, w, ldw, M, N, K);
-            for (int r = 0; r < M; r++) {
-                for (int j = 0; j < N; j++) {
-                    double ref = 0.5, mag = 0.5;
-                    for (int k = 0; k < K; k++) {
-                        ref += (double)in[r * ldi + k] * w[j * ldw + k];
-                        mag += fabs((double)in[r * ldi + k] * w[j * ldw + k]);
-                    }
-                    double e = fabs(out[r * ldo + j] - ref) / mag;
-                    worst = fmax(worst, e);
-                    ck_assert_msg(e < 1e-6, "%s K=%d M=%d row %d col %d: %g, want %g", TABLES[ti]->name, K, M, r, j,
-                                  out[r * ldo + j], ref);
-                }
-                for (int j = N; j < ldo; j++)
-                    ck_assert_msg(out[r * ldo + j] == 0.5f, "wrote past column %d", N);
-            }
-            free(in);
-            free(w);
-            free(out);
+    if (p == KERN_INT8) {
+        float mx = 0.0f;
+        for (int k = 0; k < K; k++)
+            mx = fmaxf(mx, fabsf(x[k]));
+        const float inv = mx > 0.0f ? 63.0f / mx : 0.0f;
+        for (int k = 0; k < K; k++) {
+            float y = x[k] * inv;
+            out[k] = (double)(int)(y + (y < 0.0f ? -0.5f : 0.5f)) * (mx / 63.0f);
         }
-    ck_assert(worst > 0.0); /* the reference is not trivially equal */
+    } else {
+        for (int k = 0; k < K; k++)
+            out[k] = p == KERN_BF16 && t->bf16_rounds_inputs ? kern_bf16_to_f32(kern_bf16(x[k])) : x[k];
+    }
+}
+
+/* Runs one product of table t and checks it against the reference in double. */
+static double check_product(const kern_ops *t, kern_prec p, int M, int N, int K, bool use_bias, bool accumulate,
+                            unsigned seed)
+{
+    const int ldi = K + 3, ldw = K + 5, ldo = N + 2;
+    unsigned s = seed;
+    float *in = malloc(sizeof *in * (size_t)M * ldi), *src = malloc(sizeof *src * (size_t)N * ldw);
+    float *out = malloc(sizeof *out * (size_t)M * ldo), *bias = malloc(sizeof *bias * (size_t)N);
+    double *xr = malloc(sizeof *xr * (size_t)K);
+    void *scratch = malloc(kern_scratch_bytes(K));
+    ck_assert(in && src && out && bias && xr && scratch);
+    for (int i = 0; i < M * ldi; i++)
+        in[i] = frand(&s);
+    for (int i = 0; i < N * ldw; i++)
+        src[i] = frand(&s);
+    for (int j = 0; j < N; j++)
+        bias[j] = frand(&s);
+    if (M > 2) /* a row of zeros: int8 quantises it with scale 0 */
+        memset(in + (size_t)ldi, 0, sizeof *in * (size_t)K);
+    for (int i = 0; i < M * ldo; i++)
+        out[i] = 0.5f;
+    kmat w;
+    char err[128];
+    ck_assert_int_eq(kmat_pack(&w, src, ldw, N, K, p, err, sizeof err), 0);
+    t->gemm[p](out, ldo, in, ldi, &w, use_bias ? bias : NULL, M, accumulate, scratch);
+    double worst = 0.0;
+    for (int r = 0; r < M; r++) {
+        reference_inputs(t, p, in + (size_t)r * ldi, K, xr);
+        for (int j = 0; j < N; j++) {
+            double ref = accumulate ? 0.5 : use_bias ? bias[j] : 0.0, mag = fabs(ref) + 1e-3;
+            for (int k = 0; k < K; k++) {
+                double wk = kmat_get(&w, j, k);
+                ref += wk * xr[k];
+                mag += fabs(wk * xr[k]);
+            }
+            double e = fabs(out[r * ldo + j] - ref) / mag;
+            worst = fmax(worst, e);
+            /* f32 sums of up to 100 terms in order; int8 sums are exact, then scaled */
+            ck_assert_msg(e < 2e-6, "%s %s M=%d N=%d K=%d bias=%d acc=%d: out[%d][%d] = %.9g, want %.9g", t->name,
+                          kern_prec_name(p), M, N, K, use_bias, accumulate, r, j, out[r * ldo + j], ref);
+        }
+        for (int j = N; j < ldo; j++)
+            ck_assert_msg(out[r * ldo + j] == 0.5f, "%s %s: wrote past column %d", t->name, kern_prec_name(p), N);
+    }
+    kmat_free(&w);
+    free(in);
+    free(src);
+    free(out);
+    free(bias);
+    free(xr);
+    free(scratch);
+    return worst;
+}
+
+/* Every precision of every table on shapes around the vector width (16), the
+ * tile shapes and the row block (KERN_MB = 64). */
+START_TEST(test_gemm_matches_reference)
+{
+    const int Ms[] = {1, 2, 3, 4, 5, 6, 7, 9, 13, 31, 64, 70};
+    const int Ks[] = {1, 2, 3, 5, 7, 15, 16, 17, 31, 40, 64, 100};
+    const int Ns[] = {1, 5, 16, 17, 37, 40, 63, 130};
+    find_tables();
+    for (int ti = 0; ti < n_tables; ti++)
+        for (int p = 0; p < KERN_PREC_COUNT; p++) {
+            double worst = 0.0;
+            for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++)
+                for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++) {
+                    size_t v = mi * 5 + ki * 3;
+                    int N = Ns[v % (sizeof Ns / sizeof *Ns)];
+                    worst = fmax(worst, check_product(TABLES[ti], (kern_prec)p, Ms[mi], N, Ks[ki], v % 3 != 0,
+                                                      v % 4 == 1, (unsigned)(v * 131 + (size_t)p)));
+                }
+            ck_assert(worst > 0.0); /* the reference is not trivially equal */
+        }
 }
 END_TEST
 
-/* A row's result is the same in a product of 2 or of 8 rows. */
-START_TEST(test_gemm_small_rows_independent)
+/* A row's numbers are the same in a product of any number of rows, 1 to 70
+ * (past one block of KERN_MB), at every precision. */
+START_TEST(test_gemm_rows_independent)
 {
-    enum { K = 40, N = 19 };
+    enum { K = 41, N = 37, MAXM = 70 };
     unsigned s = 7;
-    float in[8 * K], w[N * K], a[8 * N] = {0}, b[8 * N] = {0};
-    for (int i = 0; i < 8 * K; i++)
+    static float in[MAXM * K], src[N * K], one[MAXM * N], many[MAXM * N];
+    for (int i = 0; i < MAXM * K; i++)
         in[i] = frand(&s);
     for (int i = 0; i < N * K; i++)
-        w[i] = frand(&s);
+        src[i] = frand(&s);
+    void *scratch = malloc(kern_scratch_bytes(K));
+    char err[128];
     find_tables();
-    for (int ti = 0; ti < n_tables; ti++) {
-        for (int i = 0; i < 8 * N; i++)
-            a[i] = b[i] = 0.0f;
-        TABLES[ti]->gemm_small(a, N, in, K, w, K, 2, N, K);
-        TABLES[ti]->gemm_small(b, N, in, K, w, K, 8, N, K);
-        ck_assert_mem_eq(a, b, sizeof(float) * 2 * N);
+    for (int ti = 0; ti < n_tables; ti++)
+        for (int p = 0; p < KERN_PREC_COUNT; p++) {
+            const kern_ops *t = TABLES[ti];
+            kmat w;
+            ck_assert_int_eq(kmat_pack(&w, src, K, N, K, (kern_prec)p, err, sizeof err), 0);
+            for (int r = 0; r < MAXM; r++)
+                t->gemm[p](one + r * N, N, in + r * K, K, &w, NULL, 1, false, scratch);
+            for (int M = 2; M <= MAXM; M++) {
+                t->gemm[p](many, N, in, K, &w, NULL, M, false, scratch);
+                ck_assert_msg(memcmp(many, one, sizeof(float) * (size_t)M * N) == 0, "%s %s: rows differ at M=%d",
+                              t->name, kern_prec_name((kern_prec)p), M);
+            }
+            kmat_free(&w);
+        }
+    free(scratch);
+}
+END_TEST
+
+/* Packing: bf16 rounds to nearest even, int8 keeps every weight within half a
+ * step of its row's scale, and both keep a zero row zero. */
+START_TEST(test_packing)
+{
+    ck_assert_uint_eq(kern_bf16(1.0f), 0x3f80);
+    ck_assert_uint_eq(kern_bf16(1.0f + 0x1p-8f), 0x3f80);  /* a tie: to the even neighbour */
+    ck_assert_uint_eq(kern_bf16(1.0f + 0x3p-8f), 0x3f82);  /* a tie: to the even neighbour */
+    ck_assert_uint_eq(kern_bf16(1.0f + 0x1p-7f + 0x1p-12f), 0x3f81);
+    ck_assert_uint_eq(kern_bf16(-2.0f), 0xc000);
+    ck_assert(kern_bf16_to_f32(kern_bf16(3.14159f)) == 3.140625f);
+
+    enum { N = 19, K = 23 };
+    float src[N * K];
+    unsigned s = 3;
+    for (int i = 0; i < N * K; i++)
+        src[i] = frand(&s) * (float)(1 + i % 7);
+    memset(src + 4 * K, 0, sizeof(float) * K);
+    char err[128];
+    kmat w8, w16, w32;
+    ck_assert_int_eq(kmat_pack(&w8, src, K, N, K, KERN_INT8, err, sizeof err), 0);
+    ck_assert_int_eq(kmat_pack(&w16, src, K, N, K, KERN_BF16, err, sizeof err), 0);
+    ck_assert_int_eq(kmat_pack(&w32, src, K, N, K, KERN_F32, err, sizeof err), 0);
+    for (int j = 0; j < N; j++) {
+        float mx = 0.0f;
+        for (int k = 0; k < K; k++)
+            mx = fmaxf(mx, fabsf(src[j * K + k]));
+        for (int k = 0; k < K; k++) {
+            float v = src[j * K + k];
+            ck_assert(kmat_get(&w32, j, k) == v);
+            ck_assert(kmat_get(&w16, j, k) == kern_bf16_to_f32(kern_bf16(v)));
+            ck_assert_msg(fabsf(kmat_get(&w8, j, k) - v) <= 0.5f * mx / 127.0f * 1.0001f, "int8 [%d][%d]", j, k);
+        }
     }
+    ck_assert(kmat_get(&w8, 4, 3) == 0.0f);
+    ck_assert_uint_lt(kmat_bytes(&w8), kmat_bytes(&w16));
+    ck_assert_uint_lt(kmat_bytes(&w16), kmat_bytes(&w32));
+    kmat_free(&w8);
+    kmat_free(&w16);
+    kmat_free(&w32);
+    float huge[2] = {3.4e38f, 1.0f};
+    ck_assert_int_eq(kmat_pack(&w16, huge, 2, 1, 2, KERN_BF16, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "too large for bf16"));
 }
 END_TEST
 
@@ -166,11 +275,26 @@ START_TEST(test_activations)
     }
     v16 nan = v16_exp(v16_splat(NAN));
     ck_assert(isfinite(nan[0]) && nan[0] >= 0.0f); /* clamped, as the scalar version */
+
+    /* Each table's tanh over an array, vector part and scalar rest. */
+    float arr[37];
+    find_tables();
+    for (int ti = 0; ti < n_tables; ti++) {
+        for (int i = 0; i < 37; i++)
+            arr[i] = -9.0f + 0.5f * (float)i;
+        TABLES[ti]->tanh_inplace(arr, 37);
+        for (int i = 0; i < 37; i++)
+            ck_assert_msg(fabs(arr[i] - tanh(-9.0 + 0.5 * i)) < 1e-6, "%s tanh[%d] = %g", TABLES[ti]->name, i, arr[i]);
+    }
 }
 END_TEST
 
 int main(void)
 {
-    return CHECK_MAIN("kernels", test_gemm_small_matches_reference, test_gemm_small_rows_independent,
-                      test_cell_update, test_activations);
+    const check_case cases[] = {{"kernels",
+                                 CHECK_TESTS(CHECK_TEST(test_gemm_matches_reference), CHECK_TEST(test_gemm_rows_independent),
+                                             CHECK_TEST(test_packing), CHECK_TEST(test_cell_update),
+                                             CHECK_TEST(test_activations)),
+                                 .timeout = 60}};
+    return check_main("kernels", cases, 1);
 }

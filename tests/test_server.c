@@ -218,7 +218,8 @@ START_TEST(test_help_lists_every_variable)
     fclose(f);
     const char *want[] = {"ATTNLM_HOST", "ATTNLM_PORT", "ATTNLM_MODEL", "ATTNLM_WORKERS", "ATTNLM_QUEUE",
                           "ATTNLM_TIMEOUT", "ATTNLM_MAX_BODY", "ATTNLM_MAX_INPUT_TOKENS", "ATTNLM_MAX_NEW_TOKENS",
-                          "ATTNLM_MAX_ATTENTION_TOKENS", "ATTNLM_API_KEY", "ATTNLM_DRAIN_TIMEOUT", "--max-batch", "ATTNLM_UI", "--no-ui"};
+                          "ATTNLM_MAX_ATTENTION_TOKENS", "ATTNLM_API_KEY", "ATTNLM_DRAIN_TIMEOUT", "--max-batch", "ATTNLM_UI", "--no-ui",
+                          "ATTNLM_PRECISION"};
     for (size_t i = 0; i < sizeof want / sizeof *want; i++)
         ck_assert_msg(strstr(buf, want[i]) != NULL, "--help lacks %s", want[i]);
     free(buf);
@@ -354,8 +355,8 @@ static void pool_teardown(void)
     api_models_free(g_models);
 }
 
-/* Same text and tokens; log-probabilities equal to float rounding (a batch
- * of one takes a matrix-vector product, larger batches a matrix product). */
+/* Same text and tokens; the same log-probabilities (a row's numbers do not
+ * depend on its batch; compared to 1e-5 as printed). */
 static void same_generation(const char *a, const char *b)
 {
     cJSON *x = cJSON_Parse(a), *y = cJSON_Parse(b);
@@ -436,6 +437,34 @@ START_TEST(test_pool_drops_gone_and_late_tasks)
 }
 END_TEST
 
+/* A worker takes scoring requests in rounds of at most 2,048 input tokens:
+ * twelve of 250 tokens queued for one worker are answered in forward passes
+ * of at most 8, not in one pass of all that were queued. */
+START_TEST(test_pool_rounds_bound_input_tokens)
+{
+    enum { N = 12 };
+    char body[300] = "{\"text\":\"";
+    size_t len = strlen(body);
+    for (int i = 0; i < 250; i++)
+        body[len++] = (char)('a' + i % 26);
+    strcpy(body + len, "\"}");
+    start_pool(1, 16, 16);
+    test_task *t[N];
+    for (int i = 0; i < N; i++)
+        t[i] = tt_submit(API_EP_SCORE, body, 0);
+    for (int i = 0; i < N; i++) {
+        tt_wait(t[i]);
+        ck_assert_int_eq(t[i]->status, 200);
+        ck_assert_str_eq(t[i]->out, t[0]->out);
+    }
+    unsigned long requests = atomic_load(&g_metrics.fwd_sum), passes = atomic_load(&g_metrics.fwd_count);
+    ck_assert_uint_eq(requests, N);
+    ck_assert_uint_ge(passes, 2);
+    for (int b = 4; b < METRICS_BATCH_BUCKETS; b++) /* bucket 3 holds passes of 5 to 8 */
+        ck_assert_msg(atomic_load(&g_metrics.fwd_bucket[b]) == 0, "a forward pass of more than 8 requests");
+}
+END_TEST
+
 /* With one worker holding one sequence and a queue of one, the third is refused;
  * an abort ends everything held with its error. */
 START_TEST(test_pool_queue_bound_and_abort)
@@ -467,7 +496,7 @@ int main(void)
                      CHECK_TEST(test_help_lists_every_variable), CHECK_TEST(test_health_probe_reads_the_status))},
         {"pool",
          CHECK_TESTS(CHECK_TEST(test_pool_batches_and_matches_alone), CHECK_TEST(test_pool_drops_gone_and_late_tasks),
-                     CHECK_TEST(test_pool_queue_bound_and_abort)),
+                     CHECK_TEST(test_pool_queue_bound_and_abort), CHECK_TEST(test_pool_rounds_bound_input_tokens)),
          .setup = pool_setup, .teardown = pool_teardown, .timeout = 120},
     };
     return check_main("server", cases, sizeof cases / sizeof *cases);

@@ -187,14 +187,23 @@ def encode(text):
 
 # ---- safetensors -------------------------------------------------------------
 
-def save_safetensors(path, tensors, metadata):
-    """Writes F32 tensors (name -> tensor) and string metadata; header padded to 8."""
+EXPORT_DTYPES = ("f32", "bf16")
+
+
+def save_safetensors(path, tensors, metadata, dtype="f32"):
+    """Writes tensors (name -> tensor) as F32, or as BF16 rounded to nearest even with
+    dtype="bf16" (half the size), and string metadata; header padded to 8."""
+    if dtype not in EXPORT_DTYPES:
+        raise ValueError(f"dtype must be one of {EXPORT_DTYPES}")
     header = {"__metadata__": {k: str(v) for k, v in metadata.items()}}
     blobs, offset = [], 0
     for name in sorted(tensors):
         t = tensors[name].detach().to(torch.float32).contiguous().cpu()
-        data = t.numpy().astype("<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape),
+        if dtype == "bf16":
+            data = t.to(torch.bfloat16).view(torch.int16).numpy().astype("<i2").tobytes()
+        else:
+            data = t.numpy().astype("<f4").tobytes()
+        header[name] = {"dtype": dtype.upper(), "shape": list(t.shape),
                         "data_offsets": [offset, offset + len(data)]}
         blobs.append(data)
         offset += len(data)
@@ -208,7 +217,8 @@ def save_safetensors(path, tensors, metadata):
 
 
 def load_safetensors(path):
-    """Returns (tensors, metadata).  Trusting reader for files this project wrote."""
+    """Returns (tensors, metadata), F32 (BF16 widened exactly).  Trusting reader for
+    files this project wrote."""
     import numpy as np
     with open(path, "rb") as f:
         raw = f.read()
@@ -219,15 +229,20 @@ def load_safetensors(path):
     tensors = {}
     for name, e in header.items():
         b, end = e["data_offsets"]
-        arr = np.frombuffer(raw[base + b: base + end], dtype="<f4").copy()
+        if e["dtype"] == "BF16":
+            bits = np.frombuffer(raw[base + b: base + end], dtype="<u2").astype(np.uint32) << 16
+            arr = bits.view(np.float32)
+        else:
+            arr = np.frombuffer(raw[base + b: base + end], dtype="<f4").copy()
         tensors[name] = torch.from_numpy(arr).reshape(e["shape"])
     return tensors, meta
 
 
-def export_model(model, path, provenance=None):
+def export_model(model, path, provenance=None, dtype="f32"):
+    """Writes the model's weights (F32, or BF16 with dtype="bf16") and metadata."""
     md = model.cfg.metadata()
     md.update({k: str(v) for k, v in (provenance or {}).items()})
-    save_safetensors(path, model.state_dict(), md)
+    save_safetensors(path, model.state_dict(), md, dtype)
 
 
 def load_model(path):

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from attnlm import ATTENTIONS, BOS_ID, CELLS, AttnLM, Config, export_model  # noqa: E402
+from attnlm import ATTENTIONS, BOS_ID, CELLS, EXPORT_DTYPES, AttnLM, Config, export_model  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -28,6 +28,8 @@ def parse_args(argv=None):
     p.add_argument("--train", required=True, help="training text file (UTF-8)")
     p.add_argument("--val", required=True, help="validation text file (UTF-8)")
     p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--export-dtype", choices=EXPORT_DTYPES, default="f32",
+                   help="tensor type of the exported file: f32, or bf16 (half the size, rounded to nearest even)")
     p.add_argument("--corpus", default="", help="corpus description recorded in the metadata")
     p.add_argument("--name", default="attnlm", help="model name recorded in the metadata")
     p.add_argument("--cell", choices=CELLS, default="gru")
@@ -179,7 +181,7 @@ def main(argv=None):
         "command": "python3 train/train.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "train_seconds": f"{time.time() - t0:.0f}",
     }
-    export_model(model, args.out, provenance)
+    export_model(model, args.out, provenance, args.export_dtype)
     print(f"exported {args.out}: best val_loss {best:.4f} nats/byte after {tokens} tokens", flush=True)
 
 

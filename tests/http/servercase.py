@@ -26,10 +26,10 @@ ENDPOINT_FLAGS = ["--workers", "2", "--queue", "16", "--max-body", "8192", "--ma
                   "--max-new-tokens", "500", "--max-attention-tokens", "100"]
 
 
-def cli_score(model, text):
+def cli_score(model, text, precision="f32"):
     """Per-byte (byte, log-probability) and the total from `attnlm score`."""
-    out = subprocess.run([CLI, "score", "--model", model, "--text", text], capture_output=True,
-                         check=True).stdout.decode("latin-1")
+    out = subprocess.run([CLI, "score", "--model", model, "--text", text, "--precision", precision],
+                         capture_output=True, check=True).stdout.decode("latin-1")
     lps, total = [], None
     for line in out.splitlines():
         m = re.match(r"^\s*(\d+)\s+0x([0-9a-f]{2}) .\s+(-?\d+\.\d+)\s*$", line)
@@ -41,9 +41,9 @@ def cli_score(model, text):
     return lps, total
 
 
-def cli_greedy(model, prompt, n):
+def cli_greedy(model, prompt, n, precision="f32"):
     out = subprocess.run([CLI, "generate", "--model", model, "--prompt", prompt, "--temperature", "0",
-                          "--max-tokens", str(n)], capture_output=True, check=True).stdout
+                          "--max-tokens", str(n), "--precision", precision], capture_output=True, check=True).stdout
     pb = prompt.encode()
     assert out.startswith(pb) and out.endswith(b"\n"), out
     return out[len(pb):-1]

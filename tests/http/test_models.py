@@ -1,7 +1,7 @@
 """Other architectures and several models at once: a multi-head attention model in detail,
 every fixture's attention weights and scores against the PyTorch implementation's values (all
-fixtures served by one server, each chosen by name), and what serving several models means for
-each endpoint."""
+fixtures served by one server, each chosen by name), what serving several models means for each
+endpoint, and bf16 and int8 weights."""
 import os
 import subprocess
 import unittest
@@ -174,6 +174,31 @@ class TestSeveralModels(ServerCase):
                            capture_output=True, text=True, timeout=60)
         self.assertEqual(p.returncode, 1)
         self.assertIn('both named "fixture gru_dot"', p.stderr)
+
+
+class TestPrecision(ServerCase):
+    """--precision (or ATTNLM_PRECISION): what /v1/model reports, and scores and greedy text
+    equal to the command-line tool's at the same precision."""
+
+    def test_bf16_and_int8(self):
+        text = "hello world, ça va"
+        for precision, how in (("bf16", ["--precision", "bf16"]), ("int8", [])):
+            with self.subTest(precision=precision):
+                env = {} if how else {"ATTNLM_PRECISION": precision}
+                srv = self.start("--workers", "1", *how, model=MULTIHEAD, env=env)
+                _, info, _ = srv.json("GET", "/v1/model")
+                self.assertIn(precision, info["kernels"])
+                obj = srv.ok("/v1/score", {"text": text})
+                ref, _ = cli_score(MULTIHEAD, text, precision)
+                full, _ = cli_score(MULTIHEAD, text)
+                self.assertEqual(len(obj["tokens"]), len(ref))
+                for t, (b, lp), (_, lp32) in zip(obj["tokens"], ref, full):
+                    self.assertEqual(t["id"], b)
+                    self.assertAlmostEqual(t["logprob"], lp, delta=2e-5)
+                    self.assertAlmostEqual(t["logprob"], lp32, delta=0.5)
+                self.assertNotEqual([lp for _, lp in ref], [lp for _, lp in full])
+                out = srv.ok("/v1/generate", {"prompt": "abc", "max_tokens": 40, "temperature": 0})
+                self.assertEqual(tok_bytes(out["tokens"]), cli_greedy(MULTIHEAD, "abc", 40, precision))
 
 
 if __name__ == "__main__":
