@@ -26,7 +26,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     char err[ATTNLM_ERR_LEN];
     const char *path = getenv("ATTNLM_FUZZ_MODEL");
     const char *paths[] = {path ? path : "tests/fixtures/gru_multihead.safetensors"};
-    api_models *models = api_models_load(paths, 1, err, sizeof err);
+    api_models *models = api_models_load(paths, 1, NULL, err, sizeof err);
     if (!models) {
         fprintf(stderr, "fuzz_request: %s\n", err);
         abort();
