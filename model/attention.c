@@ -27,18 +27,24 @@ int attn_dim_value(attn_dim_sym d, const model_config *c)
     }
 }
 
-/* Windowed attention of one head over T positions, in diagonal blocks:
- * for rows [t0, t0+bt) the keys [k0, t0+bt) are one product, the band is
- * softmaxed in place and the context is a second product.
- *   ctx [T, dv] (row stride ldc) <- softmax(scale * q k^T, band) . vals
+/* Windowed attention of one head over rows [first, T) of T consecutive
+ * positions (row 0 at absolute position pos0; earlier rows are the window's
+ * context), in diagonal blocks that start at absolute multiples of
+ * ATTN_BLOCK: for rows [t0, t0+bt) the keys [k0, t0+bt) are one product, the
+ * band is softmaxed in place and the context is a second product.  A block's
+ * products then have the same shapes and operands wherever the pass began,
+ * so a resumed sequence gets the numbers of a whole one.
+ *   ctx [T - first, dv] (row stride ldc) <- softmax(scale * q k^T, band) . vals
  *   q [T, dk] (ldq), keys [T, dk] (ldk), vals [T, dv] (ldv)
  *   S: scratch [ATTN_BLOCK * (ATTN_BLOCK + W - 1)]
- *   attn: band maps [T, N, W] or NULL, written for head `head`. */
+ *   attn: band maps [T - first, N, W] or NULL, written for head `head`. */
 void attend_banded(float *ctx, int ldc, float *attn, float *S, const float *q, int ldq, const float *keys, int ldk,
-                   const float *vals, int ldv, int T, int dk, int dv, int W, int N, int head, float scale)
+                   const float *vals, int ldv, int T, int first, int64_t pos0, int dk, int dv, int W, int N, int head,
+                   float scale)
 {
-    for (int t0 = 0; t0 < T; t0 += ATTN_BLOCK) {
-        int bt = T - t0 < ATTN_BLOCK ? T - t0 : ATTN_BLOCK;
+    for (int t0 = first, bt; t0 < T; t0 += bt) {
+        bt = ATTN_BLOCK - (int)((pos0 + t0) % ATTN_BLOCK);
+        bt = bt < T - t0 ? bt : T - t0;
         int k0 = t0 - W + 1 > 0 ? t0 - W + 1 : 0;
         int nk = t0 + bt - k0;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, bt, nk, dk, scale, q + (size_t)t0 * ldq, ldq,
@@ -53,10 +59,10 @@ void attend_banded(float *ctx, int ldc, float *attn, float *S, const float *q, i
                 row[i - k0] = 0.0f;
             if (attn)
                 for (int i = lo; i <= t; i++)
-                    attn[((size_t)t * N + head) * W + (size_t)(i - t + W - 1)] = row[i - k0];
+                    attn[((size_t)(t - first) * N + head) * W + (size_t)(i - t + W - 1)] = row[i - k0];
         }
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, bt, dv, nk, 1.0f, S, nk, vals + (size_t)k0 * ldv,
-                    ldv, 0.0f, ctx + (size_t)t0 * ldc, ldc);
+                    ldv, 0.0f, ctx + (size_t)(t0 - first) * ldc, ldc);
     }
 }
 
@@ -115,23 +121,23 @@ static float additive_score(const float *v, const float *q, const float *k, int 
 
 /* A tanh per (t, i, a): no product form, so row by row. */
 static void additive_seq(const model *m, float *ctx, float *ctxh, float *attn, float *S, const float *proj,
-                         const float *hs, int T)
+                         const float *hs, int T, int first, int64_t pos0)
 {
-    (void)ctxh;
+    (void)ctxh, (void)pos0;
     const int H = m->cfg.hidden, A = m->cfg.attn_dim, W = m->cfg.window;
     float *scores = S;
-    for (int t = 0; t < T; t++) {
+    for (int t = first; t < T; t++) {
         int lo = t - W + 1 > 0 ? t - W + 1 : 0, n = t - lo + 1;
         for (int i = lo; i <= t; i++)
             scores[i - lo] = additive_score(m->w.attn[ADD_V], proj + (size_t)t * 2 * A,
                                             proj + (size_t)i * 2 * A + A, A);
         softmax_inplace(scores, n);
-        float *c = ctx + (size_t)t * H;
+        float *c = ctx + (size_t)(t - first) * H;
         memset(c, 0, (size_t)H * sizeof *c);
         for (int i = lo; i <= t; i++) {
             cblas_saxpy(H, scores[i - lo], hs + (size_t)i * H, 1, c, 1);
             if (attn)
-                attn[(size_t)t * W + (size_t)(i - t + W - 1)] = scores[i - lo];
+                attn[(size_t)(t - first) * W + (size_t)(i - t + W - 1)] = scores[i - lo];
         }
     }
 }
@@ -179,11 +185,12 @@ static int no_width(const model_config *c)
 }
 
 static void dot_seq(const model *m, float *ctx, float *ctxh, float *attn, float *S, const float *proj,
-                    const float *hs, int T)
+                    const float *hs, int T, int first, int64_t pos0)
 {
     (void)ctxh, (void)proj;
     const int H = m->cfg.hidden;
-    attend_banded(ctx, H, attn, S, hs, H, hs, H, hs, H, T, H, H, m->cfg.window, 1, 0, 1.0f / sqrtf((float)H));
+    attend_banded(ctx, H, attn, S, hs, H, hs, H, hs, H, T, first, pos0, H, H, m->cfg.window, 1, 0,
+                  1.0f / sqrtf((float)H));
 }
 
 static void dot_step(const model *m, const model_seq *s, const float *row, const float *h, float *ctx, float *band,
@@ -226,11 +233,11 @@ static void cosine_project(const model *m, float *proj, const float *hs, int T, 
 }
 
 static void cosine_seq(const model *m, float *ctx, float *ctxh, float *attn, float *S, const float *proj,
-                       const float *hs, int T)
+                       const float *hs, int T, int first, int64_t pos0)
 {
     (void)ctxh;
     const int H = m->cfg.hidden;
-    attend_banded(ctx, H, attn, S, proj, H, proj, H, hs, H, T, H, H, m->cfg.window, 1, 0,
+    attend_banded(ctx, H, attn, S, proj, H, proj, H, hs, H, T, first, pos0, H, H, m->cfg.window, 1, 0,
                   m->w.attn[COS_SCALE][0]);
 }
 
@@ -285,13 +292,13 @@ static void multihead_project(const model *m, float *proj, const float *hs, int 
 }
 
 static void multihead_seq(const model *m, float *ctx, float *ctxh, float *attn, float *S, const float *proj,
-                          const float *hs, int T)
+                          const float *hs, int T, int first, int64_t pos0)
 {
     (void)ctx, (void)hs;
     const int H = m->cfg.hidden, N = m->cfg.heads, D = H / N;
     for (int j = 0; j < N; j++)
         attend_banded(ctxh + j * D, H, attn, S, proj + j * D, 3 * H, proj + H + j * D, 3 * H, proj + 2 * H + j * D,
-                      3 * H, T, D, D, m->cfg.window, N, j, 1.0f / sqrtf((float)D));
+                      3 * H, T, first, pos0, D, D, m->cfg.window, N, j, 1.0f / sqrtf((float)D));
 }
 
 static void multihead_step(const model *m, const model_seq *s, const float *row, const float *h, float *ctxh,

@@ -59,6 +59,7 @@ typedef struct model_weights {
 typedef struct attn_mech attn_mech;
 
 struct model {
+    uint64_t id; /* unique in the process: the prefix cache's key */
     model_config cfg;
     model_weights w;
     const attn_mech *attn;
@@ -112,11 +113,17 @@ struct attn_mech {
     /* proj [T, P] <- the projections of hs [T, H]; NULL when there are none.
      * scratch: model.scratch_bytes for the products. */
     void (*project)(const model *m, float *proj, const float *hs, int T, void *scratch);
-    /* Full sequence: ctx [T, H] from hs [T, H] and proj [T, P]; band maps
-     * [T, N, W] into attn unless NULL (zeroed by the caller).  ctxh [T, H] and
-     * S [ATTN_BLOCK * (ATTN_BLOCK + W - 1) + W] are scratch. */
+    /* Many positions: hs [T, H] and proj [T, P] hold T consecutive positions,
+     * the first `first` of them context only (the window before a resumed
+     * sequence; their proj rows need only the cached part), and row 0 is at
+     * absolute position pos0.  For each of the other rows: ctx [T - first, H],
+     * and band maps [T - first, N, W] into attn unless NULL (zeroed by the
+     * caller).  Products run in blocks aligned to absolute multiples of
+     * ATTN_BLOCK, so a position's numbers do not depend on where its pass
+     * began.  ctxh [T, H] and S [ATTN_BLOCK * (ATTN_BLOCK + W - 1) + W] are
+     * scratch. */
     void (*attend_seq)(const model *m, float *ctx, float *ctxh, float *attn, float *S, const float *proj,
-                       const float *hs, int T);
+                       const float *hs, int T, int first, int64_t pos0);
     /* One step of one sequence whose slot for this position already holds h
      * and its cached projections: writes ctx [H] (or the heads' outputs, when
      * out_proj is set) and the band row [N, W] unless NULL.  row is this
@@ -127,6 +134,31 @@ struct attn_mech {
      * ctx [rows, H] <- ctxh [rows, H]. */
     void (*out_proj)(const model *m, float *ctx, const float *ctxh, int rows, void *scratch);
 };
+
+/* One sequence of a forward pass: n tokens after the state `from` (NULL:
+ * position 0, nothing before).  Outputs, each optional: logprobs [n, V] and
+ * attn [n, N, W] for these positions; seq, a fresh sequence that receives the
+ * state after them; marks, fresh sequences that receive the states at each
+ * multiple of ATTN_BLOCK in (start, start + n], in order. */
+typedef struct fwd_run {
+    const int *tokens;
+    int n;
+    const model_seq *from;
+    float *logprobs;
+    float *attn;
+    model_seq *seq;
+    model_seq *const *marks;
+} fwd_run;
+
+/* The forward pass of B runs at once (model_forward_batch's, with start
+ * states).  A position's numbers are the same whatever run, start or batch
+ * it is computed in.  Returns 0, or -1 with a message. */
+int forward_runs(const model *m, int B, const fwd_run *runs, char *err, size_t errlen);
+
+/* Floats of one sequence's state: h, c, ring_h, ring_k, in that order. */
+size_t seq_floats(const model *m);
+/* Points s (at position 0) at buf [seq_floats(m)], which the caller owns. */
+void seq_bind(model_seq *s, const model *m, float *buf);
 
 /* The mechanism of a model_attention value. */
 const attn_mech *attn_at(int i);
@@ -142,8 +174,10 @@ void softmax_inplace(float *x, int n);
 /* Writes the weights over a sequence's valid ring slots (0 .. n-1) into the
  * band row of position pos.  Slot s holds position pos - ((pos - s) mod W). */
 void write_band(float *band, const float *weights, int n, int64_t pos, int W);
-/* Windowed attention of one head over T positions, in diagonal blocks (see attention.c). */
+/* Windowed attention of one head over the rows first .. T-1 of T positions
+ * starting at absolute position pos0, in diagonal blocks (see attention.c). */
 void attend_banded(float *ctx, int ldc, float *attn, float *S, const float *q, int ldq, const float *keys, int ldk,
-                   const float *vals, int ldv, int T, int dk, int dv, int W, int N, int head, float scale);
+                   const float *vals, int ldv, int T, int first, int64_t pos0, int dk, int dv, int W, int N, int head,
+                   float scale);
 
 #endif

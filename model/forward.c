@@ -88,7 +88,7 @@ static void output_layer(const model *m, float *logits, float *o, const float *h
 
 /* ---- full-sequence forward ------------------------------------------------- */
 
-/* Scratch of forward_tail for sequences of up to T positions. */
+/* Scratch of forward_tail for up to T positions, context rows included. */
 static size_t tail_floats(const model *m, int T)
 {
     const model_config *c = &m->cfg;
@@ -96,54 +96,99 @@ static size_t tail_floats(const model *m, int T)
            (size_t)ATTN_BLOCK * (ATTN_BLOCK + (size_t)c->window - 1) + (size_t)c->window;
 }
 
-/* Attention, the sequence's ring (for a prefill) and the output layer of one
- * sequence whose top-layer outputs are hs [T, H]; buf has tail_floats(m, T),
- * scratch m->scratch_bytes. */
-static void forward_tail(const model *m, const float *hs, int T, float *logprobs, float *attn, model_seq *seq,
-                         float *buf, void *scratch)
+/* The ring of a state at absolute position `at` from the T rows of hs and
+ * proj that start at absolute position pos0: the slots of positions
+ * max(pos0, at - W) .. at - 1. */
+static void fill_ring(const model *m, float *ring_h, float *ring_k, const float *hs, const float *proj, int64_t pos0,
+                      int64_t at)
 {
-    const model_config *c = &m->cfg;
-    const attn_mech *a = m->attn;
-    const int V = c->vocab, H = c->hidden, W = c->window, N = c->heads, P = m->proj_dim;
-    size_t Tz = (size_t)T, n_h = Tz * (size_t)H;
-    float *proj = buf, *ctx = proj + Tz * P, *ctxh = ctx + n_h, *o = ctxh + n_h, *S = o + n_h;
-
-    if (attn)
-        memset(attn, 0, Tz * (size_t)N * (size_t)W * sizeof *attn);
-    if (a->project)
-        a->project(m, proj, hs, T, scratch);
-    a->attend_seq(m, ctx, ctxh, attn, S, proj, hs, T);
-    if (a->out_proj)
-        a->out_proj(m, ctx, ctxh, T, scratch);
-    if (seq) {
-        int n = T < W ? T : W;
-        for (int i = T - n; i < T; i++) {
-            size_t slot = (size_t)(i % W);
-            memcpy(seq->ring_h + slot * H, hs + (size_t)i * H, (size_t)H * sizeof *hs);
-            if (m->key_dim)
-                memcpy(seq->ring_k + slot * m->key_dim, proj + (size_t)i * P + (P - m->key_dim),
-                       (size_t)m->key_dim * sizeof *proj);
-        }
-        seq->pos = T;
-    }
-    if (logprobs) {
-        output_layer(m, logprobs, o, hs, ctx, T, scratch);
-        for (int t = 0; t < T; t++)
-            model_log_softmax(logprobs + (size_t)t * V, logprobs + (size_t)t * V, V);
+    const int H = m->cfg.hidden, W = m->cfg.window, P = m->proj_dim, KD = m->key_dim;
+    for (int64_t q = at - W > pos0 ? at - W : pos0; q < at; q++) {
+        size_t slot = (size_t)(q % W), i = (size_t)(q - pos0);
+        memcpy(ring_h + slot * H, hs + i * H, (size_t)H * sizeof *hs);
+        if (KD)
+            memcpy(ring_k + slot * KD, proj + i * P + (P - KD), (size_t)KD * sizeof *proj);
     }
 }
 
+/* Attention, the states it leaves and the output layer of one run whose
+ * top-layer outputs are hs [first + r->n, H]: the first `first` rows are the
+ * window before r->from (copied from its ring), the rest this pass's
+ * positions.  buf has tail_floats(m, first + r->n), scratch m->scratch_bytes. */
+static void forward_tail(const model *m, const fwd_run *r, const float *hs, int first, float *buf, void *scratch)
+{
+    const model_config *c = &m->cfg;
+    const attn_mech *a = m->attn;
+    const int V = c->vocab, H = c->hidden, W = c->window, N = c->heads, P = m->proj_dim, KD = m->key_dim;
+    const int n = r->n, T = first + n;
+    const int64_t start = r->from ? r->from->pos : 0, pos0 = start - first;
+    size_t Tz = (size_t)T, n_h = Tz * (size_t)H;
+    float *proj = buf, *ctx = proj + Tz * P, *ctxh = ctx + n_h, *o = ctxh + n_h, *S = o + n_h;
+
+    if (r->attn)
+        memset(r->attn, 0, (size_t)n * N * W * sizeof *r->attn);
+    if (a->project) {
+        a->project(m, proj + (size_t)first * P, hs + (size_t)first * H, n, scratch);
+        for (int i = 0; i < first; i++) /* the window before: only the cached part is read */
+            memcpy(proj + (size_t)i * P + (P - KD), r->from->ring_k + (size_t)((pos0 + i) % W) * KD,
+                   (size_t)KD * sizeof *proj);
+    }
+    a->attend_seq(m, ctx, ctxh, r->attn, S, proj, hs, T, first, pos0);
+    if (a->out_proj)
+        a->out_proj(m, ctx, ctxh, n, scratch);
+    if (r->seq) {
+        fill_ring(m, r->seq->ring_h, r->seq->ring_k, hs, proj, pos0, start + n);
+        r->seq->pos = start + n;
+    }
+    for (int64_t q = (start / ATTN_BLOCK + 1) * ATTN_BLOCK, i = 0; r->marks && q <= start + n;
+         q += ATTN_BLOCK, i++) {
+        model_seq *s = r->marks[i];
+        fill_ring(m, s->ring_h, s->ring_k, hs, proj, pos0, q);
+        s->pos = q;
+    }
+    if (r->logprobs) {
+        output_layer(m, r->logprobs, o, hs + (size_t)first * H, ctx, n, scratch);
+        for (int t = 0; t < n; t++)
+            model_log_softmax(r->logprobs + (size_t)t * V, r->logprobs + (size_t)t * V, V);
+    }
+}
+
+/* The rows of the window before a run's start its attention reads. */
+static int context_rows(const model *m, const fwd_run *r)
+{
+    int64_t p = r->from ? r->from->pos : 0;
+    return p < m->cfg.window - 1 ? (int)p : m->cfg.window - 1;
+}
+
+static int check_run(const model *m, const fwd_run *r, char *err, size_t errlen)
+{
+    if (r->n < 1) {
+        err_set(err, errlen, "empty token sequence");
+        return -1;
+    }
+    if (check_tokens(m, r->tokens, r->n, err, errlen) < 0)
+        return -1;
+    if (r->seq && (r->seq->m != m || r->seq->pos != 0)) {
+        err_set(err, errlen, "prefill needs a fresh sequence of this model");
+        return -1;
+    }
+    if (r->from && r->from->m != m) {
+        err_set(err, errlen, "a run starts from a sequence of another model");
+        return -1;
+    }
+    return 0;
+}
+
 /* The recurrent stack of a forward pass runs over time-major rows: the rows
- * of position t are those of the sequences still running at t (a prefix of
- * the sequences sorted by decreasing length), from row base[t] on.  The input
- * projections are computed a chunk of positions at a time, up to
- * FWD_CHUNK_ROWS rows (or one position), so they stay in cache until the
- * recurrence of those positions uses them; each position's recurrent product
- * covers every sequence still running. */
+ * of step t are those of the runs still going at t (a prefix of the runs
+ * sorted by decreasing length), from row base[t] on.  The input projections
+ * are computed a chunk of steps at a time, up to FWD_CHUNK_ROWS rows (or one
+ * step), so they stay in cache until the recurrence of those steps uses
+ * them; each step's recurrent product covers every run still going.  The
+ * kernels' rows are independent, so none of this grouping changes a number. */
 #define FWD_CHUNK_ROWS 256
 
-int model_forward_batch(const model *m, int B, const int *const *tokens, const int *lens, float *const *logprobs,
-                        float *const *attn, model_seq *const *seqs, char *err, size_t errlen)
+int forward_runs(const model *m, int B, const fwd_run *runs, char *err, size_t errlen)
 {
     const model_config *c = &m->cfg;
     const model_weights *w = &m->w;
@@ -152,29 +197,25 @@ int model_forward_batch(const model *m, int B, const int *const *tokens, const i
         err_set(err, errlen, "no sequences to run");
         return -1;
     }
-    size_t S = 0;
-    int Tmax = 0;
+    size_t S = 0, S_top = 0;
+    int Tmax = 0, Tail = 0;
     for (int b = 0; b < B; b++) {
-        if (lens[b] < 1) {
-            err_set(err, errlen, "empty token sequence");
+        const fwd_run *r = &runs[b];
+        if (check_run(m, r, err, errlen) < 0)
             return -1;
-        }
-        if (check_tokens(m, tokens[b], lens[b], err, errlen) < 0)
-            return -1;
-        if (seqs && seqs[b] && (seqs[b]->m != m || seqs[b]->pos != 0)) {
-            err_set(err, errlen, "prefill needs a fresh sequence of this model");
-            return -1;
-        }
-        S += (size_t)lens[b];
-        Tmax = lens[b] > Tmax ? lens[b] : Tmax;
+        S += (size_t)r->n;
+        S_top += (size_t)(context_rows(m, r) + r->n);
+        Tmax = r->n > Tmax ? r->n : Tmax;
+        Tail = context_rows(m, r) + r->n > Tail ? context_rows(m, r) + r->n : Tail;
     }
     const size_t Bz = (size_t)B, chunk = Bz > FWD_CHUNK_ROWS ? Bz : FWD_CHUNK_ROWS;
     /* x [S, E] time-major embeddings; ht [S, H] time-major outputs of the layers below the
-     * top (each layer overwrites its input); hs [S, H] the top layer's, sequence after sequence */
-    size_t total = S * (size_t)E + (L > 1 ? S * (size_t)H : 0) + S * (size_t)H + chunk * (size_t)GH +
-                   Bz * ((size_t)GH + 2 * (size_t)H) + tail_floats(m, Tmax);
+     * top (each layer overwrites its input); hs [S_top, H] the top layer's, run after run,
+     * each after its context rows */
+    size_t total = S * (size_t)E + (L > 1 ? S * (size_t)H : 0) + S_top * (size_t)H + chunk * (size_t)GH +
+                   Bz * ((size_t)GH + 2 * (size_t)H) + tail_floats(m, Tail);
     float *buf = malloc(total * sizeof *buf + m->scratch_bytes);
-    /* order: sequences by decreasing length; off: where each starts in hs; base [Tmax + 1] */
+    /* order: runs by decreasing length; off: where each starts in hs; base [Tmax + 1] */
     int *order = malloc((2 * Bz + (size_t)Tmax + 1) * sizeof *order), *off = order ? order + Bz : NULL,
         *base = order ? off + Bz : NULL;
     if (!buf || !order) {
@@ -183,14 +224,20 @@ int model_forward_batch(const model *m, int B, const int *const *tokens, const i
         err_set(err, errlen, "out of memory for a forward pass over %zu tokens", S);
         return -1;
     }
-    float *x = buf, *ht = x + S * E, *hs = ht + (L > 1 ? S * H : 0), *gi = hs + S * H, *gh = gi + chunk * GH,
+    float *x = buf, *ht = x + S * E, *hs = ht + (L > 1 ? S * H : 0), *gi = hs + S_top * H, *gh = gi + chunk * GH,
           *hst = gh + Bz * GH, *cst = hst + Bz * H, *tail = cst + Bz * H;
     void *scratch = buf + total;
     for (int b = 0, pos = 0; b < B; b++) {
-        off[b] = pos;
-        pos += lens[b];
+        const fwd_run *rb = &runs[b];
+        const int first = context_rows(m, rb);
+        off[b] = pos + first;
+        for (int i = 0; i < first; i++) {
+            int64_t q = rb->from->pos - first + i;
+            memcpy(hs + (size_t)(pos + i) * H, rb->from->ring_h + (size_t)(q % c->window) * H, (size_t)H * sizeof *hs);
+        }
+        pos += first + rb->n;
         int r = b;
-        while (r > 0 && lens[order[r - 1]] < lens[b]) {
+        while (r > 0 && runs[order[r - 1]].n < rb->n) {
             order[r] = order[r - 1];
             r--;
         }
@@ -198,11 +245,12 @@ int model_forward_batch(const model *m, int B, const int *const *tokens, const i
     }
     base[0] = 0;
     for (int t = 0, running = B; t < Tmax; t++) {
-        while (lens[order[running - 1]] <= t)
+        while (runs[order[running - 1]].n <= t)
             running--;
         base[t + 1] = base[t] + running;
         for (int r = 0; r < running; r++)
-            memcpy(x + (size_t)(base[t] + r) * E, w->embed + (size_t)tokens[order[r]][t] * E, (size_t)E * sizeof *x);
+            memcpy(x + (size_t)(base[t] + r) * E, w->embed + (size_t)runs[order[r]].tokens[t] * E,
+                   (size_t)E * sizeof *x);
     }
 
     const float *in = x;
@@ -210,8 +258,18 @@ int model_forward_batch(const model *m, int B, const int *const *tokens, const i
     for (int k = 0; k < L; k++) {
         const layer_weights *l = &w->layer[k];
         const bool top = k == L - 1;
-        memset(hst, 0, Bz * (size_t)H * sizeof *hst);
-        memset(cst, 0, Bz * (size_t)H * sizeof *cst);
+        for (int r = 0; r < B; r++) {
+            const model_seq *from = runs[order[r]].from;
+            float *h = hst + (size_t)r * H, *cs = cst + (size_t)r * H;
+            if (from)
+                memcpy(h, from->h + (size_t)k * H, (size_t)H * sizeof *h);
+            else
+                memset(h, 0, (size_t)H * sizeof *h);
+            if (from && from->c)
+                memcpy(cs, from->c + (size_t)k * H, (size_t)H * sizeof *cs);
+            else
+                memset(cs, 0, (size_t)H * sizeof *cs);
+        }
         for (int t0 = 0, t1; t0 < Tmax; t0 = t1) {
             for (t1 = t0 + 1; t1 < Tmax && (size_t)(base[t1 + 1] - base[t0]) <= chunk; t1++)
                 ;
@@ -221,16 +279,24 @@ int model_forward_batch(const model *m, int B, const int *const *tokens, const i
                 const int running = base[t + 1] - base[t];
                 linear(m, gh, GH, hst, H, &l->whh, l->bhh, running, false, scratch);
                 for (int r = 0; r < running; r++) {
-                    float *h = hst + (size_t)r * H;
+                    const fwd_run *rr = &runs[order[r]];
+                    float *h = hst + (size_t)r * H, *cs = cst + (size_t)r * H;
                     m->kern->cell_update(c->cell, H, gi + (size_t)(base[t] - base[t0] + r) * GH, gh + (size_t)r * GH,
-                                         h, cst + (size_t)r * H);
+                                         h, cs);
                     memcpy(top ? hs + (size_t)(off[order[r]] + t) * H : ht + (size_t)(base[t] + r) * H, h,
                            (size_t)H * sizeof *h);
+                    int64_t at = (rr->from ? rr->from->pos : 0) + t + 1;
+                    if (rr->marks && at % ATTN_BLOCK == 0) {
+                        model_seq *mk = rr->marks[at / ATTN_BLOCK - (at - t - 1) / ATTN_BLOCK - 1];
+                        memcpy(mk->h + (size_t)k * H, h, (size_t)H * sizeof *h);
+                        if (mk->c)
+                            memcpy(mk->c + (size_t)k * H, cs, (size_t)H * sizeof *cs);
+                    }
                 }
             }
         }
-        for (int r = 0; seqs && r < B; r++) {
-            model_seq *sq = seqs[order[r]];
+        for (int r = 0; r < B; r++) {
+            model_seq *sq = runs[order[r]].seq;
             if (!sq)
                 continue;
             memcpy(sq->h + (size_t)k * H, hst + (size_t)r * H, (size_t)H * sizeof *hst);
@@ -240,12 +306,36 @@ int model_forward_batch(const model *m, int B, const int *const *tokens, const i
         in = ht;
         in_dim = H;
     }
-    for (int b = 0; b < B; b++)
-        forward_tail(m, hs + (size_t)off[b] * H, lens[b], logprobs ? logprobs[b] : NULL, attn ? attn[b] : NULL,
-                     seqs ? seqs[b] : NULL, tail, scratch);
+    for (int b = 0; b < B; b++) {
+        const int first = context_rows(m, &runs[b]);
+        forward_tail(m, &runs[b], hs + (size_t)(off[b] - first) * H, first, tail, scratch);
+    }
     free(order);
     free(buf);
     return 0;
+}
+
+int model_forward_batch(const model *m, int B, const int *const *tokens, const int *lens, float *const *logprobs,
+                        float *const *attn, model_seq *const *seqs, char *err, size_t errlen)
+{
+    if (B < 1) {
+        err_set(err, errlen, "no sequences to run");
+        return -1;
+    }
+    fwd_run *runs = calloc((size_t)B, sizeof *runs);
+    if (!runs) {
+        err_set(err, errlen, "out of memory");
+        return -1;
+    }
+    for (int b = 0; b < B; b++)
+        runs[b] = (fwd_run){.tokens = tokens[b],
+                            .n = lens[b],
+                            .logprobs = logprobs ? logprobs[b] : NULL,
+                            .attn = attn ? attn[b] : NULL,
+                            .seq = seqs ? seqs[b] : NULL};
+    int rc = forward_runs(m, B, runs, err, errlen);
+    free(runs);
+    return rc;
 }
 
 int model_forward(const model *m, const int *tokens, int T, float *logprobs, float *attn, model_seq *seq,

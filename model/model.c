@@ -10,6 +10,7 @@
 #include "tokenizer.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -335,6 +336,9 @@ static int check_finite(const st_file *f, char *err, size_t errlen)
     return 0;
 }
 
+/* Tells loaded models apart for as long as the process runs (an address can be reused). */
+static _Atomic uint64_t next_model_id;
+
 /* Takes f (freed on failure) and builds the model its contents describe. */
 static model *model_from(st_file *f, const model_opts *opts, char *err, size_t errlen)
 {
@@ -347,6 +351,7 @@ static model *model_from(st_file *f, const model_opts *opts, char *err, size_t e
         return NULL;
     }
     m->file = f;
+    m->id = atomic_fetch_add(&next_model_id, 1) + 1;
     m->precision = opts ? opts->precision : MODEL_F32;
     if (m->precision < 0 || m->precision >= MODEL_PRECISION_COUNT) {
         err_set(err, errlen, "unknown precision %d", (int)m->precision);
@@ -446,17 +451,27 @@ void model_meta_at(const model *m, int i, const char **key, const char **value)
 /* ---- sequences ------------------------------------------------------------- */
 
 /* Floats of one sequence's state: h (and c) per layer, then the ring. */
-static size_t seq_floats(const model *m)
+size_t seq_floats(const model *m)
 {
     const model_config *c = &m->cfg;
     size_t H = (size_t)c->hidden, L = (size_t)c->layers, W = (size_t)c->window;
     return L * H * (c->cell == CELL_LSTM ? 2 : 1) + W * H + W * (size_t)m->key_dim;
 }
 
-model_seq *model_seq_new(const model *m)
+void seq_bind(model_seq *s, const model *m, float *buf)
 {
     const model_config *c = &m->cfg;
     size_t H = (size_t)c->hidden, L = (size_t)c->layers, W = (size_t)c->window;
+    s->m = m;
+    s->pos = 0;
+    s->h = buf;
+    s->c = c->cell == CELL_LSTM ? buf + L * H : NULL;
+    s->ring_h = buf + L * H * (c->cell == CELL_LSTM ? 2 : 1);
+    s->ring_k = m->key_dim ? s->ring_h + W * H : NULL;
+}
+
+model_seq *model_seq_new(const model *m)
+{
     model_seq *s = calloc(1, sizeof *s);
     float *buf = calloc(seq_floats(m), sizeof *buf);
     if (!s || !buf) {
@@ -464,11 +479,7 @@ model_seq *model_seq_new(const model *m)
         free(buf);
         return NULL;
     }
-    s->m = m;
-    s->h = buf;
-    s->c = c->cell == CELL_LSTM ? buf + L * H : NULL;
-    s->ring_h = buf + L * H * (c->cell == CELL_LSTM ? 2 : 1);
-    s->ring_k = m->key_dim ? s->ring_h + W * H : NULL;
+    seq_bind(s, m, buf);
     return s;
 }
 
