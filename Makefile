@@ -57,7 +57,7 @@ INC_tests := -Icommon -Imodel -Iapi -Iserver -Icli -Itests
 inc = $(INC_$(firstword $(subst /, ,$1)))
 
 COMMON_SRC := common/err.c common/clock.c common/buf.c common/jw.c common/sha256.c common/utf8.c
-MODEL_SRC := model/safetensors.c model/model.c model/forward.c model/attention.c model/kernels.c \
+MODEL_SRC := model/safetensors.c model/model.c model/forward.c model/attention.c model/kernels.c model/prefix.c \
 	model/sampler.c model/tokenizer.c
 # model/kernels_isa.c is compiled once per instruction set (see model/kernels.h).
 ifeq ($(shell uname -m),x86_64)
@@ -86,7 +86,7 @@ UI_ASSETS := $(BUILD)/gen/ui_assets
 SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o) $(UI_ASSETS).o
 CLI_OBJ := $(BUILD)/cli/main.o $(BUILD)/cli/parity.o
 
-MODEL_TESTS := test_safetensors test_model test_sampler test_tokenizer test_sha256 test_common test_kernels
+MODEL_TESTS := test_safetensors test_model test_prefix test_sampler test_tokenizer test_sha256 test_common test_kernels
 API_TESTS := test_api
 SERVER_TESTS := test_server test_http
 TESTS := $(addprefix $(BUILD)/tests/,$(MODEL_TESTS) $(API_TESTS) $(SERVER_TESTS))

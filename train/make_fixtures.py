@@ -7,7 +7,8 @@ For every cell x attention combination: a small random model
 attention maps "attention" [N, T, T]).  The window is shorter than the text,
 there are 2 layers and multihead has 3 heads, so every code path is exercised.
 Three "wide" models (hidden 40, embedding 24) also take the engine's 16-wide
-vector paths together with their remainders.
+vector paths together with their remainders, and one "long" model has a
+window of 80 positions, longer than a block of the forward pass.
 
 usage: make_fixtures.py OUT_DIR
 """
@@ -23,12 +24,12 @@ from attnlm import ATTENTIONS, CELLS, AttnLM, Config, band_to_dense, encode, sav
 TEXT = "Call me Ishmael. Whale \u2014 \u00bd fathom!"
 
 
-def build(cell, attention, seed, embed_dim=8, hidden=12, attn_dim=7, heads=3):
+def build(cell, attention, seed, embed_dim=8, hidden=12, attn_dim=7, heads=3, window=5):
     # Weights of N(0, 0.6) at hidden 12; wider models get the same pre-activation
     # scale, so they are as far from chaotic as the narrow ones.
     std = 0.6 * (12 / hidden) ** 0.5
     torch.manual_seed(seed)
-    cfg = Config(cell=cell, attention=attention, embed_dim=embed_dim, hidden=hidden, layers=2, window=5,
+    cfg = Config(cell=cell, attention=attention, embed_dim=embed_dim, hidden=hidden, layers=2, window=window,
                  attn_dim=attn_dim, heads=heads)
     model = AttnLM(cfg)
     with torch.no_grad():
@@ -51,6 +52,7 @@ def main():
     wide = dict(embed_dim=24, hidden=40, attn_dim=20, heads=4)
     combos += [("gru", "multihead", "wide_gru_multihead", wide), ("lstm", "cosine", "wide_lstm_cosine", wide),
                ("elman", "additive", "wide_elman_additive", wide)]
+    combos += [("lstm", "multihead", "long_lstm_multihead", dict(window=80))]
     for n, (cell, attention, name, sizes) in enumerate(combos):
         model = build(cell, attention, seed=100 + n, **sizes)
         # The reference is computed in float64 so that it is exact to well below
