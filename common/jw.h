@@ -45,6 +45,8 @@ void jw_bool(jw *w, bool v);
 void jw_null(jw *w);
 /* A value that is already JSON text. */
 void jw_raw(jw *w, const char *json, size_t len);
+/* Members of the open object that are already JSON text ("key":value,...). */
+void jw_raw_members(jw *w, const char *json, size_t len);
 
 /* Key and value in one call. */
 void jw_kstr(jw *w, const char *key, const char *s);

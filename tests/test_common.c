@@ -3,11 +3,16 @@
 #define _POSIX_C_SOURCE 200809L
 #include "buf.h"
 #include "clock.h"
+#include "jw.h"
 #include "rng.h"
 
 #include "check_main.h"
 
 #include <check.h>
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -75,4 +80,69 @@ START_TEST(test_clock_moves_forward)
 }
 END_TEST
 
-int main(void) { return CHECK_MAIN("common", test_buf_grows_and_formats, test_rng_is_splitmix64, test_clock_moves_forward); }
+/* What jw_format_float must match: printf's seven digits when they read back, else nine. */
+static void reference_float(float x, char *out)
+{
+    snprintf(out, 32, "%.7g", (double)x);
+    if (strtof(out, NULL) != x)
+        snprintf(out, 32, "%.9g", (double)x);
+}
+
+static void check_float(float x)
+{
+    char got[32], want[32];
+    size_t n = jw_format_float(x, got);
+    if (!isfinite(x)) {
+        ck_assert_str_eq(got, "null");
+        return;
+    }
+    reference_float(x, want);
+    ck_assert_msg(strcmp(got, want) == 0, "%a: got %s, printf %s", (double)x, got, want);
+    ck_assert_uint_eq(n, strlen(got));
+}
+
+/* The fast path is checked against printf over the floats answers carry
+ * (log-probabilities, probabilities, attention weights) and over random bit
+ * patterns, which reach every exponent and the fallbacks at the extremes. */
+START_TEST(test_float_format_matches_printf)
+{
+    static const float special[] = {0.0f, -0.0f, 1.0f, -1.0f, 0.1f, 1e-20f, 1e20f, 9.9999999e19f,
+                                    1e-21f, 123456.7f, 1234567.0f, 12345678.0f, 1e-4f, 9.9999997e-5f,
+                                    FLT_MIN, FLT_MAX, FLT_TRUE_MIN, 0.5f, 3.4e38f, -2.5e-8f,
+                                    INFINITY, -INFINITY, NAN};
+    for (size_t i = 0; i < sizeof special / sizeof *special; i++)
+        check_float(special[i]);
+    uint64_t r = 20261125;
+    for (int i = 0; i < 50000; i++) {
+        check_float(-20.0f * rng_uniform(&r));          /* a log-probability */
+        check_float(rng_uniform(&r));                   /* a probability or weight */
+        uint32_t bits = (uint32_t)rng_next(&r);
+        float x;
+        memcpy(&x, &bits, sizeof x);
+        check_float(x);
+    }
+}
+END_TEST
+
+START_TEST(test_int_format_matches_printf)
+{
+    static const long long values[] = {0, 1, -1, 9, 10, -10, 257, 4095, 1000000, LLONG_MAX, LLONG_MIN, LLONG_MIN + 1};
+    uint64_t r = 7;
+    for (int i = 0; i < 1000 + (int)(sizeof values / sizeof *values); i++) {
+        long long v = i < (int)(sizeof values / sizeof *values) ? values[i] : (long long)rng_next(&r) >> (i % 60);
+        buf b = {0};
+        jw w;
+        jw_init(&w, &b);
+        jw_int(&w, v);
+        char want[32];
+        snprintf(want, sizeof want, "%lld", v);
+        ck_assert(!b.oom);
+        ck_assert_uint_eq(b.len, strlen(want));
+        ck_assert(memcmp(b.p, want, b.len) == 0);
+        buf_free(&b);
+    }
+}
+END_TEST
+
+int main(void) { return CHECK_MAIN("common", test_buf_grows_and_formats, test_rng_is_splitmix64, test_clock_moves_forward,
+                                  test_float_format_matches_printf, test_int_format_matches_printf); }
