@@ -12,6 +12,7 @@
 
 #include "metrics.h"
 #include "model.h"
+#include "prefix.h"
 
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -57,6 +58,7 @@ typedef struct api_limits {
     int queue_size;
     int workers;
     int max_batch;
+    long long prefix_cache_bytes; /* the prefix-state cache's bound (0: none) */
 } api_limits;
 
 /* One model as served: its weights and what is reported of them.
@@ -72,6 +74,7 @@ typedef struct api_model {
     int slot;                  /* its place among the served models, for metrics */
     atomic_int refs;
     atomic_bool retired;       /* a reload has replaced it: no new request gets it */
+    prefix_cache *prefix;      /* the cache holding its states (forgotten when it goes), or NULL */
 } api_model;
 
 typedef struct api_models api_models; /* the served models, by name */
@@ -82,6 +85,9 @@ typedef struct api_models api_models; /* the served models, by name */
  * api_models_free once no job holds a model. */
 api_models *api_models_load(const char *const *paths, int n, const model_opts *opts, char *err, size_t errlen);
 void api_models_free(api_models *r);
+/* Makes every model, reloads included, keep its prefix states in pc (which
+ * must outlive the models; NULL: none). */
+void api_models_use_prefix_cache(api_models *r, prefix_cache *pc);
 int api_models_count(const api_models *r);
 /* The model now served under name (NULL or "": the first), with a reference
  * for the caller to release; NULL if no model has that name. */
@@ -102,6 +108,7 @@ typedef struct api_ctx {
     api_models *models;
     api_limits limits;
     api_metrics *metrics;
+    prefix_cache *prefix; /* states of recent prompts' prefixes, shared by the workers, or NULL */
 } api_ctx;
 
 /* A refusal: the HTTP status and what the error body says. */

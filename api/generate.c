@@ -540,7 +540,7 @@ static int prefill(api_job *j, char *err, size_t errlen)
         lp[B] = in->lp;
         seqs[B++] = j->ch[i * n].seq;
     }
-    rc = B ? model_forward_batch(j->m, B, tokens, lens, lp, NULL, seqs, err, errlen) : 0;
+    rc = B ? job_forward(j, B, tokens, lens, lp, seqs, err, errlen) : 0;
 done:
     free(tokens);
     free(lens);

@@ -34,13 +34,14 @@ static void typed_value(jw *w, const char *v)
 /* The server's limits as /v1/model names them, in the order of write_limits. */
 static const char *const LIMIT_NAMES[] = {"max_body_bytes", "max_input_tokens", "max_new_tokens",
                                           "max_attention_tokens", "max_inputs", "queue_size", "workers",
-                                          "max_batch"};
+                                          "max_batch", "prefix_cache_bytes"};
 #define N_LIMITS (sizeof LIMIT_NAMES / sizeof *LIMIT_NAMES)
 
 static void write_limits(jw *w, const api_limits *l)
 {
     const long long v[N_LIMITS] = {(long long)l->max_body_bytes, l->max_input_tokens, l->max_new_tokens,
-                                   l->max_attention_tokens, l->max_inputs, l->queue_size, l->workers, l->max_batch};
+                                   l->max_attention_tokens, l->max_inputs, l->queue_size, l->workers, l->max_batch,
+                                   l->prefix_cache_bytes};
     for (size_t i = 0; i < N_LIMITS; i++)
         jw_kint(w, LIMIT_NAMES[i], v[i]);
 }
@@ -275,6 +276,15 @@ static int metrics(const api_ctx *ctx, api_reply *r)
         v.model[i].sha256 = model_sha256(am->m);
         v.model[i].parameters = (unsigned long long)model_param_count(am->m);
         v.model[i].load_seconds = am->load_seconds;
+    }
+    if (ctx->prefix) {
+        prefix_stats st;
+        prefix_cache_stats(ctx->prefix, &st);
+        v.prefix_cache = true;
+        v.prefix_bytes = st.bytes;
+        v.prefix_limit = st.limit;
+        v.prefix_entries = st.entries;
+        v.prefix_evictions = st.evictions;
     }
     r->body = metrics_render(ctx->metrics, &v, &r->len);
     for (int i = 0; i < v.n_models; i++)

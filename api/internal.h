@@ -199,6 +199,11 @@ worker_model *worker_scratch(api_worker *w, api_model *am);
  * an error event and its end).  Both mark the job done. */
 void job_finish(api_job *j);
 void job_finish_error(api_job *j, const api_error *e);
+/* job.c: model_forward_cached through the server's prefix cache, counting in
+ * the metrics of j's model what each input took from it (every sequence
+ * belongs to a job on j's model). */
+int job_forward(const api_job *j, int B, const int *const *tokens, const int *lens, float *const *logprobs,
+                model_seq *const *seqs, char *err, size_t errlen);
 /* openai.c: the OpenAI shapes of a completions job, appended to j->out:
  * the whole non-streamed answer, token i of choice k with its text bytes,
  * choice k's end with the rest of its text, the usage chunk, and the echoed

@@ -100,6 +100,30 @@ int api_job_input_tokens(const api_job *j)
 }
 int api_job_output_tokens(const api_job *j) { return j->output_tokens; }
 int api_job_model_slot(const api_job *j) { return j->am->slot; }
+
+int job_forward(const api_job *j, int B, const int *const *tokens, const int *lens, float *const *logprobs,
+                model_seq *const *seqs, char *err, size_t errlen)
+{
+    int *reused = calloc((size_t)(B > 0 ? B : 1), sizeof *reused);
+    if (!reused) {
+        err_set(err, errlen, "out of memory");
+        return -1;
+    }
+    int rc = model_forward_cached(j->m, j->ctx->prefix, B, tokens, lens, logprobs, seqs, reused, err, errlen);
+    if (rc == 0 && j->ctx->prefix && j->ctx->metrics) {
+        metrics_model *mm = &j->ctx->metrics->model[j->am->slot];
+        for (int b = 0; b < B; b++) {
+            if (reused[b] > 0) {
+                atomic_fetch_add(&mm->prefix_hits, 1);
+                atomic_fetch_add(&mm->prefix_reused, (unsigned long)reused[b]);
+            } else if (lens[b] > PREFIX_CHUNK) {
+                atomic_fetch_add(&mm->prefix_misses, 1);
+            }
+        }
+    }
+    free(reused);
+    return rc;
+}
 const char *api_job_model_name(const api_job *j) { return j->am->name; }
 bool api_job_done(const api_job *j) { return j->done; }
 

@@ -101,13 +101,29 @@ static void put_model_sample(buf *t, const char *name, const char *model, const 
 }
 
 /* The figures kept or reported per served model, one metric family each. */
-typedef enum { MF_INPUT, MF_GENERATED, MF_INFO, MF_LOAD, MF_PARAMS, MF_RELOADS } model_family;
+typedef enum {
+    MF_INPUT,
+    MF_GENERATED,
+    MF_PREFIX_HITS,
+    MF_PREFIX_MISSES,
+    MF_PREFIX_REUSED,
+    MF_INFO,
+    MF_LOAD,
+    MF_PARAMS,
+    MF_RELOADS
+} model_family;
 
 static const struct {
     const char *name, *type, *help;
 } FAMILIES[] = {
     [MF_INPUT] = {"attnlm_input_tokens_total", "counter", "Tokens read from requests (prompts, scored and attended text)."},
     [MF_GENERATED] = {"attnlm_generated_tokens_total", "counter", "Tokens generated."},
+    [MF_PREFIX_HITS] = {"attnlm_prefix_cache_hits_total", "counter",
+                        "Inputs whose forward pass started from a cached prefix state."},
+    [MF_PREFIX_MISSES] = {"attnlm_prefix_cache_misses_total", "counter",
+                          "Inputs longer than one cached chunk that found no cached prefix."},
+    [MF_PREFIX_REUSED] = {"attnlm_prefix_cache_reused_tokens_total", "counter",
+                          "Input tokens not run again because their prefix state was cached."},
     [MF_INFO] = {"attnlm_model_info", "gauge", "The served models: name and file hash."},
     [MF_LOAD] = {"attnlm_model_load_seconds", "gauge", "Time taken to load and check each model file."},
     [MF_PARAMS] = {"attnlm_model_parameters", "gauge", "Parameters of each served model."},
@@ -123,6 +139,9 @@ static void put_model_family(buf *t, model_family f, api_metrics *m, const metri
         switch (f) {
         case MF_INPUT: snprintf(val, sizeof val, "%lu", LOAD(m->model[i].input_tokens)); break;
         case MF_GENERATED: snprintf(val, sizeof val, "%lu", LOAD(m->model[i].generated_tokens)); break;
+        case MF_PREFIX_HITS: snprintf(val, sizeof val, "%lu", LOAD(m->model[i].prefix_hits)); break;
+        case MF_PREFIX_MISSES: snprintf(val, sizeof val, "%lu", LOAD(m->model[i].prefix_misses)); break;
+        case MF_PREFIX_REUSED: snprintf(val, sizeof val, "%lu", LOAD(m->model[i].prefix_reused)); break;
         case MF_INFO:
             snprintf(val, sizeof val, "1");
             snprintf(extra, sizeof extra, ",sha256=\"%s\"", v->model[i].sha256);
@@ -178,6 +197,20 @@ char *metrics_render(const api_metrics *mc, const metrics_view *v, size_t *len)
 
     put_model_family(&t, MF_INPUT, m, v);
     put_model_family(&t, MF_GENERATED, m, v);
+    if (v->prefix_cache) {
+        for (model_family f = MF_PREFIX_HITS; f <= MF_PREFIX_REUSED; f++)
+            put_model_family(&t, f, m, v);
+        buf_printf(&t,
+                   "# HELP attnlm_prefix_cache_bytes Bytes the prefix-state cache holds.\n"
+                   "# TYPE attnlm_prefix_cache_bytes gauge\nattnlm_prefix_cache_bytes %llu\n"
+                   "# HELP attnlm_prefix_cache_limit_bytes The most it may hold (--prefix-cache).\n"
+                   "# TYPE attnlm_prefix_cache_limit_bytes gauge\nattnlm_prefix_cache_limit_bytes %llu\n"
+                   "# HELP attnlm_prefix_cache_entries Prefix states held.\n"
+                   "# TYPE attnlm_prefix_cache_entries gauge\nattnlm_prefix_cache_entries %llu\n"
+                   "# HELP attnlm_prefix_cache_evictions_total Prefix states dropped to stay within the limit.\n"
+                   "# TYPE attnlm_prefix_cache_evictions_total counter\nattnlm_prefix_cache_evictions_total %llu\n",
+                   v->prefix_bytes, v->prefix_limit, v->prefix_entries, v->prefix_evictions);
+    }
 
     buf_printf(&t,
         "# HELP attnlm_queue_depth Requests waiting for a worker.\n"

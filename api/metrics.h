@@ -8,6 +8,7 @@
 #define ATTNLM_METRICS_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #define METRICS_ROUTES 14     /* the routes of api.h plus "other" */
@@ -22,6 +23,9 @@ typedef struct metrics_model {
     atomic_ulong generated_tokens;
     atomic_ulong reloads_ok;
     atomic_ulong reloads_failed;
+    atomic_ulong prefix_hits;   /* inputs started from a cached prefix state */
+    atomic_ulong prefix_misses; /* inputs long enough to have one that found none */
+    atomic_ulong prefix_reused; /* tokens taken from the cache */
 } metrics_model;
 
 /* All figures; zero-initialised, then workers set once before serving. */
@@ -60,6 +64,8 @@ typedef struct metrics_view {
         unsigned long long parameters;
         double load_seconds;
     } model[METRICS_MODELS];
+    bool prefix_cache; /* whether there is one; then its figures */
+    unsigned long long prefix_bytes, prefix_limit, prefix_entries, prefix_evictions;
 } metrics_view;
 
 /* route is an index from api_endpoint (or METRICS_ROUTES-1 for unknown paths). */

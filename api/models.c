@@ -20,6 +20,7 @@
 struct api_models {
     pthread_mutex_t lock;
     model_opts opts; /* how every model is loaded, reloads included */
+    prefix_cache *prefix;
     int n;
     api_model *slot[API_MAX_MODELS]; /* the model each file now serves */
 };
@@ -67,6 +68,7 @@ static api_model *load_one(const char *path, int slot, const model_opts *opts, c
 void api_model_release(api_model *am)
 {
     if (am && atomic_fetch_sub(&am->refs, 1) == 1) {
+        prefix_cache_forget(am->prefix, am->m);
         model_free(am->m);
         free(am);
     }
@@ -131,6 +133,15 @@ void api_models_free(api_models *r)
 
 int api_models_count(const api_models *r) { return r->n; }
 
+void api_models_use_prefix_cache(api_models *r, prefix_cache *pc)
+{
+    pthread_mutex_lock(&r->lock);
+    r->prefix = pc;
+    for (int i = 0; i < r->n; i++)
+        r->slot[i]->prefix = pc;
+    pthread_mutex_unlock(&r->lock);
+}
+
 api_model *api_model_acquire(api_models *r, const char *name)
 {
     pthread_mutex_lock(&r->lock);
@@ -162,6 +173,7 @@ int api_models_reload(api_models *r, api_metrics *metrics, api_reload_note note,
         api_model *am = load_one(path, i, &r->opts, why, sizeof why);
         bool ok = am != NULL;
         if (ok) {
+            am->prefix = r->prefix;
             pthread_mutex_lock(&r->lock);
             int same = find_slot(r, am->name);
             ok = same < 0 || same == i;

@@ -283,7 +283,7 @@ void score_run_many(api_job **jobs, int n, api_worker *w)
         }
     }
     char err[ATTNLM_ERR_LEN] = "out of memory";
-    if (ok && model_forward_batch(m, total, tokens, lens, lp, NULL, seqs, err, sizeof err) == 0) {
+    if (ok && job_forward(jobs[0], total, tokens, lens, lp, seqs, err, sizeof err) == 0) {
         for (int i = 0; i < n; i++)
             score_job_answer(jobs[i], w, lp + first[i], seqs + first[i]);
     } else {

@@ -67,6 +67,8 @@ static const option OPTIONS[] = {
      "serve the attention inspector page at / (--no-ui, or the variable 0: 404 there); 1/0, true/false, yes/no, on/off"},
     {"precision", OPT_STR, OFF(precision), 0, 0,
      "precision of the weights: f32 (exact), bf16 (half the memory) or int8 (a quarter, fastest)"},
+    {"prefix-cache", OPT_LONG, OFF(prefix_cache_mb), 0, 1L << 20,
+     "megabytes of recent prompts' prefix states kept, so a request that repeats a prefix runs only what follows; 0: none"},
 };
 #define N_OPTIONS (sizeof OPTIONS / sizeof *OPTIONS)
 
@@ -103,6 +105,7 @@ static void defaults(srv_config *c)
         .log_format_name = "text",
         .ui = 1,
         .precision = "f32",
+        .prefix_cache_mb = 64,
     };
 }
 

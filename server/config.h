@@ -48,6 +48,7 @@ typedef struct srv_config {
     srv_log_format log_format;
     long ui;              /* serve the inspector page (server/ui.c) at / and /ui/ */
     const char *precision; /* the models' weights: "f32", "bf16" or "int8" (checked by main) */
+    long prefix_cache_mb;  /* megabytes of prefix states kept; 0: none */
     int health_check;     /* --health: probe a running server's /health instead of serving */
 } srv_config;
 

@@ -216,6 +216,14 @@ int main(int argc, char **argv)
         config_free(&cfg);
         return 1;
     }
+    prefix_cache *prefix = NULL;
+    if (cfg.prefix_cache_mb > 0 && !(prefix = prefix_cache_new((size_t)cfg.prefix_cache_mb << 20))) {
+        log_msg("error", "out of memory for the prefix cache");
+        api_models_free(models);
+        config_free(&cfg);
+        return 1;
+    }
+    api_models_use_prefix_cache(models, prefix);
     static api_metrics metrics;
     api_ctx ctx = {
         .models = models,
@@ -229,8 +237,10 @@ int main(int argc, char **argv)
                 .queue_size = (int)cfg.queue,
                 .workers = (int)cfg.workers,
                 .max_batch = (int)cfg.max_batch,
+                .prefix_cache_bytes = (long long)cfg.prefix_cache_mb << 20,
             },
         .metrics = &metrics,
+        .prefix = prefix,
     };
     metrics.workers = cfg.workers;
 
@@ -278,6 +288,7 @@ done:
     srv_stop(s);
     pool_free(p);
     api_models_free(models);
+    prefix_cache_free(prefix);
     if (*cfg.port_file && rc == 0)
         unlink(cfg.port_file); /* the port is no longer ours */
     config_free(&cfg);
