@@ -13,6 +13,7 @@
 #   make fixtures   regenerate tests/fixtures from the PyTorch implementation
 #   make bench      engine throughput next to the PyTorch model's, same run
 #   make bench-http requests/s and latency of the service under load (wrk), streams' tokens/s
+#   make bench-prefix   what the prefix-state cache saves on a repeated opening, over HTTP
 #   make bench-hostile  memory and latency under clients that abuse the server
 #   make fuzz       each libFuzzer harness (tests/fuzz) for FUZZ_SECONDS (default 60) with clang
 
@@ -106,7 +107,7 @@ TRAIN_ARGS := --train data/train.txt --val data/val.txt --out $(DEFAULT_MODEL) -
 	--seq-len 256 --batch 32 --steps 1400 --lr 5e-3 --warmup 50 --dropout 0.1 --eval-every 200 \
 	--threads 2 --seed 1
 
-.PHONY: all deps test-deps test test-unit test-http test-ui fuzz fuzz-build run data train fixtures bench bench-http bench-hostile image-test \
+.PHONY: all deps test-deps test test-unit test-http test-ui fuzz fuzz-build run data train fixtures bench bench-http bench-prefix bench-hostile image-test \
 	scale-test k8s-check install install-test uninstall clean
 .SECONDARY:
 # No built-in rules: the pattern rules here are all the build needs, and the built-in
@@ -266,6 +267,9 @@ bench: $(BUILD)/bench/bench_engine
 
 $(BUILD)/bench/http_streams: $(BUILD)/bench/http_streams.o
 	$(CC) $(CFLAGS_ALL) $^ -o $@
+
+bench-prefix: $(BUILD)/attnlm-server
+	@$(PYTHON) bench/prefix.py $(BUILD)/attnlm-server $(DEFAULT_MODEL)
 
 bench-http: $(BUILD)/attnlm-server $(BUILD)/bench/http_streams
 	$(call apt_install,wrk)

@@ -13,6 +13,10 @@
  *                               aggregate tokens/s; each sequence is first prefilled with its own
  *                               32-byte slice of TEXT (not timed)
  *   decode_bN_P_ms_per_step     one model_step + argmax over the batch
+ *   prefix_miss_P_ms, prefix_hit_P_ms
+ *                               scoring a PREFIX_PROMPT-byte prompt (TEXT repeated) plus
+ *                               PREFIX_SUFFIX new bytes through the prefix cache: with nothing
+ *                               cached, and with the prompt's states cached by an earlier request
  *   weight_read_P_ms            reading as many bytes as the weights hold once (AVX2 loads, four
  *                               streams) from a buffer that has just been read (as a step's
  *                               weights have): the floor that reading them sets for a batch-1 step
@@ -30,6 +34,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "kernels.h"
 #include "model.h"
+#include "prefix.h"
 #include "sampler.h"
 #include "tokenizer.h"
 
@@ -41,7 +46,7 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { REPS = 7, PROMPT_BYTES = 32, MAX_BATCH = 32, N_BATCHES = 3 };
+enum { REPS = 7, PROMPT_BYTES = 32, MAX_BATCH = 32, N_BATCHES = 3, PREFIX_PROMPT = 2000, PREFIX_SUFFIX = 20 };
 static const int BATCHES[N_BATCHES] = {1, 8, 32};
 
 static double clock_s(clockid_t id)
@@ -100,7 +105,7 @@ typedef struct run {
     model_precision prec;
     model *m;
     long rss_kb;
-    double score[REPS], step[N_BATCHES][REPS], read[REPS];
+    double score[REPS], step[N_BATCHES][REPS], read[REPS], miss[REPS], hit[REPS];
     model_seq *seqs[MAX_BATCH];
     model_batch *batch;
     float *logits;
@@ -113,6 +118,32 @@ static double time_score(const model *m, const int *tokens, int T, float *logpro
     if (model_forward(m, tokens, T, logprobs, NULL, NULL, err, sizeof err) < 0)
         die(err);
     return cpu_now() - t0;
+}
+
+/* CPU seconds to score tokens[T] (a prompt of P tokens and what follows)
+ * through a prefix cache, cold (miss) or holding the prompt (hit). */
+static void time_prefix(const model *m, const int *tokens, int T, int P, float *logprobs, double *miss, double *hit)
+{
+    char err[ATTNLM_ERR_LEN];
+    prefix_cache *pc = prefix_cache_new(256u << 20);
+    if (!pc)
+        die("out of memory");
+    double t0 = cpu_now();
+    if (model_forward_cached(m, pc, 1, &tokens, &T, &logprobs, NULL, NULL, err, sizeof err) < 0)
+        die(err);
+    *miss = cpu_now() - t0;
+    prefix_cache_free(pc);
+    pc = prefix_cache_new(256u << 20);
+    if (!pc || model_forward_cached(m, pc, 1, &tokens, &P, &logprobs, NULL, NULL, err, sizeof err) < 0)
+        die("warming the prefix cache failed");
+    int reused = 0;
+    t0 = cpu_now();
+    if (model_forward_cached(m, pc, 1, &tokens, &T, &logprobs, NULL, &reused, err, sizeof err) < 0)
+        die(err);
+    *hit = cpu_now() - t0;
+    if (reused == 0)
+        die("the prefix cache missed a cached prompt");
+    prefix_cache_free(pc);
 }
 
 /* CPU seconds for `steps` steps of B sequences, each prefilled first (not timed). */
@@ -307,19 +338,22 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_engine: cannot read text from %s (need more than %d bytes)\n", argv[2], PROMPT_BYTES);
         return 1;
     }
-    int T = (int)len + 1;
-    int *tokens = malloc(sizeof(int) * (size_t)T);
-    float *logprobs = malloc(sizeof(float) * (size_t)T * (size_t)c->vocab);
+    int T = (int)len + 1, TP = 1 + PREFIX_PROMPT + PREFIX_SUFFIX;
+    int *tokens = malloc(sizeof(int) * (size_t)T), *ptokens = malloc(sizeof(int) * (size_t)TP);
+    float *logprobs = malloc(sizeof(float) * (size_t)(T > TP ? T : TP) * (size_t)c->vocab);
     size_t max_bytes = 0;
     for (int i = 0; i < n_runs; i++)
         max_bytes = model_weight_bytes(runs[i].m) > max_bytes ? model_weight_bytes(runs[i].m) : max_bytes;
     unsigned char *wbuf = malloc(max_bytes + 1024);
-    if (!tokens || !logprobs || !wbuf)
+    if (!tokens || !ptokens || !logprobs || !wbuf)
         die("out of memory");
     memset(wbuf, 1, max_bytes + 1024);
     tokens[0] = c->bos_id;
     for (size_t i = 0; i < len; i++)
         tokens[i + 1] = (unsigned char)text[i];
+    ptokens[0] = c->bos_id;
+    for (int i = 1; i < TP; i++)
+        ptokens[i] = (unsigned char)text[(size_t)(i - 1 < PREFIX_PROMPT ? i - 1 : i - 1 - PREFIX_PROMPT / 2) % len];
 
     printf("model %s: %s x%d, hidden %d, %s attention, window %d, %llu parameters\n", argv[1],
            model_cell_name(c->cell), c->layers, c->hidden, model_attention_name(c->attention), c->window,
@@ -328,6 +362,7 @@ int main(int argc, char **argv)
     printf("timing thread-cpu-time\n");
     printf("score_bytes %d\n", T - 1);
     printf("decode_steps %d\n", steps);
+    printf("prefix_prompt_bytes %d\nprefix_suffix_bytes %d\n", PREFIX_PROMPT, PREFIX_SUFFIX);
     for (int i = 0; i < n_runs; i++) {
         const char *p = model_precision_name(runs[i].prec);
         printf("kernels_%s %s\n", p, model_kernels(runs[i].m));
@@ -350,6 +385,12 @@ int main(int argc, char **argv)
             double rd = time_read(wbuf, model_weight_bytes(r->m));
             if (rep >= 0)
                 r->read[rep] = rd;
+            double miss, hit;
+            time_prefix(r->m, ptokens, TP, 1 + PREFIX_PROMPT, logprobs, &miss, &hit);
+            if (rep >= 0) {
+                r->miss[rep] = miss;
+                r->hit[rep] = hit;
+            }
         }
     for (int i = 0; i < n_runs; i++) {
         run *r = &runs[i];
@@ -361,6 +402,8 @@ int main(int argc, char **argv)
             printf("decode_b%d_%s_ms_per_step %.4f\n", BATCHES[bi], p, 1e3 * s);
         }
         printf("weight_read_%s_ms %.4f\n", p, 1e3 * best(r->read, REPS));
+        printf("prefix_miss_%s_ms %.3f\n", p, 1e3 * best(r->miss, REPS));
+        printf("prefix_hit_%s_ms %.3f\n", p, 1e3 * best(r->hit, REPS));
     }
     crossover(c->gates * c->hidden, c->hidden);
     crossover(c->gates * c->hidden, c->embed);
@@ -375,6 +418,7 @@ int main(int argc, char **argv)
     }
     free(wbuf);
     free(tokens);
+    free(ptokens);
     free(logprobs);
     free(text);
     return 0;
