@@ -9,7 +9,9 @@ The exported weights are those of the best validation loss seen.
 
 Training runs for --steps steps, or, with --time-budget, until that many
 seconds of training (evaluation excluded) are spent; the learning rate then
-follows its cosine decay over the budget instead of over the steps.
+follows its cosine decay over the budget instead of over the steps.  Seconds
+are wall-clock time, or with --clock cpu the process's CPU time, which on a
+machine shared with other work counts what this run actually got.
 --log-json appends one JSON object per log line and per evaluation, with the
 training seconds spent so far, for plotting.
 """
@@ -53,6 +55,9 @@ def parse_args(argv=None):
                    help="training steps (with --time-budget: an upper bound)")
     p.add_argument("--time-budget", type=float, default=0.0, metavar="SECONDS",
                    help="train for this many seconds (evaluation excluded), cosine schedule over them")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="what --time-budget and the logged seconds count: wall-clock time, or the "
+                        "process's CPU time (all threads; on a shared machine, the work actually done)")
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--min-lr-ratio", type=float, default=0.05, help="final lr as a fraction of --lr (cosine decay)")
     p.add_argument("--warmup", type=int, default=50, help="steps of linear warm-up")
@@ -210,12 +215,13 @@ def train_loop(model, args, train, val=None, log=print, jlog=None):
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     out = {"losses": [], "tokens": 0, "train_seconds": 0.0, "best": float("inf"), "best_state": None, "evals": []}
     budget = args.time_budget
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     window_loss, window_n = 0.0, 0
-    train_s, last_eval_s = 0.0, 0.0
+    train_s, wall_s, last_eval_s = 0.0, 0.0, 0.0
     step = 0
     model.train()
     while step < args.steps and not (budget and train_s >= budget):
-        t_step = time.perf_counter()
+        t_step, w_step = clock(), time.perf_counter()
         lr = lr_at(step, args, (train_s / budget) if budget else None)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -226,7 +232,8 @@ def train_loop(model, args, train, val=None, log=print, jlog=None):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
-        train_s += time.perf_counter() - t_step
+        train_s += clock() - t_step
+        wall_s += time.perf_counter() - w_step
         step += 1
         out["tokens"] += y.numel()
         out["losses"].append(loss.item())
@@ -239,8 +246,8 @@ def train_loop(model, args, train, val=None, log=print, jlog=None):
             total = f"/{args.steps}" if not budget else ""
             log(f"step {step}{total} loss {window_loss / window_n:.4f} lr {lr:.2e} {rate:.0f} tok/s "
                 f"elapsed {train_s / 60:.1f} min eta {max(0.0, left) / 60:.1f} min")
-            jlog.write(step=step, train_seconds=round(train_s, 2), tokens=out["tokens"],
-                       loss=round(window_loss / window_n, 5), lr=lr)
+            jlog.write(step=step, train_seconds=round(train_s, 2), wall_seconds=round(wall_s, 2),
+                       tokens=out["tokens"], loss=round(window_loss / window_n, 5), lr=lr)
             window_loss, window_n = 0.0, 0
         due = step % args.eval_every == 0 or (args.eval_seconds and train_s - last_eval_s >= args.eval_seconds)
         if val is not None and (due or last):
@@ -248,10 +255,12 @@ def train_loop(model, args, train, val=None, log=print, jlog=None):
             v = evaluate(model, val, args.eval_len)
             out["evals"].append((step, train_s, v))
             log(f"step {step} val_loss {v:.4f} nats/byte")
-            jlog.write(step=step, train_seconds=round(train_s, 2), tokens=out["tokens"], val_loss=round(v, 5))
+            jlog.write(step=step, train_seconds=round(train_s, 2), wall_seconds=round(wall_s, 2),
+                       tokens=out["tokens"], val_loss=round(v, 5))
             if v < out["best"]:
                 out["best"], out["best_state"] = v, copy.deepcopy(model.state_dict())
     out["train_seconds"] = train_s
+    out["wall_seconds"] = wall_s
     out["steps"] = step
     return out
 
@@ -268,6 +277,9 @@ def provenance_of(args, argv, result, source):
         "train_seconds": f"{result['train_seconds']:.0f}",
         "train_steps": result["steps"],
     }
+    if args.clock == "cpu":
+        prov["train_seconds_clock"] = "cpu"
+        prov["train_wall_seconds"] = f"{result['wall_seconds']:.0f}"
     if source is not None:
         before_tokens = int(source.get("total_train_tokens", source.get("train_tokens", 0)))
         before_seconds = float(source.get("total_train_seconds", source.get("train_seconds", 0)))
@@ -308,7 +320,8 @@ def main(argv=None):
     model.eval()
     export_model(model, args.out, provenance_of(args, argv, result, source))
     jlog.write(event="end", best_val_loss=result["best"], tokens=result["tokens"],
-               train_seconds=round(result["train_seconds"], 2), steps=result["steps"])
+               train_seconds=round(result["train_seconds"], 2), wall_seconds=round(result["wall_seconds"], 2),
+               steps=result["steps"], clock=args.clock)
     print(f"exported {args.out}: best val_loss {result['best']:.4f} nats/byte after {result['tokens']} tokens "
           f"in {result['train_seconds']:.0f} s", flush=True)
 
