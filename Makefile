@@ -201,3 +201,30 @@ clean:
 	rm -rf build
 
 -include $(shell find build -name '*.d' 2>/dev/null)
+
+# ---- Training checks and the attention comparison (train/) ----
+#   make train-deps   install the training packages that are missing (as root, or via sudo)
+#   make train-smoke  every cell x attention leaves the unigram plateau within 200 steps
+#                     at train.py's defaults, 3 seeds (a few minutes on 2 cores)
+#   make compare      the four attention mechanisms at an equal budget of COMPARE_BUDGET
+#                     seconds each, then the other cells; table and plots in docs/attention/
+TRAIN_PKGS := python3-torch python3-numpy python3-matplotlib
+COMPARE_BUDGET ?= 1200
+COMPARE_ARGS ?=
+
+.PHONY: train-deps train-smoke compare
+
+train-deps:
+	@missing=""; for p in $(TRAIN_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "train-deps: all installed"; exit 0; fi; \
+	echo "train-deps: installing$$missing"; \
+	if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing
+
+train-smoke: train-deps data/train.txt
+	$(PYTHON) train/smoke.py
+
+compare: train-deps data/train.txt $(BUILD)/bench/bench_engine
+	$(PYTHON) train/compare.py --bench $(BUILD)/bench/bench_engine --budget $(COMPARE_BUDGET) $(COMPARE_ARGS)
