@@ -321,3 +321,24 @@ clean:
 %.d: ;
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---- Training checks and the attention comparison (train/) ----
+#   make train-deps   install the training packages that are missing (as root, or via sudo)
+#   make train-smoke  every cell x attention leaves the unigram plateau within 200 steps
+#                     at train.py's defaults, 3 seeds (a few minutes on 2 cores)
+#   make compare      the four attention mechanisms at an equal budget of COMPARE_BUDGET
+#                     seconds each, then the other cells; table and plots in docs/attention/
+TRAIN_PKGS := python3-torch python3-numpy python3-matplotlib
+COMPARE_BUDGET ?= 1200
+COMPARE_ARGS ?=
+
+.PHONY: train-deps train-smoke compare
+
+train-deps:
+	$(call apt_install,$(TRAIN_PKGS))
+
+train-smoke: train-deps data/train.txt
+	$(PYTHON) train/smoke.py
+
+compare: train-deps data/train.txt $(BUILD)/bench/bench_engine
+	$(PYTHON) train/compare.py --bench $(BUILD)/bench/bench_engine --budget $(COMPARE_BUDGET) $(COMPARE_ARGS)

@@ -90,13 +90,6 @@ def band_to_dense(band):
     return dense
 
 
-def _shift_back(x, off):
-    """x[:, t - off] at position t (zeros for t < off); x is [B, T, D]."""
-    if off == 0:
-        return x
-    return F.pad(x, (0, 0, off, 0))[:, : x.shape[1]]
-
-
 class Additive(nn.Module):
     def __init__(self, hidden, attn_dim):
         super().__init__()
@@ -105,17 +98,19 @@ class Additive(nn.Module):
         self.v = nn.Linear(attn_dim, 1, bias=False)
 
     def forward(self, h, window):
-        # Band-wise so memory is B*T*W*A rather than B*T*T*A.
+        # Scores in band form, [B, T, A, W] at most, never [B, T, T, A]: column c of
+        # row t pairs q_t with k_i, i = t - (W - 1) + c, read from k padded by W - 1.
         B, T, _ = h.shape
         q, k = self.query(h), self.key(h)
-        scores = []
-        for c in range(window):
-            off = window - 1 - c
-            s = self.v(torch.tanh(q + _shift_back(k, off))).squeeze(-1)  # [B, T]
-            invalid = torch.arange(T, device=h.device) < off
-            scores.append(s.masked_fill(invalid, float("-inf")))
-        alpha = torch.softmax(torch.stack(scores, -1), -1)  # [B, T, W]
-        ctx = sum(alpha[..., c:c + 1] * _shift_back(h, window - 1 - c) for c in range(window))
+        k_band = F.pad(k, (0, 0, window - 1, 0)).unfold(1, window, 1)  # [B, T, A, W]
+        s = torch.einsum("btaw,a->btw", torch.tanh(q.unsqueeze(-1) + k_band), self.v.weight[0])
+        offsets = torch.arange(window, device=h.device) - (window - 1)
+        invalid = torch.arange(T, device=h.device).unsqueeze(1) + offsets < 0  # [T, W]
+        alpha = torch.softmax(s.masked_fill(invalid, float("-inf")), -1)  # [B, T, W]
+        # Band -> dense [B, T, T] (column t + c of a row padded by W - 1), then one product.
+        cols = (torch.arange(T, device=h.device).unsqueeze(1) + torch.arange(window, device=h.device))
+        dense = alpha.new_zeros(B, T, T + window - 1).scatter(-1, cols.expand(B, T, window), alpha)
+        ctx = dense[..., window - 1:] @ h
         return ctx, alpha.unsqueeze(1)
 
 
