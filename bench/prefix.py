@@ -18,20 +18,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "lib"))
+sys.path.insert(0, HERE)
 
 from attnlm_server import Server  # noqa: E402
+from hostile import cpu  # noqa: E402
 
 OPENING = 2000
-
-
-def cpu():
-    info = {}
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            info.setdefault(k.strip(), v.strip())
-    return "%s, family %s model %s; %d cores online" % (info.get("model name"), info.get("cpu family"),
-                                                       info.get("model"), os.cpu_count())
 
 
 def text(seed, n):

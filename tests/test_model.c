@@ -25,16 +25,7 @@ static const char *const COMBOS[] = {
 };
 #define N_COMBOS ((int)(sizeof COMBOS / sizeof *COMBOS))
 
-static model *load_combo_at(int i, model_precision prec)
-{
-    char path[512], name[64], err[ATTNLM_ERR_LEN];
-    snprintf(name, sizeof name, "%s.safetensors", COMBOS[i]);
-    model_opts opts = {.precision = prec};
-    model *m = model_load_opts(fixture_path(path, sizeof path, name), &opts, err, sizeof err);
-    ck_assert_msg(m != NULL, "%s: %s", path, err);
-    ck_assert_int_eq(model_get_precision(m), prec);
-    return m;
-}
+static model *load_combo_at(int i, model_precision prec) { return fixture_model(COMBOS[i], prec); }
 
 static model *load_combo(int i) { return load_combo_at(i, MODEL_F32); }
 

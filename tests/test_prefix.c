@@ -21,15 +21,7 @@ static const char *const MODELS[] = {"gru_dot", "lstm_additive", "elman_cosine",
                                      "long_lstm_multihead"};
 #define N_MODELS ((int)(sizeof MODELS / sizeof *MODELS))
 
-static model *load(int i, model_precision prec)
-{
-    char path[512], name[64], err[ATTNLM_ERR_LEN];
-    snprintf(name, sizeof name, "%s.safetensors", MODELS[i]);
-    model_opts opts = {.precision = prec};
-    model *m = model_load_opts(fixture_path(path, sizeof path, name), &opts, err, sizeof err);
-    ck_assert_msg(m != NULL, "%s: %s", path, err);
-    return m;
-}
+static model *load(int i, model_precision prec) { return fixture_model(MODELS[i], prec); }
 
 /* Deterministic pseudo-random tokens, BOS first. */
 static void fill_tokens(int *tok, int n, unsigned seed)

@@ -1,11 +1,16 @@
-/* testutil.h -- shared by the test programs: fixture paths (the parity
- * comparison itself is cli/parity.h, also behind `attnlm parity`). */
+/* testutil.h -- shared by the test programs: fixture paths and loading (the
+ * parity comparison itself is cli/parity.h, also behind `attnlm parity`). */
 #ifndef ATTNLM_TESTUTIL_H
 #define ATTNLM_TESTUTIL_H
+
+#include "model.h"
 
 #include <stddef.h>
 
 /* Writes "$ATTNLM_FIXTURES/<name>" (default tests/fixtures) into buf. */
 const char *fixture_path(char *buf, size_t len, const char *name);
+
+/* The fixture <stem>.safetensors at precision prec; fails the running test if it does not load. */
+model *fixture_model(const char *stem, model_precision prec);
 
 #endif
