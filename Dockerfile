@@ -3,6 +3,9 @@
 #   docker build -t attnlm .
 #   docker run --rm -p 8080:8080 attnlm
 #
+# The image also holds one model per attention mechanism (/models/gru-MECHANISM.safetensors);
+# to serve all five, list them after the default, comma-separated:
+#   docker run --rm -p 8080:8080 -e ATTNLM_MODEL=/models/model.safetensors,/models/gru-additive.safetensors,/models/gru-dot.safetensors,/models/gru-cosine.safetensors,/models/gru-multihead.safetensors attnlm
 # Another model: mount it over the default, or elsewhere and point ATTNLM_MODEL at it:
 #   docker run --rm -p 8080:8080 -v "$PWD/my.safetensors:/models/model.safetensors:ro" attnlm
 # Every flag of attnlm-server is an ATTNLM_* variable (-e ATTNLM_WORKERS=4) or an argument
@@ -37,6 +40,8 @@ RUN apt-get update \
       --shell /usr/sbin/nologin attnlm
 COPY --from=build /src/build/attnlm-server /usr/local/bin/attnlm-server
 COPY models/default.safetensors /models/model.safetensors
+COPY models/gru-additive.safetensors models/gru-dot.safetensors models/gru-cosine.safetensors \
+     models/gru-multihead.safetensors /models/
 
 # Each worker runs its own single-threaded BLAS calls: OpenBLAS's thread pool would sit idle.
 ENV ATTNLM_HOST=0.0.0.0 \

@@ -3,6 +3,7 @@
 #   make deps       install what building and serving need (C compiler, OpenBLAS, cJSON, libmicrohttpd)
 #   make            build the server, the command-line tool and the engine library
 #   make run        start the HTTP service on the shipped default model (PORT, HOST, ARGS)
+#   make run-all    the same with the default and the four mechanism models (models/gru-*)
 #   make test-deps  install what the tests need besides (Check, PyTorch, Node.js, clang)
 #   make test       unit and parity tests, the HTTP suite, the OpenAI client, the train->C pipeline
 #   make test SAN=1 the same under AddressSanitizer and UndefinedBehaviorSanitizer
@@ -107,7 +108,7 @@ TRAIN_ARGS := --train data/train.txt --val data/val.txt --out $(DEFAULT_MODEL) -
 	--seq-len 256 --batch 32 --steps 1400 --lr 5e-3 --warmup 50 --dropout 0.1 --eval-every 200 \
 	--threads 2 --seed 1
 
-.PHONY: all deps test-deps test test-unit test-http test-ui fuzz fuzz-build run data train fixtures bench bench-http bench-prefix bench-hostile image-test \
+.PHONY: all deps test-deps test test-unit test-http test-ui fuzz fuzz-build run run-all data train fixtures bench bench-http bench-prefix bench-hostile image-test \
 	scale-test k8s-check install install-test uninstall clean
 .SECONDARY:
 # No built-in rules: the pattern rules here are all the build needs, and the built-in
@@ -246,6 +247,11 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 run: $(BUILD)/attnlm-server
 	$(BUILD)/attnlm-server --model $(DEFAULT_MODEL) --host $(HOST) --port $(PORT) $(ARGS)
+
+# The default model first (what requests without "model" get), then one per attention mechanism.
+MECHANISM_MODELS := $(foreach m,additive dot cosine multihead,models/gru-$(m).safetensors)
+run-all: $(BUILD)/attnlm-server
+	$(BUILD)/attnlm-server --model $(DEFAULT_MODEL) $(MECHANISM_MODELS:%=--model %) --host $(HOST) --port $(PORT) $(ARGS)
 
 data: data/train.txt
 

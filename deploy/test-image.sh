@@ -171,4 +171,32 @@ grep -q "draining (1 in flight" "$log" || { cat "$log" >&2; die "the server did 
 echo "ok   in-flight generation completed (20000 tokens); server exit status 0"
 tail -2 "$log" | sed 's/^/     /'
 
+# ---- 5. every model the image carries, in one server ----------------------------------
+step "all the image's models: ATTNLM_MODEL=/models/model.safetensors,/models/gru-*.safetensors"
+all_models="/models/model.safetensors"
+for m in additive dot cosine multihead; do
+  [ -f "$mnt/models/gru-$m.safetensors" ] || die "the image has no /models/gru-$m.safetensors"
+  all_models="$all_models,/models/gru-$m.safetensors"
+done
+rm -f "$mnt/tmp/port"
+serve_start "$mnt/tmp/port" "$log" chroot --userspec="$user" "$mnt" \
+  "${run_env[@]}" ATTNLM_PORT=0 ATTNLM_ADMIN_PORT=0 ATTNLM_PORT_FILE=/tmp/port "ATTNLM_MODEL=$all_models" \
+  "${entry_argv[@]}" || die "the server with every model did not start"
+url="http://127.0.0.1:$port"
+models_json="$(curl -sS --max-time 30 "$url/v1/models")" || die "GET /v1/models failed"
+n_models="$(python3 -c 'import json,sys; print(len(json.load(sys.stdin)["data"]))' <<<"$models_json")"
+[ "$n_models" = 5 ] || die "GET /v1/models lists $n_models models, not 5: ${models_json:0:300}"
+echo "ok   GET /v1/models: 5 models"
+i=0
+for m in additive dot cosine multihead; do
+  i=$((i + 1))
+  name="$(python3 -c 'import json,sys; print(json.load(sys.stdin)["data"][int(sys.argv[1])]["id"])' "$i" <<<"$models_json")"
+  check "GET /v1/model?model=$name" "\"attention\":\"$m\"" "$url/v1/model?model=$name"
+  check "POST /v1/score with model $name" '"perplexity"' "${json[@]}" \
+    -d "{\"model\":\"$name\",\"text\":\"Call me Ishmael.\"}" "$url/v1/score"
+done
+kill -TERM "$pid"
+serve_wait
+[ "$rc" -eq 0 ] || { tail -5 "$log" >&2; die "the server with every model exited with $rc after SIGTERM"; }
+
 step "image-test passed: $image, $size_mb MB"

@@ -176,6 +176,37 @@ class TestSeveralModels(ServerCase):
         self.assertIn('both named "fixture gru_dot"', p.stderr)
 
 
+class TestShippedModels(ServerCase):
+    """The models in models/: one per mechanism and the default, served together as make run-all does."""
+    FLAGS = None
+
+    def test_run_all(self):
+        files = ["models/default.safetensors"] + ["models/gru-%s.safetensors" % m
+                                                  for m in ("additive", "dot", "cosine", "multihead")]
+        flags = ["--workers", "1"]
+        for f in files[1:]:
+            flags += ["--model", f]
+        srv = self.start(*flags, model=files[0])
+        listed = [m["id"] for m in srv.json("GET", "/v1/models")[1]["data"]]
+        self.assertEqual(len(listed), len(files))
+        self.assertEqual(len(set(listed)), len(files), "names are distinct")
+        text = "It was the whale, the white whale."
+        for f, name in zip(files, listed):
+            _, info, _ = srv.json("GET", "/v1/model?model=" + name)
+            self.assertEqual(info["file"], f)
+            if "gru-" in f:
+                self.assertEqual(info["attention"], f.rsplit("-", 1)[1].split(".")[0])
+            self.assertLessEqual(os.path.getsize(f), 8.5e6, f)
+            self.assertLessEqual(float(info["val_loss"]), 1.45, f)
+            obj = srv.ok("/v1/score", {"text": text, "model": name, "top_k": 0})
+            ref, _ = cli_score(f, text)
+            for t, (b, lp) in zip(obj["tokens"], ref):
+                self.assertEqual(t["id"], b)
+                self.assertAlmostEqual(t["logprob"], lp, delta=2e-5)
+        _, first, _ = srv.json("GET", "/v1/model")
+        self.assertEqual(first["name"], listed[0], "the default model is the first")
+
+
 class TestPrecision(ServerCase):
     """--precision (or ATTNLM_PRECISION): what /v1/model reports, and scores and greedy text
     equal to the command-line tool's at the same precision."""
