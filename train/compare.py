@@ -200,16 +200,21 @@ def attention_stats(model, val, eval_len, batch=32):
 # ---- engine benchmark ---------------------------------------------------------------
 
 def bench_engine(binary, model, rounds):
+    """bench_engine's f32 scoring and decoding speed (tokens/s), median of `rounds` runs."""
     text = os.path.join(ROOT, "bench", "text_1000.txt")
-    keys = ("score_tokens_per_s", "decode_b1_tokens_per_s", "decode_b32_tokens_per_s")
-    got = {k: [] for k in keys}
+    keys = {"score_f32_tokens_per_s": "score_tokens_per_s", "decode_b1_f32_tokens_per_s": "decode_b1_tokens_per_s",
+            "decode_b32_f32_tokens_per_s": "decode_b32_tokens_per_s"}
+    got = {k: [] for k in keys.values()}
     for _ in range(rounds):
         out = subprocess.run([binary, model, text, "256"], check=True, capture_output=True, text=True,
-                             env=dict(os.environ, OPENBLAS_NUM_THREADS="1")).stdout
+                             env=dict(os.environ, OPENBLAS_NUM_THREADS="1", BENCH_PRECISIONS="f32")).stdout
         for line in out.splitlines():
             parts = line.split()
-            if len(parts) == 2 and parts[0] in got:
-                got[parts[0]].append(float(parts[1]))
+            if len(parts) == 2 and parts[0] in keys:
+                got[keys[parts[0]]].append(float(parts[1]))
+    missing = [k for k, v in got.items() if not v]
+    if missing:
+        sys.exit(f"{binary} printed no {', '.join(missing)}")
     return {k: statistics.median(v) for k, v in got.items()}
 
 
@@ -271,37 +276,27 @@ def plots(results, opts):
     fig.savefig(loss_png, dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
-        w = r["stats"][-1]["weight_by_distance"]
-        ax.plot(range(len(w)), w, marker=".", label=f"{r['cell']} {r['attention']}")
-    ax.set_yscale("log")
-    ax.set_xlabel("distance t - i (bytes back; 0 = the current position)")
-    ax.set_ylabel("mean attention weight")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    ax.set_title("Mean weight by distance on the validation text")
-    fig.tight_layout()
-    dist_png = os.path.join(opts.out, "weight_vs_distance.png")
-    fig.savefig(dist_png, dpi=110)
-    plt.close(fig)
-
-    mh = [r for r in results if len(r["stats"]) > 1]
-    if mh:
-        r = mh[0]
+    def by_distance(curves, title, path):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for h, s in enumerate(r["stats"][:-1]):
-            w = s["weight_by_distance"]
-            ax.plot(range(len(w)), w, marker=".", label=f"head {h}")
+        for label, w in curves:
+            ax.plot(range(len(w)), w, marker=".", label=label)
         ax.set_yscale("log")
-        ax.set_xlabel("distance t - i (bytes back)")
+        ax.set_xlabel("distance t - i (bytes back; 0 = the current position)")
         ax.set_ylabel("mean attention weight")
         ax.grid(alpha=0.3, which="both")
         ax.legend()
-        ax.set_title(f"{r['cell']} multihead: mean weight by distance, per head")
+        ax.set_title(title)
         fig.tight_layout()
-        fig.savefig(os.path.join(opts.out, "multihead_heads_vs_distance.png"), dpi=110)
+        fig.savefig(path, dpi=110)
         plt.close(fig)
+
+    dist_png = os.path.join(opts.out, "weight_vs_distance.png")
+    by_distance([(f"{r['cell']} {r['attention']}", r["stats"][-1]["weight_by_distance"]) for r in results],
+                "Mean weight by distance on the validation text", dist_png)
+    for r in [r for r in results if len(r["stats"]) > 1][:1]:
+        by_distance([(f"head {h}", s["weight_by_distance"]) for h, s in enumerate(r["stats"][:-1])],
+                    f"{r['cell']} multihead: mean weight by distance, per head",
+                    os.path.join(opts.out, "multihead_heads_vs_distance.png"))
     return loss_png, dist_png
 
 
