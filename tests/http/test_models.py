@@ -2,8 +2,10 @@
 every fixture's attention weights and scores against the PyTorch implementation's values (all
 fixtures served by one server, each chosen by name), what serving several models means for each
 endpoint, and bf16 and int8 weights."""
+import json
 import os
 import subprocess
+import sys
 import unittest
 
 from servercase import (FIXTURES, MULTIHEAD, Server, ServerCase, cli_greedy, cli_score, read_safetensors,
@@ -205,6 +207,44 @@ class TestShippedModels(ServerCase):
                 self.assertAlmostEqual(t["logprob"], lp, delta=2e-5)
         _, first, _ = srv.json("GET", "/v1/model")
         self.assertEqual(first["name"], listed[0], "the default model is the first")
+
+
+class TestBf16Conversion(ServerCase):
+    """tools/to_bf16.py, which makes the container image's BF16 copies of the mechanism models."""
+    FLAGS = None
+
+    def test_rounding_and_serving(self):
+        import struct
+        import tempfile
+        src = "tests/fixtures/wide_gru_multihead.safetensors"
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "m.safetensors")
+            subprocess.run([sys.executable, "tools/to_bf16.py", src, out], check=True)
+            with open(out, "rb") as f:
+                data = f.read()
+            n = struct.unpack("<Q", data[:8])[0]
+            header = json.loads(data[8:8 + n])
+            meta, tensors = read_safetensors(src)
+            self.assertEqual(header.pop("__metadata__"), meta)
+            self.assertEqual(set(header), set(tensors))
+            for name, (shape, values) in tensors.items():
+                e = header[name]
+                self.assertEqual((e["dtype"], e["shape"]), ("BF16", shape))
+                a, b = e["data_offsets"]
+                got = struct.unpack("<%dH" % len(values), data[8 + n + a:8 + n + b])
+                for x, g in zip(values, got):
+                    u = struct.unpack("<I", struct.pack("<f", x))[0]
+                    lower, rest = u >> 16, u & 0xFFFF
+                    want = lower + (rest > 0x8000 or (rest == 0x8000 and lower & 1))
+                    self.assertEqual(g, want, (name, x))
+            # the engine reads it, and scores near the F32 file
+            text = "It was the whale."
+            near, _ = cli_score(src, text)
+            lps, _ = cli_score(out, text)
+            for (b1, l1), (b2, l2) in zip(near, lps):
+                self.assertEqual(b1, b2)
+                self.assertAlmostEqual(l1, l2, delta=0.05)
+            self.assertNotEqual(near, lps, "the weights were rounded")
 
 
 class TestPrecision(ServerCase):
