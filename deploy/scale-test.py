@@ -341,7 +341,10 @@ def main():
         print("%d requests, %d in flight at the kill, %d failed (%s); survivors served %s" % (
             len(results), len(in_flight), len(failures),
             ", ".join("%s %s" % (f[2], f[4]) for f in failures) or "none", after))
-        check(len(results) > 50, "only %d requests in the load" % len(results))
+        # Under the sanitizers a replica decodes about twenty times slower (the 2,000-token stream
+        # above takes some 6 s instead of 0.3), so there the load asks two requests per client.
+        least = 24 if "san" in os.path.basename(os.path.dirname(binary)).split("-") else 50
+        check(len(results) > least, "only %d requests in the load (want more than %d)" % (len(results), least))
         check(not late, "%d requests started after the kill failed: %s" % (len(late), late[:3]))
         check(all(r in in_flight for r in failures), "a failure that was not in flight at the kill")
         check(all(n > 0 for n in after), "a surviving replica served nothing")
