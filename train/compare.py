@@ -96,7 +96,7 @@ def train_argv(cell, attention, opts, out, log):
 def train_runs(configs, opts):
     """Trains every configuration; returns {config: dict(model, log, steps)}."""
     os.makedirs(opts.work, exist_ok=True)
-    todo, runs = [], {}
+    pending, runs = [], {}
     for cell, attention in configs:
         name = run_name(cell, attention, opts)
         model, log = os.path.join(opts.work, name + ".safetensors"), os.path.join(opts.work, name + ".jsonl")
@@ -107,13 +107,13 @@ def train_runs(configs, opts):
         if os.path.exists(log):
             os.remove(log)
         argv = train_argv(cell, attention, opts, model, log)
-        todo.append((name, [sys.executable, os.path.join(HERE, "train.py")] + argv,
+        pending.append((name, [sys.executable, os.path.join(HERE, "train.py")] + argv,
                      os.path.join(opts.work, name + ".log")))
     jobs = opts.jobs if opts.clock == "cpu" else 1
     running = []
-    while todo or running:
-        while todo and len(running) < jobs:
-            name, cmd, out = todo.pop(0)
+    while pending or running:
+        while pending and len(running) < jobs:
+            name, cmd, out = pending.pop(0)
             print(f"{name}: training ({' '.join(cmd[2:])})", flush=True)
             env = dict(os.environ, OMP_NUM_THREADS=str(opts.threads))
             running.append((name, subprocess.Popen(cmd, stdout=open(out, "w"), stderr=subprocess.STDOUT,

@@ -17,9 +17,9 @@ class TestPage(ServerCase):
 
     def assets(self):
         """{path: (headers, body)} of the page and every file it loads, followed from index.html."""
-        seen, todo = {}, ["/"]
-        while todo:
-            path = todo.pop()
+        seen, to_fetch = {}, ["/"]
+        while to_fetch:
+            path = to_fetch.pop()
             if path in seen:
                 continue
             status, headers, body = self.get(path)
@@ -28,9 +28,9 @@ class TestPage(ServerCase):
             text = body.decode("utf-8")
             if path == "/":
                 refs = re.findall(r'(?:src|href)="([^"]+)"', text)
-                todo += ["/" + r for r in refs]
+                to_fetch += ["/" + r for r in refs]
             elif path.endswith(".js"):
-                todo += ["/ui/" + m for m in re.findall(r'from "\./([^"]+)"', text)]
+                to_fetch += ["/ui/" + m for m in re.findall(r'from "\./([^"]+)"', text)]
         return seen
 
     def test_page_and_files(self):
