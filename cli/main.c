@@ -299,9 +299,11 @@ static int parity(const options *o)
         fprintf(stderr, "attnlm: parity: %s\n", err);
         return 1;
     }
-    int ok = r.logprob_err <= PARITY_TOL_LOGPROB && r.attn_err <= PARITY_TOL_ATTN;
-    printf("%s: %d tokens, max |logprob diff| %.3g (tol %g), max |attention diff| %.3g (tol %g): %s\n", o->model,
-           r.tokens, r.logprob_err, PARITY_TOL_LOGPROB, r.attn_err, PARITY_TOL_ATTN, ok ? "ok" : "MISMATCH");
+    int ok = r.logprob_err <= PARITY_TOL_LOGPROB && r.attn_err <= PARITY_TOL_ATTN && r.self_err <= PARITY_TOL_LOGPROB;
+    printf("%s: %d tokens, max |logprob diff| %.3g (tol %g), max |attention diff| %.3g (tol %g), "
+           "max |logprob diff| without attention %.3g: %s\n",
+           o->model, r.tokens, r.logprob_err, PARITY_TOL_LOGPROB, r.attn_err, PARITY_TOL_ATTN, r.self_err,
+           ok ? "ok" : "MISMATCH");
     return ok ? 0 : 1;
 }
 

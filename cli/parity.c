@@ -19,7 +19,8 @@ int parity_compare(const char *model_path, const char *expected_path, parity_res
     if (!ex)
         goto done;
     const model_config *c = model_get_config(m);
-    const st_tensor *tt = st_find(ex, "tokens"), *tl = st_find(ex, "logprobs"), *ta = st_find(ex, "attention");
+    const st_tensor *tt = st_find(ex, "tokens"), *tl = st_find(ex, "logprobs"), *ta = st_find(ex, "attention"),
+                    *ts = st_find(ex, "logprobs_self");
     if (!tt || !tl || tt->ndim != 1 || tl->ndim != 2 || tl->shape[0] != tt->shape[0] ||
         tl->shape[1] != (uint64_t)c->vocab) {
         err_set(err, errlen, "%s: needs tokens [T] and logprobs [T, V]", expected_path);
@@ -31,8 +32,12 @@ int parity_compare(const char *model_path, const char *expected_path, parity_res
         err_set(err, errlen, "%s: attention must be [N, T, T]", expected_path);
         goto done;
     }
+    if (ts && (ts->ndim != 2 || ts->shape[0] != tt->shape[0] || ts->shape[1] != (uint64_t)c->vocab)) {
+        err_set(err, errlen, "%s: logprobs_self must be [T, V]", expected_path);
+        goto done;
+    }
     tokens = malloc((size_t)T * sizeof *tokens);
-    lp = malloc((size_t)T * V * sizeof *lp);
+    lp = malloc(2 * (size_t)T * V * sizeof *lp);
     band = malloc((size_t)T * N * W * sizeof *band);
     if (!tokens || !lp || !band) {
         err_set(err, errlen, "out of memory");
@@ -57,6 +62,15 @@ int parity_compare(const char *model_path, const char *expected_path, parity_res
                     float want = ta->data[((size_t)j * T + t) * T + i];
                     r->attn_err = fmax(r->attn_err, fabs((double)got - want));
                 }
+    }
+    r->self_err = -1.0;
+    if (ts) {
+        float *own = lp + (size_t)T * V;
+        if (model_forward_ablated(m, tokens, T, lp, own, err, errlen) < 0)
+            goto done;
+        r->self_err = 0.0;
+        for (size_t i = 0; i < (size_t)T * V; i++)
+            r->self_err = fmax(r->self_err, fabs((double)own[i] - ts->data[i]));
     }
     rc = 0;
 done:

@@ -19,11 +19,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define ATTN_MAX_TENSORS 4 /* tensors one mechanism adds */
+#define ATTN_MAX_TENSORS 6 /* tensors one mechanism adds */
 #define ATTN_BLOCK 64      /* query rows per banded attention product */
 
 /* A tensor dimension in terms of the configuration. */
-typedef enum { DIM_1, DIM_A, DIM_H, DIM_3H } attn_dim_sym;
+typedef enum { DIM_1, DIM_A, DIM_H, DIM_3H, DIM_E } attn_dim_sym;
 
 /* One tensor a mechanism needs: its name in the file, its shape, and whether
  * it is a matrix the mechanism multiplies with linear() (packed at load) or a
@@ -50,7 +50,7 @@ typedef struct model_weights {
     layer_weights *layer;                /* [L] */
     const float *attn[ATTN_MAX_TENSORS]; /* the mechanism's vectors and scalars, in its table's order */
     kmat attn_mat[ATTN_MAX_TENSORS];     /* the mechanism's matrices (attn_tensor.product), same order */
-    kmat comb_h, comb_c;                 /* combine.weight [H, 2H] as its two halves [H, H]: the columns for h, for c */
+    kmat comb_h, comb_c;                 /* combine.weight [H, H + C] as its columns for h [H, H] and for c [H, C] */
     const float *comb_b;                 /* [H] */
     kmat out_w;                          /* [V, H] */
     const float *out_b;                  /* [V] */
@@ -71,16 +71,20 @@ struct model {
     size_t scratch_bytes; /* one product's scratch (kern_scratch_bytes of the widest input) */
     model_precision precision;
     int proj_dim; /* P: floats of one position's attention projections (0: none) */
-    int key_dim;  /* floats a ring slot caches besides h (0: none) */
+    int key_dim;  /* floats a ring slot caches besides its key and value sources (0: none) */
     char kernels[128]; /* what model_kernels() reports */
 };
 
+/* A position's key source is the row its key is computed from and its value
+ * source the row its value is: h_i for both (attn_kv state), or h_{i-1} and
+ * the embedding of x_i (continuation). */
 struct model_seq {
     const model *m;
     int64_t pos;
     float *h;      /* [L, H] */
     float *c;      /* [L, H], lstm only */
-    float *ring_h; /* [W, H] top-layer outputs; slot i % W holds position i */
+    float *ring_h; /* [W, H] key sources; slot i % W holds position i */
+    float *ring_v; /* [W, value_dim] value sources: ring_h itself when they are the same rows */
     float *ring_k; /* [W, key_dim] the cached part of each slot's projections, or NULL */
 };
 
@@ -90,7 +94,8 @@ struct model_batch {
     float *hbuf[2]; /* [cap, H] layer states, alternating between layers */
     float *gi, *gh; /* [cap, G*H] input and recurrent projections */
     float *proj;    /* [cap, P] attention projections */
-    float *ctx;     /* [cap, H] */
+    float *keysrc;  /* [cap, H] key sources (continuation: the top layer's state before the step) */
+    float *ctx;     /* [cap, max(H, C)] */
     float *ctxh;    /* [cap, H] heads' outputs before a mechanism's output projection */
     float *o;       /* [cap, H] */
     float *scores;  /* [W] */
@@ -110,26 +115,35 @@ struct attn_mech {
      * ones) a decoding sequence caches per window slot to score later positions. */
     int (*proj_dim)(const model_config *cfg);
     int (*key_dim)(const model_config *cfg);
-    /* proj [T, P] <- the projections of hs [T, H]; NULL when there are none.
-     * scratch: model.scratch_bytes for the products. */
-    void (*project)(const model *m, float *proj, const float *hs, int T, void *scratch);
-    /* Many positions: hs [T, H] and proj [T, P] hold T consecutive positions,
-     * the first `first` of them context only (the window before a resumed
-     * sequence; their proj rows need only the cached part), and row 0 is at
-     * absolute position pos0.  For each of the other rows: ctx [T - first, H],
-     * and band maps [T - first, N, W] into attn unless NULL (zeroed by the
-     * caller).  Products run in blocks aligned to absolute multiples of
+    /* proj [T, P] <- the projections of T positions: queries from hs [T, H],
+     * keys from ks [T, H], values from vs [T, value_dim] (the three the same
+     * rows with attn_kv state); NULL when there are none.  scratch:
+     * model.scratch_bytes for the products. */
+    void (*project)(const model *m, float *proj, const float *hs, const float *ks, const float *vs, int T,
+                    void *scratch);
+    /* Many positions: hs [T, H] (queries), ks [T, H], vs [T, value_dim] and
+     * proj [T, P] hold T consecutive positions, the first `first` of them
+     * context only (the window before a resumed sequence; their hs rows are
+     * not read and their proj rows need only the cached part), and row 0 is
+     * at absolute position pos0.  For each of the other rows: ctx [T - first,
+     * C] (or the heads' outputs [T - first, H] into ctxh, when out_proj is
+     * set), and band maps [T - first, N, W] into attn unless NULL (zeroed by
+     * the caller).  Products run in blocks aligned to absolute multiples of
      * ATTN_BLOCK, so a position's numbers do not depend on where its pass
-     * began.  ctxh [T, H] and S [ATTN_BLOCK * (ATTN_BLOCK + W - 1) + W] are
-     * scratch. */
+     * began.  S [ATTN_BLOCK * (ATTN_BLOCK + W - 1) + W] is scratch. */
     void (*attend_seq)(const model *m, float *ctx, float *ctxh, float *attn, float *S, const float *proj,
-                       const float *hs, int T, int first, int64_t pos0);
-    /* One step of one sequence whose slot for this position already holds h
-     * and its cached projections: writes ctx [H] (or the heads' outputs, when
-     * out_proj is set) and the band row [N, W] unless NULL.  row is this
-     * position's projections [P]; scores [W] is scratch. */
+                       const float *hs, const float *ks, const float *vs, int T, int first, int64_t pos0);
+    /* One step of one sequence whose slot for this position already holds its
+     * key and value sources and cached projections: writes ctx [C] (or the
+     * heads' outputs [H], when out_proj is set) and the band row [N, W] unless
+     * NULL.  row is this position's projections [P], h its query state [H];
+     * scores [W] is scratch. */
     void (*attend_step)(const model *m, const model_seq *s, const float *row, const float *h, float *ctx,
                         float *band, float *scores);
+    /* A position's context with a window of one (itself only), before
+     * out_proj: its value, from its value source vs [value_dim] or its
+     * projections row [P].  out [C, or H with out_proj]. */
+    void (*self_value)(const model *m, float *out, const float *row, const float *vs);
     /* When set, the context is this projection of the heads' outputs:
      * ctx [rows, H] <- ctxh [rows, H]. */
     void (*out_proj)(const model *m, float *ctx, const float *ctxh, int rows, void *scratch);
@@ -145,6 +159,7 @@ typedef struct fwd_run {
     int n;
     const model_seq *from;
     float *logprobs;
+    float *logprobs_self; /* [n, V] with a window of one (model_forward_ablated), or NULL */
     float *attn;
     model_seq *seq;
     model_seq *const *marks;
@@ -160,8 +175,10 @@ size_t seq_floats(const model *m);
 /* Points s (at position 0) at buf [seq_floats(m)], which the caller owns. */
 void seq_bind(model_seq *s, const model *m, float *buf);
 
-/* The mechanism of a model_attention value. */
+/* The mechanism of a model_attention value (its attn_kv state form, which
+ * names it), and the descriptor that serves it with the given keys and values. */
 const attn_mech *attn_at(int i);
+const attn_mech *attn_for(int i, model_attn_kv kv);
 /* A symbolic dimension's value. */
 int attn_dim_value(attn_dim_sym d, const model_config *c);
 

@@ -74,82 +74,140 @@ static int check_tokens(const model *m, const int *tokens, int n, char *err, siz
     return 0;
 }
 
-/* o [M, H] <- tanh(combine [h ; ctx]), then logits [M, V] <- out(o). */
-static void output_layer(const model *m, float *logits, float *o, const float *h, const float *ctx, int M,
+/* o [M, H] <- tanh(combine [h ; ctx]), then logits [M, V] <- out(o); ctx rows have stride ldc. */
+static void output_layer(const model *m, float *logits, float *o, const float *h, const float *ctx, int ldc, int M,
                          void *scratch)
 {
     const model_weights *w = &m->w;
     const int V = m->cfg.vocab, H = m->cfg.hidden;
     linear(m, o, H, h, H, &w->comb_h, w->comb_b, M, false, scratch);
-    linear(m, o, H, ctx, H, &w->comb_c, NULL, M, true, scratch);
+    linear(m, o, H, ctx, ldc, &w->comb_c, NULL, M, true, scratch);
     m->kern->tanh_inplace(o, (size_t)M * H);
     linear(m, logits, V, o, H, &w->out_w, w->out_b, M, false, scratch);
 }
 
 /* ---- full-sequence forward ------------------------------------------------- */
 
+/* Width of a context row buffer: the context, or multihead's heads' outputs. */
+static int ctx_width(const model_config *c) { return c->context_dim > c->hidden ? c->context_dim : c->hidden; }
+
+/* Whether key and value sources are rows other than the states. */
+static bool separate_sources(const model *m) { return m->cfg.attn_kv != ATTN_KV_STATE; }
+
 /* Scratch of forward_tail for up to T positions, context rows included. */
 static size_t tail_floats(const model *m, int T)
 {
     const model_config *c = &m->cfg;
-    return (size_t)T * (size_t)m->proj_dim + 3 * (size_t)T * c->hidden +
+    size_t Tz = (size_t)T, sources = separate_sources(m) ? Tz * ((size_t)c->hidden + (size_t)c->value_dim) : 0;
+    return Tz * (size_t)m->proj_dim + Tz * (size_t)ctx_width(c) + 2 * Tz * c->hidden + sources +
            (size_t)ATTN_BLOCK * (ATTN_BLOCK + (size_t)c->window - 1) + (size_t)c->window;
 }
 
-/* The ring of a state at absolute position `at` from the T rows of hs and
- * proj that start at absolute position pos0: the slots of positions
+/* The ring of a state at absolute position `at` from the T rows of ks, vs
+ * and proj that start at absolute position pos0: the slots of positions
  * max(pos0, at - W) .. at - 1. */
-static void fill_ring(const model *m, float *ring_h, float *ring_k, const float *hs, const float *proj, int64_t pos0,
+static void fill_ring(const model *m, model_seq *s, const float *ks, const float *vs, const float *proj, int64_t pos0,
                       int64_t at)
 {
-    const int H = m->cfg.hidden, W = m->cfg.window, P = m->proj_dim, KD = m->key_dim;
+    const int H = m->cfg.hidden, DV = m->cfg.value_dim, W = m->cfg.window, P = m->proj_dim, KD = m->key_dim;
     for (int64_t q = at - W > pos0 ? at - W : pos0; q < at; q++) {
         size_t slot = (size_t)(q % W), i = (size_t)(q - pos0);
-        memcpy(ring_h + slot * H, hs + i * H, (size_t)H * sizeof *hs);
+        memcpy(s->ring_h + slot * H, ks + i * H, (size_t)H * sizeof *ks);
+        if (s->ring_v != s->ring_h)
+            memcpy(s->ring_v + slot * DV, vs + i * DV, (size_t)DV * sizeof *vs);
         if (KD)
-            memcpy(ring_k + slot * KD, proj + i * P + (P - KD), (size_t)KD * sizeof *proj);
+            memcpy(s->ring_k + slot * KD, proj + i * P + (P - KD), (size_t)KD * sizeof *proj);
     }
+}
+
+/* The key sources ks [T, H] and value sources vs [T, E] of a run with
+ * attn_kv continuation, from its top-layer outputs hs [T, H] whose first
+ * `first` rows are the ring's key sources of the window before it: a
+ * position's key source is the state before it (zeros at position 0). */
+static void continuation_sources(const model *m, const fwd_run *r, const float *hs, int first, float *ks, float *vs)
+{
+    const model_config *c = &m->cfg;
+    const int H = c->hidden, E = c->embed, W = c->window;
+    const int64_t pos0 = (r->from ? r->from->pos : 0) - first;
+    memcpy(ks, hs, (size_t)first * H * sizeof *ks);
+    if (r->from && r->from->pos > 0)
+        memcpy(ks + (size_t)first * H, r->from->h + (size_t)(c->layers - 1) * H, (size_t)H * sizeof *ks);
+    else
+        memset(ks + (size_t)first * H, 0, (size_t)H * sizeof *ks);
+    memcpy(ks + (size_t)(first + 1) * H, hs + (size_t)first * H, (size_t)(r->n - 1) * H * sizeof *ks);
+    for (int i = 0; i < first; i++)
+        memcpy(vs + (size_t)i * E, r->from->ring_v + (size_t)((pos0 + i) % W) * E, (size_t)E * sizeof *vs);
+    for (int j = 0; j < r->n; j++)
+        memcpy(vs + (size_t)(first + j) * E, m->w.embed + (size_t)r->tokens[j] * E, (size_t)E * sizeof *vs);
+}
+
+/* logprobs [n, V] <- the output layer over the queries q [n, H] and their
+ * contexts ctx [n, C] (row stride ldc). */
+static void logprobs_of(const model *m, float *logprobs, float *o, const float *q, const float *ctx, int ldc, int n,
+                        void *scratch)
+{
+    const int V = m->cfg.vocab;
+    output_layer(m, logprobs, o, q, ctx, ldc, n, scratch);
+    for (int t = 0; t < n; t++)
+        model_log_softmax(logprobs + (size_t)t * V, logprobs + (size_t)t * V, V);
 }
 
 /* Attention, the states it leaves and the output layer of one run whose
  * top-layer outputs are hs [first + r->n, H]: the first `first` rows are the
- * window before r->from (copied from its ring), the rest this pass's
- * positions.  buf has tail_floats(m, first + r->n), scratch m->scratch_bytes. */
+ * window before r->from (copied from its ring of key sources), the rest this
+ * pass's positions.  buf has tail_floats(m, first + r->n), scratch
+ * m->scratch_bytes. */
 static void forward_tail(const model *m, const fwd_run *r, const float *hs, int first, float *buf, void *scratch)
 {
     const model_config *c = &m->cfg;
     const attn_mech *a = m->attn;
-    const int V = c->vocab, H = c->hidden, W = c->window, N = c->heads, P = m->proj_dim, KD = m->key_dim;
+    const int H = c->hidden, W = c->window, N = c->heads, P = m->proj_dim, KD = m->key_dim, CW = ctx_width(c);
     const int n = r->n, T = first + n;
     const int64_t start = r->from ? r->from->pos : 0, pos0 = start - first;
     size_t Tz = (size_t)T, n_h = Tz * (size_t)H;
-    float *proj = buf, *ctx = proj + Tz * P, *ctxh = ctx + n_h, *o = ctxh + n_h, *S = o + n_h;
+    float *proj = buf, *ctx = proj + Tz * P, *ctxh = ctx + Tz * CW, *o = ctxh + n_h, *S = o + n_h;
+    const float *ks = hs, *vs = hs;
+    if (separate_sources(m)) {
+        float *kbuf = S + (size_t)ATTN_BLOCK * (ATTN_BLOCK + (size_t)W - 1) + (size_t)W, *vbuf = kbuf + n_h;
+        continuation_sources(m, r, hs, first, kbuf, vbuf);
+        ks = kbuf, vs = vbuf;
+    }
+    const float *q = hs + (size_t)first * H;
 
     if (r->attn)
         memset(r->attn, 0, (size_t)n * N * W * sizeof *r->attn);
     if (a->project) {
-        a->project(m, proj + (size_t)first * P, hs + (size_t)first * H, n, scratch);
+        a->project(m, proj + (size_t)first * P, q, ks + (size_t)first * H, vs + (size_t)first * c->value_dim, n,
+                   scratch);
         for (int i = 0; i < first; i++) /* the window before: only the cached part is read */
             memcpy(proj + (size_t)i * P + (P - KD), r->from->ring_k + (size_t)((pos0 + i) % W) * KD,
                    (size_t)KD * sizeof *proj);
     }
-    a->attend_seq(m, ctx, ctxh, r->attn, S, proj, hs, T, first, pos0);
+    a->attend_seq(m, ctx, ctxh, r->attn, S, proj, hs, ks, vs, T, first, pos0);
     if (a->out_proj)
         a->out_proj(m, ctx, ctxh, n, scratch);
     if (r->seq) {
-        fill_ring(m, r->seq->ring_h, r->seq->ring_k, hs, proj, pos0, start + n);
+        fill_ring(m, r->seq, ks, vs, proj, pos0, start + n);
         r->seq->pos = start + n;
     }
-    for (int64_t q = (start / ATTN_BLOCK + 1) * ATTN_BLOCK, i = 0; r->marks && q <= start + n;
-         q += ATTN_BLOCK, i++) {
+    for (int64_t p = (start / ATTN_BLOCK + 1) * ATTN_BLOCK, i = 0; r->marks && p <= start + n;
+         p += ATTN_BLOCK, i++) {
         model_seq *s = r->marks[i];
-        fill_ring(m, s->ring_h, s->ring_k, hs, proj, pos0, q);
-        s->pos = q;
+        fill_ring(m, s, ks, vs, proj, pos0, p);
+        s->pos = p;
     }
-    if (r->logprobs) {
-        output_layer(m, r->logprobs, o, hs + (size_t)first * H, ctx, n, scratch);
+    if (r->logprobs)
+        logprobs_of(m, r->logprobs, o, q, ctx, c->context_dim, n, scratch);
+    if (r->logprobs_self) {
+        /* The attention's contribution removed: each position's context is its own value. */
+        float *own = a->out_proj ? ctxh : ctx;
+        int ld = a->out_proj ? H : c->context_dim;
         for (int t = 0; t < n; t++)
-            model_log_softmax(r->logprobs + (size_t)t * V, r->logprobs + (size_t)t * V, V);
+            a->self_value(m, own + (size_t)t * ld, proj + (size_t)(first + t) * P,
+                          vs + (size_t)(first + t) * c->value_dim);
+        if (a->out_proj)
+            a->out_proj(m, ctx, ctxh, n, scratch);
+        logprobs_of(m, r->logprobs_self, o, q, ctx, c->context_dim, n, scratch);
     }
 }
 
@@ -344,6 +402,17 @@ int model_forward(const model *m, const int *tokens, int T, float *logprobs, flo
     return model_forward_batch(m, 1, &tokens, &T, &logprobs, &attn, &seq, err, errlen);
 }
 
+int model_forward_ablated(const model *m, const int *tokens, int T, float *logprobs, float *logprobs_self,
+                          char *err, size_t errlen)
+{
+    if (!logprobs || !logprobs_self) {
+        err_set(err, errlen, "an ablated pass needs both outputs");
+        return -1;
+    }
+    fwd_run run = {.tokens = tokens, .n = T, .logprobs = logprobs, .logprobs_self = logprobs_self};
+    return forward_runs(m, 1, &run, err, errlen);
+}
+
 /* ---- batched incremental decoding ----------------------------------------- */
 
 model_batch *model_batch_new(const model *m, int max_batch)
@@ -352,7 +421,9 @@ model_batch *model_batch_new(const model *m, int max_batch)
     if (max_batch < 1)
         return NULL;
     size_t B = (size_t)max_batch, H = (size_t)c->hidden, GH = (size_t)c->gates * H, P = (size_t)m->proj_dim;
-    size_t total = B * (size_t)c->embed + 2 * B * H + 2 * B * GH + B * P + 3 * B * H + (size_t)c->window;
+    size_t CW = (size_t)ctx_width(c);
+    size_t total = B * (size_t)c->embed + 2 * B * H + 2 * B * GH + B * P + B * H + B * CW + 2 * B * H +
+                   (size_t)c->window;
     model_batch *b = calloc(1, sizeof *b);
     float *buf = calloc(total, sizeof *buf);
     void *scratch = malloc(m->scratch_bytes);
@@ -370,8 +441,9 @@ model_batch *model_batch_new(const model *m, int max_batch)
     b->gi = b->hbuf[1] + B * H;
     b->gh = b->gi + B * GH;
     b->proj = b->gh + B * GH;
-    b->ctx = b->proj + B * P;
-    b->ctxh = b->ctx + B * H;
+    b->keysrc = b->proj + B * P;
+    b->ctx = b->keysrc + B * H;
+    b->ctxh = b->ctx + B * CW;
     b->o = b->ctxh + B * H;
     b->scores = b->o + B * H;
     return b;
@@ -408,6 +480,11 @@ int model_step(const model *m, model_batch *bt, model_seq *const *seqs, const in
 
     for (int b = 0; b < B; b++)
         memcpy(bt->x + (size_t)b * E, w->embed + (size_t)tokens[b] * E, (size_t)E * sizeof *bt->x);
+    const bool separate = separate_sources(m);
+    if (separate) /* the key source of this position is the top layer's state before it */
+        for (int b = 0; b < B; b++)
+            memcpy(bt->keysrc + (size_t)b * H, seqs[b]->h + (size_t)(c->layers - 1) * H,
+                   (size_t)H * sizeof *bt->keysrc);
     const float *in = bt->x;
     int in_dim = E;
     for (int k = 0; k < c->layers; k++) {
@@ -427,9 +504,11 @@ int model_step(const model *m, model_batch *bt, model_seq *const *seqs, const in
         in_dim = H;
     }
     const float *top = in; /* [B, H] */
+    const float *ks = separate ? bt->keysrc : top, *vs = separate ? bt->x : top;
+    const int DV = c->value_dim, C = c->context_dim, ldh = a->out_proj ? H : C;
 
     if (a->project)
-        a->project(m, bt->proj, top, B, bt->scratch);
+        a->project(m, bt->proj, top, ks, vs, B, bt->scratch);
     if (attn)
         memset(attn, 0, (size_t)B * N * W * sizeof *attn);
     float *heads_out = a->out_proj ? bt->ctxh : bt->ctx;
@@ -437,14 +516,17 @@ int model_step(const model *m, model_batch *bt, model_seq *const *seqs, const in
         model_seq *s = seqs[b];
         const float *h = top + (size_t)b * H, *row = bt->proj + (size_t)b * P;
         size_t slot = (size_t)(s->pos % W);
-        memcpy(s->ring_h + slot * H, h, (size_t)H * sizeof *h);
+        memcpy(s->ring_h + slot * H, ks + (size_t)b * H, (size_t)H * sizeof *h);
+        if (s->ring_v != s->ring_h)
+            memcpy(s->ring_v + slot * DV, vs + (size_t)b * DV, (size_t)DV * sizeof *vs);
         if (KD)
             memcpy(s->ring_k + slot * KD, row + (P - KD), (size_t)KD * sizeof *row);
-        a->attend_step(m, s, row, h, heads_out + (size_t)b * H, attn ? attn + (size_t)b * N * W : NULL, bt->scores);
+        a->attend_step(m, s, row, h, heads_out + (size_t)b * ldh, attn ? attn + (size_t)b * N * W : NULL,
+                       bt->scores);
         s->pos++;
     }
     if (a->out_proj)
         a->out_proj(m, bt->ctx, bt->ctxh, B, bt->scratch);
-    output_layer(m, logits, bt->o, top, bt->ctx, B, bt->scratch);
+    output_layer(m, logits, bt->o, top, bt->ctx, C, B, bt->scratch);
     return 0;
 }

@@ -37,6 +37,11 @@ static const char *const LAYER_TENSORS[] = {"rnn.weight_ih_l%d", "rnn.weight_hh_
 const char *model_cell_name(model_cell c) { return CELLS[c].name; }
 const char *model_attention_name(model_attention a) { return attn_at(a)->name; }
 
+static const char *const ATTN_KVS[ATTN_KV_COUNT] = {[ATTN_KV_STATE] = "state",
+                                                   [ATTN_KV_CONTINUATION] = "continuation"};
+
+const char *model_attn_kv_name(model_attn_kv kv) { return kv >= 0 && kv < ATTN_KV_COUNT ? ATTN_KVS[kv] : "?"; }
+
 /* ---- configuration --------------------------------------------------------- */
 
 /* A metadata value that must be a decimal integer in [1, max]; 0 in *out when
@@ -98,7 +103,7 @@ static int meta_choice(const st_file *f, const char *key, const char *const *cho
 static int read_config(const st_file *f, model_config *cfg, char *err, size_t errlen)
 {
     static const char *const format[] = {"attnlm"};
-    static const char *const version[] = {"1"};
+    static const char *const version[] = {"1", "2"};
     static const char *const tokenizers[] = {"byte"};
     const char *cells[CELL_COUNT], *attns[ATTN_COUNT];
     for (int i = 0; i < CELL_COUNT; i++)
@@ -107,7 +112,7 @@ static int read_config(const st_file *f, model_config *cfg, char *err, size_t er
         attns[i] = attn_at(i)->name;
     int fmt, ver, cell, attn, tok, bos;
     if (meta_choice(f, "format", format, 1, &fmt, err, errlen) < 0 ||
-        meta_choice(f, "format_version", version, 1, &ver, err, errlen) < 0 ||
+        meta_choice(f, "format_version", version, 2, &ver, err, errlen) < 0 ||
         meta_posint(f, "vocab_size", MAX_VOCAB, true, &cfg->vocab, err, errlen) < 0 ||
         meta_posint(f, "embed_dim", MAX_DIM, true, &cfg->embed, err, errlen) < 0 ||
         meta_posint(f, "hidden", MAX_DIM, true, &cfg->hidden, err, errlen) < 0 ||
@@ -120,6 +125,16 @@ static int read_config(const st_file *f, model_config *cfg, char *err, size_t er
         return -1;
     cfg->cell = (model_cell)cell;
     cfg->attention = (model_attention)attn;
+    cfg->format_version = ver + 1;
+    /* Version 1 has no attn_kv (its keys and values are the states); version 2 must say. */
+    int kv = ATTN_KV_STATE;
+    if (cfg->format_version == 1 && st_meta_get(f, "attn_kv")) {
+        err_set(err, errlen, "metadata \"attn_kv\": not part of format version 1 (set \"format_version\" to 2)");
+        return -1;
+    }
+    if (cfg->format_version >= 2 && meta_choice(f, "attn_kv", ATTN_KVS, ATTN_KV_COUNT, &kv, err, errlen) < 0)
+        return -1;
+    cfg->attn_kv = (model_attn_kv)kv;
     cfg->gates = CELLS[cell].gates;
     cfg->bos_id = bos;
     if (cfg->vocab != TOK_VOCAB) {
@@ -141,7 +156,11 @@ static int read_config(const st_file *f, model_config *cfg, char *err, size_t er
         if (attn_at(attn)->size_key && strcmp(attn_at(attn)->size_key, size_keys[i]) == 0)
             size = sizes[i];
     }
-    return attn_at(attn)->configure(cfg, size, err, errlen);
+    if (attn_for(attn, cfg->attn_kv)->configure(cfg, size, err, errlen) < 0)
+        return -1;
+    cfg->value_dim = cfg->attn_kv == ATTN_KV_CONTINUATION ? cfg->embed : cfg->hidden;
+    cfg->context_dim = cfg->attention == ATTN_MULTIHEAD ? cfg->hidden : cfg->value_dim;
+    return 0;
 }
 
 /* ---- tensors --------------------------------------------------------------- */
@@ -303,9 +322,10 @@ static int bind_weights(model *m, char *err, size_t errlen)
                        : bind_vector(&b, &w->attn[j], t->name, t->ndim, d0, d1) < 0)
             return -1;
     }
-    const float *comb = bind(f, "combine.weight", 2, H, 2 * H, &b.n_bound, err, errlen);
-    if (!comb || pack(&b, &w->comb_h, "combine.weight", comb, 2 * H, 0, H, H) < 0 ||
-        pack(&b, &w->comb_c, "combine.weight", comb, 2 * H, H, H, H) < 0 ||
+    const int C = c->context_dim;
+    const float *comb = bind(f, "combine.weight", 2, H, H + C, &b.n_bound, err, errlen);
+    if (!comb || pack(&b, &w->comb_h, "combine.weight", comb, H + C, 0, H, H) < 0 ||
+        pack(&b, &w->comb_c, "combine.weight", comb, H + C, H, H, C) < 0 ||
         bind_vector(&b, &w->comb_b, "combine.bias", 1, H, 0) < 0 || bind_matrix(&b, &w->out_w, "out.weight", V, H) < 0 ||
         bind_vector(&b, &w->out_b, "out.bias", 1, V, 0) < 0)
         return -1;
@@ -359,7 +379,7 @@ static model *model_from(st_file *f, const model_opts *opts, char *err, size_t e
     }
     if (read_config(m->file, &m->cfg, err, errlen) < 0)
         goto fail;
-    m->attn = attn_at(m->cfg.attention);
+    m->attn = attn_for(m->cfg.attention, m->cfg.attn_kv);
     if (check_finite(m->file, err, errlen) < 0 || bind_weights(m, err, errlen) < 0)
         goto fail;
     for (int i = 0; i < st_tensor_count(m->file); i++)
@@ -450,12 +470,14 @@ void model_meta_at(const model *m, int i, const char **key, const char **value)
 
 /* ---- sequences ------------------------------------------------------------- */
 
-/* Floats of one sequence's state: h (and c) per layer, then the ring. */
+/* Floats of one sequence's state: h (and c) per layer, then the ring: key
+ * sources, cached projections, and value sources when they are other rows. */
 size_t seq_floats(const model *m)
 {
     const model_config *c = &m->cfg;
     size_t H = (size_t)c->hidden, L = (size_t)c->layers, W = (size_t)c->window;
-    return L * H * (c->cell == CELL_LSTM ? 2 : 1) + W * H + W * (size_t)m->key_dim;
+    size_t values = c->attn_kv == ATTN_KV_STATE ? 0 : W * (size_t)c->value_dim;
+    return L * H * (c->cell == CELL_LSTM ? 2 : 1) + W * H + W * (size_t)m->key_dim + values;
 }
 
 void seq_bind(model_seq *s, const model *m, float *buf)
@@ -468,6 +490,7 @@ void seq_bind(model_seq *s, const model *m, float *buf)
     s->c = c->cell == CELL_LSTM ? buf + L * H : NULL;
     s->ring_h = buf + L * H * (c->cell == CELL_LSTM ? 2 : 1);
     s->ring_k = m->key_dim ? s->ring_h + W * H : NULL;
+    s->ring_v = c->attn_kv == ATTN_KV_STATE ? s->ring_h : s->ring_h + W * H + W * (size_t)m->key_dim;
 }
 
 model_seq *model_seq_new(const model *m)

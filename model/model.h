@@ -24,6 +24,11 @@
 
 typedef enum { CELL_ELMAN, CELL_GRU, CELL_LSTM, CELL_COUNT } model_cell;
 typedef enum { ATTN_ADDITIVE, ATTN_DOT, ATTN_COSINE, ATTN_MULTIHEAD, ATTN_COUNT } model_attention;
+/* Where the attention's keys and values come from (metadata "attn_kv", format
+ * version 2): the state h_i for both (version 1's only choice), or the state
+ * before position i as key and the embedding of its byte as value, so that a
+ * match with the past returns what followed it. */
+typedef enum { ATTN_KV_STATE, ATTN_KV_CONTINUATION, ATTN_KV_COUNT } model_attn_kv;
 
 /* Hyperparameters, as read from the file's metadata. */
 typedef struct model_config {
@@ -36,8 +41,12 @@ typedef struct model_config {
     int heads;      /* N: multihead's head count, 1 for the other mechanisms */
     int gates;      /* G */
     int bos_id;
+    int format_version;
+    int value_dim;  /* width of a value: H (state) or E (continuation) */
+    int context_dim; /* C: width of the context combine reads: value_dim, or H after multihead's out_proj */
     model_cell cell;
     model_attention attention;
+    model_attn_kv attn_kv;
 } model_config;
 
 /* The precision a model's weight matrices are held and multiplied in.  f32
@@ -76,6 +85,8 @@ int model_precision_parse(const char *s, model_precision *out, char *err, size_t
 const model_config *model_get_config(const model *m);
 const char *model_cell_name(model_cell c);
 const char *model_attention_name(model_attention a);
+/* "state" or "continuation". */
+const char *model_attn_kv_name(model_attn_kv kv);
 /* Number of parameters (sum of tensor sizes). */
 uint64_t model_param_count(const model *m);
 /* The instruction set the engine's kernels use on this CPU and how the
@@ -99,6 +110,13 @@ void model_meta_at(const model *m, int i, const char **key, const char **value);
  * Returns 0, or -1 with a message (bad token id, out of memory, used seq). */
 int model_forward(const model *m, const int *tokens, int T, float *logprobs, float *attn, model_seq *seq,
                   char *err, size_t errlen);
+
+/* The forward pass of model_forward, also writing into logprobs_self [T, V]
+ * the log-probabilities with the attention's contribution removed: every
+ * position attending to itself alone (a window of one), the context then
+ * being its own value.  logprobs and logprobs_self may not be NULL. */
+int model_forward_ablated(const model *m, const int *tokens, int T, float *logprobs, float *logprobs_self,
+                          char *err, size_t errlen);
 
 /* The forward pass of B sequences at once: sequence b is tokens[b][lens[b]]
  * and its outputs go to logprobs[b], attn[b] and seqs[b] exactly as with

@@ -22,6 +22,11 @@ static const char *const COMBOS[] = {
     "lstm_additive",  "lstm_dot",  "lstm_cosine",  "lstm_multihead",
     /* hidden 40, embedding 24: the 16-wide vector paths and their remainders */
     "wide_gru_multihead", "wide_lstm_cosine", "wide_elman_additive",
+    /* attn_kv continuation (format version 2): keys from the state before, values the byte's embedding */
+    "elman_additive_cont", "elman_dot_cont", "elman_cosine_cont", "elman_multihead_cont",
+    "gru_additive_cont",   "gru_dot_cont",   "gru_cosine_cont",   "gru_multihead_cont",
+    "lstm_additive_cont",  "lstm_dot_cont",  "lstm_cosine_cont",  "lstm_multihead_cont",
+    "wide_gru_dot_cont", "wide_lstm_multihead_cont",
 };
 #define N_COMBOS ((int)(sizeof COMBOS / sizeof *COMBOS))
 
@@ -60,6 +65,8 @@ START_TEST(test_parity_with_pytorch)
     ck_assert_msg(r.logprob_err <= PARITY_TOL_LOGPROB, "%s: logprob diff %g", COMBOS[_i], r.logprob_err);
     ck_assert_msg(r.attn_err >= 0.0 && r.attn_err <= PARITY_TOL_ATTN, "%s: attention diff %g", COMBOS[_i],
                   r.attn_err);
+    ck_assert_msg(r.self_err >= 0.0 && r.self_err <= PARITY_TOL_LOGPROB, "%s: logprob diff without attention %g",
+                  COMBOS[_i], r.self_err);
 }
 END_TEST
 
@@ -426,9 +433,11 @@ END_TEST
 
 /* bf16 and int8 weights: decoding equals the forward pass at the same
  * precision, and the next-token distributions stay near the f32 ones (the
- * random fixtures, Elman ones most, amplify rounding over their 4 windows far
- * more than a trained model: worst total variation 0.08 for bf16 and 0.15 for
- * int8 here, where the default model's loss moves by less than 1e-4). */
+ * random fixtures, Elman ones most, amplify rounding far more than a trained
+ * model: worst total variation 0.095 for bf16 and 0.22 for int8 here, both
+ * elman_multihead_cont, spikes at single positions rather than a growth along
+ * the sequence; a broken kernel gives 0.5 and more.  On the default model the
+ * loss moves by less than 1e-4). */
 START_TEST(test_reduced_precision)
 {
     const int combo = _i / 2;
@@ -450,7 +459,7 @@ START_TEST(test_reduced_precision)
             d += 0.5 * fabs(exp((double)lp[(size_t)t * V + v]) - exp((double)lf[(size_t)t * V + v]));
         tv = fmax(tv, d);
     }
-    ck_assert_msg(tv > 0.0 && tv < (prec == MODEL_BF16 ? 0.1 : 0.2), "%s %s: total variation %g from f32",
+    ck_assert_msg(tv > 0.0 && tv < (prec == MODEL_BF16 ? 0.12 : 0.25), "%s %s: total variation %g from f32",
                   COMBOS[combo], model_precision_name(prec), tv);
     model_seq *s = model_seq_new(m);
     model_batch *b = model_batch_new(m, 1);

@@ -18,7 +18,8 @@
 
 /* Window 5 and 80 (longer than a block of the pass); every cell and mechanism. */
 static const char *const MODELS[] = {"gru_dot", "lstm_additive", "elman_cosine", "wide_gru_multihead",
-                                     "long_lstm_multihead"};
+                                     "long_lstm_multihead", "gru_dot_cont", "wide_lstm_multihead_cont",
+                                     "long_elman_cosine_cont"};
 #define N_MODELS ((int)(sizeof MODELS / sizeof *MODELS))
 
 static model *load(int i, model_precision prec) { return fixture_model(MODELS[i], prec); }

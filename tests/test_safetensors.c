@@ -260,7 +260,20 @@ static void m_nan(builder *b) { poke(b, "rnn.weight_hh_l1", 5, NAN); }
 static void m_inf(builder *b) { poke(b, "out.weight", 100, -INFINITY); }
 static void m_no_meta(builder *b) { b->nmeta = 0; }
 static void m_format(builder *b) { meta_set(b, "format", "gguf"); }
-static void m_version(builder *b) { meta_set(b, "format_version", "2"); }
+static void m_version(builder *b) { meta_set(b, "format_version", "3"); }
+static void m_kv_missing(builder *b) { meta_set(b, "format_version", "2"); }
+static void m_kv_in_v1(builder *b) { meta_set(b, "attn_kv", "state"); }
+static void m_kv_unknown(builder *b)
+{
+    meta_set(b, "format_version", "2");
+    meta_set(b, "attn_kv", "shifted");
+}
+/* The state form's tensors under the continuation setting (multihead's differ). */
+static void m_kv_tensors(builder *b)
+{
+    meta_set(b, "format_version", "2");
+    meta_set(b, "attn_kv", "continuation");
+}
 static void m_hidden_text(builder *b) { meta_set(b, "hidden", "12x"); }
 static void m_hidden_zero(builder *b) { meta_set(b, "hidden", "0"); }
 static void m_hidden_neg(builder *b) { meta_set(b, "hidden", "-12"); }
@@ -307,7 +320,11 @@ static const struct {
     {"infinite weight", m_inf, "\"out.weight\": non-finite value (inf) at element 100"},
     {"no metadata", m_no_meta, "missing \"format\""},
     {"wrong format", m_format, "\"format\": \"gguf\""},
-    {"unknown format version", m_version, "\"format_version\": \"2\""},
+    {"unknown format version", m_version, "\"format_version\": \"3\" is not one of 1, 2"},
+    {"version 2 without attn_kv", m_kv_missing, "missing \"attn_kv\""},
+    {"attn_kv in a version 1 file", m_kv_in_v1, "\"attn_kv\": not part of format version 1"},
+    {"unknown attn_kv", m_kv_unknown, "\"attn_kv\": \"shifted\" is not one of state, continuation"},
+    {"attn_kv inconsistent with tensors", m_kv_tensors, "missing tensor \"attn.q_proj_weight\""},
     {"non-numeric hidden", m_hidden_text, "\"hidden\": \"12x\" is not a positive integer"},
     {"zero hidden", m_hidden_zero, "\"hidden\": \"0\" is not a positive integer"},
     {"negative hidden", m_hidden_neg, "\"hidden\": \"-12\" is not a positive integer"},
@@ -362,7 +379,8 @@ static void assert_same_numbers(const model *x, const model *y)
     ck_assert_int_eq(memcmp(a, c, sizeof a), 0);
 }
 
-/* The rebuilt fixture loads and computes what the original does; so does an unpadded header. */
+/* The rebuilt fixture loads and computes what the original does; so does an
+ * unpadded header, and the same file as format version 2 with attn_kv state. */
 START_TEST(test_good_file_loads)
 {
     builder *b = malloc(sizeof *b);
@@ -371,6 +389,10 @@ START_TEST(test_good_file_loads)
     b->unpadded = _i == 1;
     if (b->unpadded)
         meta_set(b, "note", "makes the data buffer start off a 4-byte boundary");
+    if (_i == 2) {
+        meta_set(b, "format_version", "2");
+        meta_set(b, "attn_kv", "state");
+    }
     model *rebuilt = write_and_load(b, err, sizeof err);
     ck_assert_msg(rebuilt != NULL, "%s", err);
     model *orig = model_load(fixture_path(path, sizeof path, BASE_FIXTURE), err, sizeof err);
@@ -522,7 +544,7 @@ int main(void)
 {
     const check_case loader = {
         "loader",
-        CHECK_TESTS(CHECK_LOOP(test_broken_file_is_refused, N_BROKEN), CHECK_LOOP(test_good_file_loads, 2),
+        CHECK_TESTS(CHECK_LOOP(test_broken_file_is_refused, N_BROKEN), CHECK_LOOP(test_good_file_loads, 3),
                     CHECK_LOOP(test_bf16_file_loads, 2), CHECK_TEST(test_file_changes_after_load),
                     CHECK_TEST(test_unreadable_files), CHECK_TEST(test_reader_api)),
         .setup = setup,

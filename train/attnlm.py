@@ -1,8 +1,15 @@
-"""The attnlm model in PyTorch, and its safetensors file format (version 1).
+"""The attnlm model in PyTorch, and its safetensors file format (versions 1 and 2).
 
 This is the training-side implementation of the model function that the C
 engine in model/ serves; docs/FORMAT.md describes both.  Parameter names are
 the tensor names of the file, so `state_dict()` is what gets exported.
+
+Where the attention's keys and values come from is `attn_kv`:
+  "state": key and value of position i are the top-layer output h_i (version 1);
+  "continuation": the key of position i is h_{i-1} (zeros for i = 0), the
+      state *before* byte x_i was read, and its value is the embedding of x_i,
+      so matching the present state against a past one returns the byte that
+      followed it (version 2).
 
 Attention weights are returned in band form [B, heads, T, W]: column c of row t
 is the weight on position i = t - (W - 1) + c; columns with i < 0 are zero.
@@ -17,6 +24,7 @@ import torch.nn.functional as F
 
 CELLS = ("elman", "gru", "lstm")
 ATTENTIONS = ("additive", "dot", "cosine", "multihead")
+ATTN_KVS = ("state", "continuation")
 BYTE_VOCAB = 257
 BOS_ID = 256
 
@@ -25,21 +33,30 @@ class Config:
     """Hyperparameters: exactly the structural metadata keys of a model file."""
 
     def __init__(self, cell="gru", attention="multihead", embed_dim=64, hidden=256,
-                 layers=2, window=64, attn_dim=64, heads=4, vocab_size=BYTE_VOCAB):
+                 layers=2, window=64, attn_dim=64, heads=4, vocab_size=BYTE_VOCAB, attn_kv="state"):
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {CELLS}")
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}")
         if attention == "multihead" and hidden % heads:
             raise ValueError("heads must divide hidden")
+        if attn_kv not in ATTN_KVS:
+            raise ValueError(f"attn_kv must be one of {ATTN_KVS}")
+        self.attn_kv = attn_kv
         self.cell, self.attention = cell, attention
         self.embed_dim, self.hidden, self.layers = embed_dim, hidden, layers
         self.window, self.attn_dim, self.heads = window, attn_dim, heads
         self.vocab_size = vocab_size
 
+    @property
+    def context_dim(self):
+        """Width of the attention's context: the values' (E for continuation), or H after multihead's out_proj."""
+        return self.embed_dim if self.attn_kv == "continuation" and self.attention != "multihead" else self.hidden
+
     def metadata(self):
+        # "state" models are written as version 1, byte for byte as before the option existed.
         md = {
-            "format": "attnlm", "format_version": "1",
+            "format": "attnlm", "format_version": "1" if self.attn_kv == "state" else "2",
             "vocab_size": str(self.vocab_size), "embed_dim": str(self.embed_dim),
             "hidden": str(self.hidden), "layers": str(self.layers),
             "window": str(self.window), "cell": self.cell,
@@ -49,6 +66,8 @@ class Config:
             md["attn_dim"] = str(self.attn_dim)
         if self.attention == "multihead":
             md["heads"] = str(self.heads)
+        if self.attn_kv != "state":
+            md["attn_kv"] = self.attn_kv
         return md
 
     @staticmethod
@@ -57,7 +76,7 @@ class Config:
                       embed_dim=int(md["embed_dim"]), hidden=int(md["hidden"]),
                       layers=int(md["layers"]), window=int(md["window"]),
                       attn_dim=int(md.get("attn_dim", 1)), heads=int(md.get("heads", 1)),
-                      vocab_size=int(md["vocab_size"]))
+                      vocab_size=int(md["vocab_size"]), attn_kv=md.get("attn_kv", "state"))
 
 
 def band_mask(T, window, device=None):
@@ -97,11 +116,13 @@ class Additive(nn.Module):
         self.key = nn.Linear(hidden, attn_dim)
         self.v = nn.Linear(attn_dim, 1, bias=False)
 
-    def forward(self, h, window):
+    def forward(self, h, window, keys=None, values=None):
         # Scores in band form, [B, T, A, W] at most, never [B, T, T, A]: column c of
         # row t pairs q_t with k_i, i = t - (W - 1) + c, read from k padded by W - 1.
+        keys = h if keys is None else keys
+        values = h if values is None else values
         B, T, _ = h.shape
-        q, k = self.query(h), self.key(h)
+        q, k = self.query(h), self.key(keys)
         k_band = F.pad(k, (0, 0, window - 1, 0)).unfold(1, window, 1)  # [B, T, A, W]
         s = torch.einsum("btaw,a->btw", torch.tanh(q.unsqueeze(-1) + k_band), self.v.weight[0])
         offsets = torch.arange(window, device=h.device) - (window - 1)
@@ -110,14 +131,15 @@ class Additive(nn.Module):
         # Band -> dense [B, T, T] (column t + c of a row padded by W - 1), then one product.
         cols = (torch.arange(T, device=h.device).unsqueeze(1) + torch.arange(window, device=h.device))
         dense = alpha.new_zeros(B, T, T + window - 1).scatter(-1, cols.expand(B, T, window), alpha)
-        ctx = dense[..., window - 1:] @ h
+        ctx = dense[..., window - 1:] @ values
         return ctx, alpha.unsqueeze(1)
 
 
 class Dot(nn.Module):
-    def forward(self, h, window):
-        s = h @ h.transpose(1, 2) / math.sqrt(h.shape[-1])
-        return _masked_context(s, h, window)
+    def forward(self, h, window, keys=None, values=None):
+        keys = h if keys is None else keys
+        s = h @ keys.transpose(1, 2) / math.sqrt(h.shape[-1])
+        return _masked_context(s, h if values is None else values, window)
 
 
 class Cosine(nn.Module):
@@ -125,16 +147,47 @@ class Cosine(nn.Module):
         super().__init__()
         self.scale = nn.Parameter(torch.ones(1) * 5.0)
 
-    def forward(self, h, window):
+    def forward(self, h, window, keys=None, values=None):
         hn = F.normalize(h, dim=-1, eps=1e-8)
-        s = self.scale * (hn @ hn.transpose(1, 2))
-        return _masked_context(s, h, window)
+        kn = hn if keys is None else F.normalize(keys, dim=-1, eps=1e-8)
+        s = self.scale * (hn @ kn.transpose(1, 2))
+        return _masked_context(s, h if values is None else values, window)
 
 
-def _masked_context(scores, h, window):
-    mask = band_mask(h.shape[1], window, h.device)
+def _masked_context(scores, values, window):
+    mask = band_mask(values.shape[1], window, values.device)
     alpha = torch.softmax(scores.masked_fill(mask, float("-inf")), -1)  # [B, T, T]
-    return alpha @ h, dense_to_band(alpha, window).unsqueeze(1)
+    return alpha @ values, dense_to_band(alpha, window).unsqueeze(1)
+
+
+class MultiheadKV(nn.Module):
+    """Multi-head attention whose keys [.., H] and values [.., E] come from other rows
+    than its queries (attn_kv "continuation"): torch.nn.MultiheadAttention's
+    separate-projection form (kdim = H, vdim = E), with its parameter names."""
+
+    def __init__(self, hidden, heads, vdim):
+        super().__init__()
+        self.heads = heads
+        self.q_proj_weight = nn.Parameter(torch.empty(hidden, hidden))
+        self.k_proj_weight = nn.Parameter(torch.empty(hidden, hidden))
+        self.v_proj_weight = nn.Parameter(torch.empty(hidden, vdim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * hidden))
+        self.out_proj = nn.Linear(hidden, hidden)
+        for w in (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight):
+            nn.init.xavier_uniform_(w)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, h, window, keys, values):
+        B, T, H = h.shape
+        N, bq, bk, bv = self.heads, *self.in_proj_bias.chunk(3)
+        D = H // N
+        q = F.linear(h, self.q_proj_weight, bq).view(B, T, N, D).transpose(1, 2)
+        k = F.linear(keys, self.k_proj_weight, bk).view(B, T, N, D).transpose(1, 2)
+        u = F.linear(values, self.v_proj_weight, bv).view(B, T, N, D).transpose(1, 2)
+        s = (q @ k.transpose(-1, -2)) / math.sqrt(D)  # [B, N, T, T]
+        alpha = torch.softmax(s.masked_fill(band_mask(T, window, h.device), float("-inf")), -1)
+        ctx = self.out_proj((alpha @ u).transpose(1, 2).reshape(B, T, H))
+        return ctx, dense_to_band(alpha, window)
 
 
 class AttnLM(nn.Module):
@@ -153,24 +206,34 @@ class AttnLM(nn.Module):
             self.attn = Dot()
         elif cfg.attention == "cosine":
             self.attn = Cosine()
+        elif cfg.attn_kv == "continuation":
+            self.attn = MultiheadKV(H, cfg.heads, cfg.embed_dim)
         else:
             self.attn = nn.MultiheadAttention(H, cfg.heads, batch_first=True)
-        self.combine = nn.Linear(2 * H, H)
+        self.combine = nn.Linear(H + cfg.context_dim, H)
         self.out = nn.Linear(H, cfg.vocab_size)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x, need_weights=False):
-        """x: [B, T] token ids -> logits [B, T, V] and, if asked, band maps [B, heads, T, W]."""
+    def forward(self, x, need_weights=False, window=None):
+        """x: [B, T] token ids -> logits [B, T, V] and, if asked, band maps [B, heads, T, W].
+
+        window: attend over this many positions instead of the model's (window=1 is
+        the attention's contribution removed: each position sees only itself)."""
         cfg = self.cfg
-        h, _ = self.rnn(self.embed(x))
+        W = cfg.window if window is None else window
+        e = self.embed(x)
+        h, _ = self.rnn(e)
         h = self.drop(h)
-        if cfg.attention == "multihead":
-            mask = band_mask(x.shape[1], cfg.window, x.device)
+        if cfg.attn_kv == "continuation":
+            keys = F.pad(h, (0, 0, 1, 0))[:, :-1]  # h_{i-1}, zeros before position 0
+            ctx, band = self.attn(h, W, keys, e)
+        elif cfg.attention == "multihead":
+            mask = band_mask(x.shape[1], W, x.device)
             ctx, w = self.attn(h, h, h, attn_mask=mask, need_weights=need_weights,
                                average_attn_weights=False)
-            band = dense_to_band(w, cfg.window) if need_weights else None
+            band = dense_to_band(w, W) if need_weights else None
         else:
-            ctx, band = self.attn(h, cfg.window)
+            ctx, band = self.attn(h, W)
         o = self.drop(torch.tanh(self.combine(torch.cat([h, ctx], -1))))
         return self.out(o), band
 
