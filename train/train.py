@@ -29,9 +29,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from attnlm import ATTENTIONS, BOS_ID, BYTE_VOCAB, CELLS, EXPORT_DTYPES, AttnLM, Config, export_model, load_safetensors  # noqa: E402
+from attnlm import (ATTENTIONS, ATTN_KVS, BOS_ID, BYTE_VOCAB, CELLS, EXPORT_DTYPES, AttnLM, Config,  # noqa: E402
+                    export_model, load_safetensors)
 
-STRUCTURE = ("vocab_size", "embed_dim", "hidden", "layers", "window", "cell", "attention", "attn_dim", "heads")
+STRUCTURE = ("vocab_size", "embed_dim", "hidden", "layers", "window", "cell", "attention", "attn_dim", "heads",
+             "attn_kv")
+# Alphabets of the synthetic repeats (--repeat-frac).
+REPEAT_ALPHABETS = (b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+                    b"0123456789", b"abcdefghijklmnopqrstuvwxyz0123456789",
+                    bytes(range(33, 127)))
 
 
 def parse_args(argv=None):
@@ -45,6 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--name", default="attnlm", help="model name recorded in the metadata")
     p.add_argument("--cell", choices=CELLS, default="gru")
     p.add_argument("--attention", choices=ATTENTIONS, default="multihead")
+    p.add_argument("--attn-kv", choices=ATTN_KVS, default="state",
+                   help="keys and values: the state h_i (format version 1), or the state before "
+                        "position i with the embedding of its byte (continuation, version 2)")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--embed", type=int, default=64)
@@ -80,6 +89,15 @@ def parse_args(argv=None):
                         "or PyTorch's default (see init_for_training)")
     p.add_argument("--init-from", default="", metavar="FILE",
                    help="start from the weights of this model file (same structure)")
+    p.add_argument("--warm-start", default="", metavar="FILE",
+                   help="start from the weights of this model file where names and shapes agree (the "
+                        "embedding, recurrent stack and output layer of a model of another attention or "
+                        "window; combine's columns for h_t), the rest initialised as usual")
+    p.add_argument("--repeat-frac", type=float, default=0.0,
+                   help="fraction of training sequences carrying random strings written twice "
+                        "(one pair per 256 bytes), to teach copying from the window")
+    p.add_argument("--save-best", action="store_true",
+                   help="export to --out at every evaluation that improves the validation loss")
     return p.parse_args(argv)
 
 
@@ -88,11 +106,36 @@ def read_bytes(path):
         return torch.tensor(list(f.read()), dtype=torch.long)
 
 
-def make_batch(data, batch, seq_len, gen):
+def make_batch(data, batch, seq_len, gen, repeat_frac=0.0, window=None):
     starts = torch.randint(0, len(data) - seq_len, (batch,), generator=gen)
     y = torch.stack([data[s:s + seq_len] for s in starts.tolist()])
+    if repeat_frac > 0:
+        add_repeats(y, repeat_frac, min(window or seq_len, seq_len), gen)
     x = torch.cat([torch.full((batch, 1), BOS_ID, dtype=torch.long), y[:, :-1]], 1)
     return x, y
+
+
+def add_repeats(y, frac, span, gen):
+    """Overwrites, in a `frac` share of the rows of y [B, T], one pair per 256 bytes
+    of a random string (6 to 40 bytes of one of REPEAT_ALPHABETS) written twice,
+    the second copy 0 to span bytes after the first ends (log-uniform), so that
+    its bytes can be predicted only by copying from the first."""
+    B, T = y.shape
+    for b in range(B):
+        if torch.rand((), generator=gen).item() >= frac:
+            continue
+        for _ in range(max(1, T // 256)):
+            n = int(torch.randint(6, 41, (), generator=gen))
+            room = min(span, T) - 2 * n - 1
+            if room < 1:
+                continue
+            gap = int(math.exp(torch.rand((), generator=gen).item() * math.log(room + 1))) - 1
+            first = int(torch.randint(0, T - 2 * n - gap, (), generator=gen))
+            alphabet = REPEAT_ALPHABETS[int(torch.randint(0, len(REPEAT_ALPHABETS), (), generator=gen))]
+            pick = torch.randint(0, len(alphabet), (n,), generator=gen)
+            s = torch.tensor([alphabet[i] for i in pick.tolist()], dtype=y.dtype)
+            y[b, first:first + n] = s
+            y[b, first + n + gap:first + 2 * n + gap] = s
 
 
 @torch.no_grad()
@@ -183,10 +226,18 @@ def lr_at(step, args, progress=None):
 def build_model(args, train_data):
     """The model of the given arguments, initialised for training (or from --init-from)."""
     cfg = Config(cell=args.cell, attention=args.attention, embed_dim=args.embed, hidden=args.hidden,
-                 layers=args.layers, window=args.window, attn_dim=args.attn_dim, heads=args.heads)
+                 layers=args.layers, window=args.window, attn_dim=args.attn_dim, heads=args.heads,
+                 attn_kv=args.attn_kv)
     model = AttnLM(cfg, dropout=args.dropout)
     source = None
-    if args.init_from:
+    if args.init_from and args.warm_start:
+        sys.exit("--init-from and --warm-start exclude each other")
+    if args.warm_start:
+        init_for_training(model, train_data, recurrent=args.init, out_bias=args.out_bias)
+        tensors, source = load_safetensors(args.warm_start)
+        taken = warm_start(model, tensors)
+        print(f"warm start from {args.warm_start}: {', '.join(taken)}", flush=True)
+    elif args.init_from:
         tensors, source = load_safetensors(args.init_from)
         mine, theirs = cfg.metadata(), Config.from_metadata(source).metadata()
         differ = [k for k in STRUCTURE if mine.get(k) != theirs.get(k)]
@@ -199,6 +250,23 @@ def build_model(args, train_data):
     return model, source
 
 
+def warm_start(model, tensors):
+    """Copies the tensors whose names and shapes match the model's, and the
+    columns of combine.weight that multiply h_t; returns the names taken."""
+    own, taken = model.state_dict(), []
+    with torch.no_grad():
+        for name, t in tensors.items():
+            if name in own and own[name].shape == t.shape:
+                own[name].copy_(t)
+                taken.append(name)
+        H = model.cfg.hidden
+        w = tensors.get("combine.weight")
+        if w is not None and "combine.weight" not in taken and w.shape[0] == H:
+            own["combine.weight"][:, :H].copy_(w[:, :H])
+            taken.append("combine.weight[:, :H]")
+    return taken
+
+
 class JsonLog:
     def __init__(self, path):
         self.f = open(path, "a") if path else None
@@ -209,7 +277,7 @@ class JsonLog:
             self.f.flush()
 
 
-def train_loop(model, args, train, val=None, log=print, jlog=None):
+def train_loop(model, args, train, val=None, log=print, jlog=None, on_best=None):
     """Optimises `model` in place.  Returns a dict: losses (one per step), tokens,
     train_seconds (evaluation excluded), best (val loss), best_state, evals [(step, seconds, val)]."""
     jlog = jlog or JsonLog("")
@@ -227,7 +295,8 @@ def train_loop(model, args, train, val=None, log=print, jlog=None):
         lr = lr_at(step, args, (train_s / budget) if budget else None)
         for g in opt.param_groups:
             g["lr"] = lr
-        x, y = make_batch(train, args.batch, args.seq_len, gen)
+        x, y = make_batch(train, args.batch, args.seq_len, gen, getattr(args, "repeat_frac", 0.0),
+                          model.cfg.window)
         logits, _ = model(x)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -261,6 +330,8 @@ def train_loop(model, args, train, val=None, log=print, jlog=None):
                        tokens=out["tokens"], val_loss=round(v, 5))
             if v < out["best"]:
                 out["best"], out["best_state"] = v, copy.deepcopy(model.state_dict())
+                if on_best:
+                    on_best(out, step, train_s)
     out["train_seconds"] = train_s
     out["wall_seconds"] = wall_s
     out["steps"] = step
@@ -282,7 +353,15 @@ def provenance_of(args, argv, result, source):
     if args.clock == "cpu":
         prov["train_seconds_clock"] = "cpu"
         prov["train_wall_seconds"] = f"{result['wall_seconds']:.0f}"
-    if source is not None:
+    if getattr(args, "repeat_frac", 0.0):
+        prov["repeat_frac"] = args.repeat_frac
+    if source is not None and args.warm_start:
+        prov.update({"warm_start": os.path.basename(args.warm_start),
+                     "warm_start_name": source.get("name", ""),
+                     "warm_start_command": source.get("command", ""),
+                     "warm_start_train_tokens": source.get("train_tokens", ""),
+                     "warm_start_train_seconds": source.get("train_seconds", "")})
+    elif source is not None:
         before_tokens = int(source.get("total_train_tokens", source.get("train_tokens", 0)))
         before_seconds = float(source.get("total_train_seconds", source.get("train_seconds", 0)))
         prov.update({
@@ -317,7 +396,14 @@ def main(argv=None):
           f"{nparams} parameters{start}; train {len(train)} bytes, val {len(val)} bytes", flush=True)
     jlog = JsonLog(args.log_json)
     jlog.write(event="start", parameters=nparams, command=argv, cell=cfg.cell, attention=cfg.attention)
-    result = train_loop(model, args, train, val, log=lambda s: print(s, flush=True), jlog=jlog)
+    def save_best(out, step, train_s):
+        snapshot = AttnLM(cfg)
+        snapshot.load_state_dict(out["best_state"])
+        partial = dict(out, tokens=out["tokens"], train_seconds=train_s, wall_seconds=0.0, steps=step)
+        export_model(snapshot, args.out, provenance_of(args, argv, partial, source), args.export_dtype)
+
+    result = train_loop(model, args, train, val, log=lambda s: print(s, flush=True), jlog=jlog,
+                        on_best=save_best if args.save_best else None)
     model.load_state_dict(result["best_state"])
     model.eval()
     export_model(model, args.out, provenance_of(args, argv, result, source), args.export_dtype)
