@@ -152,6 +152,7 @@ struct api_job {
     int top_k;
     char *cands[API_MAX_CANDIDATES];
     int n_cands;
+    bool gain;        /* each token's attention gain */
     /* attention */
     bool dense;
     bool summary;     /* per-head figures of the maps */

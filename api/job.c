@@ -12,7 +12,8 @@
 
 /* The fields each route takes; any other is refused, so that a request
  * meant for another server does not silently do something else here. */
-static const char *const SCORE_FIELDS[] = {"model", "text", "ids", "texts", "top_k", "candidates", NULL};
+static const char *const SCORE_FIELDS[] = {"model",      "text",          "ids", "texts", "top_k",
+                                           "candidates", "attention_gain", NULL};
 static const char *const ATTENTION_FIELDS[] = {"model", "text", "ids", "format", "summary", "maps", NULL};
 static const char *const ATTRIBUTION_FIELDS[] = {"model", "text", "ids", "target", "range", "baseline", NULL};
 #define SAMPLING_FIELDS                                                                                              \

@@ -12,6 +12,10 @@
  * of its state per candidate, all candidates stepped together as one batch.
  * Answers are written as they are read off the pass's log-probabilities, so
  * an answer costs its own bytes and no more.
+ *
+ * "attention_gain" adds to each token its log-probability minus the one the
+ * model gives with the attention's contribution removed (each position
+ * attending to itself alone), from a second pass over that input.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
@@ -61,7 +65,7 @@ int score_parse(api_job *j, const cJSON *o, api_error *e)
     if (json_get_int(o, "top_k", 0, c->vocab, &top_k, e) < 0)
         return -1;
     j->top_k = (int)top_k;
-    if (score_inputs(j, o, e) < 0)
+    if (json_get_bool(o, "attention_gain", &j->gain, e) < 0 || score_inputs(j, o, e) < 0)
         return -1;
     int longest = 0;
     for (int i = 0; i < j->n_in; i++)
@@ -197,13 +201,36 @@ static void fail_internal(api_job *j, const char *what)
     job_finish_error(j, &e);
 }
 
+/* The log-probability of each token of an input with the attention's
+ * contribution removed: own [T - 1], for tokens 1 .. T-1.  Returns 0, or -1. */
+static int ablated_logprobs(const api_job *j, const job_input *in, float *own, char *err, size_t errlen)
+{
+    const int V = model_get_config(j->m)->vocab, T = in->n;
+    float *lp = malloc(2 * (size_t)T * V * sizeof *lp);
+    if (!lp) {
+        err_set(err, errlen, "out of memory");
+        return -1;
+    }
+    int rc = model_forward_ablated(j->m, in->ids, T, lp, lp + (size_t)T * V, err, errlen);
+    for (int t = 1; rc == 0 && t < T; t++)
+        own[t - 1] = lp[(size_t)T * V + (size_t)(t - 1) * V + in->ids[t]];
+    free(lp);
+    return rc;
+}
+
 /* The answer for input in of score job j, from its forward pass: lp [T, V]
  * and, with candidates, the state after the input in seq.  Returns -1 when
- * the candidates could not be scored. */
+ * the candidates or the gains could not be computed. */
 static int score_answer(api_job *j, api_worker *w, jw *o, const job_input *in, const float *lp,
                         const model_seq *seq)
 {
     const int V = model_get_config(j->m)->vocab, T = in->n;
+    float *own = NULL;
+    char err[ATTNLM_ERR_LEN];
+    if (j->gain && (!(own = malloc((size_t)T * sizeof *own)) || ablated_logprobs(j, in, own, err, sizeof err) < 0)) {
+        free(own);
+        return -1;
+    }
     jw_obj(o);
     jw_karr(o, "tokens");
     double sum = 0.0;
@@ -212,6 +239,8 @@ static int score_answer(api_job *j, api_worker *w, jw *o, const job_input *in, c
         sum += row[in->ids[t]];
         json_token_open(o, in->ids[t]);
         jw_kfloat(o, "logprob", row[in->ids[t]]);
+        if (own)
+            jw_kfloat(o, "gain", row[in->ids[t]] - own[t - 1]);
         if (j->top_k > 0) {
             jw_karr(o, "top");
             top_tokens(o, row, V, j->top_k, w->idx);
@@ -220,6 +249,7 @@ static int score_answer(api_job *j, api_worker *w, jw *o, const job_input *in, c
         jw_obj_end(o);
     }
     jw_arr_end(o);
+    free(own);
     const float *last = lp + (size_t)(T - 1) * V;
     jw_karr(o, "next");
     top_tokens(o, last, V, j->top_k, w->idx);
@@ -246,7 +276,8 @@ static void score_job_answer(api_job *j, api_worker *w, float *const *lp, model_
     }
     for (int i = 0; i < j->n_in; i++)
         if (score_answer(j, w, &o, &j->in[i], lp[i], seqs[i]) < 0) {
-            fail_internal(j, "scoring the candidates failed");
+            fail_internal(j, j->gain ? "scoring the candidates or the attention gain failed"
+                                     : "scoring the candidates failed");
             return;
         }
     if (j->many) {

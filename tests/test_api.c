@@ -263,6 +263,9 @@ static const bad_case BAD[] = {
     {API_EP_SCORE, "{\"text\":\"a\",\"user\":\"x\"}", 400, "user"},
     {API_EP_SCORE, "{\"text\":\"a\",\"temperature\":0}", 400, "temperature"},
     {API_EP_ATTENTION, "{\"text\":\"a\",\"top_k\":1}", 400, "top_k"},
+    {API_EP_ATTENTION, "{\"text\":\"a\",\"attention_gain\":true}", 400, "attention_gain"},
+    {API_EP_SCORE, "{\"text\":\"a\",\"attention_gain\":\"yes\"}", 400, "attention_gain"},
+    {API_EP_SCORE, "{\"text\":\"a\",\"attention_gain\":1}", 400, "attention_gain"},
     {API_EP_GENERATE, "{\"n\":2}", 400, "n"},
     {API_EP_GENERATE, "{\"echo\":true}", 400, "echo"},
     {API_EP_GENERATE, "{\"user\":\"x\"}", 400, "user"},
@@ -443,6 +446,40 @@ START_TEST(test_score_matches_engine)
     free(lp2);
     free(lp);
     cJSON_Delete(o);
+}
+END_TEST
+
+/* "attention_gain": each token's log-probability minus the engine's with a window of one. */
+START_TEST(test_score_attention_gain)
+{
+    const char *text = "whale, whale";
+    const int T = 13, V = 257;
+    int ids[13] = {256};
+    for (int i = 0; i < T - 1; i++)
+        ids[i + 1] = (unsigned char)text[i];
+    float *lp = malloc(2 * (size_t)T * V * sizeof *lp), *own = lp + (size_t)T * V;
+    char err[ATTNLM_ERR_LEN];
+    ck_assert_int_eq(model_forward_ablated(g_model, ids, T, lp, own, err, sizeof err), 0);
+    cJSON *o = run_json(API_EP_SCORE, "{\"text\":\"whale, whale\",\"top_k\":0,\"attention_gain\":true}");
+    cJSON *toks = cJSON_GetObjectItem(o, "tokens");
+    ck_assert_int_eq(cJSON_GetArraySize(toks), T - 1);
+    double nonzero = 0.0;
+    for (int t = 1; t < T; t++) {
+        cJSON *tok = cJSON_GetArrayItem(toks, t - 1);
+        double want = (double)lp[(t - 1) * V + ids[t]] - own[(t - 1) * V + ids[t]];
+        ck_assert_msg(fabs(num(tok, "gain") - want) < 1e-5, "position %d: gain %g, want %g", t, num(tok, "gain"),
+                      want);
+        ck_assert_msg(fabs(num(tok, "logprob") - lp[(t - 1) * V + ids[t]]) < 1e-6, "position %d", t);
+        nonzero = fmax(nonzero, fabs(want));
+    }
+    ck_assert_msg(nonzero > 1e-3, "the attention changes nothing on this fixture");
+    /* The first token sees only BOS, whose window holds itself alone: no gain. */
+    ck_assert(fabs(num(cJSON_GetArrayItem(toks, 0), "gain")) < 1e-6);
+    cJSON_Delete(o);
+    o = run_json(API_EP_SCORE, "{\"text\":\"whale\",\"attention_gain\":false}");
+    ck_assert_ptr_null(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(o, "tokens"), 0), "gain"));
+    cJSON_Delete(o);
+    free(lp);
 }
 END_TEST
 
@@ -1338,6 +1375,7 @@ int main(void)
         CHECK_TESTS(CHECK_TEST(test_routes), CHECK_TEST(test_error_body), CHECK_TEST(test_api_key),
                     CHECK_LOOP(test_bad_requests_are_refused, (int)(sizeof BAD / sizeof *BAD)),
                     CHECK_TEST(test_nulls_are_defaults), CHECK_TEST(test_score_matches_engine),
+                    CHECK_TEST(test_score_attention_gain),
                     CHECK_TEST(test_attention_rows), CHECK_TEST(test_attention_summary),
                     CHECK_TEST(test_attribution_matches_engine), CHECK_TEST(test_generation_is_reproducible_and_streams_alike),
                     CHECK_TEST(test_stop_string_ends_generation), CHECK_TEST(test_stream_sends_whole_characters),
