@@ -12,7 +12,8 @@ const $ = (id) => document.getElementById(id);
 const FRAME_MS = 120; // live generation: the shortest time between two drawings
 const DEFAULT_TEXT = "Call me Ishmael. Some years ago\u2014never mind how long precisely\u2014having little or no money in my purse, and nothing particular to interest me on shore, I thought I would sail about a little and see the watery part of the world.";
 
-const state = { text: DEFAULT_TEXT, text2: "", model: "", model2: "", mode: "single", head: 0, dense: false, scale: "sqrt", pos: -1 };
+const state = { text: DEFAULT_TEXT, text2: "", model: "", model2: "", mode: "single", head: 0, dense: false, scale: "sqrt", pos: -1,
+  span: 0, textColour: "surprisal" };
 const panels = [];
 let models = [], generation = null, runs = 0, analysed;
 
@@ -56,6 +57,8 @@ function saveHash() {
   if (state.dense) q.set("dense", "1");
   if (state.scale !== "sqrt") q.set("scale", state.scale);
   if (state.pos >= 0) q.set("pos", String(state.pos));
+  if (state.span > 0) q.set("span", String(state.span));
+  if (state.textColour !== "surprisal") q.set("colour", state.textColour);
   history.replaceState(null, "", "#" + q.toString());
 }
 
@@ -71,6 +74,8 @@ function loadHash() {
   state.scale = q.get("scale") === "log" ? "log" : "sqrt";
   G.setScale(state.scale);
   state.pos = q.has("pos") ? Number.parseInt(q.get("pos"), 10) : -1;
+  state.span = Math.max(0, Number.parseInt(q.get("span") || "0", 10) || 0);
+  state.textColour = q.get("colour") === "gain" ? "gain" : "surprisal";
   return q.has("text");
 }
 
@@ -80,6 +85,9 @@ function syncControls() {
   $("mode").value = state.mode;
   $("dense").checked = state.dense;
   $("scale").value = state.scale;
+  $("span").value = String(state.span);
+  if ($("span").value !== String(state.span)) $("span").add(new Option(String(state.span), String(state.span), true, true));
+  $("textcolour").value = state.textColour;
   if (state.model) $("model").value = state.model;
   if (state.model2) $("model2").value = state.model2;
   $("model2-box").hidden = state.mode !== "models";
@@ -119,7 +127,7 @@ async function loadCard() {
 async function analyse(model, ids) {
   const body = { ids: ids.slice(1), model };
   const [score, att] = await Promise.all([
-    api.post("v1/score", { ...body, top_k: 5 }),
+    api.post("v1/score", { ...body, top_k: 5, attention_gain: true }),
     api.post("v1/attention", { ...body, summary: true }),
   ]);
   return D.fromApi(model, ids, score, att);
@@ -333,6 +341,8 @@ function wire() {
   $("head").addEventListener("change", () => app.setHead(Number($("head").value)));
   $("dense").addEventListener("change", () => { state.dense = $("dense").checked; renderAll(); saveHash(); });
   $("scale").addEventListener("change", () => { state.scale = $("scale").value; G.setScale(state.scale); renderAll(); saveHash(); });
+  $("span").addEventListener("change", () => { state.span = Number($("span").value); renderAll(); saveHash(); });
+  $("textcolour").addEventListener("change", () => { state.textColour = $("textcolour").value; renderAll(); saveHash(); });
   $("generate").addEventListener("click", generate);
   $("stop").addEventListener("click", stopGeneration);
   $("export-json").addEventListener("click", exportJSON);

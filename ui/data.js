@@ -1,6 +1,6 @@
 // data.js -- one analysis of a token sequence as the views read it: the
 // tokens (BOS first), each position's log-probability and alternatives
-// (/v1/score), the attention rows per head (/v1/attention, band form) and
+// and attention gain (/v1/score), the attention rows per head (/v1/attention, band form) and
 // their summary; rows can also arrive one by one from a live generation.
 // Positions are attention positions: BOS is 0, the text's bytes 1 .. T-1.
 
@@ -14,9 +14,12 @@ export function fromApi(model, ids, score, att) {
   const a = {
     model, ids: ids.slice(), N: att.heads, W: att.window, mechanism: att.attention,
     rows: att.maps.map((h) => h.map((r) => Float32Array.from(r))),
-    lp: ids.map(() => NaN), top: ids.map(() => null), summary: att.summary || null, live: false,
+    lp: ids.map(() => NaN), gain: ids.map(() => NaN), top: ids.map(() => null), summary: att.summary || null,
+    live: false,
   };
-  if (score) score.tokens.forEach((t, i) => { a.lp[i + 1] = t.logprob; a.top[i + 1] = t.top || null; });
+  if (score) score.tokens.forEach((t, i) => {
+    a.lp[i + 1] = t.logprob; a.top[i + 1] = t.top || null; a.gain[i + 1] = t.gain ?? NaN;
+  });
   return a;
 }
 
@@ -26,6 +29,7 @@ export function appendToken(a, tok) {
   const q = a.ids.length - 1;
   a.ids.push(tok.id);
   a.lp.push(tok.logprob);
+  a.gain.push(NaN);
   a.top.push(tok.top || null);
   if (tok.attention) tok.attention.forEach((row, h) => { a.rows[h][q] = Float32Array.from(row); });
   a.summary = null;
@@ -47,10 +51,17 @@ export function weight(a, h, t, i) {
   return i < lo || i > t ? 0 : row[i - lo];
 }
 
+// Columns of the band heatmap: look-back distances 0 .. C-1, no more than
+// the window, the text (no row looks further back than its start) or span.
+export function bandColumns(a, span) {
+  const C = Math.min(a.W, a.ids.length);
+  return span > 0 ? Math.min(C, span) : C;
+}
+
 // The matrix a heatmap draws: rows are positions; columns are look-back
-// distances 0 .. W-1 (band; NaN past a row's start) or positions (dense).
-export function matrix(a, h, dense) {
-  const T = a.ids.length, C = dense ? T : a.W, v = new Float32Array(T * C).fill(NaN);
+// distances 0 .. bandColumns-1 (band; NaN past a row's start) or positions (dense).
+export function matrix(a, h, dense, span = 0) {
+  const T = a.ids.length, C = dense ? T : bandColumns(a, span), v = new Float32Array(T * C).fill(NaN);
   const heads = h < 0 ? [...Array(a.N).keys()] : [h];
   for (let t = 0; t < T; t++) {
     if (!a.rows[heads[0]][t]) continue;
@@ -60,6 +71,7 @@ export function matrix(a, h, dense) {
       const row = a.rows[k][t];
       for (let j = 0; j < n; j++) {
         const c = dense ? lo + j : t - (lo + j);
+        if (c >= C) continue;
         v[o + c] = (k === heads[0] ? 0 : v[o + c]) + row[j] / heads.length;
       }
     }

@@ -60,8 +60,17 @@ export function legend(canvas) {
 const TRACK_H = 26, LABEL_W = 92;
 export const TRACKS = [
   ["surprisal", "surprisal (nats)"], ["entropy", "attn. entropy"], ["lookback", "mean look-back"],
-  ["self", "weight on self"], ["bos", "weight on BOS"],
+  ["self", "weight on self"], ["bos", "weight on BOS"], ["gain", "attention gain"],
 ];
+const SIGNED = new Set(["gain"]);
+
+// Attention gain (nats) as a background: green where attention raised the
+// token's probability, red where it lowered it, saturating at 2 nats.
+export function gainColour(d) {
+  if (Number.isNaN(d) || Math.abs(d) < 0.02) return "transparent";
+  const x = Math.min(1, Math.abs(d) / 2);
+  return d > 0 ? `rgba(18,128,92,${(0.12 + 0.7 * x).toFixed(3)})` : `rgba(217,45,32,${(0.12 + 0.7 * x).toFixed(3)})`;
+}
 
 // Per-position tracks: rows of bars, one column per position; sel marks a position.
 export function tracks(canvas, series, T, width, sel) {
@@ -76,20 +85,29 @@ export function tracks(canvas, series, T, width, sel) {
   const plotW = width - LABEL_W, bw = plotW / Math.max(1, T);
   TRACKS.forEach(([key, label], r) => {
     const y0 = r * TRACK_H, vals = series[key] || [];
+    const signed = SIGNED.has(key);
     let max = 0;
-    for (const x of vals) if (x > max) max = x;
+    for (const x of vals) if (Math.abs(x) > max && (signed || x > 0)) max = Math.abs(x);
     if (key === "self" || key === "bos") max = 1;
     g.fillStyle = r % 2 ? "#fafbfc" : "#f2f4f7";
     g.fillRect(LABEL_W, y0, plotW, TRACK_H);
     g.fillStyle = "#667085";
     g.fillText(label, 2, y0 + 12);
     g.fillText(max ? "max " + (max < 10 ? max.toFixed(2) : max.toFixed(1)) : "", 2, y0 + 23);
-    g.fillStyle = ["#d92d20", "#2f5bd3", "#12805c", "#b54708", "#6941c6"][r];
+    g.fillStyle = ["#d92d20", "#2f5bd3", "#12805c", "#b54708", "#6941c6", "#12805c"][r];
+    const mid = y0 + TRACK_H / 2;
     for (let t = 0; t < T; t++) {
       const x = vals[t];
-      if (!(x > 0) || !max) continue;
+      if (!max || Number.isNaN(x) || x === undefined || (!signed && !(x > 0))) continue;
+      const w = Math.max(1, bw - (bw > 3 ? 1 : 0));
+      if (signed) { // up for a gain, down for a loss, from the middle line
+        const h = (Math.abs(x) / max) * (TRACK_H / 2 - 2);
+        g.fillStyle = x >= 0 ? "#12805c" : "#d92d20";
+        g.fillRect(LABEL_W + t * bw, x >= 0 ? mid - h : mid, w, h);
+        continue;
+      }
       const h = (x / max) * (TRACK_H - 4);
-      g.fillRect(LABEL_W + t * bw, y0 + TRACK_H - 2 - h, Math.max(1, bw - (bw > 3 ? 1 : 0)), h);
+      g.fillRect(LABEL_W + t * bw, y0 + TRACK_H - 2 - h, w, h);
     }
   });
   if (sel >= 0) {

@@ -98,7 +98,7 @@ export class Panel {
       `mean look-back ${series.mean.lookback.toFixed(2)}` + (a.live ? " \u00b7 generating\u2026" : "");
     this.renderText(head);
     const width = Math.max(300, this.left.clientWidth - 2), heatWidth = Math.max(300, this.right.clientWidth - 4);
-    G.tracks(this.tracks, { ...series, surprisal: a.lp.map((x) => -x) }, a.ids.length, width, this.sel);
+    G.tracks(this.tracks, { ...series, surprisal: a.lp.map((x) => -x), gain: a.gain }, a.ids.length, width, this.sel);
     this.renderHeat(head, heatWidth);
     G.distanceChart(this.dist, sum, width);
     this.distLegend.replaceChildren(...sum.heads.map((_, k) => {
@@ -132,6 +132,10 @@ export class Panel {
         const x = G.weightIndex(w) / 255;
         if (w > 0) s.style.backgroundColor = `rgba(47,91,211,${x.toFixed(3)})`;
         if (x > 0.55) s.style.color = "#fff";
+      } else if (c.kind !== "bos" && this.app.state.textColour === "gain") {
+        let d = 0;
+        for (let p = c.p0; p <= c.p1; p++) d += a.gain[p];
+        s.style.backgroundColor = G.gainColour(d);
       } else if (c.kind !== "bos") {
         let sur = 0;
         for (let p = c.p0; p <= c.p1; p++) sur -= a.lp[p];
@@ -145,13 +149,16 @@ export class Panel {
     this.textLegend.textContent = at
       ? `Occluding a position (with ${JSON.stringify(at.baseline.text)}) changes the log-probability of position ${sel}: blue where it drops (the position supported the prediction), red where it rises.`
       : sel >= 0 ? `Attention of position ${sel} (${head < 0 ? "mean of the heads" : "head " + head}) on the positions before it. Click it again to go back to surprisal.`
+      : this.app.state.textColour === "gain"
+      ? "Background: attention gain of each character, its log-probability minus the one without attention (green: attention helped, red: it hurt). Click to see a position's attention."
       : "Background: surprisal of each character (pale: expected, red: surprising). Hover for the likeliest alternatives; click to see a position's attention.";
   }
 
   renderHeat(head, width) {
     const a = this.a, dense = this.app.state.dense, T = a.ids.length;
-    const m = (this.drawn = D.matrix(a, head, dense));
-    this.cw = Math.max(1, Math.min(14, Math.floor(width / m.cols)));
+    const m = (this.drawn = D.matrix(a, head, dense, this.app.state.span));
+    // At least 2 pixels a column: a long window scrolls sideways in its frame rather than shrinking away.
+    this.cw = Math.max(2, Math.min(14, Math.floor(width / m.cols)));
     this.ch = Math.max(1, Math.min(12, Math.floor(640 / Math.max(1, T))));
     G.heatmap(this.heat, m, this.cw, this.ch);
     this.scaleNote.textContent = (G.scale === "log" ? "weight 1e-4 \u2026 1, log scale" : "weight 0 \u2026 1, colour \u221d \u221aweight") +
@@ -163,7 +170,7 @@ export class Panel {
       g.strokeRect(0.5, this.sel * this.ch + 0.5, this.heat.width - 1, Math.max(1, this.ch - 1));
     }
     this.heatTitle.textContent = `Attention, ${head < 0 ? "mean of the heads" : "head " + head} \u2014 columns: ` +
-      (dense ? "positions" : `look-back 0 \u2026 ${a.W - 1}`);
+      (dense ? "positions" : `look-back 0 \u2026 ${m.cols - 1}` + (m.cols < a.W ? ` (window ${a.W})` : ""));
     if (a.N > 1) {
       const figs = [];
       for (let h = -1; h < a.N; h++) {
@@ -203,6 +210,9 @@ export class Panel {
     const bytes = a.ids.slice(p0, p1 + 1).map((b) => "0x" + b.toString(16).padStart(2, "0")).join(" ");
     tip.append(el("b", null, p0 === p1 ? `position ${p0}` : `positions ${p0}\u2013${p1}`), ` \u00b7 ${bytes}`, el("br"));
     if (!Number.isNaN(sur)) tip.append(`surprisal ${sur.toFixed(3)} nats (${(sur / Math.LN2).toFixed(2)} bits)`);
+    let gain = 0;
+    for (let p = p0; p <= p1; p++) gain += a.gain[p];
+    if (!Number.isNaN(gain)) tip.append(el("br"), `attention gain ${gain >= 0 ? "+" : ""}${gain.toFixed(3)} nats`);
     const top = a.top[p0];
     if (top && top.length) {
       const t = el("table");

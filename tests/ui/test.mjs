@@ -124,7 +124,8 @@ const drawn = (page, k = 0) => page.evaluate((k) => {
 
 // Compares a drawn matrix with /v1/attention's maps (band, or dense) of head h (-1: the mean).
 function sameAsApi(m, att, h, dense) {
-  const T = att.tokens.length, W = att.window, heads = h < 0 ? [...Array(att.heads).keys()] : [h];
+  // The band view has a column per look-back distance the text can have: min(window, T).
+  const T = att.tokens.length, W = Math.min(att.window, T), heads = h < 0 ? [...Array(att.heads).keys()] : [h];
   if (m.rows !== T || m.cols !== (dense ? T : W)) return `shape ${m.rows}x${m.cols}, want ${T}x${dense ? T : W}`;
   let worst = 0;
   for (let t = 0; t < T; t++)
@@ -193,7 +194,11 @@ async function runDefault(b) {
     let m = await drawn(page);
     check(m.ids.length === ids.length + 1 && m.ids.slice(1).every((x, i) => x === ids[i]), "the page analysed the text's bytes");
     check(sameAsApi(m, att, 0, false) === null, "heatmap cells are /v1/attention's band weights", sameAsApi(m, att, 0, false));
-    check(m.canvas.rows === String(ids.length + 1) && m.canvas.cols === String(att.window), "the canvas says what it drew", m.canvas);
+    check(m.canvas.rows === String(ids.length + 1) && m.canvas.cols === String(Math.min(att.window, ids.length + 1)),
+      "the canvas says what it drew", m.canvas);
+    const shown = await page.evaluate(() => document.querySelector(".panel canvas.heatmap").getBoundingClientRect().width);
+    check(shown >= 2 * m.cols, "every look-back column is at least 2 pixels wide on screen (long windows scroll)",
+      { shown, cols: m.cols });
     const renderMs = Number(await page.getAttribute(".panel", "data-render-ms"));
     timing(`default model, ${ids.length + 1} positions x 1 head, band: panel drawn in ${renderMs.toFixed(1)} ms`);
     const pageSummary = await page.evaluate(() => window.attnlmInspector.panels[0].a.summary);
@@ -205,6 +210,27 @@ async function runDefault(b) {
     check(spans.length === [...MOBY].length + 1 && dash && dash[2] - dash[1] === 2, "text shown as characters (UTF-8 bytes grouped)", spans.length);
     const colours = await page.$$eval(".textview span[data-p0]", (ss) => new Set(ss.slice(1).map((s) => s.style.backgroundColor)).size);
     check(colours > 5, "characters coloured by surprisal", colours);
+
+    // Attention gain: the page holds /v1/score's gains, draws them as a track and can colour the text by them.
+    const gained = await api(s, "POST", "/v1/score", { text: MOBY, top_k: 0, attention_gain: true }, KEY);
+    const pageGain = await page.evaluate(() => window.attnlmInspector.panels[0].a.gain.slice(1));
+    check(pageGain.length === gained.tokens.length && pageGain.every((g, i) => Math.abs(g - gained.tokens[i].gain) < 1e-6),
+      "the page's attention gains are /v1/score's", pageGain.slice(0, 5));
+    await page.selectOption("#textcolour", "gain");
+    await page.waitForFunction(() => /attention gain/.test(document.querySelector(".panel .legend").textContent));
+    const gainColours = await page.$$eval(".textview span[data-p0]", (ss) => ss.slice(1).map((s) => s.style.backgroundColor));
+    const gainTinted = gainColours.filter((c) => c && c !== "transparent").length;
+    const big = gained.tokens.filter((t) => Math.abs(t.gain) >= 0.02).length;
+    check(gainTinted > 0 && /colour=gain/.test(page.url()), "the text coloured by attention gain, kept in the address", { gainTinted, big });
+    await page.selectOption("#textcolour", "surprisal");
+
+    // A phone's width: the page fits without sideways scrolling.
+    await page.setViewportSize({ width: 390, height: 844 });
+    await page.evaluate(() => window.attnlmInspector.render());
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    check(overflow <= 0, "at 390 pixels wide the page does not scroll sideways", overflow);
+    await page.setViewportSize({ width: 1360, height: 1000 });
+    await page.evaluate(() => window.attnlmInspector.render());
 
     // Hover: the likeliest alternatives of a position, from /v1/score.
     const score = await api(s, "POST", "/v1/score", { text: MOBY, top_k: 5 }, KEY);
