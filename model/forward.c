@@ -243,133 +243,188 @@ static int check_run(const model *m, const fwd_run *r, char *err, size_t errlen)
  * are computed a chunk of steps at a time, up to FWD_CHUNK_ROWS rows (or one
  * step), so they stay in cache until the recurrence of those steps uses
  * them; each step's recurrent product covers every run still going.  The
- * kernels' rows are independent, so none of this grouping changes a number. */
+ * kernels' rows are independent, so none of this grouping changes a number.
+ *
+ * A pass is four steps: plan (sizes, one allocation, the order of the runs),
+ * gather (embeddings time-major, the windows before resumed runs), a layer at
+ * a time, and each run's tail (attention and output, forward_tail). */
 #define FWD_CHUNK_ROWS 256
 
-int forward_runs(const model *m, int B, const fwd_run *runs, char *err, size_t errlen)
+typedef struct fwd_plan {
+    int B, Tmax;
+    size_t S;         /* input tokens of all runs */
+    size_t chunk;     /* rows of input projections computed at once */
+    int *order;       /* [B] runs by decreasing length */
+    int *off;         /* [B] where each run's own rows start in hs (after its context rows) */
+    int *base;        /* [Tmax + 1] first time-major row of each step */
+    float *x;         /* [S, E] time-major embeddings */
+    float *ht;        /* [S, H] time-major outputs of the layers below the top (each overwrites its input) */
+    float *hs;        /* [S_top, H] the top layer's, run after run, each after its context rows */
+    float *gi, *gh;   /* [chunk, G*H] and [B, G*H] input and recurrent projections */
+    float *hst, *cst; /* [B, H] running states, in `order` */
+    float *tail;      /* forward_tail's scratch for the longest run */
+    void *scratch;    /* [m->scratch_bytes] for the products */
+} fwd_plan;
+
+static void plan_free(fwd_plan *p)
+{
+    free(p->x);
+    free(p->order);
+}
+
+/* Checks the runs and lays out one allocation for the pass. */
+static int plan_pass(const model *m, int B, const fwd_run *runs, fwd_plan *p, char *err, size_t errlen)
 {
     const model_config *c = &m->cfg;
-    const model_weights *w = &m->w;
-    const int E = c->embed, H = c->hidden, GH = c->gates * c->hidden, L = c->layers;
+    const size_t E = (size_t)c->embed, H = (size_t)c->hidden, GH = (size_t)c->gates * H, L = (size_t)c->layers;
+    memset(p, 0, sizeof *p);
     if (B < 1) {
         err_set(err, errlen, "no sequences to run");
         return -1;
     }
-    size_t S = 0, S_top = 0;
-    int Tmax = 0, Tail = 0;
+    size_t S_top = 0;
+    int tail_rows = 0;
     for (int b = 0; b < B; b++) {
         const fwd_run *r = &runs[b];
         if (check_run(m, r, err, errlen) < 0)
             return -1;
-        S += (size_t)r->n;
-        S_top += (size_t)(context_rows(m, r) + r->n);
-        Tmax = r->n > Tmax ? r->n : Tmax;
-        Tail = context_rows(m, r) + r->n > Tail ? context_rows(m, r) + r->n : Tail;
+        const int rows = context_rows(m, r) + r->n;
+        p->S += (size_t)r->n;
+        S_top += (size_t)rows;
+        p->Tmax = r->n > p->Tmax ? r->n : p->Tmax;
+        tail_rows = rows > tail_rows ? rows : tail_rows;
     }
-    const size_t Bz = (size_t)B, chunk = Bz > FWD_CHUNK_ROWS ? Bz : FWD_CHUNK_ROWS;
-    /* x [S, E] time-major embeddings; ht [S, H] time-major outputs of the layers below the
-     * top (each layer overwrites its input); hs [S_top, H] the top layer's, run after run,
-     * each after its context rows */
-    size_t total = S * (size_t)E + (L > 1 ? S * (size_t)H : 0) + S_top * (size_t)H + chunk * (size_t)GH +
-                   Bz * ((size_t)GH + 2 * (size_t)H) + tail_floats(m, Tail);
-    float *buf = malloc(total * sizeof *buf + m->scratch_bytes);
-    /* order: runs by decreasing length; off: where each starts in hs; base [Tmax + 1] */
-    int *order = malloc((2 * Bz + (size_t)Tmax + 1) * sizeof *order), *off = order ? order + Bz : NULL,
-        *base = order ? off + Bz : NULL;
-    if (!buf || !order) {
-        free(buf);
-        free(order);
+    const size_t Bz = (size_t)B, S = p->S;
+    p->B = B;
+    p->chunk = Bz > FWD_CHUNK_ROWS ? Bz : FWD_CHUNK_ROWS;
+    size_t total = S * E + (L > 1 ? S * H : 0) + S_top * H + p->chunk * GH + Bz * (GH + 2 * H) +
+                   tail_floats(m, tail_rows);
+    p->x = malloc(total * sizeof *p->x + m->scratch_bytes);
+    p->order = malloc((2 * Bz + (size_t)p->Tmax + 1) * sizeof *p->order);
+    if (!p->x || !p->order) {
+        plan_free(p);
         err_set(err, errlen, "out of memory for a forward pass over %zu tokens", S);
         return -1;
     }
-    float *x = buf, *ht = x + S * E, *hs = ht + (L > 1 ? S * H : 0), *gi = hs + S_top * H, *gh = gi + chunk * GH,
-          *hst = gh + Bz * GH, *cst = hst + Bz * H, *tail = cst + Bz * H;
-    void *scratch = buf + total;
-    for (int b = 0, pos = 0; b < B; b++) {
+    p->off = p->order + Bz;
+    p->base = p->off + Bz;
+    p->ht = p->x + S * E;
+    p->hs = p->ht + (L > 1 ? S * H : 0);
+    p->gi = p->hs + S_top * H;
+    p->gh = p->gi + p->chunk * GH;
+    p->hst = p->gh + Bz * GH;
+    p->cst = p->hst + Bz * H;
+    p->tail = p->cst + Bz * H;
+    p->scratch = p->x + total;
+    return 0;
+}
+
+/* Sorts the runs by length, copies each resumed run's window into hs ahead
+ * of its rows, and lays the embeddings out time-major. */
+static void gather_inputs(const model *m, const fwd_run *runs, fwd_plan *p)
+{
+    const int E = m->cfg.embed, H = m->cfg.hidden, W = m->cfg.window;
+    for (int b = 0, pos = 0; b < p->B; b++) {
         const fwd_run *rb = &runs[b];
         const int first = context_rows(m, rb);
-        off[b] = pos + first;
+        p->off[b] = pos + first;
         for (int i = 0; i < first; i++) {
             int64_t q = rb->from->pos - first + i;
-            memcpy(hs + (size_t)(pos + i) * H, rb->from->ring_h + (size_t)(q % c->window) * H, (size_t)H * sizeof *hs);
+            memcpy(p->hs + (size_t)(pos + i) * H, rb->from->ring_h + (size_t)(q % W) * H, (size_t)H * sizeof *p->hs);
         }
         pos += first + rb->n;
         int r = b;
-        while (r > 0 && runs[order[r - 1]].n < rb->n) {
-            order[r] = order[r - 1];
+        while (r > 0 && runs[p->order[r - 1]].n < rb->n) {
+            p->order[r] = p->order[r - 1];
             r--;
         }
-        order[r] = b;
+        p->order[r] = b;
     }
-    base[0] = 0;
-    for (int t = 0, running = B; t < Tmax; t++) {
-        while (runs[order[running - 1]].n <= t)
+    p->base[0] = 0;
+    for (int t = 0, running = p->B; t < p->Tmax; t++) {
+        while (runs[p->order[running - 1]].n <= t)
             running--;
-        base[t + 1] = base[t] + running;
+        p->base[t + 1] = p->base[t] + running;
         for (int r = 0; r < running; r++)
-            memcpy(x + (size_t)(base[t] + r) * E, w->embed + (size_t)runs[order[r]].tokens[t] * E,
-                   (size_t)E * sizeof *x);
+            memcpy(p->x + (size_t)(p->base[t] + r) * E, m->w.embed + (size_t)runs[p->order[r]].tokens[t] * E,
+                   (size_t)E * sizeof *p->x);
     }
+}
 
-    const float *in = x;
-    int in_dim = E;
-    for (int k = 0; k < L; k++) {
-        const layer_weights *l = &w->layer[k];
-        const bool top = k == L - 1;
-        for (int r = 0; r < B; r++) {
-            const model_seq *from = runs[order[r]].from;
-            float *h = hst + (size_t)r * H, *cs = cst + (size_t)r * H;
-            if (from)
-                memcpy(h, from->h + (size_t)k * H, (size_t)H * sizeof *h);
-            else
-                memset(h, 0, (size_t)H * sizeof *h);
-            if (from && from->c)
-                memcpy(cs, from->c + (size_t)k * H, (size_t)H * sizeof *cs);
-            else
-                memset(cs, 0, (size_t)H * sizeof *cs);
-        }
-        for (int t0 = 0, t1; t0 < Tmax; t0 = t1) {
-            for (t1 = t0 + 1; t1 < Tmax && (size_t)(base[t1 + 1] - base[t0]) <= chunk; t1++)
-                ;
-            linear(m, gi, GH, in + (size_t)base[t0] * in_dim, in_dim, &l->wih, l->bih, base[t1] - base[t0], false,
-                   scratch);
-            for (int t = t0; t < t1; t++) {
-                const int running = base[t + 1] - base[t];
-                linear(m, gh, GH, hst, H, &l->whh, l->bhh, running, false, scratch);
-                for (int r = 0; r < running; r++) {
-                    const fwd_run *rr = &runs[order[r]];
-                    float *h = hst + (size_t)r * H, *cs = cst + (size_t)r * H;
-                    m->kern->cell_update(c->cell, H, gi + (size_t)(base[t] - base[t0] + r) * GH, gh + (size_t)r * GH,
-                                         h, cs);
-                    memcpy(top ? hs + (size_t)(off[order[r]] + t) * H : ht + (size_t)(base[t] + r) * H, h,
-                           (size_t)H * sizeof *h);
-                    int64_t at = (rr->from ? rr->from->pos : 0) + t + 1;
-                    if (rr->marks && at % ATTN_BLOCK == 0) {
-                        model_seq *mk = rr->marks[at / ATTN_BLOCK - (at - t - 1) / ATTN_BLOCK - 1];
-                        memcpy(mk->h + (size_t)k * H, h, (size_t)H * sizeof *h);
-                        if (mk->c)
-                            memcpy(mk->c + (size_t)k * H, cs, (size_t)H * sizeof *cs);
-                    }
+/* Layer k over every run: from the runs' start states (or zeros), its rows
+ * in (time-major, in_dim wide) to ht, or to hs for the top layer; the states
+ * at each run's block marks and its end go to the sequences that want them. */
+static void run_layer(const model *m, const fwd_run *runs, const fwd_plan *p, int k, const float *in, int in_dim)
+{
+    const model_config *c = &m->cfg;
+    const layer_weights *l = &m->w.layer[k];
+    const int H = c->hidden, GH = c->gates * c->hidden;
+    const bool top = k == c->layers - 1;
+    for (int r = 0; r < p->B; r++) {
+        const model_seq *from = runs[p->order[r]].from;
+        float *h = p->hst + (size_t)r * H, *cs = p->cst + (size_t)r * H;
+        if (from)
+            memcpy(h, from->h + (size_t)k * H, (size_t)H * sizeof *h);
+        else
+            memset(h, 0, (size_t)H * sizeof *h);
+        if (from && from->c)
+            memcpy(cs, from->c + (size_t)k * H, (size_t)H * sizeof *cs);
+        else
+            memset(cs, 0, (size_t)H * sizeof *cs);
+    }
+    for (int t0 = 0, t1; t0 < p->Tmax; t0 = t1) {
+        for (t1 = t0 + 1; t1 < p->Tmax && (size_t)(p->base[t1 + 1] - p->base[t0]) <= p->chunk; t1++)
+            ;
+        linear(m, p->gi, GH, in + (size_t)p->base[t0] * in_dim, in_dim, &l->wih, l->bih, p->base[t1] - p->base[t0],
+               false, p->scratch);
+        for (int t = t0; t < t1; t++) {
+            const int running = p->base[t + 1] - p->base[t];
+            linear(m, p->gh, GH, p->hst, H, &l->whh, l->bhh, running, false, p->scratch);
+            for (int r = 0; r < running; r++) {
+                const fwd_run *rr = &runs[p->order[r]];
+                float *h = p->hst + (size_t)r * H, *cs = p->cst + (size_t)r * H;
+                m->kern->cell_update(c->cell, H, p->gi + (size_t)(p->base[t] - p->base[t0] + r) * GH,
+                                     p->gh + (size_t)r * GH, h, cs);
+                memcpy(top ? p->hs + (size_t)(p->off[p->order[r]] + t) * H : p->ht + (size_t)(p->base[t] + r) * H, h,
+                       (size_t)H * sizeof *h);
+                int64_t at = (rr->from ? rr->from->pos : 0) + t + 1; /* absolute position after this step */
+                if (rr->marks && at % ATTN_BLOCK == 0) {
+                    model_seq *mk = rr->marks[at / ATTN_BLOCK - (at - t - 1) / ATTN_BLOCK - 1];
+                    memcpy(mk->h + (size_t)k * H, h, (size_t)H * sizeof *h);
+                    if (mk->c)
+                        memcpy(mk->c + (size_t)k * H, cs, (size_t)H * sizeof *cs);
                 }
             }
         }
-        for (int r = 0; r < B; r++) {
-            model_seq *sq = runs[order[r]].seq;
-            if (!sq)
-                continue;
-            memcpy(sq->h + (size_t)k * H, hst + (size_t)r * H, (size_t)H * sizeof *hst);
-            if (sq->c)
-                memcpy(sq->c + (size_t)k * H, cst + (size_t)r * H, (size_t)H * sizeof *cst);
-        }
-        in = ht;
-        in_dim = H;
+    }
+    for (int r = 0; r < p->B; r++) {
+        model_seq *sq = runs[p->order[r]].seq;
+        if (!sq)
+            continue;
+        memcpy(sq->h + (size_t)k * H, p->hst + (size_t)r * H, (size_t)H * sizeof *p->hst);
+        if (sq->c)
+            memcpy(sq->c + (size_t)k * H, p->cst + (size_t)r * H, (size_t)H * sizeof *p->cst);
+    }
+}
+
+int forward_runs(const model *m, int B, const fwd_run *runs, char *err, size_t errlen)
+{
+    fwd_plan p;
+    if (plan_pass(m, B, runs, &p, err, errlen) < 0)
+        return -1;
+    gather_inputs(m, runs, &p);
+    const float *in = p.x;
+    int in_dim = m->cfg.embed;
+    for (int k = 0; k < m->cfg.layers; k++) {
+        run_layer(m, runs, &p, k, in, in_dim);
+        in = p.ht;
+        in_dim = m->cfg.hidden;
     }
     for (int b = 0; b < B; b++) {
         const int first = context_rows(m, &runs[b]);
-        forward_tail(m, &runs[b], hs + (size_t)(off[b] - first) * H, first, tail, scratch);
+        forward_tail(m, &runs[b], p.hs + (size_t)(p.off[b] - first) * m->cfg.hidden, first, p.tail, p.scratch);
     }
-    free(order);
-    free(buf);
+    plan_free(&p);
     return 0;
 }
 
