@@ -17,6 +17,10 @@
  *                               scoring a PREFIX_PROMPT-byte prompt (TEXT repeated) plus
  *                               PREFIX_SUFFIX new bytes through the prefix cache: with nothing
  *                               cached, and with the prompt's states cached by an earlier request
+ *   window_W_b1_P_ms_per_step   one batch-1 step with W = 64 and W = 1024 positions in the window:
+ *                               the model's own weights loaded with "window" set to W, each
+ *                               sequence first prefilled with W + 64 tokens so that its window is
+ *                               full, then 128 steps timed
  *   weight_read_P_ms            reading as many bytes as the weights hold once (AVX2 loads, four
  *                               streams) from a buffer that has just been read (as a step's
  *                               weights have): the floor that reading them sets for a batch-1 step
@@ -31,7 +35,7 @@
  * shared machine the other work only ever adds time), the precisions taking
  * turns within each repetition so that a change of load affects them alike.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* memmem */
 #include "kernels.h"
 #include "model.h"
 #include "prefix.h"
@@ -48,6 +52,8 @@
 
 enum { REPS = 7, PROMPT_BYTES = 32, MAX_BATCH = 32, N_BATCHES = 3, PREFIX_PROMPT = 2000, PREFIX_SUFFIX = 20 };
 static const int BATCHES[N_BATCHES] = {1, 8, 32};
+enum { N_WINDOWS = 2, WINDOW_STEPS = 128 };
+static const int WINDOWS[N_WINDOWS] = {64, 1024};
 
 static double clock_s(clockid_t id)
 {
@@ -105,7 +111,8 @@ typedef struct run {
     model_precision prec;
     model *m;
     long rss_kb;
-    double score[REPS], step[N_BATCHES][REPS], read[REPS], miss[REPS], hit[REPS];
+    double score[REPS], step[N_BATCHES][REPS], read[REPS], miss[REPS], hit[REPS], wstep[N_WINDOWS][REPS];
+    model *wm[N_WINDOWS]; /* the same weights with window WINDOWS[i] */
     model_seq *seqs[MAX_BATCH];
     model_batch *batch;
     float *logits;
@@ -168,6 +175,69 @@ static double time_decode(run *r, const int *text, int ntext, int B, int steps)
             die(err);
         for (int b = 0; b < B; b++)
             tokens[b] = sampler_argmax(r->logits + (size_t)b * (size_t)c->vocab, c->vocab);
+    }
+    return cpu_now() - t0;
+}
+
+/* The model file's bytes with its "window" metadata set to W: the header
+ * rewritten (and padded to 8 again), the tensors unchanged.  NULL if the
+ * header has no window entry. */
+static char *with_window(const char *file, size_t len, int W, size_t *out_len)
+{
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--)
+        n = n << 8 | (unsigned char)file[i];
+    const char *key = "\"window\":\"", *head = file + 8;
+    if (len < 8 || n > len - 8)
+        return NULL;
+    const char *at = memmem(head, n, key, strlen(key));
+    const char *end = at ? memchr(at + strlen(key), '"', (size_t)(head + n - at - strlen(key))) : NULL;
+    if (!end)
+        return NULL;
+    char value[16];
+    int vlen = snprintf(value, sizeof value, "%d", W);
+    size_t before = (size_t)(at + strlen(key) - head), after = (size_t)(head + n - end);
+    /* The JSON ends at its last '}'; what follows is padding to drop and redo. */
+    while (after > 0 && end[after - 1] == ' ')
+        after--;
+    size_t body = before + (size_t)vlen + after, padded = (8 + body + 7) / 8 * 8 - 8;
+    char *out = malloc(8 + padded + (len - 8 - n));
+    if (!out)
+        return NULL;
+    for (int i = 0; i < 8; i++)
+        out[i] = (char)((uint64_t)padded >> (8 * i));
+    memcpy(out + 8, head, before);
+    memcpy(out + 8 + before, value, (size_t)vlen);
+    memcpy(out + 8 + before + vlen, end, after);
+    memset(out + 8 + body, ' ', padded - body);
+    memcpy(out + 8 + padded, head + n, len - 8 - n);
+    *out_len = 8 + padded + (len - 8 - n);
+    return out;
+}
+
+/* CPU seconds for WINDOW_STEPS batch-1 steps of m with its window full. */
+static double time_window_step(const model *m, model_batch *batch, model_seq *seq, float *logits, const int *text,
+                               int ntext)
+{
+    char err[ATTNLM_ERR_LEN];
+    const model_config *c = model_get_config(m);
+    const int P = c->window + 64;
+    int *prompt = malloc(sizeof(int) * (size_t)P);
+    if (!prompt)
+        die("out of memory");
+    prompt[0] = c->bos_id;
+    for (int i = 1; i < P; i++)
+        prompt[i] = text[(i - 1) % ntext];
+    model_seq_reset(seq);
+    if (model_forward(m, prompt, P - 1, NULL, NULL, seq, err, sizeof err) < 0)
+        die(err);
+    int token = prompt[P - 1];
+    free(prompt);
+    double t0 = cpu_now();
+    for (int s = 0; s < WINDOW_STEPS; s++) {
+        if (model_step(m, batch, &seq, &token, 1, logits, NULL, err, sizeof err) < 0)
+            die(err);
+        token = sampler_argmax(logits, c->vocab);
     }
     return cpu_now() - t0;
 }
@@ -326,6 +396,22 @@ int main(int argc, char **argv)
                 die("out of memory");
         if (!r->batch || !r->logits)
             die("out of memory");
+        size_t flen = 0, wlen = 0;
+        char *file = read_file(argv[1], &flen);
+        for (int wi = 0; wi < N_WINDOWS; wi++) {
+            char *variant = file ? with_window(file, flen, WINDOWS[wi], &wlen) : NULL;
+            char path[] = "/tmp/attnlm-bench-window-XXXXXX";
+            int fd = variant ? mkstemp(path) : -1;
+            if (fd < 0 || write(fd, variant, wlen) != (ssize_t)wlen)
+                die("cannot write the model with another window");
+            close(fd);
+            free(variant);
+            r->wm[wi] = model_load_opts(path, &opts, err, sizeof err);
+            unlink(path);
+            if (!r->wm[wi])
+                die(err);
+        }
+        free(file);
     }
     if (n_runs == 0)
         die("BENCH_PRECISIONS names none of f32, bf16, int8");
@@ -382,6 +468,17 @@ int main(int argc, char **argv)
                 if (rep >= 0)
                     r->step[bi][rep] = d / steps;
             }
+            for (int wi = 0; wi < N_WINDOWS; wi++) {
+                model_seq *ws = model_seq_new(r->wm[wi]);
+                model_batch *wb = model_batch_new(r->wm[wi], 1);
+                if (!ws || !wb)
+                    die("out of memory");
+                double d = time_window_step(r->wm[wi], wb, ws, r->logits, tokens + 1, (int)len);
+                if (rep >= 0)
+                    r->wstep[wi][rep] = d / WINDOW_STEPS;
+                model_seq_free(ws);
+                model_batch_free(wb);
+            }
             double rd = time_read(wbuf, model_weight_bytes(r->m));
             if (rep >= 0)
                 r->read[rep] = rd;
@@ -401,6 +498,8 @@ int main(int argc, char **argv)
             printf("decode_b%d_%s_tokens_per_s %.1f\n", BATCHES[bi], p, BATCHES[bi] / s);
             printf("decode_b%d_%s_ms_per_step %.4f\n", BATCHES[bi], p, 1e3 * s);
         }
+        for (int wi = 0; wi < N_WINDOWS; wi++)
+            printf("window_%d_b1_%s_ms_per_step %.4f\n", WINDOWS[wi], p, 1e3 * best(r->wstep[wi], REPS));
         printf("weight_read_%s_ms %.4f\n", p, 1e3 * best(r->read, REPS));
         printf("prefix_miss_%s_ms %.3f\n", p, 1e3 * best(r->miss, REPS));
         printf("prefix_hit_%s_ms %.3f\n", p, 1e3 * best(r->hit, REPS));
@@ -413,6 +512,8 @@ int main(int argc, char **argv)
         for (int b = 0; b < MAX_BATCH; b++)
             model_seq_free(runs[i].seqs[b]);
         model_batch_free(runs[i].batch);
+        for (int wi = 0; wi < N_WINDOWS; wi++)
+            model_free(runs[i].wm[wi]);
         free(runs[i].logits);
         model_free(runs[i].m);
     }

@@ -59,6 +59,13 @@ for p in f32 bf16 int8; do
          "$floor ms ($(awk -v s="$step" -v f="$floor" 'BEGIN {printf "%.0f%%", 100 * f / s}') of the step); RSS +$(value "rss_${p}_kb" "$c_out") kB"
 done
 
+echo "== the window: one batch-1 step with 64 and with 1,024 positions attended (the model's weights, its window set to each; goal: 1,024 at most 1.5x 64)"
+for p in f32 bf16 int8; do
+    w64=$(value "window_64_b1_${p}_ms_per_step" "$c_out") w1k=$(value "window_1024_b1_${p}_ms_per_step" "$c_out")
+    [ -n "$w64" ] || continue
+    echo "$p: W=64 $w64 ms, W=1024 $w1k ms: $(ratio "$w1k" "$w64")"
+done
+
 echo "== f32 products: the engine's kernel against OpenBLAS (microseconds, best of many; BLAS is sgemv for one row)"
 for shape in $(sed -n 's/^gemm_\([0-9]*x[0-9]*\)_m1_kernel_us .*/\1/p' <<<"$c_out"); do
     printf '%-12s' "[$shape] M"
