@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Does every cell x attention combination start learning at train.py's defaults?
+"""Does every cell x attention x keys/values combination start learning at train.py's defaults?
 
-Trains each of the 12 combinations (elman/gru/lstm x additive/dot/cosine/
-multihead) for each seed, small (--hidden, --window, --seq-len, --batch, --steps below)
+Trains each of the 24 combinations (elman/gru/lstm x additive/dot/cosine/
+multihead x attn_kv state/continuation) for each seed, small (--hidden, --window, --seq-len, --batch, --steps below)
 but otherwise with train.py's own defaults: its argument parser, initialisation
 and training loop, nothing overridden.  A run has ESCAPED the unigram plateau
 when its training loss averaged over the last --last steps is below
@@ -27,6 +27,7 @@ sys.path.insert(0, HERE)
 
 CELLS = ("elman", "gru", "lstm")
 ATTENTIONS = ("additive", "dot", "cosine", "multihead")
+ATTN_KVS = ("state", "continuation")
 
 
 def parse_args():
@@ -43,23 +44,24 @@ def parse_args():
     p.add_argument("--jobs", type=int, default=2, help="worker processes (one thread each)")
     p.add_argument("--cells", default=",".join(CELLS))
     p.add_argument("--attentions", default=",".join(ATTENTIONS))
+    p.add_argument("--attn-kvs", default=",".join(ATTN_KVS))
     p.add_argument("--extra", default="", help="further train.py arguments for every run, e.g. '--out-bias torch'")
     return p.parse_args()
 
 
-def train_args(opts, cell, attention, seed):
+def train_args(opts, cell, attention, kv, seed):
     """train.py's arguments for one run: its defaults, the small size, one thread."""
     return ["--train", opts.train, "--val", opts.train, "--out", os.devnull,
-            "--cell", cell, "--attention", attention, "--seed", str(seed),
+            "--cell", cell, "--attention", attention, "--attn-kv", kv, "--seed", str(seed),
             "--hidden", str(opts.hidden), "--window", str(opts.window), "--seq-len", str(opts.seq_len),
             "--batch", str(opts.batch), "--steps", str(opts.steps), "--threads", "1"] + opts.extra.split()
 
 
 def run(job):
-    opts, cell, attention, seed = job
+    opts, cell, attention, kv, seed = job
     import torch
     import train as T
-    args = T.parse_args(train_args(opts, cell, attention, seed))
+    args = T.parse_args(train_args(opts, cell, attention, kv, seed))
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     data = T.read_bytes(args.train)
@@ -67,42 +69,44 @@ def run(job):
     t0 = time.perf_counter()
     result = T.train_loop(model, args, data, val=None, log=lambda s: None)
     losses = result["losses"]
-    return cell, attention, seed, sum(losses[-opts.last:]) / len(losses[-opts.last:]), time.perf_counter() - t0
+    return cell, attention, kv, seed, sum(losses[-opts.last:]) / len(losses[-opts.last:]), time.perf_counter() - t0
 
 
 def main():
     opts = parse_args()
     seeds = [int(s) for s in opts.seeds.split(",")]
-    cells, attentions = opts.cells.split(","), opts.attentions.split(",")
+    cells, attentions, kvs = opts.cells.split(","), opts.attentions.split(","), opts.attn_kvs.split(",")
     import torch
     import train as T
     data = T.read_bytes(opts.train)
     p = torch.bincount(data, minlength=257).double() / len(data)
     entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
-    example = " ".join(train_args(opts, "CELL", "ATTENTION", "SEED")[6:])
-    print(f"smoke: {len(cells) * len(attentions)} combinations x seeds {opts.seeds}, train.py defaults with "
+    example = " ".join(train_args(opts, "CELL", "ATTENTION", "KV", "SEED")[6:])
+    print(f"smoke: {len(cells) * len(attentions) * len(kvs)} combinations x seeds {opts.seeds}, train.py defaults with "
           f"{example.replace(os.devnull, '-')}")
     print(f"escaped = training loss over the last {opts.last} of {opts.steps} steps < {opts.threshold} nats/byte "
           f"(unigram entropy of the training text: {entropy:.3f})", flush=True)
-    jobs = [(opts, c, a, s) for c in cells for a in attentions for s in seeds]
+    jobs = [(opts, c, a, k, s) for c in cells for a in attentions for k in kvs for s in seeds]
     t0 = time.perf_counter()
     results = {}
     with multiprocessing.get_context("spawn").Pool(opts.jobs) as pool:
-        for cell, attention, seed, loss, secs in pool.imap_unordered(run, jobs):
-            results[cell, attention, seed] = (loss, secs)
+        for cell, attention, kv, seed, loss, secs in pool.imap_unordered(run, jobs):
+            results[cell, attention, kv, seed] = (loss, secs)
     failed = 0
-    head = f"{'cell':6s} {'attention':10s}" + "".join(f" {'seed ' + str(s):>16s}" for s in seeds) + f" {'seconds':>8s}"
+    head = f"{'cell':6s} {'attention':10s} {'attn_kv':12s}" + "".join(f" {'seed ' + str(s):>16s}" for s in seeds) + \
+        f" {'seconds':>8s}"
     print(head)
     for c in cells:
         for a in attentions:
-            row = f"{c:6s} {a:10s}"
-            for s in seeds:
-                loss, _ = results[c, a, s]
-                ok = loss < opts.threshold and math.isfinite(loss)
-                failed += not ok
-                row += f" {loss:8.3f} {'escaped' if ok else 'STUCK':>7s}"
-            row += f" {sum(results[c, a, s][1] for s in seeds):8.1f}"
-            print(row)
+            for k in kvs:
+                row = f"{c:6s} {a:10s} {k:12s}"
+                for s in seeds:
+                    loss, _ = results[c, a, k, s]
+                    ok = loss < opts.threshold and math.isfinite(loss)
+                    failed += not ok
+                    row += f" {loss:8.3f} {'escaped' if ok else 'STUCK':>7s}"
+                row += f" {sum(results[c, a, k, s][1] for s in seeds):8.1f}"
+                print(row)
     print(f"smoke: {len(jobs) - failed}/{len(jobs)} escaped in {time.perf_counter() - t0:.0f} s "
           f"({opts.jobs} processes)", flush=True)
     sys.exit(1 if failed else 0)
