@@ -119,6 +119,64 @@ START_TEST(test_top_p_stays_in_nucleus)
 }
 END_TEST
 
+/* The exact nucleus, token by token: sampling is a function of the coin, so
+ * the coin at the middle of member j's share of the nucleus must give
+ * exactly the j-th most likely token, and a coin just below 1 the last
+ * member.  A nucleus cut short or run long, or mass renormalised wrongly,
+ * moves these picks. */
+START_TEST(test_top_p_exact_nucleus)
+{
+    sampler *s = sampler_new(V);
+    float x[V];
+    int order[V];
+    const float ps[] = {0.05f, 0.3f, 0.5f, 0.8f, 0.95f};
+    for (int trial = 0; trial < 10; trial++) {
+        random_ranked(x, order, (uint64_t)trial + 300);
+        double prob[V], sum = 0.0, mx = x[order[0]];
+        for (int i = 0; i < V; i++)
+            sum += prob[i] = exp((double)x[i] - mx);
+        for (size_t pi = 0; pi < sizeof ps / sizeof *ps; pi++) {
+            int nucleus = 1;
+            double kept = prob[order[0]] / sum;
+            while (kept < ps[pi] && nucleus < V)
+                kept += prob[order[nucleus++]] / sum;
+            sampler_params p = {1.0f, 0, ps[pi]};
+            double below = 0.0;
+            for (int j = 0; j < nucleus; j++) {
+                double share = prob[order[j]] / sum;
+                float coin = (float)((below + share / 2) / kept);
+                ck_assert_msg(sampler_sample(s, x, &p, coin) == order[j], "top_p %g, coin %g: want rank %d of %d",
+                              ps[pi], coin, j, nucleus);
+                below += share;
+            }
+            ck_assert_int_eq(sampler_sample(s, x, &p, nextafterf(1.0f, 0.0f)), order[nucleus - 1]);
+        }
+    }
+    sampler_free(s);
+}
+END_TEST
+
+/* top_k under ties: equal logits rank by id, so the set is exactly the k lowest ids among them. */
+START_TEST(test_top_k_exact_under_ties)
+{
+    sampler *s = sampler_new(V);
+    float x[V];
+    for (int i = 0; i < V; i++)
+        x[i] = -2.0f;
+    const int tied[] = {200, 40, 90, 10}; /* equal best: ranked 10, 40, 90, 200 */
+    for (size_t i = 0; i < sizeof tied / sizeof *tied; i++)
+        x[tied[i]] = 3.0f;
+    sampler_params p = {1.0f, 3, 1.0f};
+    const int want[3] = {10, 40, 90};
+    for (int j = 0; j < 3; j++)
+        ck_assert_int_eq(sampler_sample(s, x, &p, (float)(j + 0.5) / 3.0f), want[j]);
+    ck_assert_int_eq(sampler_sample(s, x, &p, nextafterf(1.0f, 0.0f)), 90);
+    p.top_k = 5; /* the four tied, then the lowest id of the rest */
+    ck_assert_int_eq(sampler_sample(s, x, &p, nextafterf(1.0f, 0.0f)), 0);
+    sampler_free(s);
+}
+END_TEST
+
 /* Frequencies follow softmax(x / T): a chi-square check with a fixed seed. */
 START_TEST(test_temperature_distribution)
 {
@@ -183,5 +241,6 @@ END_TEST
 int main(void)
 {
     return CHECK_MAIN("sampler", test_temperature_zero_is_argmax, test_top_k_stays_in_set, test_top_p_stays_in_nucleus,
-                      test_temperature_distribution, test_seed_reproduces, test_rng_range);
+                      test_top_p_exact_nucleus, test_top_k_exact_under_ties, test_temperature_distribution,
+                      test_seed_reproduces, test_rng_range);
 }
