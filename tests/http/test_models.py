@@ -80,13 +80,20 @@ def fixture_models():
     return out
 
 
+MAX_MODELS = 16  # models one server serves
+
+
 class TestPyTorchReference(ServerCase):
-    """/v1/attention (dense) and /v1/score against the PyTorch implementation's values, with every
-    fixture served by one server and chosen by its name."""
+    """/v1/attention (dense) and /v1/score (with attention gains) against the PyTorch
+    implementation's values, the fixtures served 16 to a server and chosen by their names."""
 
     def test_fixtures(self):
         fixtures = fixture_models()
-        self.assertGreaterEqual(len(fixtures), 12)
+        self.assertGreaterEqual(len(fixtures), 24)
+        for first in range(0, len(fixtures), MAX_MODELS):
+            self.check_served(fixtures[first:first + MAX_MODELS])
+
+    def check_served(self, fixtures):
         flags = ["--workers", "1"]
         for _, model, _ in fixtures:
             flags += ["--model", model]
@@ -99,9 +106,10 @@ class TestPyTorchReference(ServerCase):
                 text = meta["text"]
                 (H, T, T2), attn = t["attention"]
                 (T3, V), lps = t["logprobs"]
+                _, own = t["logprobs_self"]
                 self.assertEqual((T, T2, T3), (len(text.encode()) + 1,) * 3)
                 att = srv.ok("/v1/attention", {"model": name, "text": text, "format": "dense"})
-                sc = srv.ok("/v1/score", {"model": name, "text": text, "top_k": 1})
+                sc = srv.ok("/v1/score", {"model": name, "text": text, "top_k": 1, "attention_gain": True})
                 self.assertEqual(att["heads"], H)
                 worst = 0.0
                 for h in range(H):
@@ -110,12 +118,15 @@ class TestPyTorchReference(ServerCase):
                             worst = max(worst, abs(att["maps"][h][q][k] - attn[(h * T + q) * T + k]))
                 self.assertLessEqual(worst, 1e-5, "attention differs from PyTorch by %g" % worst)
                 ids = list(text.encode())
-                worst = 0.0
+                worst = worst_gain = 0.0
                 for i, tok in enumerate(sc["tokens"]):
                     worst = max(worst, abs(tok["logprob"] - lps[i * V + ids[i]]))
+                    want_gain = lps[i * V + ids[i]] - own[i * V + ids[i]]
+                    worst_gain = max(worst_gain, abs(tok["gain"] - want_gain))
                 last = lps[(T - 1) * V:T * V]
                 self.assertAlmostEqual(sc["next"][0]["logprob"], max(last), delta=1e-4)
                 self.assertLessEqual(worst, 1e-4, "logprobs differ from PyTorch by %g" % worst)
+                self.assertLessEqual(worst_gain, 2e-4, "attention gains differ from PyTorch by %g" % worst_gain)
 
 
 class TestSeveralModels(ServerCase):
