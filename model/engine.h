@@ -152,8 +152,8 @@ struct attn_mech {
 /* One sequence of a forward pass: n tokens after the state `from` (NULL:
  * position 0, nothing before).  Outputs, each optional: logprobs [n, V] and
  * attn [n, N, W] for these positions; seq, a fresh sequence that receives the
- * state after them; marks, fresh sequences that receive the states at each
- * multiple of ATTN_BLOCK in (start, start + n], in order. */
+ * state after them; marks [n_marks], fresh sequences that receive the states
+ * at the first n_marks multiples of ATTN_BLOCK in (start, start + n], in order. */
 typedef struct fwd_run {
     const int *tokens;
     int n;
@@ -163,6 +163,7 @@ typedef struct fwd_run {
     float *attn;
     model_seq *seq;
     model_seq *const *marks;
+    int n_marks;
 } fwd_run;
 
 /* The forward pass of B runs at once (model_forward_batch's, with start

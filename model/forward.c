@@ -190,7 +190,7 @@ static void forward_tail(const model *m, const fwd_run *r, const float *hs, int 
         fill_ring(m, r->seq, ks, vs, proj, pos0, start + n);
         r->seq->pos = start + n;
     }
-    for (int64_t p = (start / ATTN_BLOCK + 1) * ATTN_BLOCK, i = 0; r->marks && p <= start + n;
+    for (int64_t p = (start / ATTN_BLOCK + 1) * ATTN_BLOCK, i = 0; r->marks && i < r->n_marks && p <= start + n;
          p += ATTN_BLOCK, i++) {
         model_seq *s = r->marks[i];
         fill_ring(m, s, ks, vs, proj, pos0, p);
@@ -388,8 +388,9 @@ static void run_layer(const model *m, const fwd_run *runs, const fwd_plan *p, in
                 memcpy(top ? p->hs + (size_t)(p->off[p->order[r]] + t) * H : p->ht + (size_t)(p->base[t] + r) * H, h,
                        (size_t)H * sizeof *h);
                 int64_t at = (rr->from ? rr->from->pos : 0) + t + 1; /* absolute position after this step */
-                if (rr->marks && at % ATTN_BLOCK == 0) {
-                    model_seq *mk = rr->marks[at / ATTN_BLOCK - (at - t - 1) / ATTN_BLOCK - 1];
+                const int64_t mark = at / ATTN_BLOCK - (at - t - 1) / ATTN_BLOCK - 1;
+                if (rr->marks && at % ATTN_BLOCK == 0 && mark < rr->n_marks) {
+                    model_seq *mk = rr->marks[mark];
                     memcpy(mk->h + (size_t)k * H, h, (size_t)H * sizeof *h);
                     if (mk->c)
                         memcpy(mk->c + (size_t)k * H, cs, (size_t)H * sizeof *cs);

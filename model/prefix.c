@@ -268,7 +268,13 @@ static int plan_lookup(prefix_cache *pc, const model *m, const int *tokens, floa
 static int plan_nodes(prefix_cache *pc, const model *m, const int *tokens, bool rows, seq_plan *p)
 {
     p->fresh = p->n / PREFIX_CHUNK - p->depth;
-    if (p->fresh <= 0 || node_bytes(m, rows) > pc->limit) {
+    /* No more nodes than the cache can hold: the rest would be evicted at
+     * once, and a long window makes each state large.  The first ones are
+     * kept, as every use of a node also uses the path before it. */
+    const size_t fit = pc->limit / node_bytes(m, rows);
+    if (p->fresh > 0 && (size_t)p->fresh > fit)
+        p->fresh = (int)fit;
+    if (p->fresh <= 0) {
         p->fresh = 0;
         return 0;
     }
@@ -374,7 +380,8 @@ int model_forward_cached(const model *m, prefix_cache *pc, int B, const int *con
                             .from = p->from,
                             .logprobs = lp ? lp + skip * V : NULL,
                             .seq = seqs ? seqs[b] : NULL,
-                            .marks = p->fresh ? p->marks : NULL};
+                            .marks = p->fresh ? p->marks : NULL,
+                            .n_marks = p->fresh};
     }
     if ((rc = forward_runs(m, B, runs, err, errlen)) < 0)
         goto done;

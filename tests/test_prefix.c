@@ -204,6 +204,21 @@ START_TEST(test_cache_limit)
     o = run(m, pc, tok[TEXTS - 1], N, true, &reused);
     ck_assert_int_ge(reused, 64);
     outcome_free(&o);
+    /* A pass crossing more states than the cache holds offers only the first ones (the
+     * rest would be evicted at once): the answers stay exact, the opening is kept. */
+    prefix_cache *one = prefix_cache_new(per_state + per_state / 2);
+    outcome want = run(m, NULL, tok[1], N, true, NULL), got = run(m, one, tok[1], N, true, NULL);
+    assert_same(m, &want, &got, N, "cache of one state");
+    prefix_cache_stats(one, &st);
+    ck_assert_uint_eq(st.entries, 1);
+    ck_assert_uint_eq(st.evictions, 0);
+    outcome_free(&got);
+    got = run(m, one, tok[1], N, true, &reused);
+    ck_assert_int_eq(reused, 64);
+    assert_same(m, &want, &got, N, "resumed from the one state");
+    outcome_free(&want);
+    outcome_free(&got);
+    prefix_cache_free(one);
     /* A cache of nothing caches nothing. */
     prefix_cache *none = prefix_cache_new(0);
     o = run(m, none, tok[0], N, true, &reused);
