@@ -330,15 +330,18 @@ clean:
 
 # ---- Training checks and the attention comparison (train/) ----
 #   make train-deps   install the training packages that are missing (as root, or via sudo)
-#   make train-smoke  every cell x attention leaves the unigram plateau within 200 steps
-#                     at train.py's defaults, 3 seeds (a few minutes on 2 cores)
-#   make compare      the four attention mechanisms at an equal budget of COMPARE_BUDGET
-#                     seconds each, then the other cells; table and plots in docs/attention/
+#   make train-smoke  every cell x attention x attn_kv leaves the unigram plateau within
+#                     200 steps at train.py's defaults, 3 seeds (ten minutes on 2 cores)
+#   make compare      no attention beside every mechanism with both attn_kv settings, at an
+#                     equal budget of COMPARE_BUDGET CPU seconds per run and COMPARE_SEEDS seeds;
+#                     runs already in docs/attention/runs/ are kept (COMPARE_ARGS="--only NAME,...")
+#   make compare-mechanisms  the earlier comparison of the four mechanisms (attn_kv state)
 TRAIN_PKGS := python3-torch python3-numpy python3-matplotlib
-COMPARE_BUDGET ?= 1200
+COMPARE_BUDGET ?= 1800
+COMPARE_SEEDS ?= 1,2,3
 COMPARE_ARGS ?=
 
-.PHONY: train-deps train-smoke compare
+.PHONY: train-deps train-smoke compare compare-mechanisms
 
 train-deps:
 	$(call apt_install,$(TRAIN_PKGS))
@@ -346,5 +349,8 @@ train-deps:
 train-smoke: train-deps data/train.txt
 	$(PYTHON) train/smoke.py
 
-compare: train-deps data/train.txt $(BUILD)/bench/bench_engine
-	$(PYTHON) train/compare.py --bench $(BUILD)/bench/bench_engine --budget $(COMPARE_BUDGET) $(COMPARE_ARGS)
+compare: train-deps data/train.txt
+	$(PYTHON) train/compare.py --budget $(COMPARE_BUDGET) --seeds $(COMPARE_SEEDS) $(COMPARE_ARGS)
+
+compare-mechanisms: train-deps data/train.txt $(BUILD)/bench/bench_engine
+	$(PYTHON) train/compare_mechanisms.py --bench $(BUILD)/bench/bench_engine --budget 1200 $(COMPARE_ARGS)

