@@ -80,7 +80,8 @@ API_SRC := api/models.c api/route.c api/json.c api/inline.c api/score.c api/gene
 API_OBJ := $(API_SRC:%.c=$(BUILD)/%.o)
 API_LIB := $(BUILD)/libattnlm_api.a
 
-SERVER_SRC := server/config.c server/log.c server/pool.c server/http.c server/probe.c server/ui.c
+SERVER_SRC := server/config.c server/log.c server/pool.c server/http.c server/guard.c server/headers.c server/probe.c \
+	server/ui.c
 # The inspector page (ui/) is compiled into the server: tools/embed writes its
 # files into a C source with their content types and ETags.
 UI_FILES := $(sort $(wildcard ui/*.html ui/*.js ui/*.css ui/*.svg))

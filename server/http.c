@@ -1,6 +1,7 @@
 /* http.c -- libmicrohttpd glue: a request's life from its first line to its
- * log line, the admin listener, and the limits that keep slow or hostile
- * clients from holding the main port.
+ * log line, streaming, and the admin listener.  The connection guard
+ * (guard.c) keeps slow clients from holding the main port; the header policy
+ * (headers.c) gives every answer its request id, trace context and CORS.
  *
  * Per request, a srv_req is made when the request line arrives (libmicrohttpd's
  * URI log callback, which sees the target before it is unescaped) and lives
@@ -12,14 +13,8 @@
  * has nothing to send.  A stream whose unsent bytes pass STREAM_BOUND is
  * reported blocked, and the pool stops generating for it until it drains.
  *
- * Slow clients: every connection of the main port is tracked from accept to
- * close.  A sweeper thread closes (shutdown) one that has not sent a whole
- * request header within --header-timeout of connecting or of its previous
- * answer, or whose body arrives slower than --min-body-rate.  libmicrohttpd
- * reports a connection closed before it closes the socket, and both sides
- * hold conns_lock, so the sweeper never touches a socket number that was
- * reused.  /health, /ready and /metrics also answer on --admin-port, a
- * listener with its own thread that load on the main port cannot starve.
+ * /health, /ready and /metrics also answer on --admin-port, a listener with
+ * its own thread that load on the main port cannot starve.
  *
  * Lifetime: a srv_req is shared by the HTTP thread, the pool and (for
  * streams) the response object, and freed by whichever lets go last.
@@ -48,30 +43,18 @@
 #include "buf.h"
 #include "clock.h"
 #include "err.h"
+#include "guard.h"
+#include "headers.h"
 #include "log.h"
 #include "rng.h"
 #include "ui.h"
 
 #define PROBE_INTERVAL_NS 20000000   /* how often a worker checks a waiting client's socket */
-#define SWEEP_INTERVAL_NS 250000000  /* how often the sweeper looks at the connections */
 #define STREAM_BLOCK 4096
 #define STREAM_BOUND (128 * 1024)    /* unsent bytes of a stream beyond which it is blocked */
 #define STREAM_SNDBUF (256 * 1024)   /* the kernel's send buffer of a stream's socket */
 #define ADMIN_CONNECTIONS 64
 #define CONNECTION_TIMEOUT 60        /* seconds without progress before libmicrohttpd closes a connection */
-
-typedef enum { CONN_HEADER, CONN_BODY, CONN_BUSY } conn_phase;
-typedef enum { CUT_NONE, CUT_HEADER, CUT_BODY } cut_reason;
-
-/* One connection of the main port, as the sweeper sees it. */
-typedef struct conn_track {
-    struct conn_track *prev, *next;
-    int fd;
-    atomic_int phase;         /* conn_phase */
-    atomic_llong since_ns;    /* when the phase began */
-    atomic_ullong body_bytes; /* of the request being read */
-    atomic_int cut;           /* cut_reason, once the sweeper closed it */
-} conn_track;
 
 struct srv {
     struct MHD_Daemon *d;     /* the main port */
@@ -81,17 +64,10 @@ struct srv {
     pool *pool;
     atomic_bool draining;
     atomic_long in_flight;
-    atomic_ulong next_id;
-    uint64_t id_base;
+    hdr_ids ids; /* request and trace ids, and the jobs' seeds */
     int port, admin_port;
     char *tls_cert, *tls_key; /* PEM, read at start */
-    pthread_mutex_t conns_lock;
-    conn_track *conns;
-    pthread_t sweeper;
-    bool sweeper_started;
-    pthread_mutex_t stop_lock;
-    pthread_cond_t stop_cv;
-    bool stopping;
+    guard *guard; /* of the main port */
 };
 
 typedef enum { PH_NEW, PH_BODY, PH_WAIT, PH_REPLIED } phase;
@@ -104,8 +80,7 @@ typedef struct srv_req {
     bool admin;
     atomic_int refs;
     int64_t start_ns;
-    char id[72];
-    char trace_id[33], span_id[17], trace_flags[3];
+    req_identity who;
     char method[16];
     char path[256];     /* the request target as sent (escaped when logged) */
     bool nul_in_path;   /* the target held %00, which would cut the path short */
@@ -147,19 +122,8 @@ static void req_unref(srv_req *r)
 
 /* ---- answering ------------------------------------------------------------ */
 
-/* The headers every answer carries: request id, trace context, CORS. */
-static void common_headers(const srv_req *r, struct MHD_Response *resp)
-{
-    char tp[64];
-    snprintf(tp, sizeof tp, "00-%s-%s-%s", r->trace_id, r->span_id, r->trace_flags);
-    MHD_add_response_header(resp, "X-Request-Id", r->id);
-    MHD_add_response_header(resp, "traceparent", tp);
-    if (r->allow_origin) {
-        MHD_add_response_header(resp, "Access-Control-Allow-Origin", r->allow_origin);
-        MHD_add_response_header(resp, "Access-Control-Expose-Headers", "X-Request-Id, traceparent, Retry-After");
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_VARY, "Origin");
-    }
-}
+/* The headers every answer carries (headers.h). */
+static void common_headers(const srv_req *r, struct MHD_Response *resp) { hdr_common(resp, &r->who, r->allow_origin); }
 
 /* Queues an answer whose body (malloc'ed) libmicrohttpd frees; allow is the
  * Allow header of a 405, or NULL; close ends the connection after it. */
@@ -329,101 +293,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *dst, size_t max)
 
 static void stream_free(void *cls) { req_unref(cls); }
 
-/* ---- request identity: id, trace context, origin -------------------------------- */
-
-static bool sane_request_id(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > 64)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
-              c == '.'))
-            return false;
-    }
-    return true;
-}
-
-static bool lower_hex(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-            return false;
-    return true;
-}
-
-static bool all_zero(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (s[i] != '0')
-            return false;
-    return true;
-}
-
-static void random_hex(srv *s, char *out, size_t digits)
-{
-    for (size_t i = 0; i < digits; i += 16) {
-        uint64_t v = rng_hash(s->id_base ^ (uint64_t)clock_now_ns() ^ atomic_fetch_add(&s->next_id, 1));
-        char chunk[17];
-        snprintf(chunk, sizeof chunk, "%016llx", (unsigned long long)v);
-        memcpy(out + i, chunk, digits - i < 16 ? digits - i : 16);
-    }
-    out[digits] = '\0';
-}
-
-/* W3C trace context: a valid traceparent's trace id and flags are kept (this
- * request is a new span of that trace); otherwise a new trace begins. */
-static void trace_context(srv_req *r, const char *tp)
-{
-    bool ok = tp && strlen(tp) == 55 && tp[2] == '-' && tp[35] == '-' && tp[52] == '-' && lower_hex(tp, 2) &&
-              strncmp(tp, "ff", 2) != 0 && lower_hex(tp + 3, 32) && !all_zero(tp + 3, 32) &&
-              lower_hex(tp + 36, 16) && !all_zero(tp + 36, 16) && lower_hex(tp + 53, 2);
-    if (ok) {
-        memcpy(r->trace_id, tp + 3, 32);
-        r->trace_id[32] = '\0';
-        memcpy(r->trace_flags, tp + 53, 2);
-        r->trace_flags[2] = '\0';
-    } else {
-        random_hex(r->s, r->trace_id, 32);
-        strcpy(r->trace_flags, "00");
-    }
-    random_hex(r->s, r->span_id, 16);
-}
-
-/* The Access-Control-Allow-Origin for this request's Origin, or NULL. */
-static const char *allowed_origin(srv_req *r, const char *origin)
-{
-    const srv_list *l = &r->s->cfg->cors_origins;
-    if (!origin || l->n == 0)
-        return NULL;
-    for (int i = 0; i < l->n; i++) {
-        if (strcmp(l->v[i], "*") == 0)
-            return "*";
-        if (strcasecmp(l->v[i], origin) == 0) {
-            snprintf(r->origin, sizeof r->origin, "%s", origin);
-            return r->origin;
-        }
-    }
-    return NULL;
-}
-
 /* ---- request handling ------------------------------------------------------------- */
-
-static conn_track *track_of(struct MHD_Connection *conn)
-{
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    return ci ? ci->socket_context : NULL;
-}
-
-static void set_phase(conn_track *t, conn_phase ph)
-{
-    if (!t)
-        return;
-    atomic_store(&t->since_ns, clock_now_ns());
-    atomic_store(&t->body_bytes, 0);
-    atomic_store(&t->phase, ph);
-}
 
 /* libmicrohttpd's URI log callback: the request line has arrived. */
 static void *req_begin_on(srv *s, const char *uri, struct MHD_Connection *conn, bool admin)
@@ -441,8 +311,8 @@ static void *req_begin_on(srv *s, const char *uri, struct MHD_Connection *conn, 
     r->nul_in_path = uri && strstr(uri, "%00") != NULL;
     r->route = METRICS_ROUTES - 1;
     r->fd = -1;
-    strcpy(r->id, "-");
-    strcpy(r->trace_id, "-");
+    strcpy(r->who.id, "-");
+    strcpy(r->who.trace_id, "-");
     r->admin = admin;
     return r;
 }
@@ -486,16 +356,12 @@ static enum MHD_Result req_headers(srv_req *r, struct MHD_Connection *conn, cons
     r->counted = true;
     atomic_fetch_add(&s->in_flight, 1);
     atomic_fetch_add(&s->ctx->metrics->in_flight, 1);
-    r->track = r->admin ? NULL : track_of(conn);
-    set_phase(r->track, CONN_BODY);
-    const char *given = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
-    if (given && sane_request_id(given))
-        snprintf(r->id, sizeof r->id, "%s", given);
-    else
-        snprintf(r->id, sizeof r->id, "%016llx",
-                 (unsigned long long)rng_hash(s->id_base + atomic_fetch_add(&s->next_id, 1)));
-    trace_context(r, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "traceparent"));
-    r->allow_origin = allowed_origin(r, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin"));
+    r->track = r->admin ? NULL : guard_track_of(conn);
+    guard_phase(r->track, CONN_BODY);
+    hdr_identify(&s->ids, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id"),
+                 MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "traceparent"), &r->who);
+    const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
+    r->allow_origin = hdr_allowed_origin(&s->cfg->cors_origins, origin, r->origin, sizeof r->origin);
     r->ph = PH_BODY;
 
     /* Refused before anything else, and the connection closed: it cannot be
@@ -539,8 +405,8 @@ static enum MHD_Result submit_job(srv_req *r)
         return fail(r, 503, NULL, "the server is shutting down");
     }
     api_error e;
-    uint64_t seed = rng_hash(s->id_base ^ (uint64_t)r->start_ns ^ atomic_fetch_add(&s->next_id, 1));
-    api_job *job = api_job_new(s->ctx, r->ep, r->body.p, r->body.len, seed, r->id, &e);
+    uint64_t seed = rng_hash(s->ids.base ^ (uint64_t)r->start_ns ^ atomic_fetch_add(&s->ids.next, 1));
+    api_job *job = api_job_new(s->ctx, r->ep, r->body.p, r->body.len, seed, r->who.id, &e);
     if (!job)
         return reply_error(r, &e, NULL, false);
     snprintf(r->model, sizeof r->model, "%s", api_job_model_name(job));
@@ -635,12 +501,8 @@ static enum MHD_Result preflight(srv_req *r)
     if (!resp)
         return MHD_NO;
     common_headers(r, resp);
-    if (r->allow_origin) {
-        MHD_add_response_header(resp, "Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS");
-        MHD_add_response_header(resp, "Access-Control-Allow-Headers",
-                                "Authorization, Content-Type, X-Api-Key, X-Request-Id, traceparent");
-        MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
-    }
+    if (r->allow_origin)
+        hdr_preflight(resp);
     enum MHD_Result ok = MHD_queue_response(r->conn, MHD_HTTP_NO_CONTENT, resp);
     MHD_destroy_response(resp);
     r->status = 204;
@@ -652,7 +514,7 @@ static enum MHD_Result preflight(srv_req *r)
 static enum MHD_Result req_complete(srv_req *r, struct MHD_Connection *conn, const char *url, const char *method)
 {
     srv *s = r->s;
-    set_phase(r->track, CONN_BUSY);
+    guard_phase(r->track, CONN_BUSY);
     /* The inspector page's files, on the main port: before routing and the key check. */
     if (!r->admin && s->cfg->ui && ui_is_path(url))
         return serve_ui(r, method, url);
@@ -725,8 +587,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
-        if (r->track)
-            atomic_fetch_add(&r->track->body_bytes, n);
+        guard_body_bytes(r->track, n);
         if (r->too_large || r->body.len + n > (size_t)s->cfg->max_body) {
             r->too_large = true;
             return MHD_YES;
@@ -745,7 +606,7 @@ static int final_status(srv_req *r, enum MHD_RequestTerminationCode toe, const c
     bool cut = r->streaming && !r->finished;
     pthread_mutex_unlock(&r->lock);
     *note = NULL;
-    int swept = r->track ? atomic_load(&r->track->cut) : CUT_NONE;
+    cut_reason swept = guard_cut(r->track);
     if (swept != CUT_NONE && r->ph != PH_REPLIED) {
         *note = swept == CUT_HEADER ? "header not complete in time" : "body sent too slowly";
         return 408;
@@ -789,8 +650,8 @@ static void completed(void *cls, struct MHD_Connection *conn, void **req_cls, en
         int in = r->in_tokens, out = r->out_tokens;
         pthread_mutex_unlock(&r->lock);
         metrics_request(s->ctx->metrics, r->route, status, secs);
-        log_req(&(log_request){.id = r->id,
-                               .trace_id = r->trace_id,
+        log_req(&(log_request){.id = r->who.id,
+                               .trace_id = r->who.trace_id,
                                .method = r->method,
                                .path = r->path,
                                .model = r->model[0] ? r->model : NULL,
@@ -802,8 +663,8 @@ static void completed(void *cls, struct MHD_Connection *conn, void **req_cls, en
         atomic_fetch_sub(&s->in_flight, 1);
         atomic_fetch_sub(&s->ctx->metrics->in_flight, 1);
     }
-    if (r->track && atomic_load(&r->track->cut) == CUT_NONE)
-        set_phase(r->track, CONN_HEADER); /* a kept-alive connection now waits for its next request */
+    if (guard_cut(r->track) == CUT_NONE)
+        guard_phase(r->track, CONN_HEADER); /* a kept-alive connection now waits for its next request */
     req_unref(r);
 }
 
@@ -821,102 +682,6 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
         return;
     char esc[600];
     log_msg("warn", "http: %s", log_escape(msg, esc, sizeof esc));
-}
-
-/* ---- connections and the sweeper ------------------------------------------------- */
-
-static void notify_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
-                              enum MHD_ConnectionNotificationCode code)
-{
-    srv *s = cls;
-    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
-        conn_track *t = calloc(1, sizeof *t);
-        if (!t)
-            return;
-        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-        t->fd = ci ? ci->connect_fd : -1;
-        atomic_init(&t->phase, CONN_HEADER);
-        atomic_init(&t->since_ns, clock_now_ns());
-        atomic_init(&t->body_bytes, 0);
-        atomic_init(&t->cut, CUT_NONE);
-        pthread_mutex_lock(&s->conns_lock);
-        t->next = s->conns;
-        if (s->conns)
-            s->conns->prev = t;
-        s->conns = t;
-        pthread_mutex_unlock(&s->conns_lock);
-        *socket_context = t;
-    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED && *socket_context) {
-        /* Called before libmicrohttpd closes the socket: once unlinked, the sweeper cannot touch it. */
-        conn_track *t = *socket_context;
-        pthread_mutex_lock(&s->conns_lock);
-        if (t->prev)
-            t->prev->next = t->next;
-        else
-            s->conns = t->next;
-        if (t->next)
-            t->next->prev = t->prev;
-        pthread_mutex_unlock(&s->conns_lock);
-        free(t);
-        *socket_context = NULL;
-    }
-}
-
-/* Closes connections too slow with a request's header or body. */
-static void sweep(srv *s)
-{
-    const int64_t now = clock_now_ns(), header_ns = (int64_t)(s->cfg->header_timeout * 1e9);
-    unsigned long cut_header = 0, cut_body = 0;
-    pthread_mutex_lock(&s->conns_lock);
-    for (conn_track *t = s->conns; t; t = t->next) {
-        if (atomic_load(&t->cut) != CUT_NONE || t->fd < 0)
-            continue;
-        int64_t age = now - atomic_load(&t->since_ns);
-        int ph = atomic_load(&t->phase);
-        cut_reason why = CUT_NONE;
-        if (ph == CONN_HEADER && age > header_ns)
-            why = CUT_HEADER;
-        else if (ph == CONN_BODY && s->cfg->min_body_rate > 0 && age > header_ns &&
-                 (double)atomic_load(&t->body_bytes) < (double)s->cfg->min_body_rate * ((double)age / 1e9))
-            why = CUT_BODY;
-        if (why == CUT_NONE)
-            continue;
-        atomic_store(&t->cut, why);
-        shutdown(t->fd, SHUT_RDWR); /* libmicrohttpd sees the end of the connection and closes it */
-        if (why == CUT_HEADER)
-            cut_header++;
-        else
-            cut_body++;
-    }
-    pthread_mutex_unlock(&s->conns_lock);
-    api_metrics *m = s->ctx->metrics;
-    atomic_fetch_add(&m->conns_cut_header, cut_header);
-    atomic_fetch_add(&m->conns_cut_body, cut_body);
-    if (cut_header || cut_body)
-        log_msg("warn", "closed %lu connection(s) that sent no whole request header within %g s and %lu whose body "
-                        "came slower than %ld bytes/s",
-                cut_header, s->cfg->header_timeout, cut_body, s->cfg->min_body_rate);
-}
-
-static void *sweeper_main(void *arg)
-{
-    srv *s = arg;
-    pthread_mutex_lock(&s->stop_lock);
-    while (!s->stopping) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += SWEEP_INTERVAL_NS;
-        until.tv_sec += until.tv_nsec / 1000000000;
-        until.tv_nsec %= 1000000000;
-        pthread_cond_timedwait(&s->stop_cv, &s->stop_lock, &until);
-        if (s->stopping)
-            break;
-        pthread_mutex_unlock(&s->stop_lock);
-        sweep(s);
-        pthread_mutex_lock(&s->stop_lock);
-    }
-    pthread_mutex_unlock(&s->stop_lock);
-    return NULL;
 }
 
 /* ---- the daemons ------------------------------------------------------------------ */
@@ -973,12 +738,11 @@ srv *srv_start(const srv_config *cfg, const api_ctx *ctx, pool *p, char *err, si
     s->cfg = cfg;
     s->ctx = ctx;
     s->pool = p;
-    pthread_mutex_init(&s->conns_lock, NULL);
-    pthread_mutex_init(&s->stop_lock, NULL);
-    pthread_cond_init(&s->stop_cv, NULL);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    s->id_base = rng_hash((uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)getpid());
+    hdr_ids_init(&s->ids);
+    if (!(s->guard = guard_new(cfg->header_timeout, cfg->min_body_rate, ctx->metrics))) {
+        err_set(err, errlen, "out of memory");
+        goto fail;
+    }
 
     if (*cfg->tls_cert) {
         if (!(s->tls_cert = read_small_file(cfg->tls_cert))) {
@@ -1008,8 +772,8 @@ srv *srv_start(const srv_config *cfg, const api_ctx *ctx, pool *p, char *err, si
     };
     s->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, handle, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
                             NULL, MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_URI_LOG_CALLBACK, req_begin, s,
-                            MHD_OPTION_NOTIFY_COMPLETED, completed, s, MHD_OPTION_NOTIFY_CONNECTION,
-                            notify_connection, s, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)CONNECTION_TIMEOUT,
+                            MHD_OPTION_NOTIFY_COMPLETED, completed, s, MHD_OPTION_NOTIFY_CONNECTION, guard_notify,
+                            s->guard, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)CONNECTION_TIMEOUT,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections,
                             MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int)cfg->max_per_ip, MHD_OPTION_ARRAY, tls,
                             MHD_OPTION_END);
@@ -1041,11 +805,10 @@ srv *srv_start(const srv_config *cfg, const api_ctx *ctx, pool *p, char *err, si
         }
         s->admin_port = bound_port(s->admin, cfg->admin_port);
     }
-    if (pthread_create(&s->sweeper, NULL, sweeper_main, s) != 0) {
+    if (guard_start(s->guard) < 0) {
         err_set(err, errlen, "cannot start the connection sweeper");
         goto fail;
     }
-    s->sweeper_started = true;
     return s;
 fail:
     if (ai)
@@ -1071,20 +834,11 @@ void srv_stop(srv *s)
 {
     if (!s)
         return;
-    if (s->sweeper_started) {
-        pthread_mutex_lock(&s->stop_lock);
-        s->stopping = true;
-        pthread_cond_broadcast(&s->stop_cv);
-        pthread_mutex_unlock(&s->stop_lock);
-        pthread_join(s->sweeper, NULL);
-    }
     if (s->admin)
         MHD_stop_daemon(s->admin);
     if (s->d)
         MHD_stop_daemon(s->d);
-    pthread_cond_destroy(&s->stop_cv);
-    pthread_mutex_destroy(&s->stop_lock);
-    pthread_mutex_destroy(&s->conns_lock);
+    guard_free(s->guard); /* after the daemon that reports to it */
     free(s->tls_cert);
     free(s->tls_key);
     free(s);
