@@ -19,6 +19,8 @@
 
 #include <cblas.h>
 #include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,22 +33,69 @@ enum { EVAL_LEN = 256, EVAL_BATCH = 32 };
 typedef struct options {
     const char *cmd, *model, *text, *expected;
     model_opts load;
-    long max_tokens;
-    double temperature, top_p;
-    long top_k;
+    double max_tokens, temperature, top_p, top_k;
     unsigned long long seed;
 } options;
 
+typedef enum { OPT_STR, OPT_NUM, OPT_SEED, OPT_PRECISION } opt_type;
+
+/* One option: its flag, where it goes, its range (numbers) and its help. */
+typedef struct cli_option {
+    const char *flag;
+    opt_type type;
+    size_t offset;
+    double lo, hi;
+    const char *help;
+} cli_option;
+
+#define OFF(f) offsetof(options, f)
+
+static const cli_option OPTIONS[] = {
+    {"--model", OPT_STR, OFF(model), 0, 0, "model file (default models/default.safetensors)"},
+    {"--text", OPT_STR, OFF(text), 0, 0, "score: the text; eval: a file of held-out text"},
+    {"--prompt", OPT_STR, OFF(text), 0, 0, "generate: the prompt"},
+    {"--expected", OPT_STR, OFF(expected), 0, 0, "parity: a dump from train/dump_expected.py"},
+    {"--precision", OPT_PRECISION, OFF(load), 0, 0, "weights as f32 (default), bf16 or int8"},
+    {"--max-tokens", OPT_NUM, OFF(max_tokens), 0, 1e6, "generate: tokens to generate (200)"},
+    {"--temperature", OPT_NUM, OFF(temperature), 0, 100, "generate: sampling temperature (0.8; 0: greedy)"},
+    {"--top-k", OPT_NUM, OFF(top_k), 0, 1e6, "generate: keep the k likeliest tokens (0: off)"},
+    {"--top-p", OPT_NUM, OFF(top_p), 0, 1, "generate: keep the smallest set reaching p (1: off)"},
+    {"--seed", OPT_SEED, OFF(seed), 0, 1.8e19, "generate: the sampler's seed (1)"},
+};
+#define N_OPTIONS (sizeof OPTIONS / sizeof *OPTIONS)
+
+static int info_cmd(const model *m, const options *o);
+static int score_cmd(const model *m, const options *o);
+static int generate_cmd(const model *m, const options *o);
+static int eval_cmd(const model *m, const options *o);
+
+/* One command: its name, what it needs, and what it does (with a loaded model, or alone). */
+typedef struct cli_command {
+    const char *name, *args, *help;
+    bool needs_text, needs_expected;
+    int (*run)(const model *m, const options *o); /* NULL: runs without loading the model */
+} cli_command;
+
+static const cli_command COMMANDS[] = {
+    {"info", "--model FILE", "configuration and provenance", false, false, info_cmd},
+    {"score", "--model FILE --text TEXT", "per-byte log-probabilities, nats/byte", true, false, score_cmd},
+    {"generate", "--model FILE --prompt TEXT [--max-tokens N --temperature X --top-k K --top-p P --seed S]",
+     "prefill, then decode one token at a time as the service does", false, false, generate_cmd},
+    {"eval", "--model FILE --text FILE", "held-out loss in nats/byte, as train/train.py's evaluate", true, false,
+     eval_cmd},
+    {"parity", "--model FILE --expected DUMP", "the engine against a PyTorch dump of the model (exit 1 if off)",
+     false, true, NULL},
+};
+#define N_COMMANDS (sizeof COMMANDS / sizeof *COMMANDS)
+
 static void usage(FILE *to)
 {
-    fputs("usage: attnlm info     --model FILE\n"
-          "       attnlm score    --model FILE --text TEXT\n"
-          "       attnlm generate --model FILE --prompt TEXT [--max-tokens N (200)] [--temperature X (0.8)]\n"
-          "                       [--top-k K (0: off)] [--top-p P (1: off)] [--seed S (1)]\n"
-          "       attnlm eval     --model FILE --text FILE\n"
-          "       attnlm parity   --model FILE --expected DUMP (from train/dump_expected.py)\n"
-          "info, score, generate and eval take --precision f32|bf16|int8 (weights; default f32)\n",
-          to);
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        fprintf(to, "%s attnlm %-8s %s\n%23s%s\n", i ? "      " : "usage:", COMMANDS[i].name, COMMANDS[i].args, "",
+                COMMANDS[i].help);
+    fputs("options:\n", to);
+    for (size_t i = 0; i < N_OPTIONS; i++)
+        fprintf(to, "  %-14s %s\n", OPTIONS[i].flag, OPTIONS[i].help);
 }
 
 static int parse_num(const char *flag, const char *s, double lo, double hi, double *out)
@@ -62,6 +111,32 @@ static int parse_num(const char *flag, const char *s, double lo, double hi, doub
     return 0;
 }
 
+/* Sets option opt from its value v. */
+static int set_option(options *o, const cli_option *opt, const char *v)
+{
+    char *field = (char *)o + opt->offset, err[ATTNLM_ERR_LEN];
+    double d;
+    switch (opt->type) {
+    case OPT_STR:
+        *(const char **)field = v;
+        return 0;
+    case OPT_NUM:
+        return parse_num(opt->flag, v, opt->lo, opt->hi, (double *)field);
+    case OPT_SEED:
+        if (parse_num(opt->flag, v, opt->lo, opt->hi, &d) < 0)
+            return -1;
+        *(unsigned long long *)field = strtoull(v, NULL, 10);
+        return 0;
+    case OPT_PRECISION:
+        if (model_precision_parse(v, &((model_opts *)field)->precision, err, sizeof err) < 0) {
+            fprintf(stderr, "attnlm: %s: %s\n", opt->flag, err);
+            return -1;
+        }
+        return 0;
+    }
+    return -1;
+}
+
 static int parse_args(int argc, char **argv, options *o)
 {
     *o = (options){.model = "models/default.safetensors", .max_tokens = 200, .temperature = 0.8, .top_p = 1.0,
@@ -71,52 +146,27 @@ static int parse_args(int argc, char **argv, options *o)
     o->cmd = argv[1];
     for (int i = 2; i < argc; i++) {
         const char *f = argv[i];
+        const cli_option *opt = NULL;
+        for (size_t k = 0; k < N_OPTIONS && !opt; k++)
+            if (!strcmp(f, OPTIONS[k].flag))
+                opt = &OPTIONS[k];
+        if (!opt) {
+            fprintf(stderr, "attnlm: unknown option %s\n", f);
+            return -1;
+        }
         if (i + 1 >= argc) {
             fprintf(stderr, "attnlm: %s needs a value\n", f);
             return -1;
         }
-        const char *v = argv[++i];
-        double d;
-        if (!strcmp(f, "--model")) {
-            o->model = v;
-        } else if (!strcmp(f, "--text") || !strcmp(f, "--prompt")) {
-            o->text = v;
-        } else if (!strcmp(f, "--expected")) {
-            o->expected = v;
-        } else if (!strcmp(f, "--precision")) {
-            char err[ATTNLM_ERR_LEN];
-            if (model_precision_parse(v, &o->load.precision, err, sizeof err) < 0) {
-                fprintf(stderr, "attnlm: --precision: %s\n", err);
-                return -1;
-            }
-        } else if (!strcmp(f, "--max-tokens")) {
-            if (parse_num(f, v, 0, 1e6, &d) < 0)
-                return -1;
-            o->max_tokens = (long)d;
-        } else if (!strcmp(f, "--temperature")) {
-            if (parse_num(f, v, 0, 100, &o->temperature) < 0)
-                return -1;
-        } else if (!strcmp(f, "--top-k")) {
-            if (parse_num(f, v, 0, 1e6, &d) < 0)
-                return -1;
-            o->top_k = (long)d;
-        } else if (!strcmp(f, "--top-p")) {
-            if (parse_num(f, v, 0, 1, &o->top_p) < 0)
-                return -1;
-        } else if (!strcmp(f, "--seed")) {
-            if (parse_num(f, v, 0, 1.8e19, &d) < 0)
-                return -1;
-            o->seed = strtoull(v, NULL, 10);
-        } else {
-            fprintf(stderr, "attnlm: unknown option %s\n", f);
+        if (set_option(o, opt, argv[++i]) < 0)
             return -1;
-        }
     }
     return 0;
 }
 
-static void info(const model *m)
+static int info_cmd(const model *m, const options *o)
 {
+    (void)o;
     const model_config *c = model_get_config(m);
     printf("cell %s, layers %d, hidden %d, embed %d, attention %s", model_cell_name(c->cell), c->layers, c->hidden,
            c->embed, model_attention_name(c->attention));
@@ -124,17 +174,19 @@ static void info(const model *m)
         printf(" (%d heads)", c->heads);
     if (c->attention == ATTN_ADDITIVE)
         printf(" (attn_dim %d)", c->attn_dim);
-    printf(", window %d, vocab %d, %llu parameters\n", c->window, c->vocab,
-           (unsigned long long)model_param_count(m));
+    printf(", keys/values %s, window %d, vocab %d, %llu parameters\n", model_attn_kv_name(c->attn_kv), c->window,
+           c->vocab, (unsigned long long)model_param_count(m));
     for (int i = 0; i < model_meta_count(m); i++) {
         const char *k, *v;
         model_meta_at(m, i, &k, &v);
         printf("  %s: %s\n", k, v);
     }
+    return 0;
 }
 
-static int score(const model *m, const char *text)
+static int score_cmd(const model *m, const options *o)
 {
+    const char *text = o->text;
     size_t len = strlen(text);
     const int V = model_get_config(m)->vocab;
     int *tok = malloc((len + 1) * sizeof *tok);
@@ -166,7 +218,7 @@ done:
     return rc;
 }
 
-static int generate(const model *m, const options *o)
+static int generate_cmd(const model *m, const options *o)
 {
     const char *prompt = o->text ? o->text : "";
     size_t len = strlen(prompt);
@@ -222,8 +274,9 @@ static double seconds(clockid_t id)
  * exactly as train/train.py's evaluate: the text cut into slices of EVAL_LEN
  * bytes (the last may be shorter), each scored after BOS and its own
  * preceding bytes only. */
-static int eval(const model *m, const char *path)
+static int eval_cmd(const model *m, const options *o)
 {
+    const char *path = o->text;
     FILE *f = fopen(path, "rb");
     if (!f) {
         fprintf(stderr, "attnlm: cannot open %s\n", path);
@@ -314,21 +367,25 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (strcmp(o.cmd, "info") && strcmp(o.cmd, "score") && strcmp(o.cmd, "generate") && strcmp(o.cmd, "eval") &&
-        strcmp(o.cmd, "parity")) {
-        usage(strcmp(o.cmd, "--help") && strcmp(o.cmd, "-h") ? stderr : stdout);
-        return strcmp(o.cmd, "--help") && strcmp(o.cmd, "-h") ? 2 : 0;
+    const cli_command *cmd = NULL;
+    for (size_t i = 0; i < N_COMMANDS && !cmd; i++)
+        if (!strcmp(o.cmd, COMMANDS[i].name))
+            cmd = &COMMANDS[i];
+    if (!cmd) {
+        bool help = !strcmp(o.cmd, "--help") || !strcmp(o.cmd, "-h");
+        usage(help ? stdout : stderr);
+        return help ? 0 : 2;
     }
-    if ((!strcmp(o.cmd, "score") || !strcmp(o.cmd, "eval")) && !o.text) {
+    if (cmd->needs_text && !o.text) {
         fprintf(stderr, "attnlm: %s needs --text\n", o.cmd);
         return 2;
     }
-    if (!strcmp(o.cmd, "parity") && !o.expected) {
-        fprintf(stderr, "attnlm: parity needs --expected\n");
+    if (cmd->needs_expected && !o.expected) {
+        fprintf(stderr, "attnlm: %s needs --expected\n", o.cmd);
         return 2;
     }
     openblas_set_num_threads(1);
-    if (!strcmp(o.cmd, "parity"))
+    if (!cmd->run)
         return parity(&o);
     char err[ATTNLM_ERR_LEN];
     model *m = model_load_opts(o.model, &o.load, err, sizeof err);
@@ -336,15 +393,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "attnlm: cannot load %s: %s\n", o.model, err);
         return 1;
     }
-    int rc = 0;
-    if (!strcmp(o.cmd, "info"))
-        info(m);
-    else if (!strcmp(o.cmd, "score"))
-        rc = score(m, o.text);
-    else if (!strcmp(o.cmd, "eval"))
-        rc = eval(m, o.text);
-    else
-        rc = generate(m, &o);
+    int rc = cmd->run(m, &o);
     model_free(m);
     return rc < 0 ? 1 : 0;
 }

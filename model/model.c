@@ -129,7 +129,8 @@ static int read_config(const st_file *f, model_config *cfg, char *err, size_t er
     /* Version 1 has no attn_kv (its keys and values are the states); version 2 must say. */
     int kv = ATTN_KV_STATE;
     if (cfg->format_version == 1 && st_meta_get(f, "attn_kv")) {
-        err_set(err, errlen, "metadata \"attn_kv\": not part of format version 1 (set \"format_version\" to 2)");
+        err_set(err, errlen,
+                "metadata \"attn_kv\": not part of format version 1 (set \"format_version\" to 2)");
         return -1;
     }
     if (cfg->format_version >= 2 && meta_choice(f, "attn_kv", ATTN_KVS, ATTN_KV_COUNT, &kv, err, errlen) < 0)
