@@ -246,33 +246,48 @@ static int add_meta(st_file *f, parser *ps, char *key, char *value)
     return 0;
 }
 
-static int parse_metadata(st_file *f, parser *ps)
+/* A member of an object: called with the parser at its value, it takes the
+ * key (keeps or frees it).  Returns 0, or -1 with a message. */
+typedef int (*member_fn)(parser *ps, char *key, void *ctx);
+
+/* The one loop over a JSON object's members: '{', then "key": value pairs
+ * separated by commas, each value read by member, then '}'. */
+static int parse_object(parser *ps, member_fn member, void *ctx)
 {
     if (expect(ps, '{') < 0)
         return -1;
     if (accept(ps, '}'))
         return 0;
     do {
-        char *key = NULL, *value = NULL;
+        char *key = NULL;
         if (parse_string(ps, &key) < 0)
             return -1;
         if (expect(ps, ':') < 0) {
             free(key);
             return -1;
         }
-        skip_ws(ps);
-        if (ps->p >= ps->end || *ps->p != '"') {
-            err_set(ps->err, ps->errlen, "metadata \"%s\": value is not a string", key);
-            free(key);
+        if (member(ps, key, ctx) < 0)
             return -1;
-        }
-        if (parse_string(ps, &value) < 0 || add_meta(f, ps, key, value) < 0) {
-            free(key);
-            free(value);
-            return -1;
-        }
     } while (accept(ps, ','));
     return expect(ps, '}');
+}
+
+/* A metadata entry: its value must be a string. */
+static int meta_member(parser *ps, char *key, void *ctx)
+{
+    char *value = NULL;
+    skip_ws(ps);
+    if (ps->p >= ps->end || *ps->p != '"') {
+        err_set(ps->err, ps->errlen, "metadata \"%s\": value is not a string", key);
+        free(key);
+        return -1;
+    }
+    if (parse_string(ps, &value) < 0 || add_meta(ctx, ps, key, value) < 0) {
+        free(key);
+        free(value);
+        return -1;
+    }
+    return 0;
 }
 
 static st_tensor *new_tensor(st_file *f, parser *ps)
@@ -296,6 +311,55 @@ static st_tensor *new_tensor(st_file *f, parser *ps)
     return t;
 }
 
+/* What a tensor entry has given so far. */
+typedef struct entry_state {
+    st_tensor *t;
+    bool have_dtype, have_shape, have_offsets;
+} entry_state;
+
+/* One field of a tensor entry: dtype, shape or data_offsets, each once. */
+static int entry_member(parser *ps, char *field, void *ctx)
+{
+    entry_state *es = ctx;
+    st_tensor *t = es->t;
+    const char *name = t->name;
+    int rc = 0;
+    if (strcmp(field, "dtype") == 0 && !es->have_dtype) {
+        char *dtype = NULL;
+        rc = parse_string(ps, &dtype);
+        if (rc == 0 && strcmp(dtype, "F32") == 0) {
+            t->dtype = ST_F32;
+        } else if (rc == 0 && strcmp(dtype, "BF16") == 0) {
+            t->dtype = ST_BF16;
+        } else if (rc == 0) {
+            err_set(ps->err, ps->errlen, "tensor \"%s\": dtype %s is not supported (only F32 and BF16)", name,
+                    dtype);
+            rc = -1;
+        }
+        free(dtype);
+        es->have_dtype = true;
+    } else if (strcmp(field, "shape") == 0 && !es->have_shape) {
+        rc = parse_u64_array(ps, t->shape, ST_MAX_DIMS, &t->ndim);
+        es->have_shape = true;
+    } else if (strcmp(field, "data_offsets") == 0 && !es->have_offsets) {
+        uint64_t off[3];
+        int n = 0;
+        rc = parse_u64_array(ps, off, 3, &n);
+        if (rc == 0 && n != 2) {
+            err_set(ps->err, ps->errlen, "tensor \"%s\": data_offsets must have 2 elements", name);
+            rc = -1;
+        }
+        t->begin = off[0];
+        t->end = off[1];
+        es->have_offsets = true;
+    } else {
+        err_set(ps->err, ps->errlen, "tensor \"%s\": unexpected or repeated field \"%s\"", name, field);
+        rc = -1;
+    }
+    free(field);
+    return rc;
+}
+
 /* {"dtype": "F32" or "BF16", "shape": [...], "data_offsets": [b, e]} in any order, each once. */
 static int parse_tensor_entry(st_file *f, parser *ps, char *name)
 {
@@ -305,96 +369,43 @@ static int parse_tensor_entry(st_file *f, parser *ps, char *name)
         return -1;
     }
     t->name = name;
-    bool have_dtype = false, have_shape = false, have_offsets = false;
-    if (expect(ps, '{') < 0)
+    entry_state es = {.t = t};
+    if (parse_object(ps, entry_member, &es) < 0)
         return -1;
-    if (!accept(ps, '}')) {
-        do {
-            char *field = NULL;
-            if (parse_string(ps, &field) < 0)
-                return -1;
-            if (expect(ps, ':') < 0) {
-                free(field);
-                return -1;
-            }
-            int rc = 0;
-            if (strcmp(field, "dtype") == 0 && !have_dtype) {
-                char *dtype = NULL;
-                rc = parse_string(ps, &dtype);
-                if (rc == 0 && strcmp(dtype, "F32") == 0) {
-                    t->dtype = ST_F32;
-                } else if (rc == 0 && strcmp(dtype, "BF16") == 0) {
-                    t->dtype = ST_BF16;
-                } else if (rc == 0) {
-                    err_set(ps->err, ps->errlen, "tensor \"%s\": dtype %s is not supported (only F32 and BF16)",
-                            name, dtype);
-                    rc = -1;
-                }
-                free(dtype);
-                have_dtype = true;
-            } else if (strcmp(field, "shape") == 0 && !have_shape) {
-                rc = parse_u64_array(ps, t->shape, ST_MAX_DIMS, &t->ndim);
-                have_shape = true;
-            } else if (strcmp(field, "data_offsets") == 0 && !have_offsets) {
-                uint64_t off[3];
-                int n = 0;
-                rc = parse_u64_array(ps, off, 3, &n);
-                if (rc == 0 && n != 2) {
-                    err_set(ps->err, ps->errlen, "tensor \"%s\": data_offsets must have 2 elements", name);
-                    rc = -1;
-                }
-                t->begin = off[0];
-                t->end = off[1];
-                have_offsets = true;
-            } else {
-                err_set(ps->err, ps->errlen, "tensor \"%s\": unexpected or repeated field \"%s\"", name, field);
-                rc = -1;
-            }
-            free(field);
-            if (rc < 0)
-                return -1;
-        } while (accept(ps, ','));
-        if (expect(ps, '}') < 0)
-            return -1;
-    }
-    if (!have_dtype || !have_shape || !have_offsets) {
+    if (!es.have_dtype || !es.have_shape || !es.have_offsets) {
         err_set(ps->err, ps->errlen, "tensor \"%s\": missing %s", name,
-                !have_dtype ? "dtype" : !have_shape ? "shape" : "data_offsets");
+                !es.have_dtype ? "dtype" : !es.have_shape ? "shape" : "data_offsets");
         return -1;
     }
     return 0;
 }
 
+/* What the header has given so far. */
+typedef struct header_state {
+    st_file *f;
+    bool have_meta;
+} header_state;
+
+/* One entry of the header: the metadata, or a tensor. */
+static int header_member(parser *ps, char *name, void *ctx)
+{
+    header_state *hs = ctx;
+    if (strcmp(name, "__metadata__") != 0)
+        return parse_tensor_entry(hs->f, ps, name);
+    free(name);
+    if (hs->have_meta) {
+        err_set(ps->err, ps->errlen, "\"__metadata__\" appears twice");
+        return -1;
+    }
+    hs->have_meta = true;
+    return parse_object(ps, meta_member, hs->f);
+}
+
 static int parse_header(st_file *f, parser *ps)
 {
-    bool have_meta = false;
-    if (expect(ps, '{') < 0)
+    header_state hs = {.f = f};
+    if (parse_object(ps, header_member, &hs) < 0)
         return -1;
-    if (!accept(ps, '}')) {
-        do {
-            char *name = NULL;
-            if (parse_string(ps, &name) < 0)
-                return -1;
-            if (expect(ps, ':') < 0) {
-                free(name);
-                return -1;
-            }
-            if (strcmp(name, "__metadata__") == 0) {
-                free(name);
-                if (have_meta) {
-                    err_set(ps->err, ps->errlen, "\"__metadata__\" appears twice");
-                    return -1;
-                }
-                have_meta = true;
-                if (parse_metadata(f, ps) < 0)
-                    return -1;
-            } else if (parse_tensor_entry(f, ps, name) < 0) {
-                return -1;
-            }
-        } while (accept(ps, ','));
-        if (expect(ps, '}') < 0)
-            return -1;
-    }
     skip_ws(ps);
     if (ps->p != ps->end)
         return fail_at(ps, "unexpected data after the header object");
