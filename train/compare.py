@@ -59,13 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--runs", default=os.path.join(ROOT, "docs", "attention", "runs"), help="one JSON per run")
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "attention"), help="table, summary and plots")
     p.add_argument("--doc", default=os.path.join(ROOT, "docs", "ATTENTION.md"))
-    p.add_argument("--cell", default="gru")
-    p.add_argument("--layers", type=int, default=1)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--embed", type=int, default=64)
-    p.add_argument("--window", type=int, default=256)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--attn-dim", type=int, default=64)
+    import train as T
+    T.add_model_flags(p, skip=("attention", "attn_kv"), layers=1, hidden=256, window=256)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -81,10 +76,10 @@ def settings_of(o):
 
 
 def train_argv(o, name, attention, kv, baseline, seed, out, log):
+    import train as T
     return ["--train", o.train, "--val", o.val, "--out", out, "--corpus", CORPUS,
-            "--name", f"compare-{name}-s{seed}", "--cell", o.cell, "--attention", attention, "--attn-kv", kv,
-            "--layers", str(o.layers), "--hidden", str(o.hidden), "--embed", str(o.embed),
-            "--window", "1" if baseline else str(o.window), "--heads", str(o.heads), "--attn-dim", str(o.attn_dim),
+            "--name", f"compare-{name}-s{seed}",
+            *T.model_flag_argv(o, attention=attention, attn_kv=kv, window=1 if baseline else o.window),
             "--seq-len", str(o.seq_len), "--batch", str(o.batch), "--lr", str(o.lr),
             "--repeat-frac", str(o.repeat_frac), "--steps", "1000000", "--time-budget", f"{o.budget:g}",
             "--clock", o.clock, "--eval-every", "1000000", "--eval-seconds", f"{o.budget / 6:g}",

@@ -57,14 +57,9 @@ def parse_args():
     p.add_argument("--val", default=os.path.join(ROOT, "data", "val.txt"))
     p.add_argument("--work", default=os.path.join(ROOT, "build", "compare"), help="models and logs")
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "attention"), help="table, JSON and plots")
-    p.add_argument("--cell", default="gru", help="cell of the mechanism comparison")
     p.add_argument("--other-cells", default="elman,lstm", help="cells run with the best mechanism ('' for none)")
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--hidden", type=int, default=352)
-    p.add_argument("--embed", type=int, default=64)
-    p.add_argument("--window", type=int, default=64)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--attn-dim", type=int, default=64)
+    import train as T
+    T.add_model_flags(p, skip=("attention", "attn_kv"), hidden=352)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--evals", type=int, default=8, help="validation evaluations per run")
@@ -80,11 +75,10 @@ def run_name(cell, attention, opts):
 
 
 def train_argv(cell, attention, opts, out, log):
+    import train as T
     return ["--train", opts.train, "--val", opts.val, "--out", out, "--corpus", CORPUS,
             "--name", f"moby-{run_name(cell, attention, opts)}",
-            "--cell", cell, "--attention", attention, "--layers", str(opts.layers), "--hidden", str(opts.hidden),
-            "--embed", str(opts.embed), "--window", str(opts.window), "--heads", str(opts.heads),
-            "--attn-dim", str(opts.attn_dim), "--seq-len", str(opts.seq_len), "--batch", str(opts.batch),
+            *T.model_flag_argv(opts, cell=cell, attention=attention), "--seq-len", str(opts.seq_len), "--batch", str(opts.batch),
             "--steps", "1000000", "--time-budget", f"{opts.budget:g}", "--clock", opts.clock,
             "--eval-every", "1000000", "--eval-seconds", f"{opts.budget / opts.evals:g}",
             "--eval-len", str(opts.eval_len), "--threads", str(opts.threads), "--seed", str(opts.seed),

@@ -25,18 +25,17 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-CELLS = ("elman", "gru", "lstm")
-ATTENTIONS = ("additive", "dot", "cosine", "multihead")
-ATTN_KVS = ("state", "continuation")
+from attnlm import ATTENTIONS, ATTN_KVS, CELLS  # noqa: E402
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", default=os.path.join(HERE, "..", "data", "train.txt"))
     p.add_argument("--seeds", default="1,2,3")
-    p.add_argument("--hidden", type=int, default=64)
+    import train as T
+    T.add_model_flags(p, skip=("cell", "attention", "attn_kv", "layers", "embed", "heads", "attn_dim"), hidden=64,
+                      window=16)
     p.add_argument("--seq-len", type=int, default=32)
-    p.add_argument("--window", type=int, default=16)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--last", type=int, default=25, help="steps averaged for the final loss")
@@ -51,9 +50,9 @@ def parse_args():
 
 def train_args(opts, cell, attention, kv, seed):
     """train.py's arguments for one run: its defaults, the small size, one thread."""
-    return ["--train", opts.train, "--val", opts.train, "--out", os.devnull,
-            "--cell", cell, "--attention", attention, "--attn-kv", kv, "--seed", str(seed),
-            "--hidden", str(opts.hidden), "--window", str(opts.window), "--seq-len", str(opts.seq_len),
+    import train as T
+    return ["--train", opts.train, "--val", opts.train, "--out", os.devnull, "--seed", str(seed),
+            *T.model_flag_argv(opts, cell=cell, attention=attention, attn_kv=kv), "--seq-len", str(opts.seq_len),
             "--batch", str(opts.batch), "--steps", str(opts.steps), "--threads", "1"] + opts.extra.split()
 
 

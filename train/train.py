@@ -40,8 +40,50 @@ REPEAT_ALPHABETS = (b"abcdefghijklmnopqrstuvwxyz", b"ABCDEFGHIJKLMNOPQRSTUVWXYZa
                     bytes(range(33, 127)))
 
 
+# The flags that set a model's structure, declared once for every script that trains one.
+MODEL_FLAGS = (
+    ("--cell", dict(choices=CELLS, default="gru")),
+    ("--attention", dict(choices=ATTENTIONS, default="multihead")),
+    ("--attn-kv", dict(choices=ATTN_KVS, default="state",
+                       help="keys and values: the state h_i (format version 1), or the state before "
+                            "position i with the embedding of its byte (continuation, version 2)")),
+    ("--layers", dict(type=int, default=2)),
+    ("--hidden", dict(type=int, default=256)),
+    ("--embed", dict(type=int, default=64)),
+    ("--window", dict(type=int, default=64)),
+    ("--heads", dict(type=int, default=4)),
+    ("--attn-dim", dict(type=int, default=64)),
+)
+
+
+def _dest(flag):
+    return flag[2:].replace("-", "_")
+
+
+def add_model_flags(p, skip=(), **defaults):
+    """Adds MODEL_FLAGS (but those named in skip) to parser p, with other defaults where given."""
+    for flag, kw in MODEL_FLAGS:
+        if _dest(flag) in skip:
+            continue
+        kw = dict(kw)
+        if _dest(flag) in defaults:
+            kw["default"] = defaults[_dest(flag)]
+        p.add_argument(flag, **kw)
+
+
+def model_flag_argv(ns, **override):
+    """train.py's model flags for the values in namespace ns (attributes it lacks: override)."""
+    argv = []
+    for flag, _ in MODEL_FLAGS:
+        value = override.get(_dest(flag), getattr(ns, _dest(flag), None))
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                fromfile_prefix_chars="@")
     p.add_argument("--train", required=True, help="training text file (UTF-8)")
     p.add_argument("--val", required=True, help="validation text file (UTF-8)")
     p.add_argument("--out", required=True, help="output .safetensors path")
@@ -49,17 +91,7 @@ def parse_args(argv=None):
                    help="tensor type of the exported file: f32, or bf16 (half the size, rounded to nearest even)")
     p.add_argument("--corpus", default="", help="corpus description recorded in the metadata")
     p.add_argument("--name", default="attnlm", help="model name recorded in the metadata")
-    p.add_argument("--cell", choices=CELLS, default="gru")
-    p.add_argument("--attention", choices=ATTENTIONS, default="multihead")
-    p.add_argument("--attn-kv", choices=ATTN_KVS, default="state",
-                   help="keys and values: the state h_i (format version 1), or the state before "
-                        "position i with the embedding of its byte (continuation, version 2)")
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--embed", type=int, default=64)
-    p.add_argument("--window", type=int, default=64)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--attn-dim", type=int, default=64)
+    add_model_flags(p)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=1000,
