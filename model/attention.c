@@ -386,7 +386,8 @@ static const attn_mech MULTIHEAD = {
  * q = W_q h_t + b_q, k_i = W_k k_i + b_k, u_i = W_v e_i + b_v, the biases being
  * the three parts of in_proj_bias; the projections row is laid out as above. */
 
-enum { MHKV_Q_W, MHKV_K_W, MHKV_V_W, MHKV_IN_B, MHKV_OUT_W, MHKV_OUT_B };
+/* The bias and the output projection at the indices multihead's have, so multihead_out serves both. */
+enum { MHKV_Q_W = MH_IN_W, MHKV_IN_B = MH_IN_B, MHKV_K_W = MH_OUT_B + 1, MHKV_V_W };
 
 static void multihead_kv_project(const model *m, float *proj, const float *hs, const float *ks, const float *vs,
                                  int T, void *scratch)
@@ -398,21 +399,15 @@ static void multihead_kv_project(const model *m, float *proj, const float *hs, c
     linear(m, proj + 2 * H, 3 * H, vs, E, &m->w.attn_mat[MHKV_V_W], b + 2 * H, T, false, scratch);
 }
 
-static void multihead_kv_out(const model *m, float *ctx, const float *ctxh, int rows, void *scratch)
-{
-    const int H = m->cfg.hidden;
-    linear(m, ctx, H, ctxh, H, &m->w.attn_mat[MHKV_OUT_W], m->w.attn[MHKV_OUT_B], rows, false, scratch);
-}
-
 static const attn_mech MULTIHEAD_KV = {
     .name = "multihead",
     .size_key = "heads",
     .tensors = {{"attn.q_proj_weight", 2, {DIM_H, DIM_H}, true},
-                {"attn.k_proj_weight", 2, {DIM_H, DIM_H}, true},
-                {"attn.v_proj_weight", 2, {DIM_H, DIM_E}, true},
                 {"attn.in_proj_bias", 1, {DIM_3H}, false},
                 {"attn.out_proj.weight", 2, {DIM_H, DIM_H}, true},
-                {"attn.out_proj.bias", 1, {DIM_H}, false}},
+                {"attn.out_proj.bias", 1, {DIM_H}, false},
+                {"attn.k_proj_weight", 2, {DIM_H, DIM_H}, true},
+                {"attn.v_proj_weight", 2, {DIM_H, DIM_E}, true}},
     .n_tensors = 6,
     .configure = multihead_configure,
     .proj_dim = multihead_proj_dim,
@@ -421,7 +416,7 @@ static const attn_mech MULTIHEAD_KV = {
     .attend_seq = multihead_seq,
     .attend_step = multihead_step,
     .self_value = multihead_self_value,
-    .out_proj = multihead_kv_out,
+    .out_proj = multihead_out,
 };
 
 /* ---- the table -------------------------------------------------------------- */

@@ -32,6 +32,28 @@ static void random_ranked(float *x, int *order, uint64_t seed)
             }
 }
 
+/* prob[i] <- softmax(x)[i] at temperature 1. */
+static void softmax_of(const float *x, double *prob)
+{
+    double sum = 0.0, mx = x[0];
+    for (int i = 1; i < V; i++)
+        mx = fmax(mx, x[i]);
+    for (int i = 0; i < V; i++)
+        sum += prob[i] = exp((double)x[i] - mx);
+    for (int i = 0; i < V; i++)
+        prob[i] /= sum;
+}
+
+/* The size of the nucleus of top_p over ranked probabilities: the smallest
+ * prefix of order whose probability reaches p (less slack), at least one token. */
+static int nucleus_size(const double *prob, const int *order, double p, double slack)
+{
+    int n = 1;
+    for (double cum = prob[order[0]]; cum < p * (1 - slack) && n < V;)
+        cum += prob[order[n++]];
+    return n;
+}
+
 /* Samples a token with p and returns its rank in order (0: the most likely). */
 static int sampled_rank(sampler *s, const float *x, const int *order, const sampler_params *p, uint64_t *rng)
 {
@@ -101,13 +123,10 @@ START_TEST(test_top_p_stays_in_nucleus)
     const float ps[] = {0.0f, 0.1f, 0.5f, 0.9f};
     for (int trial = 0; trial < 10; trial++) {
         random_ranked(x, order, (uint64_t)trial + 200);
-        double prob[V], sum = 0.0, mx = x[order[0]];
-        for (int i = 0; i < V; i++)
-            sum += prob[i] = exp((double)x[i] - mx);
+        double prob[V];
+        softmax_of(x, prob);
         for (size_t pi = 0; pi < sizeof ps / sizeof *ps; pi++) {
-            int nucleus = 1; /* smallest prefix reaching p, at least one token */
-            for (double cum = prob[order[0]] / sum; cum < ps[pi] * (1 - 1e-6);)
-                cum += prob[order[nucleus++]] / sum;
+            int nucleus = nucleus_size(prob, order, ps[pi], 1e-6);
             sampler_params p = {1.0f, 0, ps[pi]};
             for (int n = 0; n < 2000; n++) {
                 int r = sampled_rank(s, x, order, &p, &rng);
@@ -132,18 +151,17 @@ START_TEST(test_top_p_exact_nucleus)
     const float ps[] = {0.05f, 0.3f, 0.5f, 0.8f, 0.95f};
     for (int trial = 0; trial < 10; trial++) {
         random_ranked(x, order, (uint64_t)trial + 300);
-        double prob[V], sum = 0.0, mx = x[order[0]];
-        for (int i = 0; i < V; i++)
-            sum += prob[i] = exp((double)x[i] - mx);
+        double prob[V];
+        softmax_of(x, prob);
         for (size_t pi = 0; pi < sizeof ps / sizeof *ps; pi++) {
-            int nucleus = 1;
-            double kept = prob[order[0]] / sum;
-            while (kept < ps[pi] && nucleus < V)
-                kept += prob[order[nucleus++]] / sum;
+            int nucleus = nucleus_size(prob, order, ps[pi], 0.0);
+            double kept = 0.0;
+            for (int j = 0; j < nucleus; j++)
+                kept += prob[order[j]];
             sampler_params p = {1.0f, 0, ps[pi]};
             double below = 0.0;
             for (int j = 0; j < nucleus; j++) {
-                double share = prob[order[j]] / sum;
+                double share = prob[order[j]];
                 float coin = (float)((below + share / 2) / kept);
                 ck_assert_msg(sampler_sample(s, x, &p, coin) == order[j], "top_p %g, coin %g: want rank %d of %d",
                               ps[pi], coin, j, nucleus);
