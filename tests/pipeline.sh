@@ -8,7 +8,7 @@ set -euo pipefail
 cli=$1
 py=${PYTHON:-/usr/bin/python3}
 if ! "$py" -c 'import torch' 2>/dev/null; then
-    # CI installs PyTorch with `make deps`, so there its absence is a failure.
+    # CI installs PyTorch with `make test-deps`, so there its absence is a failure.
     if [ "${CI:-}" = true ]; then
         echo "pipeline: PyTorch is not installed for $py (required when CI=true)"
         exit 1

@@ -13,7 +13,7 @@ cd "$root"
 server="${ATTNLM_SERVER:-build/attnlm-server}"
 model="models/default.safetensors"
 
-command -v node >/dev/null || { echo "openai test: node is missing (make deps installs it)" >&2; exit 1; }
+command -v node >/dev/null || { echo "openai test: node is missing (make test-deps installs it)" >&2; exit 1; }
 [ -x "$server" ] || { echo "openai test: no server binary $server" >&2; exit 1; }
 
 # Install when node_modules is missing or holds another version than the lock file pins.
