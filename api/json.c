@@ -1,6 +1,7 @@
 /* json.c -- the API's JSON conventions: numbers that round-trip, tokens,
  * strings of arbitrary bytes, typed field access with the offending field
- * named, and the input every model endpoint reads (text or token ids).
+ * named, the input every model endpoint reads (text or token ids), and the
+ * error answer of a refusal.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
@@ -9,6 +10,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -515,4 +517,55 @@ void api_topk(const float *lp, int n, int k, int *idx)
         }
         idx[pos] = i;
     }
+}
+
+/* ---- errors ------------------------------------------------------------ */
+
+void api_error_set(api_error *e, int status, const char *param, const char *fmt, ...)
+{
+    e->status = status;
+    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+}
+
+const char *api_error_type(int status)
+{
+    switch (status) {
+    case 400: return "invalid_request_error";
+    case 401: return "authentication_error";
+    case 404: return "not_found_error";
+    case 405: return "method_not_allowed";
+    case 413: return "request_too_large";
+    case 415: return "unsupported_media_type";
+    case 503: return "overloaded_error";
+    case 504: return "timeout_error";
+    default: return status >= 500 ? "server_error" : "invalid_request_error";
+    }
+}
+
+void json_error(jw *w, const api_error *e)
+{
+    jw_obj(w);
+    jw_kobj(w, "error");
+    jw_kstr(w, "message", e->message);
+    jw_kstr(w, "type", api_error_type(e->status));
+    if (e->param[0])
+        jw_kstr(w, "param", e->param);
+    else
+        jw_knull(w, "param");
+    jw_kint(w, "code", e->status);
+    jw_obj_end(w);
+    jw_obj_end(w);
+}
+
+int api_error_reply(const api_error *e, api_reply *r)
+{
+    buf b = {0};
+    jw w;
+    jw_init(&w, &b);
+    json_error(&w, e);
+    return json_reply(&b, e->status, r);
 }
