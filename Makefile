@@ -76,7 +76,8 @@ MODEL_OBJ := $(COMMON_SRC:%.c=$(BUILD)/%.o) $(MODEL_SRC:%.c=$(BUILD)/%.o) \
 	$(KERN_ISAS:%=$(BUILD)/model/kernels_%.o)
 MODEL_LIB := $(BUILD)/libattnlm_model.a
 
-API_SRC := api/models.c api/route.c api/json.c api/inline.c api/score.c api/generate.c api/openai.c api/job.c api/metrics.c api/attribution.c
+API_SRC := api/models.c api/route.c api/json.c api/inline.c api/job.c api/score.c api/attention.c api/attribution.c \
+	api/generate.c api/native.c api/openai.c api/metrics.c
 API_OBJ := $(API_SRC:%.c=$(BUILD)/%.o)
 API_LIB := $(BUILD)/libattnlm_api.a
 

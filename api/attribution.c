@@ -17,8 +17,11 @@
 
 #define BASELINE_DEFAULT 0x20 /* a space: the commonest byte of text, and no word */
 
-int attribution_parse(api_job *j, const cJSON *o, api_error *e)
+static attribution_state *st(const api_job *j) { return j->state; }
+
+static int attribution_parse(api_job *j, const cJSON *o, uint64_t seed, const char *request_id, api_error *e)
 {
+    (void)seed, (void)request_id;
     const model_config *c = model_get_config(j->m);
     const int max = j->ctx->limits.max_attention_tokens;
     long long target = 0, range = c->window, baseline = BASELINE_DEFAULT;
@@ -36,24 +39,17 @@ int attribution_parse(api_job *j, const cJSON *o, api_error *e)
     int has_target = json_get_int(o, "target", 1, n - 1, &target, e);
     if (has_target < 0)
         return -1;
-    j->target = has_target ? (int)target : n - 1;
-    j->range = (int)range;
-    j->baseline = (int)baseline;
+    st(j)->target = has_target ? (int)target : n - 1;
+    st(j)->range = (int)range;
+    st(j)->baseline = (int)baseline;
     return 0;
 }
 
-static void fail_internal(api_job *j, const char *what)
-{
-    api_error e;
-    api_error_set(&e, 500, NULL, "%s", what);
-    job_finish_error(j, &e);
-}
-
-void attribution_run(api_job *j, api_worker *w)
+static void attribution_run(api_job *j, api_worker *w)
 {
     (void)w;
-    const int *ids = j->in[0].ids, V = model_get_config(j->m)->vocab, P = j->target; /* variants are P tokens long */
-    const int first = P - j->range < 1 ? 1 : P - j->range, goal = ids[P];
+    const int *ids = j->in[0].ids, V = model_get_config(j->m)->vocab, P = st(j)->target; /* variants are P tokens long */
+    const int first = P - st(j)->range < 1 ? 1 : P - st(j)->range, goal = ids[P];
     /* Variant 0 is the input as it is; variant k > 0 occludes pos[k]. */
     int n_var = 1, per = 0;
     int *pos = malloc((size_t)(P + 1) * sizeof *pos);
@@ -67,14 +63,14 @@ void attribution_run(api_job *j, api_worker *w)
         goto fail;
     pos[0] = 0;
     for (int p = first; p < P; p++)
-        if (ids[p] != j->baseline)
+        if (ids[p] != st(j)->baseline)
             pos[n_var++] = p;
     if (!(toks = malloc((size_t)n_var * P * sizeof *toks)))
         goto fail;
     for (int k = 0; k < n_var; k++) {
         memcpy(toks + (size_t)k * P, ids, (size_t)P * sizeof *toks);
         if (k > 0)
-            toks[(size_t)k * P + pos[k]] = j->baseline;
+            toks[(size_t)k * P + pos[k]] = st(j)->baseline;
     }
     /* Passes of at most API_FORWARD_TOKENS tokens (one variant at the least):
      * a pass holds every position's activations at once. */
@@ -111,8 +107,8 @@ void attribution_run(api_job *j, api_worker *w)
     jw_kfloat(&o, "logprob", orig);
     jw_obj_end(&o);
     jw_key(&o, "baseline");
-    json_token(&o, j->baseline);
-    jw_kint(&o, "range", j->range);
+    json_token(&o, st(j)->baseline);
+    jw_kint(&o, "range", st(j)->range);
     jw_karr(&o, "positions");
     for (int p = first, k = 1; p < P; p++) {
         bool run = k < n_var && pos[k] == p;
@@ -133,7 +129,7 @@ void attribution_run(api_job *j, api_worker *w)
     job_finish(j);
     goto done;
 fail:
-    fail_internal(j, err);
+    job_fail_internal(j, err);
 done:
     for (int b = 0; lp && b < per; b++)
         free(lp[b]);
@@ -144,3 +140,18 @@ done:
     free(lp_var);
     free(pos);
 }
+
+static void attribution_start(api_job **jobs, int n, api_worker *w)
+{
+    for (int i = 0; i < n; i++)
+        attribution_run(jobs[i], w);
+}
+
+static const char *const ATTRIBUTION_FIELDS[] = {"model", "text", "ids", "target", "range", "baseline", NULL};
+
+const job_ops ATTRIBUTION_JOB = {
+    .fields = ATTRIBUTION_FIELDS,
+    .size = sizeof(attribution_state),
+    .parse = attribution_parse,
+    .start = attribution_start,
+};

@@ -178,15 +178,13 @@ static int one_model(const api_ctx *ctx, const char *name, bool openai, api_repl
 }
 
 /* The body of tokenize/detokenize, with its fields and "model" checked (404 if unknown). */
-static cJSON *tokenizer_body(const api_ctx *ctx, const char *body, size_t len, api_endpoint ep, api_error *e)
+static cJSON *tokenizer_body(const api_ctx *ctx, const char *route, const char *body, size_t len,
+                             const char *const *fields, api_error *e)
 {
-    static const char *const tokenize_fields[] = {"model", "text", NULL};
-    static const char *const detokenize_fields[] = {"model", "ids", NULL};
-    const char *const *fields = ep == API_EP_TOKENIZE ? tokenize_fields : detokenize_fields;
     cJSON *o = json_parse_object(body, len, e);
     if (!o)
         return NULL;
-    if (json_check_fields(o, fields, api_endpoint_path(ep), e) < 0) {
+    if (json_check_fields(o, fields, route, e) < 0) {
         cJSON_Delete(o);
         return NULL;
     }
@@ -199,10 +197,11 @@ static cJSON *tokenizer_body(const api_ctx *ctx, const char *body, size_t len, a
     return o;
 }
 
-static int tokenize(const api_ctx *ctx, const char *body, size_t len, api_reply *r)
+static int tokenize(const api_ctx *ctx, const char *route, const char *body, size_t len, api_reply *r)
 {
+    static const char *const fields[] = {"model", "text", NULL};
     api_error e;
-    cJSON *o = tokenizer_body(ctx, body, len, API_EP_TOKENIZE, &e);
+    cJSON *o = tokenizer_body(ctx, route, body, len, fields, &e);
     const char *text = NULL;
     if (o && json_get_string(o, "text", &text, &e) == 0)
         api_error_set(&e, 400, "text", "text is required");
@@ -223,10 +222,11 @@ static int tokenize(const api_ctx *ctx, const char *body, size_t len, api_reply 
     return json_reply(&b, 200, r);
 }
 
-static int detokenize(const api_ctx *ctx, const char *body, size_t len, api_reply *r)
+static int detokenize(const api_ctx *ctx, const char *route, const char *body, size_t len, api_reply *r)
 {
+    static const char *const fields[] = {"model", "ids", NULL};
     api_error e;
-    cJSON *o = tokenizer_body(ctx, body, len, API_EP_DETOKENIZE, &e);
+    cJSON *o = tokenizer_body(ctx, route, body, len, fields, &e);
     if (!o)
         return api_error_reply(&e, r);
     job_input in = {0};
@@ -294,23 +294,20 @@ static int metrics(const api_ctx *ctx, api_reply *r)
     return r->body ? 0 : -1;
 }
 
-int api_handle_inline(const api_ctx *ctx, api_endpoint ep, const char *path, const char *model_arg, const char *body,
-                      size_t len, bool draining, api_reply *r)
+int inline_health(const inline_req *q, api_reply *r)
 {
-    switch (ep) {
-    case API_EP_HEALTH: return text_reply("{\"status\":\"ok\"}", 200, r);
-    case API_EP_READY:
-        return draining ? text_reply("{\"status\":\"draining\"}", 503, r) : text_reply("{\"status\":\"ready\"}", 200, r);
-    case API_EP_METRICS: return metrics(ctx, r);
-    case API_EP_MODEL: return one_model(ctx, model_arg, false, r);
-    case API_EP_MODELS: return models_list(ctx, r);
-    case API_EP_MODEL_BY_ID: return one_model(ctx, strrchr(path, '/') + 1, true, r);
-    case API_EP_TOKENIZE: return tokenize(ctx, body, len, r);
-    case API_EP_DETOKENIZE: return detokenize(ctx, body, len, r);
-    default: {
-        api_error e;
-        api_error_set(&e, 500, NULL, "%s is not answered inline", api_endpoint_path(ep));
-        return api_error_reply(&e, r);
-    }
-    }
+    (void)q;
+    return text_reply("{\"status\":\"ok\"}", 200, r);
 }
+
+int inline_ready(const inline_req *q, api_reply *r)
+{
+    return q->draining ? text_reply("{\"status\":\"draining\"}", 503, r) : text_reply("{\"status\":\"ready\"}", 200, r);
+}
+
+int inline_metrics(const inline_req *q, api_reply *r) { return metrics(q->ctx, r); }
+int inline_model(const inline_req *q, api_reply *r) { return one_model(q->ctx, q->model_arg, false, r); }
+int inline_models(const inline_req *q, api_reply *r) { return models_list(q->ctx, r); }
+int inline_model_by_id(const inline_req *q, api_reply *r) { return one_model(q->ctx, strrchr(q->path, '/') + 1, true, r); }
+int inline_tokenize(const inline_req *q, api_reply *r) { return tokenize(q->ctx, q->route, q->body, q->len, r); }
+int inline_detokenize(const inline_req *q, api_reply *r) { return detokenize(q->ctx, q->route, q->body, q->len, r); }

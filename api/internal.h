@@ -133,41 +133,100 @@ typedef struct gen_choice {
     bool end_sent;      /* a stream has had this choice's final event */
 } gen_choice;
 
-typedef enum { JOB_SCORE, JOB_ATTENTION, JOB_GENERATE, JOB_COMPLETIONS, JOB_ATTRIBUTION } job_kind;
+typedef struct gen_writer gen_writer;
 
+/* A generation's own state (/v1/generate, /v1/completions). */
+typedef struct gen_state {
+    gen_params gp;
+    gen_choice *ch;           /* [n_ch]: choice k is choice k % gp.n of prompt k / gp.n */
+    int n_ch;
+    const gen_writer *writer; /* the answer's format, chosen at parse time */
+    char id[48];              /* OpenAI: the completion's id */
+    long long created;        /* OpenAI: its Unix time */
+} gen_state;
+
+/* How a generation's answer is written: the decoding loop (generate.c) hands
+ * it events and never looks at the format.  In a stream: token i of choice k
+ * with the text bytes it completes, choice k's end with the rest of its text,
+ * and the end of the whole stream (before "[DONE]"); prologue (may be NULL)
+ * comes before the first token.  Not streamed: the whole answer once every
+ * choice is done.  Those returning int give -1 on out of memory. */
+struct gen_writer {
+    int (*prologue)(api_job *j, api_worker *w);
+    void (*token)(api_job *j, int k, int i, const unsigned char *text, size_t len);
+    void (*choice_end)(api_job *j, int k, const unsigned char *rest, size_t len);
+    void (*stream_end)(api_job *j);
+    int (*answer)(api_job *j, api_worker *w);
+};
+
+/* The answer formats: native.c (/v1/generate) and openai.c (/v1/completions). */
+extern const gen_writer NATIVE_WRITER, OPENAI_WRITER;
+
+/* /v1/score's own state. */
+typedef struct score_state {
+    int top_k;
+    char *cands[API_MAX_CANDIDATES];
+    int n_cands;
+    bool many;        /* the inputs came as an array, answered as "results" */
+    bool gain;        /* each token's attention gain */
+} score_state;
+
+/* /v1/attention's own state. */
+typedef struct attention_state {
+    bool dense;
+    bool summary;     /* per-head figures of the maps */
+    bool maps;        /* the maps themselves (false: the summary alone) */
+} attention_state;
+
+/* /v1/attribution's own state. */
+typedef struct attribution_state {
+    int target;       /* position whose token's log-probability is explained */
+    int range;        /* positions before it that are occluded */
+    int baseline;     /* the byte put in their place */
+} attribution_state;
+
+typedef struct job_ops job_ops;
+
+/* What every job has; its kind's own state is behind `state`. */
 struct api_job {
     const api_ctx *ctx;
+    const job_ops *ops; /* its kind */
+    void *state;      /* the kind's own (score_state, gen_state, ...) */
     api_model *am;    /* the model it runs on, held until the job is freed */
     const model *m;   /* am->m */
-    job_kind kind;
     bool stream;
     bool done;
     int status;       /* of a non-streaming answer */
     buf out;          /* produced, not yet taken */
     job_input *in;    /* [n_in] the inputs (prompts), each BOS first */
     int n_in;
-    bool many;        /* /v1/score: the inputs came as an array, answered as "results" */
     int output_tokens;
-    /* score */
-    int top_k;
-    char *cands[API_MAX_CANDIDATES];
-    int n_cands;
-    bool gain;        /* each token's attention gain */
-    /* attention */
-    bool dense;
-    bool summary;     /* per-head figures of the maps */
-    bool maps;        /* the maps themselves (false: the summary alone) */
-    /* attribution */
-    int target;       /* position whose token's log-probability is explained */
-    int range;        /* positions before it that are occluded */
-    int baseline;     /* the byte put in their place */
-    /* generation */
-    gen_params gp;
-    gen_choice *ch;   /* [n_ch]: choice k is choice k % gp.n of prompt k / gp.n */
-    int n_ch;
-    char id[48];
-    long long created;
 };
+
+/* What an endpoint that runs the model does with a job, one row per kind
+ * (the endpoints' table in route.c points at these).
+ *   fields    the body's fields it takes (NULL-terminated); any other is refused
+ *   size      bytes of its state, allocated zeroed before parse
+ *   parse     reads the request into j (inputs, state); -1 with e filled
+ *   start     runs jobs[n] of this kind, in order, to their end, or (steps)
+ *             prefills them and picks their first tokens
+ *   steps     its jobs then advance a token at a time in api_step
+ *   fail      ends a job with an error (NULL: job_finish_error)
+ *   drop      frees what the state holds (NULL: nothing)
+ *   weight    sequences the job decodes at once (NULL: 1) */
+struct job_ops {
+    const char *const *fields;
+    size_t size;
+    int (*parse)(api_job *j, const cJSON *o, uint64_t seed, const char *request_id, api_error *e);
+    void (*start)(api_job **jobs, int n, api_worker *w);
+    bool steps;
+    void (*fail)(api_job *j, const api_error *e);
+    void (*drop)(api_job *j);
+    int (*weight)(const api_job *j);
+};
+
+/* The kinds: score.c (score, attention), attribution.c, generate.c (generate, completions). */
+extern const job_ops SCORE_JOB, ATTENTION_JOB, ATTRIBUTION_JOB, GENERATE_JOB, COMPLETIONS_JOB;
 
 /* A worker's scratch for one model: batches of up to the worker's cap. */
 typedef struct worker_model {
@@ -200,41 +259,44 @@ worker_model *worker_scratch(api_worker *w, api_model *am);
  * an error event and its end).  Both mark the job done. */
 void job_finish(api_job *j);
 void job_finish_error(api_job *j, const api_error *e);
+/* job_finish_error with a 500 saying what failed. */
+void job_fail_internal(api_job *j, const char *what);
 /* job.c: model_forward_cached through the server's prefix cache, counting in
  * the metrics of j's model what each input took from it (every sequence
  * belongs to a job on j's model). */
 int job_forward(const api_job *j, int B, const int *const *tokens, const int *lens, float *const *logprobs,
                 model_seq *const *seqs, char *err, size_t errlen);
-/* openai.c: the OpenAI shapes of a completions job, appended to j->out:
- * the whole non-streamed answer, token i of choice k with its text bytes,
- * choice k's end with the rest of its text, the usage chunk, and the echoed
- * prompt.  Return -1 on out of memory. */
+/* job.c: a job of kind ops for ctx's model named in o (a 404 naming "model"
+ * if there is none), its state allocated; NULL with e filled. */
+api_job *job_new(const api_ctx *ctx, const job_ops *ops, const cJSON *o, api_error *e);
+
+/* openai.c: the most alternatives per token OpenAI's completions take. */
 #define OPENAI_MAX_LOGPROBS 20
-int openai_answer(api_job *j, api_worker *w);
-void openai_stream_token(api_job *j, int k, int i, const unsigned char *text, size_t len);
-void openai_stream_end(api_job *j, int k, const unsigned char *rest, size_t len);
-void openai_stream_usage(api_job *j);
-int openai_stream_echo(api_job *j, api_worker *w);
-/* score.c */
-int score_parse(api_job *j, const cJSON *o, api_error *e);
-/* Runs n score jobs of one model through one batched forward pass over all
- * their inputs. */
-void score_run_many(api_job **jobs, int n, api_worker *w);
-int attention_parse(api_job *j, const cJSON *o, api_error *e);
-void attention_run(api_job *j, api_worker *w);
-/* attribution.c */
-int attribution_parse(api_job *j, const cJSON *o, api_error *e);
-void attribution_run(api_job *j, api_worker *w);
-/* generate.c */
-/* Length of the longest proper prefix of a stop string that out[n] ends with:
- * the bytes a stream holds back until it is clear they do not begin a stop. */
+/* generate.c: length of the longest proper prefix of a stop string that out[n]
+ * ends with: the bytes a stream holds back until it is clear they do not begin a stop. */
 int stop_holdback(const gen_params *gp, const unsigned char *out, int n);
-int generate_parse(api_job *j, const cJSON *o, uint64_t seed, api_error *e);
-void generate_start(api_job *j, api_worker *w);
-int generate_collect(api_job *j, model_seq **seqs, int *tokens);
-/* logits [n, V] are the job's rows of the step (scratch: sampling masks them). */
-void generate_advance(api_job *j, api_worker *w, float *logits, const float *attn);
-void generate_fail(api_job *j, const api_error *e);
-void generate_free(api_job *j);
+/* generate.c: the parse shared by both generation routes, after the route's own fields. */
+int gen_parse_common(api_job *j, const cJSON *o, uint64_t seed, long long max_tokens_default, api_error *e);
+
+/* inline.c: the endpoints answered without a worker.  Each fills r (success
+ * or a 4xx) and returns 0, or -1 on out of memory. */
+typedef struct inline_req {
+    const api_ctx *ctx;
+    const char *route;     /* the endpoint's path, for messages */
+    const char *path;      /* the request's path, for /v1/models/{id} */
+    const char *model_arg; /* ?model=, or NULL */
+    const char *body;
+    size_t len;
+    bool draining;
+} inline_req;
+typedef int (*inline_fn)(const inline_req *q, api_reply *r);
+int inline_health(const inline_req *q, api_reply *r);
+int inline_ready(const inline_req *q, api_reply *r);
+int inline_metrics(const inline_req *q, api_reply *r);
+int inline_model(const inline_req *q, api_reply *r);
+int inline_models(const inline_req *q, api_reply *r);
+int inline_model_by_id(const inline_req *q, api_reply *r);
+int inline_tokenize(const inline_req *q, api_reply *r);
+int inline_detokenize(const inline_req *q, api_reply *r);
 
 #endif

@@ -1,6 +1,7 @@
-/* job.c -- a request's model work from validation to answer, each worker's
- * scratch per model, and the step that advances many generations at once:
- * one batched model_step per model among the jobs in hand.
+/* job.c -- what every job has, whatever its kind: its making and freeing,
+ * its output and how it ends, the forward pass through the prefix cache, and
+ * each worker's scratch per model.  A kind's own work is in its file
+ * (score.c, attribution.c, generate.c), reached through its job_ops.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
@@ -10,70 +11,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The fields each route takes; any other is refused, so that a request
- * meant for another server does not silently do something else here. */
-static const char *const SCORE_FIELDS[] = {"model",      "text",          "ids", "texts", "top_k",
-                                           "candidates", "attention_gain", NULL};
-static const char *const ATTENTION_FIELDS[] = {"model", "text", "ids", "format", "summary", "maps", NULL};
-static const char *const ATTRIBUTION_FIELDS[] = {"model", "text", "ids", "target", "range", "baseline", NULL};
-#define SAMPLING_FIELDS                                                                                              \
-    "model", "prompt", "ids", "max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "stream",              \
-        "presence_penalty", "frequency_penalty", "repetition_penalty", "penalty_last_n", "logit_bias"
-static const char *const GENERATE_FIELDS[] = {SAMPLING_FIELDS, "logprobs", "attention", NULL};
-static const char *const COMPLETIONS_FIELDS[] = {SAMPLING_FIELDS, "n", "logprobs", "echo", "stream_options",
-                                                 "user", "best_of", "suffix", NULL};
-
-api_job *api_job_new(const api_ctx *ctx, api_endpoint ep, const char *body, size_t len, uint64_t seed,
-                     const char *request_id, api_error *e)
+api_job *job_new(const api_ctx *ctx, const job_ops *ops, const cJSON *o, api_error *e)
 {
-    static const char *const *const fields[] = {
-        [JOB_SCORE] = SCORE_FIELDS,
-        [JOB_ATTENTION] = ATTENTION_FIELDS,
-        [JOB_GENERATE] = GENERATE_FIELDS,
-        [JOB_COMPLETIONS] = COMPLETIONS_FIELDS,
-        [JOB_ATTRIBUTION] = ATTRIBUTION_FIELDS,
-    };
-    job_kind kind;
-    switch (ep) {
-    case API_EP_SCORE: kind = JOB_SCORE; break;
-    case API_EP_ATTENTION: kind = JOB_ATTENTION; break;
-    case API_EP_GENERATE: kind = JOB_GENERATE; break;
-    case API_EP_COMPLETIONS: kind = JOB_COMPLETIONS; break;
-    case API_EP_ATTRIBUTION: kind = JOB_ATTRIBUTION; break;
-    default: api_error_set(e, 500, NULL, "%s is not model work", api_endpoint_path(ep)); return NULL;
-    }
-    cJSON *o = json_parse_object(body, len, e);
-    if (!o)
-        return NULL;
-    if (json_check_fields(o, fields[kind], api_endpoint_path(ep), e) < 0) {
-        cJSON_Delete(o);
-        return NULL;
-    }
     api_job *j = calloc(1, sizeof *j);
-    if (!j) {
-        cJSON_Delete(o);
+    void *state = calloc(1, ops->size);
+    if (!j || !state) {
+        free(j);
+        free(state);
         api_error_set(e, 500, NULL, "out of memory");
         return NULL;
     }
     j->ctx = ctx;
-    j->kind = kind;
-    j->gp.n = 1;
-    snprintf(j->id, sizeof j->id, "cmpl-%s", request_id ? request_id : "0");
-    int rc = -1;
-    if ((j->am = json_get_model(ctx, o, e))) {
-        j->m = j->am->m;
-        switch (kind) {
-        case JOB_SCORE: rc = score_parse(j, o, e); break;
-        case JOB_ATTENTION: rc = attention_parse(j, o, e); break;
-        case JOB_ATTRIBUTION: rc = attribution_parse(j, o, e); break;
-        default: rc = generate_parse(j, o, seed, e); break;
-        }
-    }
-    cJSON_Delete(o);
-    if (rc < 0) {
+    j->ops = ops;
+    j->state = state;
+    if (!(j->am = json_get_model(ctx, o, e))) {
         api_job_free(j);
         return NULL;
     }
+    j->m = j->am->m;
     return j;
 }
 
@@ -81,9 +36,9 @@ void api_job_free(api_job *j)
 {
     if (!j)
         return;
-    generate_free(j);
-    for (int i = 0; i < j->n_cands; i++)
-        free(j->cands[i]);
+    if (j->ops->drop)
+        j->ops->drop(j);
+    free(j->state);
     job_inputs_free(j->in, j->n_in);
     buf_free(&j->out);
     api_model_release(j->am);
@@ -91,7 +46,7 @@ void api_job_free(api_job *j)
 }
 
 bool api_job_streams(const api_job *j) { return j->stream; }
-int api_job_weight(const api_job *j) { return j->kind == JOB_GENERATE || j->kind == JOB_COMPLETIONS ? j->n_ch : 1; }
+int api_job_weight(const api_job *j) { return j->ops->weight ? j->ops->weight(j) : 1; }
 int api_job_input_tokens(const api_job *j)
 {
     int n = 0;
@@ -128,56 +83,12 @@ int job_forward(const api_job *j, int B, const int *const *tokens, const int *le
 const char *api_job_model_name(const api_job *j) { return j->am->name; }
 bool api_job_done(const api_job *j) { return j->done; }
 
-void api_job_start(api_job *j, api_worker *w) { api_job_start_many(&j, 1, w); }
-
-void api_job_start_many(api_job **jobs, int n, api_worker *w)
-{
-    api_job **scores = malloc((size_t)n * sizeof *scores);
-    int ns = 0;
-    for (int i = 0; i < n; i++) {
-        if (scores && jobs[i]->kind == JOB_SCORE)
-            scores[ns++] = jobs[i];
-        else if (jobs[i]->kind == JOB_ATTENTION)
-            attention_run(jobs[i], w);
-        else if (jobs[i]->kind == JOB_ATTRIBUTION)
-            attribution_run(jobs[i], w);
-        else if (jobs[i]->kind == JOB_SCORE)
-            score_run_many(&jobs[i], 1, w);
-        else
-            generate_start(jobs[i], w);
-    }
-    /* Scoring requests of one model share forward passes, in groups of at
-     * most API_FORWARD_TOKENS input tokens (a pass holds every position's
-     * activations at once).  Taken out of the list as they are grouped. */
-    while (ns > 0) {
-        const model *m = scores[0]->m;
-        api_job *group[API_MAX_CHOICES * 4];
-        int ng = 0, tokens = 0, rest = 0;
-        for (int i = 0; i < ns; i++) {
-            api_job *s = scores[i];
-            int n = api_job_input_tokens(s) + s->n_in;
-            bool fits = s->m == m && ng < (int)(sizeof group / sizeof *group) &&
-                        (ng == 0 || tokens + n <= API_FORWARD_TOKENS);
-            if (fits) {
-                group[ng++] = s;
-                tokens += n;
-            } else {
-                scores[rest++] = s;
-            }
-        }
-        metrics_forward_batch(group[0]->ctx->metrics, ng);
-        score_run_many(group, ng, w);
-        ns = rest;
-    }
-    free(scores);
-}
-
 void api_job_fail(api_job *j, const api_error *e)
 {
     if (j->done)
         return;
-    if (j->kind == JOB_GENERATE || j->kind == JOB_COMPLETIONS)
-        generate_fail(j, e);
+    if (j->ops->fail)
+        j->ops->fail(j, e);
     else
         job_finish_error(j, e);
 }
@@ -209,6 +120,13 @@ void job_finish(api_job *j)
 {
     j->status = 200;
     j->done = true;
+}
+
+void job_fail_internal(api_job *j, const char *what)
+{
+    api_error e;
+    api_error_set(&e, 500, NULL, "%s", what);
+    job_finish_error(j, &e);
 }
 
 void job_finish_error(api_job *j, const api_error *e)
@@ -307,41 +225,6 @@ worker_model *worker_scratch(api_worker *w, api_model *am)
     return s;
 }
 
-/* Advances the sequences of jobs[n], all of model ws, in one model_step. */
-static int step_group(api_worker *w, worker_model *ws, api_job *const *jobs, int n)
-{
-    const model_config *c = model_get_config(ws->am->m);
-    const size_t V = (size_t)c->vocab, NW = (size_t)c->heads * c->window;
-    int B = 0, *first = w->first;
-    bool attn = false;
-    for (int i = 0; i < n; i++) {
-        first[i] = B;
-        api_job *j = jobs[i];
-        if (j->done || B + j->n_ch > w->cap)
-            continue;
-        B += generate_collect(j, w->seqs + B, w->tokens + B);
-        attn |= j->gp.attention;
-    }
-    if (B == 0)
-        return 0;
-    char err[ATTNLM_ERR_LEN];
-    if (model_step(ws->am->m, ws->batch, w->seqs, w->tokens, B, ws->logits, attn ? ws->attn : NULL, err,
-                   sizeof err) < 0) {
-        api_error e;
-        api_error_set(&e, 500, NULL, "decoding failed: %s", err);
-        for (int i = 0; i < n; i++)
-            api_job_fail(jobs[i], &e);
-        return 0;
-    }
-    for (int i = 0; i < n; i++) {
-        bool stepped = i + 1 < n ? first[i + 1] > first[i] : B > first[i];
-        if (stepped)
-            generate_advance(jobs[i], w, ws->logits + (size_t)first[i] * V,
-                             attn ? ws->attn + (size_t)first[i] * NW : NULL);
-    }
-    return B;
-}
-
 void api_worker_tidy(api_worker *w)
 {
     int kept = 0;
@@ -355,37 +238,4 @@ void api_worker_tidy(api_worker *w)
         }
     }
     w->n_models = kept;
-}
-
-int api_step(api_worker *w, api_job *const *jobs, int n)
-{
-    int total = 0;
-    bool *taken = calloc((size_t)n + 1, sizeof *taken);
-    if (!taken)
-        return 0;
-    for (int i = 0; i < n; i++) {
-        if (taken[i] || jobs[i]->done)
-            continue;
-        /* Every unfinished job of this model, in order, up to the worker's cap. */
-        api_model *am = jobs[i]->am;
-        int ng = 0, rows = 0;
-        for (int k = i; k < n && ng < w->cap; k++) {
-            if (taken[k] || jobs[k]->done || jobs[k]->am != am || rows + jobs[k]->n_ch > w->cap)
-                continue;
-            taken[k] = true;
-            w->group[ng++] = jobs[k];
-            rows += jobs[k]->n_ch;
-        }
-        worker_model *ws = worker_scratch(w, am);
-        if (!ws) {
-            api_error e;
-            api_error_set(&e, 500, NULL, "out of memory for a batch of %s", am->name);
-            for (int k = 0; k < ng; k++)
-                api_job_fail(w->group[k], &e);
-            continue;
-        }
-        total += step_group(w, ws, w->group, ng);
-    }
-    free(taken);
-    return total;
 }

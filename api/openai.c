@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+static gen_state *gs(const api_job *j) { return j->state; }
+
 /* The OpenAI rendering of a token: its character if ASCII, else "bytes:\xNN".
  * NUL is rendered as bytes too, as it cannot be a C string's character. */
 static void token_str(int id, char out[16])
@@ -39,7 +41,7 @@ typedef struct lp_span {
 static void span_token(const api_job *j, const lp_span *s, int n, int *idx, int *id, float *lp, const int **top_ids,
                        float *top_lp, size_t *offset)
 {
-    const int k = j->gp.top, V = model_get_config(j->m)->vocab, np = s->p1 - s->p0;
+    const int k = gs(j)->gp.top, V = model_get_config(j->m)->vocab, np = s->p1 - s->p0;
     if (n < np) {
         const job_input *in = &j->in[s->ch->prompt];
         int t = s->p0 + n;
@@ -68,7 +70,7 @@ static void span_token(const api_job *j, const lp_span *s, int n, int *idx, int 
 /* {"tokens", "token_logprobs", "top_logprobs", "text_offset"} of a span, column by column. */
 static void write_logprobs(jw *w, const api_job *j, api_worker *wk, const lp_span *s)
 {
-    const int n = (s->p1 - s->p0) + (s->g1 - s->g0), k = j->gp.top;
+    const int n = (s->p1 - s->p0) + (s->g1 - s->g0), k = gs(j)->gp.top;
     int id;
     float lp, top_lp[OPENAI_MAX_LOGPROBS];
     const int *top_ids = NULL;
@@ -118,9 +120,9 @@ static void write_logprobs(jw *w, const api_job *j, api_worker *wk, const lp_spa
 static void head(jw *w, const api_job *j)
 {
     jw_obj(w);
-    jw_kstr(w, "id", j->id);
+    jw_kstr(w, "id", gs(j)->id);
     jw_kstr(w, "object", "text_completion");
-    jw_kint(w, "created", j->created);
+    jw_kint(w, "created", gs(j)->created);
     jw_kstr(w, "model", j->am->name);
     jw_karr(w, "choices");
 }
@@ -171,24 +173,24 @@ static int text_with_prompt(jw *w, const api_job *j, const gen_choice *ch)
     return 0;
 }
 
-int openai_answer(api_job *j, api_worker *wk)
+static int openai_answer(api_job *j, api_worker *wk)
 {
     jw w;
     jw_init(&w, &j->out);
     head(&w, j);
-    for (int k = 0; k < j->n_ch; k++) {
-        const gen_choice *ch = &j->ch[k];
+    for (int k = 0; k < gs(j)->n_ch; k++) {
+        const gen_choice *ch = &gs(j)->ch[k];
         const int P = j->in[ch->prompt].n - 1;
         jw_obj(&w);
         jw_key(&w, "text");
-        if (!j->gp.echo)
+        if (!gs(j)->gp.echo)
             jw_bytes(&w, ch->out, (size_t)ch->keep);
         else if (text_with_prompt(&w, j, ch) < 0)
             return -1;
         jw_kint(&w, "index", k);
         jw_key(&w, "logprobs");
-        if (j->gp.logprobs) {
-            lp_span s = {ch, 1, j->gp.echo ? P + 1 : 1, 0, ch->keep, j->gp.echo ? (size_t)P : 0};
+        if (gs(j)->gp.logprobs) {
+            lp_span s = {ch, 1, gs(j)->gp.echo ? P + 1 : 1, 0, ch->keep, gs(j)->gp.echo ? (size_t)P : 0};
             write_logprobs(&w, j, wk, &s);
         } else {
             jw_null(&w);
@@ -202,20 +204,22 @@ int openai_answer(api_job *j, api_worker *wk)
     return 0;
 }
 
-void openai_stream_token(api_job *j, int k, int i, const unsigned char *text, size_t len)
+static void openai_stream_token(api_job *j, int k, int i, const unsigned char *text, size_t len)
 {
-    lp_span s = {&j->ch[k], 0, 0, i, i + 1, j->gp.echo ? (size_t)j->in[j->ch[k].prompt].n - 1 : 0};
-    chunk(j, NULL, k, text, len, j->gp.logprobs ? &s : NULL, NULL);
+    lp_span s = {&gs(j)->ch[k], 0, 0, i, i + 1, gs(j)->gp.echo ? (size_t)j->in[gs(j)->ch[k].prompt].n - 1 : 0};
+    chunk(j, NULL, k, text, len, gs(j)->gp.logprobs ? &s : NULL, NULL);
 }
 
-void openai_stream_end(api_job *j, int k, const unsigned char *rest, size_t len)
+static void openai_stream_end(api_job *j, int k, const unsigned char *rest, size_t len)
 {
-    chunk(j, NULL, k, rest, len, NULL, j->ch[k].finish);
+    chunk(j, NULL, k, rest, len, NULL, gs(j)->ch[k].finish);
 }
 
-void openai_stream_usage(api_job *j)
+static void openai_stream_usage(api_job *j)
 {
     /* OpenAI's stream_options.include_usage: a last chunk with no choices. */
+    if (!gs(j)->gp.include_usage)
+        return;
     jw w;
     sse_begin(&j->out, &w);
     head(&w, j);
@@ -225,19 +229,30 @@ void openai_stream_usage(api_job *j)
     sse_end(&j->out);
 }
 
-int openai_stream_echo(api_job *j, api_worker *wk)
+/* The echoed prompts, first in a stream. */
+static int openai_stream_echo(api_job *j, api_worker *wk)
 {
-    for (int k = 0; k < j->n_ch; k++) {
-        const job_input *in = &j->in[j->ch[k].prompt];
+    if (!gs(j)->gp.echo)
+        return 0;
+    for (int k = 0; k < gs(j)->n_ch; k++) {
+        const job_input *in = &j->in[gs(j)->ch[k].prompt];
         const int P = in->n - 1;
         unsigned char *prompt = malloc((size_t)P + 1);
         if (!prompt)
             return -1;
         for (int t = 0; t < P; t++)
             prompt[t] = (unsigned char)in->ids[t + 1];
-        lp_span s = {&j->ch[k], 1, P + 1, 0, 0, 0};
-        chunk(j, wk, k, prompt, (size_t)P, j->gp.logprobs ? &s : NULL, NULL);
+        lp_span s = {&gs(j)->ch[k], 1, P + 1, 0, 0, 0};
+        chunk(j, wk, k, prompt, (size_t)P, gs(j)->gp.logprobs ? &s : NULL, NULL);
         free(prompt);
     }
     return 0;
 }
+
+const gen_writer OPENAI_WRITER = {
+    .prologue = openai_stream_echo,
+    .token = openai_stream_token,
+    .choice_end = openai_stream_end,
+    .stream_end = openai_stream_usage,
+    .answer = openai_answer,
+};

@@ -1,38 +1,46 @@
-/* route.c -- what the server asks before any model work: which endpoint a
- * method and path name, whether the request's credentials match the key, and
- * the error answer of a refusal.
+/* route.c -- the endpoints, one row each: which endpoint a method and path
+ * name, what answers it (an inline answer, or a kind of job that a worker
+ * runs), and whether the request's credentials match the key.
+ *
+ * Adding an endpoint: its value in api_endpoint (api.h), a file with its
+ * parse and work ending in its job_ops (or an inline_fn in inline.c), and its
+ * row here.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-/* ---- routing --------------------------------------------------------------- */
+/* ---- the endpoints ---------------------------------------------------------- */
 
-typedef struct route {
+/* One endpoint: its path and method, whether it is open without the key, and
+ * what answers it: a job kind (job_ops, run by a worker) or an inline answer. */
+typedef struct endpoint {
     const char *path;
     bool post;
     bool open;
-    bool job;
-} route;
+    const job_ops *job;
+    inline_fn answer;
+} endpoint;
 
-static const route ROUTES[API_EP_COUNT] = {
-    [API_EP_HEALTH] = {"/health", false, true, false},
-    [API_EP_READY] = {"/ready", false, true, false},
-    [API_EP_METRICS] = {"/metrics", false, true, false},
-    [API_EP_MODEL] = {"/v1/model", false, false, false},
-    [API_EP_MODELS] = {"/v1/models", false, false, false},
-    [API_EP_TOKENIZE] = {"/v1/tokenize", true, false, false},
-    [API_EP_DETOKENIZE] = {"/v1/detokenize", true, false, false},
-    [API_EP_SCORE] = {"/v1/score", true, false, true},
-    [API_EP_GENERATE] = {"/v1/generate", true, false, true},
-    [API_EP_ATTENTION] = {"/v1/attention", true, false, true},
-    [API_EP_COMPLETIONS] = {"/v1/completions", true, false, true},
-    [API_EP_MODEL_BY_ID] = {"/v1/models/{id}", false, false, false}, /* matched by prefix below */
-    [API_EP_ATTRIBUTION] = {"/v1/attribution", true, false, true},
+static const endpoint ENDPOINTS[API_EP_COUNT] = {
+    [API_EP_HEALTH] = {"/health", false, true, NULL, inline_health},
+    [API_EP_READY] = {"/ready", false, true, NULL, inline_ready},
+    [API_EP_METRICS] = {"/metrics", false, true, NULL, inline_metrics},
+    [API_EP_MODEL] = {"/v1/model", false, false, NULL, inline_model},
+    [API_EP_MODELS] = {"/v1/models", false, false, NULL, inline_models},
+    [API_EP_TOKENIZE] = {"/v1/tokenize", true, false, NULL, inline_tokenize},
+    [API_EP_DETOKENIZE] = {"/v1/detokenize", true, false, NULL, inline_detokenize},
+    [API_EP_SCORE] = {"/v1/score", true, false, &SCORE_JOB, NULL},
+    [API_EP_GENERATE] = {"/v1/generate", true, false, &GENERATE_JOB, NULL},
+    [API_EP_ATTENTION] = {"/v1/attention", true, false, &ATTENTION_JOB, NULL},
+    [API_EP_COMPLETIONS] = {"/v1/completions", true, false, &COMPLETIONS_JOB, NULL},
+    [API_EP_MODEL_BY_ID] = {"/v1/models/{id}", false, false, NULL, inline_model_by_id}, /* matched by prefix */
+    [API_EP_ATTRIBUTION] = {"/v1/attribution", true, false, &ATTRIBUTION_JOB, NULL},
 };
 
 #define MODELS_PREFIX "/v1/models/"
@@ -42,22 +50,86 @@ int api_route(const char *method, const char *path, api_endpoint *ep, const char
     for (int i = 0; i < API_EP_COUNT; i++) {
         bool by_id = i == API_EP_MODEL_BY_ID && strncmp(path, MODELS_PREFIX, strlen(MODELS_PREFIX)) == 0 &&
                      path[strlen(MODELS_PREFIX)] != '\0';
-        if (!by_id && strcmp(path, ROUTES[i].path) != 0)
+        if (!by_id && strcmp(path, ENDPOINTS[i].path) != 0)
             continue;
         *ep = (api_endpoint)i;
-        bool ok = ROUTES[i].post ? strcmp(method, "POST") == 0
-                                 : strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+        bool ok = ENDPOINTS[i].post ? strcmp(method, "POST") == 0
+                                    : strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
         if (ok)
             return 0;
-        *allow = ROUTES[i].post ? "POST" : "GET, HEAD";
+        *allow = ENDPOINTS[i].post ? "POST" : "GET, HEAD";
         return 405;
     }
     return 404;
 }
 
-const char *api_endpoint_path(api_endpoint ep) { return ep < API_EP_COUNT ? ROUTES[ep].path : "other"; }
-bool api_endpoint_is_open(api_endpoint ep) { return ep < API_EP_COUNT && ROUTES[ep].open; }
-bool api_endpoint_is_job(api_endpoint ep) { return ep < API_EP_COUNT && ROUTES[ep].job; }
+const char *api_endpoint_path(api_endpoint ep) { return ep < API_EP_COUNT ? ENDPOINTS[ep].path : "other"; }
+bool api_endpoint_is_open(api_endpoint ep) { return ep < API_EP_COUNT && ENDPOINTS[ep].open; }
+bool api_endpoint_is_job(api_endpoint ep) { return ep < API_EP_COUNT && ENDPOINTS[ep].job; }
+
+int api_handle_inline(const api_ctx *ctx, api_endpoint ep, const char *path, const char *model_arg, const char *body,
+                      size_t len, bool draining, api_reply *r)
+{
+    if (ep >= API_EP_COUNT || !ENDPOINTS[ep].answer) {
+        api_error e;
+        api_error_set(&e, 500, NULL, "%s is not answered inline", api_endpoint_path(ep));
+        return api_error_reply(&e, r);
+    }
+    inline_req q = {.ctx = ctx, .route = ENDPOINTS[ep].path, .path = path, .model_arg = model_arg, .body = body,
+                    .len = len, .draining = draining};
+    return ENDPOINTS[ep].answer(&q, r);
+}
+
+/* ---- jobs --------------------------------------------------------------------- */
+
+api_job *api_job_new(const api_ctx *ctx, api_endpoint ep, const char *body, size_t len, uint64_t seed,
+                     const char *request_id, api_error *e)
+{
+    if (!api_endpoint_is_job(ep)) {
+        api_error_set(e, 500, NULL, "%s is not model work", api_endpoint_path(ep));
+        return NULL;
+    }
+    const job_ops *ops = ENDPOINTS[ep].job;
+    cJSON *o = json_parse_object(body, len, e);
+    if (!o)
+        return NULL;
+    api_job *j = NULL;
+    /* The fields each route takes; any other is refused, so that a request
+     * meant for another server does not silently do something else here. */
+    if (json_check_fields(o, ops->fields, api_endpoint_path(ep), e) == 0 && (j = job_new(ctx, ops, o, e)) &&
+        ops->parse(j, o, seed, request_id, e) < 0) {
+        api_job_free(j);
+        j = NULL;
+    }
+    cJSON_Delete(o);
+    return j;
+}
+
+void api_job_start(api_job *j, api_worker *w) { api_job_start_many(&j, 1, w); }
+
+void api_job_start_many(api_job **jobs, int n, api_worker *w)
+{
+    /* The jobs of each kind together, in their order: a kind may share work among them (scoring passes). */
+    api_job **same = malloc((size_t)n * sizeof *same);
+    bool *started = calloc((size_t)n, sizeof *started);
+    for (int i = 0; i < n; i++) {
+        if (!same || !started) {
+            jobs[i]->ops->start(&jobs[i], 1, w);
+            continue;
+        }
+        if (started[i])
+            continue;
+        int m = 0;
+        for (int k = i; k < n; k++)
+            if (!started[k] && jobs[k]->ops == jobs[i]->ops) {
+                started[k] = true;
+                same[m++] = jobs[k];
+            }
+        jobs[i]->ops->start(same, m, w);
+    }
+    free(same);
+    free(started);
+}
 
 /* ---- API key ------------------------------------------------------------- */
 

@@ -1,7 +1,5 @@
-/* score.c -- POST /v1/score and POST /v1/attention: one full forward pass
- * over the input, answered whole.  /v1/attention can add a summary of each
- * head's maps (entropy, look-back, weight on self and BOS, weight by
- * distance) and leave the maps out.
+/* score.c -- POST /v1/score: one full forward pass over the input, answered
+ * whole.
  *
  * A score request may give an array of inputs ("texts", or "ids" as a list of
  * id lists); all of them go through one forward pass, with the inputs of any
@@ -23,6 +21,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+static score_state *sc(const api_job *j) { return j->state; }
 
 /* The input or inputs of a score request: "text" or "ids" (one), "texts" or
  * "ids" as a list of id lists (several). */
@@ -52,20 +52,21 @@ static int score_inputs(api_job *j, const cJSON *o, api_error *e)
         api_error_set(e, 400, "texts", "texts must be an array of strings");
         return -1;
     }
-    j->many = true;
+    sc(j)->many = true;
     return json_read_inputs(texts ? texts : ids, texts ? "texts" : "ids", lim->max_inputs, lim->max_input_tokens,
                             false, texts != NULL, texts == NULL, &j->in, &j->n_in, e);
 }
 
-int score_parse(api_job *j, const cJSON *o, api_error *e)
+static int score_parse(api_job *j, const cJSON *o, uint64_t seed, const char *request_id, api_error *e)
 {
+    (void)seed, (void)request_id;
     const api_limits *lim = &j->ctx->limits;
     const model_config *c = model_get_config(j->m);
     long long top_k = 5;
     if (json_get_int(o, "top_k", 0, c->vocab, &top_k, e) < 0)
         return -1;
-    j->top_k = (int)top_k;
-    if (json_get_bool(o, "attention_gain", &j->gain, e) < 0 || score_inputs(j, o, e) < 0)
+    sc(j)->top_k = (int)top_k;
+    if (json_get_bool(o, "attention_gain", &sc(j)->gain, e) < 0 || score_inputs(j, o, e) < 0)
         return -1;
     int longest = 0;
     for (int i = 0; i < j->n_in; i++)
@@ -85,16 +86,16 @@ int score_parse(api_job *j, const cJSON *o, api_error *e)
     cJSON_ArrayForEach(it, cands)
     {
         if (!cJSON_IsString(it) || it->valuestring[0] == '\0') {
-            api_error_set(e, 400, "candidates", "candidates[%d] must be a non-empty string", j->n_cands);
+            api_error_set(e, 400, "candidates", "candidates[%d] must be a non-empty string", sc(j)->n_cands);
             return -1;
         }
         size_t len = strlen(it->valuestring);
         if ((size_t)longest - 1 + len > (size_t)lim->max_input_tokens) {
             api_error_set(e, 413, "candidates", "%s and candidates[%d] together exceed %d tokens",
-                          j->many ? "an input" : "input", j->n_cands, lim->max_input_tokens);
+                          sc(j)->many ? "an input" : "input", sc(j)->n_cands, lim->max_input_tokens);
             return -1;
         }
-        if (!(j->cands[j->n_cands++] = strdup(it->valuestring))) {
+        if (!(sc(j)->cands[sc(j)->n_cands++] = strdup(it->valuestring))) {
             api_error_set(e, 500, NULL, "out of memory");
             return -1;
         }
@@ -115,7 +116,7 @@ static void top_tokens(jw *w, const float *row, int V, int k, int *idx)
  * candidate k.  Returns 0, or -1 on failure. */
 static int score_candidates(api_job *j, worker_model *ws, const model_seq *seq, const float *last, float **lps)
 {
-    const int V = model_get_config(j->m)->vocab, nc = j->n_cands;
+    const int V = model_get_config(j->m)->vocab, nc = sc(j)->n_cands;
     model_seq *s[API_MAX_CANDIDATES] = {0};
     int pos[API_MAX_CANDIDATES], tokens[API_MAX_CANDIDATES], rows[API_MAX_CANDIDATES];
     int rc = -1;
@@ -123,7 +124,7 @@ static int score_candidates(api_job *j, worker_model *ws, const model_seq *seq, 
         if (!(s[k] = model_seq_new(j->m)))
             goto done;
         model_seq_copy(s[k], seq);
-        lps[k][0] = last[(unsigned char)j->cands[k][0]];
+        lps[k][0] = last[(unsigned char)sc(j)->cands[k][0]];
         pos[k] = 1;
     }
     /* Each step feeds every unfinished candidate its previous byte. */
@@ -131,9 +132,9 @@ static int score_candidates(api_job *j, worker_model *ws, const model_seq *seq, 
         int B = 0;
         model_seq *batch[API_MAX_CANDIDATES];
         for (int k = 0; k < nc; k++)
-            if (j->cands[k][pos[k]] != '\0') {
+            if (sc(j)->cands[k][pos[k]] != '\0') {
                 batch[B] = s[k];
-                tokens[B] = (unsigned char)j->cands[k][pos[k] - 1];
+                tokens[B] = (unsigned char)sc(j)->cands[k][pos[k] - 1];
                 rows[B++] = k;
             }
         if (B == 0)
@@ -145,7 +146,7 @@ static int score_candidates(api_job *j, worker_model *ws, const model_seq *seq, 
             int k = rows[b];
             float *row = ws->logits + (size_t)b * V;
             model_log_softmax(row, row, V);
-            lps[k][pos[k]] = row[(unsigned char)j->cands[k][pos[k]]];
+            lps[k][pos[k]] = row[(unsigned char)sc(j)->cands[k][pos[k]]];
             pos[k]++;
         }
     }
@@ -164,15 +165,15 @@ static int write_candidates(api_job *j, api_worker *w, jw *jo, const model_seq *
     int rc = -1;
     if (!ws)
         return -1;
-    for (int k = 0; k < j->n_cands; k++)
-        if (!(lps[k] = malloc(strlen(j->cands[k]) * sizeof *lps[k])))
+    for (int k = 0; k < sc(j)->n_cands; k++)
+        if (!(lps[k] = malloc(strlen(sc(j)->cands[k]) * sizeof *lps[k])))
             goto done;
     if (score_candidates(j, ws, seq, last, lps) < 0)
         goto done;
     jw_karr(jo, "candidates");
-    for (int k = 0; k < j->n_cands; k++) {
-        const unsigned char *c = (const unsigned char *)j->cands[k];
-        size_t len = strlen(j->cands[k]);
+    for (int k = 0; k < sc(j)->n_cands; k++) {
+        const unsigned char *c = (const unsigned char *)sc(j)->cands[k];
+        size_t len = strlen(sc(j)->cands[k]);
         double sum = 0.0;
         for (size_t i = 0; i < len; i++)
             sum += lps[k][i];
@@ -189,16 +190,9 @@ static int write_candidates(api_job *j, api_worker *w, jw *jo, const model_seq *
     jw_arr_end(jo);
     rc = 0;
 done:
-    for (int k = 0; k < j->n_cands; k++)
+    for (int k = 0; k < sc(j)->n_cands; k++)
         free(lps[k]);
     return rc;
-}
-
-static void fail_internal(api_job *j, const char *what)
-{
-    api_error e;
-    api_error_set(&e, 500, NULL, "%s", what);
-    job_finish_error(j, &e);
 }
 
 /* The log-probability of each token of an input with the attention's
@@ -227,7 +221,7 @@ static int score_answer(api_job *j, api_worker *w, jw *o, const job_input *in, c
     const int V = model_get_config(j->m)->vocab, T = in->n;
     float *own = NULL;
     char err[ATTNLM_ERR_LEN];
-    if (j->gain && (!(own = malloc((size_t)T * sizeof *own)) || ablated_logprobs(j, in, own, err, sizeof err) < 0)) {
+    if (sc(j)->gain && (!(own = malloc((size_t)T * sizeof *own)) || ablated_logprobs(j, in, own, err, sizeof err) < 0)) {
         free(own);
         return -1;
     }
@@ -241,9 +235,9 @@ static int score_answer(api_job *j, api_worker *w, jw *o, const job_input *in, c
         jw_kfloat(o, "logprob", row[in->ids[t]]);
         if (own)
             jw_kfloat(o, "gain", row[in->ids[t]] - own[t - 1]);
-        if (j->top_k > 0) {
+        if (sc(j)->top_k > 0) {
             jw_karr(o, "top");
-            top_tokens(o, row, V, j->top_k, w->idx);
+            top_tokens(o, row, V, sc(j)->top_k, w->idx);
             jw_arr_end(o);
         }
         jw_obj_end(o);
@@ -252,9 +246,9 @@ static int score_answer(api_job *j, api_worker *w, jw *o, const job_input *in, c
     free(own);
     const float *last = lp + (size_t)(T - 1) * V;
     jw_karr(o, "next");
-    top_tokens(o, last, V, j->top_k, w->idx);
+    top_tokens(o, last, V, sc(j)->top_k, w->idx);
     jw_arr_end(o);
-    if (j->n_cands && write_candidates(j, w, o, seq, last) < 0)
+    if (sc(j)->n_cands && write_candidates(j, w, o, seq, last) < 0)
         return -1;
     jw_kfloat(o, "logprob", (float)sum);
     jw_kfloat(o, "perplexity", (float)exp(-sum / (T - 1)));
@@ -270,17 +264,17 @@ static void score_job_answer(api_job *j, api_worker *w, float *const *lp, model_
 {
     jw o;
     jw_init(&o, &j->out);
-    if (j->many) {
+    if (sc(j)->many) {
         jw_obj(&o);
         jw_karr(&o, "results");
     }
     for (int i = 0; i < j->n_in; i++)
         if (score_answer(j, w, &o, &j->in[i], lp[i], seqs[i]) < 0) {
-            fail_internal(j, j->gain ? "scoring the candidates or the attention gain failed"
+            job_fail_internal(j, sc(j)->gain ? "scoring the candidates or the attention gain failed"
                                      : "scoring the candidates failed");
             return;
         }
-    if (j->many) {
+    if (sc(j)->many) {
         jw_arr_end(&o);
         jw_kobj(&o, "usage");
         jw_kint(&o, "input_tokens", api_job_input_tokens(j));
@@ -290,7 +284,9 @@ static void score_job_answer(api_job *j, api_worker *w, float *const *lp, model_
     job_finish(j);
 }
 
-void score_run_many(api_job **jobs, int n, api_worker *w)
+/* Runs n score jobs of one model through one batched forward pass over all
+ * their inputs. */
+static void score_run_many(api_job **jobs, int n, api_worker *w)
 {
     const model *m = jobs[0]->m;
     const int V = model_get_config(m)->vocab;
@@ -309,8 +305,8 @@ void score_run_many(api_job **jobs, int n, api_worker *w)
             tokens[b] = jobs[i]->in[k].ids;
             lens[b] = jobs[i]->in[k].n;
             lp[b] = malloc((size_t)lens[b] * V * sizeof **lp);
-            seqs[b] = jobs[i]->n_cands ? model_seq_new(m) : NULL;
-            ok = lp[b] && (!jobs[i]->n_cands || seqs[b]);
+            seqs[b] = sc(jobs[i])->n_cands ? model_seq_new(m) : NULL;
+            ok = lp[b] && (!sc(jobs[i])->n_cands || seqs[b]);
         }
     }
     char err[ATTNLM_ERR_LEN] = "out of memory";
@@ -319,7 +315,7 @@ void score_run_many(api_job **jobs, int n, api_worker *w)
             score_job_answer(jobs[i], w, lp + first[i], seqs + first[i]);
     } else {
         for (int i = 0; i < n; i++)
-            fail_internal(jobs[i], err);
+            job_fail_internal(jobs[i], err);
     }
     for (int b = 0; b < total; b++) {
         if (lp)
@@ -334,191 +330,55 @@ void score_run_many(api_job **jobs, int n, api_worker *w)
     free(seqs);
 }
 
-int attention_parse(api_job *j, const cJSON *o, api_error *e)
+/* Scoring requests of one model share forward passes, in groups of at most
+ * API_FORWARD_TOKENS input tokens (a pass holds every position's activations
+ * at once).  Taken out of the list as they are grouped. */
+static void score_start(api_job **jobs, int n, api_worker *w)
 {
-    const char *format = "band";
-    if (json_get_string(o, "format", &format, e) < 0)
-        return -1;
-    if (strcmp(format, "band") != 0 && strcmp(format, "dense") != 0) {
-        api_error_set(e, 400, "format", "format must be \"band\" or \"dense\"");
-        return -1;
+    api_job **pending = malloc((size_t)n * sizeof *pending);
+    if (!pending) {
+        for (int i = 0; i < n; i++)
+            score_run_many(&jobs[i], 1, w);
+        return;
     }
-    j->dense = format[0] == 'd';
-    j->maps = true;
-    if (json_get_bool(o, "summary", &j->summary, e) < 0 || json_get_bool(o, "maps", &j->maps, e) < 0)
-        return -1;
-    if (!j->maps && !j->summary) {
-        api_error_set(e, 400, "maps", "maps can be false only with \"summary\": true (the answer would be empty)");
-        return -1;
-    }
-    if (!(j->in = calloc(1, sizeof *j->in))) {
-        api_error_set(e, 500, NULL, "out of memory");
-        return -1;
-    }
-    j->n_in = 1;
-    return json_get_input(o, "text", j->ctx->limits.max_attention_tokens, false, &j->in[0], e);
-}
-
-/* What /v1/attention's summary says of one head (or of their average). */
-enum { SUM_ENTROPY, SUM_NORM_ENTROPY, SUM_LOOKBACK, SUM_SELF, SUM_BOS, SUM_FIGURES };
-static const char *const SUM_NAMES[SUM_FIGURES] = {"entropy", "normalized_entropy", "lookback", "self", "bos"};
-
-typedef struct head_summary {
-    double *per_pos[SUM_FIGURES]; /* [T] each */
-    double *by_distance;          /* [min(W, T)]: mean weight at distance d over the rows that reach it */
-} head_summary;
-
-/* Figures of head h from the band maps [T, N, W] into s. */
-static void summarize_head(const float *band, int T, int N, int W, int h, head_summary *s)
-{
-    const int D = T < W ? T : W;
-    for (int d = 0; d < D; d++)
-        s->by_distance[d] = 0.0;
-    for (int t = 0; t < T; t++) {
-        const float *b = band + ((size_t)t * N + h) * W;
-        const int lo = t - W + 1 < 0 ? 0 : t - W + 1, n = t - lo + 1;
-        double H = 0.0, look = 0.0;
-        for (int i = lo; i <= t; i++) {
-            double a = b[i - t + W - 1];
-            if (a > 0.0)
-                H -= a * log(a);
-            look += a * (t - i);
-            s->by_distance[t - i] += a;
+    memcpy(pending, jobs, (size_t)n * sizeof *pending);
+    int np = n;
+    while (np > 0) {
+        const model *m = pending[0]->m;
+        api_job *group[API_MAX_CHOICES * 4];
+        int ng = 0, tokens = 0, rest = 0;
+        for (int i = 0; i < np; i++) {
+            api_job *s = pending[i];
+            int k = api_job_input_tokens(s) + s->n_in;
+            bool fits = s->m == m && ng < (int)(sizeof group / sizeof *group) &&
+                        (ng == 0 || tokens + k <= API_FORWARD_TOKENS);
+            if (fits) {
+                group[ng++] = s;
+                tokens += k;
+            } else {
+                pending[rest++] = s;
+            }
         }
-        s->per_pos[SUM_ENTROPY][t] = H;
-        s->per_pos[SUM_NORM_ENTROPY][t] = n > 1 ? H / log((double)n) : 0.0;
-        s->per_pos[SUM_LOOKBACK][t] = look;
-        s->per_pos[SUM_SELF][t] = b[W - 1];
-        s->per_pos[SUM_BOS][t] = lo == 0 ? b[W - 1 - t] : 0.0;
+        metrics_forward_batch(group[0]->ctx->metrics, ng);
+        score_run_many(group, ng, w);
+        np = rest;
     }
-    /* Rows t >= d reach distance d: T - d of them. */
-    for (int d = 0; d < D; d++)
-        s->by_distance[d] /= (double)(T - d);
+    free(pending);
 }
 
-static void write_head_summary(jw *o, const head_summary *s, int T, int W)
+static void score_drop(api_job *j)
 {
-    jw_obj(o);
-    for (int f = 0; f < SUM_FIGURES; f++) {
-        jw_karr(o, SUM_NAMES[f]);
-        for (int t = 0; t < T; t++)
-            jw_float(o, (float)s->per_pos[f][t]);
-        jw_arr_end(o);
-    }
-    jw_karr(o, "by_distance");
-    for (int d = 0; d < (T < W ? T : W); d++)
-        jw_float(o, (float)s->by_distance[d]);
-    jw_arr_end(o);
-    jw_kobj(o, "mean");
-    for (int f = 0; f < SUM_FIGURES; f++) {
-        double sum = 0.0;
-        for (int t = 0; t < T; t++)
-            sum += s->per_pos[f][t];
-        jw_kfloat(o, SUM_NAMES[f], (float)(sum / T));
-    }
-    jw_obj_end(o);
-    jw_obj_end(o);
+    for (int i = 0; i < sc(j)->n_cands; i++)
+        free(sc(j)->cands[i]);
 }
 
-/* The "summary" object: each head's figures and their mean over heads.
- * Returns -1 on out of memory (nothing written). */
-static int write_summary(jw *o, const float *band, int T, int N, int W)
-{
-    const int D = T < W ? T : W;
-    const size_t per = (size_t)SUM_FIGURES * T + (size_t)D;
-    double *all = calloc((size_t)(N + 1) * per, sizeof *all);
-    head_summary *hs = malloc((size_t)(N + 1) * sizeof *hs);
-    if (!all || !hs) {
-        free(all);
-        free(hs);
-        return -1;
-    }
-    for (int h = 0; h <= N; h++) {
-        double *p = all + (size_t)h * per;
-        for (int f = 0; f < SUM_FIGURES; f++)
-            hs[h].per_pos[f] = p + (size_t)f * T;
-        hs[h].by_distance = p + (size_t)SUM_FIGURES * T;
-    }
-    head_summary *avg = &hs[N]; /* zeroed by calloc */
-    for (int h = 0; h < N; h++) {
-        summarize_head(band, T, N, W, h, &hs[h]);
-        for (size_t k = 0; k < per; k++)
-            avg->per_pos[0][k] += hs[h].per_pos[0][k] / N; /* one block: figures then distances */
-    }
-    jw_kobj(o, "summary");
-    jw_karr(o, "heads");
-    for (int h = 0; h < N; h++)
-        write_head_summary(o, &hs[h], T, W);
-    jw_arr_end(o);
-    jw_key(o, "average");
-    write_head_summary(o, avg, T, W);
-    jw_obj_end(o);
-    free(all);
-    free(hs);
-    return 0;
-}
+static const char *const SCORE_FIELDS[] = {"model",      "text",          "ids", "texts", "top_k",
+                                           "candidates", "attention_gain", NULL};
 
-void attention_run(api_job *j, api_worker *w)
-{
-    (void)w;
-    const model_config *c = model_get_config(j->m);
-    const job_input *in = &j->in[0];
-    const int T = in->n, N = c->heads, W = c->window;
-    float *band = malloc((size_t)T * N * W * sizeof *band);
-    char err[ATTNLM_ERR_LEN];
-    if (!band) {
-        fail_internal(j, "out of memory");
-        return;
-    }
-    if (model_forward(j->m, in->ids, T, NULL, band, NULL, err, sizeof err) < 0) {
-        free(band);
-        fail_internal(j, err);
-        return;
-    }
-    jw o;
-    jw_init(&o, &j->out);
-    jw_obj(&o);
-    jw_karr(&o, "tokens");
-    for (int t = 0; t < T; t++)
-        json_token(&o, in->ids[t]);
-    jw_arr_end(&o);
-    jw_kint(&o, "window", W);
-    jw_kint(&o, "heads", N);
-    jw_kstr(&o, "attention", model_attention_name(c->attention));
-    if (j->summary && write_summary(&o, band, T, N, W) < 0) {
-        free(band);
-        fail_internal(j, "out of memory");
-        return;
-    }
-    if (j->maps) {
-        jw_kstr(&o, "format", j->dense ? "dense" : "band");
-        jw_karr(&o, "maps");
-    }
-    for (int h = 0; j->maps && h < N; h++) {
-        jw_arr(&o);
-        for (int t = 0; t < T; t++) {
-            /* Band column col holds key position t - (W - 1) + col. */
-            const float *b = band + ((size_t)t * N + h) * W;
-            int lo = t - W + 1 < 0 ? 0 : t - W + 1;
-            jw_arr(&o);
-            if (j->dense)
-                for (int i = 0; i < lo; i++)
-                    jw_raw(&o, "0", 1);
-            for (int i = lo; i <= t; i++)
-                jw_float(&o, b[i - t + W - 1]);
-            if (j->dense)
-                for (int i = t + 1; i < T; i++)
-                    jw_raw(&o, "0", 1);
-            jw_arr_end(&o);
-        }
-        jw_arr_end(&o);
-    }
-    if (j->maps)
-        jw_arr_end(&o);
-    jw_kobj(&o, "usage");
-    jw_kint(&o, "input_tokens", T - 1);
-    jw_obj_end(&o);
-    jw_obj_end(&o);
-    free(band);
-    job_finish(j);
-}
+const job_ops SCORE_JOB = {
+    .fields = SCORE_FIELDS,
+    .size = sizeof(score_state),
+    .parse = score_parse,
+    .start = score_start,
+    .drop = score_drop,
+};
