@@ -202,17 +202,11 @@ static void attention_run(api_job *j, api_worker *w)
     job_finish(j);
 }
 
-static void attention_start(api_job **jobs, int n, api_worker *w)
-{
-    for (int i = 0; i < n; i++)
-        attention_run(jobs[i], w);
-}
-
 static const char *const ATTENTION_FIELDS[] = {"model", "text", "ids", "format", "summary", "maps", NULL};
 
 const job_ops ATTENTION_JOB = {
     .fields = ATTENTION_FIELDS,
     .size = sizeof(attention_state),
     .parse = attention_parse,
-    .start = attention_start,
+    .run = attention_run,
 };

@@ -141,17 +141,11 @@ done:
     free(pos);
 }
 
-static void attribution_start(api_job **jobs, int n, api_worker *w)
-{
-    for (int i = 0; i < n; i++)
-        attribution_run(jobs[i], w);
-}
-
 static const char *const ATTRIBUTION_FIELDS[] = {"model", "text", "ids", "target", "range", "baseline", NULL};
 
 const job_ops ATTRIBUTION_JOB = {
     .fields = ATTRIBUTION_FIELDS,
     .size = sizeof(attribution_state),
     .parse = attribution_parse,
-    .start = attribution_start,
+    .run = attribution_run,
 };

@@ -643,12 +643,6 @@ int api_step(api_worker *w, api_job *const *jobs, int n)
     return total;
 }
 
-static void generate_start_all(api_job **jobs, int n, api_worker *w)
-{
-    for (int i = 0; i < n; i++)
-        generate_start(jobs[i], w);
-}
-
 static int generate_weight(const api_job *j) { return gs(j)->n_ch; }
 
 #define SAMPLING_FIELDS                                                                                              \
@@ -662,7 +656,7 @@ const job_ops GENERATE_JOB = {
     .fields = GENERATE_FIELDS,
     .size = sizeof(gen_state),
     .parse = generate_parse,
-    .start = generate_start_all,
+    .run = generate_start,
     .steps = true,
     .fail = generate_fail,
     .drop = generate_free,
@@ -673,7 +667,7 @@ const job_ops COMPLETIONS_JOB = {
     .fields = COMPLETIONS_FIELDS,
     .size = sizeof(gen_state),
     .parse = completions_parse,
-    .start = generate_start_all,
+    .run = generate_start,
     .steps = true,
     .fail = generate_fail,
     .drop = generate_free,

@@ -208,8 +208,8 @@ struct api_job {
  *   fields    the body's fields it takes (NULL-terminated); any other is refused
  *   size      bytes of its state, allocated zeroed before parse
  *   parse     reads the request into j (inputs, state); -1 with e filled
- *   start     runs jobs[n] of this kind, in order, to their end, or (steps)
- *             prefills them and picks their first tokens
+ *   run       runs one job to its end, or (steps) prefills it and picks its first tokens
+ *   start     (when set, instead of run) the same for jobs[n] of this kind together
  *   steps     its jobs then advance a token at a time in api_step
  *   fail      ends a job with an error (NULL: job_finish_error)
  *   drop      frees what the state holds (NULL: nothing)
@@ -218,6 +218,7 @@ struct job_ops {
     const char *const *fields;
     size_t size;
     int (*parse)(api_job *j, const cJSON *o, uint64_t seed, const char *request_id, api_error *e);
+    void (*run)(api_job *j, api_worker *w);
     void (*start)(api_job **jobs, int n, api_worker *w);
     bool steps;
     void (*fail)(api_job *j, const api_error *e);

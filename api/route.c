@@ -113,8 +113,11 @@ void api_job_start_many(api_job **jobs, int n, api_worker *w)
     api_job **same = malloc((size_t)n * sizeof *same);
     bool *started = calloc((size_t)n, sizeof *started);
     for (int i = 0; i < n; i++) {
-        if (!same || !started) {
-            jobs[i]->ops->start(&jobs[i], 1, w);
+        if (!same || !started) { /* out of memory: one at a time */
+            if (jobs[i]->ops->start)
+                jobs[i]->ops->start(&jobs[i], 1, w);
+            else
+                jobs[i]->ops->run(jobs[i], w);
             continue;
         }
         if (started[i])
@@ -125,7 +128,11 @@ void api_job_start_many(api_job **jobs, int n, api_worker *w)
                 started[k] = true;
                 same[m++] = jobs[k];
             }
-        jobs[i]->ops->start(same, m, w);
+        if (jobs[i]->ops->start)
+            jobs[i]->ops->start(same, m, w);
+        else
+            for (int k = 0; k < m; k++)
+                jobs[i]->ops->run(same[k], w);
     }
     free(same);
     free(started);
