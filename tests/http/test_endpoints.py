@@ -6,7 +6,8 @@ import math
 import re
 import unittest
 
-from servercase import DEFAULT, ENDPOINT_FLAGS, ServerCase, cli_info, cli_score, parse_prom, wait_for
+from servercase import (DEFAULT, ENDPOINT_FLAGS, FIXTURES, ServerCase, cli_info, cli_score, parse_prom,
+                        read_safetensors, wait_for)
 
 
 class TestEndpoints(ServerCase):
@@ -28,7 +29,8 @@ class TestEndpoints(ServerCase):
         self.assertEqual(status, 200)
         params, meta = cli_info(DEFAULT)
         self.assertEqual(info["parameters"], params)
-        self.assertEqual(info["parameters"], 1816129)
+        _, tensors = read_safetensors(DEFAULT)
+        self.assertEqual(info["parameters"], sum(len(values) for _, values in tensors.values()))
         self.assertIsInstance(info["parameters"], int)
         with open(DEFAULT, "rb") as f:
             self.assertEqual(info["sha256"], hashlib.sha256(f.read()).hexdigest())
@@ -62,7 +64,7 @@ class TestEndpoints(ServerCase):
         m = obj["data"][0]
         _, meta = cli_info(DEFAULT)
         self.assertEqual(m["id"], meta["name"])
-        self.assertEqual(m["id"], "moby-gru2x384-dot")
+        self.assertTrue(m["id"].startswith("moby-"), m["id"])
         self.assertEqual(m["object"], "model")
         self.assertEqual(m["owned_by"], "attnlm")
         self.assertIsInstance(m["created"], int)
@@ -243,9 +245,10 @@ class TestEndpoints(ServerCase):
     def test_attention_band_dense(self):
         text = "Whenever I find myself growing grim about the mouth; whenever it is a damp, drizzly November"
         n = len(text.encode())
-        band = self.s.ok("/v1/attention", {"text": text})  # default band
-        dense = self.s.ok("/v1/attention", {"text": text, "format": "dense"})
-        _, info, _ = self.s.json("GET", "/v1/model")
+        srv = self.start("--workers", "1", model=FIXTURES + "/gru_dot_cont.safetensors")  # window 5
+        band = srv.ok("/v1/attention", {"text": text})  # default band
+        dense = srv.ok("/v1/attention", {"text": text, "format": "dense"})
+        _, info, _ = srv.json("GET", "/v1/model")
         W = info["metadata"]["window"]
         self.assertEqual(band["window"], W)
         self.assertEqual(band["heads"], 1)

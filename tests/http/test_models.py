@@ -8,8 +8,15 @@ import subprocess
 import sys
 import unittest
 
-from servercase import (FIXTURES, MULTIHEAD, Server, ServerCase, cli_greedy, cli_score, read_safetensors,
+from servercase import (CLI, FIXTURES, MULTIHEAD, Server, ServerCase, cli_greedy, cli_score, read_safetensors,
                         tok_bytes)
+
+
+def cli_eval(model, path, precision):
+    """attnlm eval's held-out loss (nats/byte) of the text file at path."""
+    out = subprocess.run([CLI, "eval", "--model", model, "--text", path, "--precision", precision], check=True,
+                         capture_output=True, text=True).stdout
+    return float(out.split(": ", 1)[1].split()[0])
 
 
 class TestMultihead(ServerCase):
@@ -218,6 +225,17 @@ class TestShippedModels(ServerCase):
                 self.assertAlmostEqual(t["logprob"], lp, delta=2e-5)
         _, first, _ = srv.json("GET", "/v1/model")
         self.assertEqual(first["name"], listed[0], "the default model is the first")
+
+    def test_reduced_precision_loss(self):
+        """Every shipped model's loss on a held-out passage at bf16 and int8 stays within a hair of f32's."""
+        files = ["models/default.safetensors"] + ["models/gru-%s.safetensors" % m
+                                                  for m in ("additive", "dot", "cosine", "multihead")]
+        for f in files:
+            loss = {p: cli_eval(f, "bench/text_1000.txt", p) for p in ("f32", "bf16", "int8")}
+            with self.subTest(model=f, loss=loss):
+                self.assertLess(loss["f32"], 1.6)
+                self.assertLessEqual(abs(loss["bf16"] - loss["f32"]), 0.005)
+                self.assertLessEqual(abs(loss["int8"] - loss["f32"]), 0.01)
 
 
 class TestBf16Conversion(ServerCase):
