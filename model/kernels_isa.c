@@ -172,7 +172,35 @@ INLINE void put_tile(const gemm_args *a, int r, int p, const vf *acc, const int 
         }
 }
 
+/* ---- the loop every tile shares ------------------------------------------------
+ * acc[MR * NQ] starts at zero; for each step kk of KK, the NQ weight vectors
+ * of the tile's panels are loaded (LOAD(q, kk)) and each row's input for that
+ * step is broadcast (SPLAT(i, kk)) and combined into the row's accumulators
+ * (acc = MADD(acc, weights, input)).  What differs between the precisions is
+ * what a step covers (1, 2 or 4 values of k) and how it multiplies. */
+#define TILE_LOOP(WT, XT, acc, MR, NQ, KK, LOAD, SPLAT, MADD)                   \
+    do {                                                                        \
+        UNROLL                                                                  \
+        for (int i_ = 0; i_ < (MR) * (NQ); i_++)                                \
+            acc[i_] = (__typeof__(acc[0])){0};                                  \
+        for (int kk = 0; kk < (KK); kk++) {                                     \
+            WT wv_[NP_MAX * PV > NP_MAX * PI ? NP_MAX * PV : NP_MAX * PI];      \
+            UNROLL                                                              \
+            for (int q = 0; q < (NQ); q++)                                      \
+                wv_[q] = LOAD;                                                  \
+            UNROLL                                                              \
+            for (int i = 0; i < (MR); i++) {                                    \
+                XT xv_ = SPLAT;                                                 \
+                UNROLL                                                          \
+                for (int q = 0; q < (NQ); q++)                                  \
+                    acc[i * (NQ) + q] = MADD(acc[i * (NQ) + q], wv_[q], xv_);   \
+            }                                                                   \
+        }                                                                       \
+    } while (0)
+
 /* ---- f32: per k, the NP panels' 16 weights times each row's broadcast input ---- */
+
+INLINE vf fma_f32(vf acc, vf w, vf x) { return acc + w * x; }
 
 INLINE void tile_f32(const gemm_args *a, int r, int p, const int MR, const int NP)
 {
@@ -182,22 +210,8 @@ INLINE void tile_f32(const gemm_args *a, int r, int p, const int MR, const int N
     const float *wp = (const float *)(const void *)w->data + (size_t)p * ps;
     const float *x = a->in + (size_t)r * ldi;
     vf acc[TILE_MAX];
-    UNROLL
-    for (int i = 0; i < MR * NP * PV; i++)
-        acc[i] = (vf){0};
-    for (int k = 0; k < K; k++) {
-        vf wv[NP_MAX * PV];
-        UNROLL
-        for (int q = 0; q < NP * PV; q++)
-            wv[q] = vf_load(wp + (size_t)(q / PV) * ps + (size_t)k * KERN_NR + (q % PV) * VW);
-        UNROLL
-        for (int i = 0; i < MR; i++) {
-            vf xv = vf_splat(x[(size_t)i * ldi + k]);
-            UNROLL
-            for (int q = 0; q < NP * PV; q++)
-                acc[i * NP * PV + q] += wv[q] * xv;
-        }
-    }
+    TILE_LOOP(vf, vf, acc, MR, NP * PV, K, vf_load(wp + (size_t)(q / PV) * ps + (size_t)kk * KERN_NR + (q % PV) * VW),
+              vf_splat(x[(size_t)i * ldi + kk]), fma_f32);
     put_tile(a, r, p, acc, MR, NP);
 }
 
@@ -250,6 +264,7 @@ INLINE void tile_wbf(const gemm_args *a, int r, int p, const int MR, const int N
 
 #if defined(__AVX512BF16__)
 INLINE vu vu_splat(uint32_t x) { return x + (vu){0}; }
+INLINE vf dot_bf16(vf acc, vu w, vu x) { return (vf)_mm512_dpbf16_ps((__m512)acc, (__m512bh)w, (__m512bh)x); }
 
 #define NBF_ROWS F32_ROWS
 #define NBF_GROUP F32_GROUP
@@ -279,22 +294,8 @@ INLINE void tile_nbf(const gemm_args *a, int r, int p, const int MR, const int N
     const uint32_t *wp = (const uint32_t *)(const void *)w->data + (size_t)p * ps;
     const uint32_t *x = (const uint32_t *)a->x + (size_t)(r - a->r0) * ldx;
     vf acc[TILE_MAX];
-    UNROLL
-    for (int i = 0; i < MR * NP; i++)
-        acc[i] = (vf){0};
-    for (int k2 = 0; k2 < K2; k2++) {
-        vu wv[NP_MAX];
-        UNROLL
-        for (int q = 0; q < NP; q++)
-            wv[q] = vu_load(wp + (size_t)q * ps + (size_t)k2 * KERN_NR);
-        UNROLL
-        for (int i = 0; i < MR; i++) {
-            vu xv = vu_splat(x[(size_t)i * ldx + k2]);
-            UNROLL
-            for (int q = 0; q < NP; q++)
-                acc[i * NP + q] = (vf)_mm512_dpbf16_ps((__m512)acc[i * NP + q], (__m512bh)wv[q], (__m512bh)xv);
-        }
-    }
+    TILE_LOOP(vu, vu, acc, MR, NP, K2, vu_load(wp + (size_t)q * ps + (size_t)kk * KERN_NR),
+              vu_splat(x[(size_t)i * ldx + kk]), dot_bf16);
     put_tile(a, r, p, acc, MR, NP);
 }
 #endif
@@ -330,6 +331,8 @@ INLINE vi dot4(vi acc, vi x, vi w)
     return acc;
 }
 #endif
+/* dot4 with the operands in TILE_LOOP's order. */
+INLINE vi dot4_wx(vi acc, vi w, vi x) { return dot4(acc, x, w); }
 
 /* A block's rows quantised: scale t = max|x| / I8_LEVELS, q = round(x / t)
  * (halves away from zero), stored as q + I8_OFFSET, 4 per word; q = 0 past K. */
@@ -398,22 +401,8 @@ INLINE void tile_i8(const gemm_args *a, int r, int p, const int MR, const int NP
     const int32_t *wp = (const int32_t *)(const void *)w->data + (size_t)p * ps;
     const int32_t *x = (const int32_t *)a->x + (size_t)(r - a->r0) * ldx;
     vi acc[TILE_MAX];
-    UNROLL
-    for (int i = 0; i < MR * NP * PI; i++)
-        acc[i] = (vi){0};
-    for (int k4 = 0; k4 < K4; k4++) {
-        vi wv[NP_MAX * PI];
-        UNROLL
-        for (int q = 0; q < NP * PI; q++)
-            wv[q] = vi_load(wp + (size_t)(q / PI) * ps + (size_t)k4 * KERN_NR + (q % PI) * VI);
-        UNROLL
-        for (int i = 0; i < MR; i++) {
-            vi xv = vi_splat(x[(size_t)i * ldx + k4]);
-            UNROLL
-            for (int q = 0; q < NP * PI; q++)
-                acc[i * NP * PI + q] = dot4(acc[i * NP * PI + q], xv, wv[q]);
-        }
-    }
+    TILE_LOOP(vi, vi, acc, MR, NP * PI, K4, vi_load(wp + (size_t)(q / PI) * ps + (size_t)kk * KERN_NR + (q % PI) * VI),
+              vi_splat(x[(size_t)i * ldx + kk]), dot4_wx);
     UNROLL
     for (int q = 0; q < NP; q++) {
         const int j0 = (p + q) * KERN_NR;
