@@ -226,6 +226,27 @@ class TestShippedModels(ServerCase):
         _, first, _ = srv.json("GET", "/v1/model")
         self.assertEqual(first["name"], listed[0], "the default model is the first")
 
+    def test_default_copies_from_its_window(self):
+        """The default model predicts a random string's second copy from its first, near and far
+        (and cannot know the first): the copy probe of docs/ATTENTION.md, on two fixed strings."""
+        srv = self.start("--workers", "1", model="models/default.safetensors")
+        passage = ("It was the whale, the white whale, that they had come for, and every man aboard knew "
+                   "it as well as he knew his own name; yet none would say it aloud, not even the mate. ")
+        for word, gap, bound in (("qzvkwjdplxmfrtbhyngcsoea", passage[:40], 1.0),
+                                 ("mbtqrxlwzkjpvhfdsgycnoua", passage * 2, 1.5)):
+            text = "And so " + word + " " + gap + word + " was written in the log."
+            obj = srv.ok("/v1/score", {"text": text, "top_k": 0, "attention_gain": True})
+            lps = [t["logprob"] for t in obj["tokens"]]
+            gains = [t["gain"] for t in obj["tokens"]]
+            first = text.index(word)
+            second = text.index(word, first + len(word))
+            loss = lambda at: -sum(lps[at:at + len(word)]) / len(word)  # noqa: E731
+            with self.subTest(distance=second - first - len(word)):
+                self.assertGreater(loss(first), 3.0, "the first copy cannot be predicted")
+                self.assertLessEqual(loss(second), bound, "the second copy is predicted from the first")
+                self.assertGreater(sum(gains[second:second + len(word)]) / len(word), 1.0,
+                                   "the attention is what predicts it")
+
     def test_reduced_precision_loss(self):
         """Every shipped model's loss on a held-out passage at bf16 and int8 stays within a hair of f32's."""
         files = ["models/default.safetensors"] + ["models/gru-%s.safetensors" % m
