@@ -30,15 +30,49 @@ class Decoder:
     def __init__(self, model, prompts):
         self.m = model
         x = torch.tensor(prompts)
-        out, self.state = model.rnn(model.embed(x))
+        e = model.embed(x)
+        out, self.state = model.rnn(e)
         self.hist = out[:, -model.cfg.window:]
-        if model.cfg.attention == "additive":
+        if model.cfg.attn_kv == "continuation":
+            # key sources: the state before each position (zeros before the first); values: its byte
+            self.ksrc = F.pad(out, (0, 0, 1, 0))[:, :-1][:, -model.cfg.window:]
+            self.vsrc = e[:, -model.cfg.window:]
+            self.last = out[:, -1]
+        elif model.cfg.attention == "additive":
             self.keys = model.attn.key(self.hist)
+
+    def continuation_context(self, h):
+        """The context of h over the key sources ksrc [B, n, H] and values vsrc [B, n, E]."""
+        m, cfg, a, K, V = self.m, self.m.cfg, self.m.attn, self.ksrc, self.vsrc
+        if cfg.attention == "multihead":
+            B, n, H = K.shape
+            N = a.heads
+            D = H // N
+            bq, bk, bv = a.in_proj_bias.chunk(3)
+            q = F.linear(h, a.q_proj_weight, bq).view(B, N, D)
+            k = F.linear(K, a.k_proj_weight, bk).view(B, n, N, D)
+            u = F.linear(V, a.v_proj_weight, bv).view(B, n, N, D)
+            alpha = torch.softmax(torch.einsum("bnd,bind->bni", q, k) / math.sqrt(D), -1)
+            return a.out_proj(torch.einsum("bni,bind->bnd", alpha, u).reshape(B, H))
+        if cfg.attention == "dot":
+            s = (K @ h.unsqueeze(-1)).squeeze(-1) / math.sqrt(h.shape[-1])
+        elif cfg.attention == "cosine":
+            kn = F.normalize(K, dim=-1, eps=1e-8)
+            s = a.scale * (kn @ F.normalize(h, dim=-1, eps=1e-8).unsqueeze(-1)).squeeze(-1)
+        else:
+            s = a.v(torch.tanh(a.query(h).unsqueeze(1) + a.key(K))).squeeze(-1)
+        return (torch.softmax(s, -1).unsqueeze(1) @ V).squeeze(1)
 
     def step(self, tokens):
         m, cfg = self.m, self.m.cfg
-        out, self.state = m.rnn(m.embed(tokens).unsqueeze(1), self.state)
+        e = m.embed(tokens).unsqueeze(1)
+        out, self.state = m.rnn(e, self.state)
         h = out[:, 0]
+        if cfg.attn_kv == "continuation":
+            self.ksrc = torch.cat([self.ksrc, self.last.unsqueeze(1)], 1)[:, -cfg.window:]
+            self.vsrc = torch.cat([self.vsrc, e], 1)[:, -cfg.window:]
+            self.last = h
+            return m.out(torch.tanh(m.combine(torch.cat([h, self.continuation_context(h)], -1))))
         self.hist = torch.cat([self.hist, out], 1)[:, -cfg.window:]
         if cfg.attention == "dot":
             s = (self.hist @ h.unsqueeze(-1)).squeeze(-1) / math.sqrt(h.shape[-1])
