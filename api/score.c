@@ -200,14 +200,15 @@ done:
 static int ablated_logprobs(const api_job *j, const job_input *in, float *own, char *err, size_t errlen)
 {
     const int V = model_get_config(j->m)->vocab, T = in->n;
-    float *lp = malloc(2 * (size_t)T * V * sizeof *lp);
+    /* The input's own log-probabilities are the scoring pass's: only the ablated ones are computed here. */
+    float *lp = malloc((size_t)T * V * sizeof *lp);
     if (!lp) {
         err_set(err, errlen, "out of memory");
         return -1;
     }
-    int rc = model_forward_ablated(j->m, in->ids, T, lp, lp + (size_t)T * V, err, errlen);
+    int rc = model_forward_ablated(j->m, in->ids, T, NULL, lp, err, errlen);
     for (int t = 1; rc == 0 && t < T; t++)
-        own[t - 1] = lp[(size_t)T * V + (size_t)(t - 1) * V + in->ids[t]];
+        own[t - 1] = lp[(size_t)(t - 1) * V + in->ids[t]];
     free(lp);
     return rc;
 }

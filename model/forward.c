@@ -461,8 +461,8 @@ int model_forward(const model *m, const int *tokens, int T, float *logprobs, flo
 int model_forward_ablated(const model *m, const int *tokens, int T, float *logprobs, float *logprobs_self,
                           char *err, size_t errlen)
 {
-    if (!logprobs || !logprobs_self) {
-        err_set(err, errlen, "an ablated pass needs both outputs");
+    if (!logprobs_self) {
+        err_set(err, errlen, "an ablated pass needs its output");
         return -1;
     }
     fwd_run run = {.tokens = tokens, .n = T, .logprobs = logprobs, .logprobs_self = logprobs_self};

@@ -114,7 +114,8 @@ int model_forward(const model *m, const int *tokens, int T, float *logprobs, flo
 /* The forward pass of model_forward, also writing into logprobs_self [T, V]
  * the log-probabilities with the attention's contribution removed: every
  * position attending to itself alone (a window of one), the context then
- * being its own value.  logprobs and logprobs_self may not be NULL. */
+ * being its own value.  logprobs may be NULL (the ablated numbers alone);
+ * logprobs_self may not. */
 int model_forward_ablated(const model *m, const int *tokens, int T, float *logprobs, float *logprobs_self,
                           char *err, size_t errlen);
 

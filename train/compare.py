@@ -60,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "attention"), help="table, summary and plots")
     p.add_argument("--doc", default=os.path.join(ROOT, "docs", "ATTENTION.md"))
     import train as T
-    T.add_model_flags(p, skip=("attention", "attn_kv"), layers=1, hidden=256, window=256)
+    T.add_model_flags(p, omit=("attention", "attn_kv"), layers=1, hidden=256, window=256)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -138,9 +138,9 @@ def analyse_run(o, name, seed, model_path, log_path, baseline):
     return res
 
 
-def train_all(o, todo):
+def train_all(o, to_train):
     os.makedirs(o.work, exist_ok=True)
-    pending, running = list(todo), []
+    pending, running = list(to_train), []
     while pending or running:
         while pending and len(running) < o.jobs:
             name, attention, kv, baseline, seed = pending.pop(0)
@@ -275,10 +275,10 @@ def main():
         sys.exit(f"--only: unknown {', '.join(sorted(only - {c[0] for c in CONFIGS}))}; "
                  f"the configurations are {', '.join(c[0] for c in CONFIGS)}")
     if not o.summarise_only:
-        todo = [(n, a, kv, b, s) for s in seeds for n, a, kv, b in CONFIGS
+        to_train = [(n, a, kv, b, s) for s in seeds for n, a, kv, b in CONFIGS
                 if (not only or n in only) and not done(o, n, s)]
-        print(f"compare: {len(todo)} runs to train, {o.jobs} at a time, {o.budget:g} s each", flush=True)
-        train_all(o, todo)
+        print(f"compare: {len(to_train)} runs to train, {o.jobs} at a time, {o.budget:g} s each", flush=True)
+        train_all(o, to_train)
     got = summarise(o)
     if got:
         write_doc(o, *got)

@@ -59,7 +59,7 @@ def parse_args():
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "attention"), help="table, JSON and plots")
     p.add_argument("--other-cells", default="elman,lstm", help="cells run with the best mechanism ('' for none)")
     import train as T
-    T.add_model_flags(p, skip=("attention", "attn_kv"), hidden=352)
+    T.add_model_flags(p, omit=("attention", "attn_kv"), hidden=352)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--evals", type=int, default=8, help="validation evaluations per run")

@@ -33,7 +33,7 @@ def parse_args():
     p.add_argument("--train", default=os.path.join(HERE, "..", "data", "train.txt"))
     p.add_argument("--seeds", default="1,2,3")
     import train as T
-    T.add_model_flags(p, skip=("cell", "attention", "attn_kv", "layers", "embed", "heads", "attn_dim"), hidden=64,
+    T.add_model_flags(p, omit=("cell", "attention", "attn_kv", "layers", "embed", "heads", "attn_dim"), hidden=64,
                       window=16)
     p.add_argument("--seq-len", type=int, default=32)
     p.add_argument("--batch", type=int, default=16)

@@ -60,10 +60,10 @@ def _dest(flag):
     return flag[2:].replace("-", "_")
 
 
-def add_model_flags(p, skip=(), **defaults):
-    """Adds MODEL_FLAGS (but those named in skip) to parser p, with other defaults where given."""
+def add_model_flags(p, omit=(), **defaults):
+    """Adds MODEL_FLAGS (but those named in omit) to parser p, with other defaults where given."""
     for flag, kw in MODEL_FLAGS:
-        if _dest(flag) in skip:
+        if _dest(flag) in omit:
             continue
         kw = dict(kw)
         if _dest(flag) in defaults:
