@@ -58,7 +58,7 @@ INC_tools := -Icommon
 INC_tests := -Icommon -Imodel -Iapi -Iserver -Icli -Itests
 inc = $(INC_$(firstword $(subst /, ,$1)))
 
-COMMON_SRC := common/err.c common/clock.c common/buf.c common/jw.c common/sha256.c common/utf8.c
+COMMON_SRC := common/err.c common/clock.c common/buf.c common/jw.c common/sha256.c common/utf8.c common/opt.c
 MODEL_SRC := model/safetensors.c model/model.c model/forward.c model/attention.c model/kernels.c model/prefix.c \
 	model/sampler.c model/tokenizer.c
 # model/kernels_isa.c is compiled once per instruction set (see model/kernels.h).

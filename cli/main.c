@@ -12,13 +12,13 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "model.h"
+#include "opt.h"
 #include "parity.h"
 #include "rng.h"
 #include "sampler.h"
 #include "tokenizer.h"
 
 #include <cblas.h>
-#include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <math.h>
@@ -37,20 +37,12 @@ typedef struct options {
     unsigned long long seed;
 } options;
 
-typedef enum { OPT_STR, OPT_NUM, OPT_SEED, OPT_PRECISION } opt_type;
-
-/* One option: its flag, where it goes, its range (numbers) and its help. */
-typedef struct cli_option {
-    const char *flag;
-    opt_type type;
-    size_t offset;
-    double lo, hi;
-    const char *help;
-} cli_option;
+/* What kind of value an option takes (opt_spec.kind). */
+enum { OPT_STR, OPT_NUM, OPT_SEED, OPT_PRECISION };
 
 #define OFF(f) offsetof(options, f)
 
-static const cli_option OPTIONS[] = {
+static const opt_spec OPTIONS[] = {
     {"--model", OPT_STR, OFF(model), 0, 0, "model file (default models/default.safetensors)"},
     {"--text", OPT_STR, OFF(text), 0, 0, "score: the text; eval: a file of held-out text"},
     {"--prompt", OPT_STR, OFF(text), 0, 0, "generate: the prompt"},
@@ -95,46 +87,31 @@ static void usage(FILE *to)
                 COMMANDS[i].help);
     fputs("options:\n", to);
     for (size_t i = 0; i < N_OPTIONS; i++)
-        fprintf(to, "  %-14s %s\n", OPTIONS[i].flag, OPTIONS[i].help);
-}
-
-static int parse_num(const char *flag, const char *s, double lo, double hi, double *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || v < lo || v > hi) {
-        fprintf(stderr, "attnlm: %s must be a number in [%g, %g], got \"%s\"\n", flag, lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
+        fprintf(to, "  %-14s %s\n", OPTIONS[i].name, OPTIONS[i].help);
 }
 
 /* Sets option opt from its value v. */
-static int set_option(options *o, const cli_option *opt, const char *v)
+static int set_option(options *o, const opt_spec *opt, const char *v)
 {
-    char *field = (char *)o + opt->offset, err[ATTNLM_ERR_LEN];
+    void *field = opt_field(o, opt);
+    char err[ATTNLM_ERR_LEN];
     double d;
-    switch (opt->type) {
-    case OPT_STR:
-        *(const char **)field = v;
-        return 0;
-    case OPT_NUM:
-        return parse_num(opt->flag, v, opt->lo, opt->hi, (double *)field);
+    int rc = 0;
+    switch (opt->kind) {
+    case OPT_STR: *(const char **)field = v; break;
+    case OPT_NUM: rc = opt_double(opt, opt->name, v, (double *)field, err, sizeof err); break;
     case OPT_SEED:
-        if (parse_num(opt->flag, v, opt->lo, opt->hi, &d) < 0)
-            return -1;
-        *(unsigned long long *)field = strtoull(v, NULL, 10);
-        return 0;
+        if ((rc = opt_double(opt, opt->name, v, &d, err, sizeof err)) == 0)
+            *(unsigned long long *)field = strtoull(v, NULL, 10);
+        break;
     case OPT_PRECISION:
-        if (model_precision_parse(v, &((model_opts *)field)->precision, err, sizeof err) < 0) {
-            fprintf(stderr, "attnlm: %s: %s\n", opt->flag, err);
-            return -1;
-        }
-        return 0;
+        if ((rc = model_precision_parse(v, &((model_opts *)field)->precision, err, sizeof err)) < 0)
+            fprintf(stderr, "attnlm: %s: %s\n", opt->name, err);
+        return rc;
     }
-    return -1;
+    if (rc < 0)
+        fprintf(stderr, "attnlm: %s\n", err);
+    return rc;
 }
 
 static int parse_args(int argc, char **argv, options *o)
@@ -146,10 +123,7 @@ static int parse_args(int argc, char **argv, options *o)
     o->cmd = argv[1];
     for (int i = 2; i < argc; i++) {
         const char *f = argv[i];
-        const cli_option *opt = NULL;
-        for (size_t k = 0; k < N_OPTIONS && !opt; k++)
-            if (!strcmp(f, OPTIONS[k].flag))
-                opt = &OPTIONS[k];
+        const opt_spec *opt = opt_find(OPTIONS, N_OPTIONS, f, strlen(f));
         if (!opt) {
             fprintf(stderr, "attnlm: unknown option %s\n", f);
             return -1;
@@ -184,65 +158,70 @@ static int info_cmd(const model *m, const options *o)
     return 0;
 }
 
-static int score_cmd(const model *m, const options *o)
+/* Encodes text and runs the model over it: *tok gets the tokens, *lp the
+ * log-probabilities after each (both the caller's to free, also on failure),
+ * and seq, when given, the state after the text.  The token count, or -1. */
+static long prefill(const model *m, const char *text, model_seq *seq, int **tok, float **lp)
 {
-    const char *text = o->text;
     size_t len = strlen(text);
     const int V = model_get_config(m)->vocab;
-    int *tok = malloc((len + 1) * sizeof *tok);
-    float *lp = malloc((len + 1) * (size_t)V * sizeof *lp);
     char err[ATTNLM_ERR_LEN];
-    int rc = -1;
-    if (!tok || !lp) {
+    *tok = malloc((len + 1) * sizeof **tok);
+    *lp = malloc((len + 1) * (size_t)V * sizeof **lp);
+    if (!*tok || !*lp) {
         fprintf(stderr, "attnlm: out of memory\n");
-        goto done;
+        return -1;
     }
-    size_t T = tok_encode(text, len, tok);
-    if (model_forward(m, tok, (int)T, lp, NULL, NULL, err, sizeof err) < 0) {
+    size_t T = tok_encode(text, len, *tok);
+    if (model_forward(m, *tok, (int)T, *lp, NULL, seq, err, sizeof err) < 0) {
         fprintf(stderr, "attnlm: %s\n", err);
-        goto done;
+        return -1;
     }
+    return (long)T;
+}
+
+static int score_cmd(const model *m, const options *o)
+{
+    const size_t V = (size_t)model_get_config(m)->vocab;
+    int *tok = NULL;
+    float *lp = NULL;
+    long T = prefill(m, o->text, NULL, &tok, &lp);
     double total = 0.0;
-    for (size_t k = 1; k < T; k++) { /* token k is scored by the distribution after position k-1 */
-        double l = lp[(k - 1) * (size_t)V + (size_t)tok[k]];
+    for (long k = 1; k < T; k++) { /* token k is scored by the distribution after position k-1 */
+        double l = lp[(size_t)(k - 1) * V + (size_t)tok[k]];
         total += l;
         unsigned char b = (unsigned char)tok[k];
-        printf("%5zu  0x%02x %c  %9.5f\n", k, b, b >= 32 && b < 127 ? b : '.', l);
+        printf("%5ld  0x%02x %c  %9.5f\n", k, b, b >= 32 && b < 127 ? b : '.', l);
     }
     if (T > 1)
-        printf("total %.5f nats, %.5f nats/byte over %zu bytes\n", total, -total / (double)(T - 1), T - 1);
-    rc = 0;
-done:
+        printf("total %.5f nats, %.5f nats/byte over %ld bytes\n", total, -total / (double)(T - 1), T - 1);
     free(tok);
     free(lp);
-    return rc;
+    return T < 0 ? -1 : 0;
 }
 
 static int generate_cmd(const model *m, const options *o)
 {
     const char *prompt = o->text ? o->text : "";
-    size_t len = strlen(prompt);
     const int V = model_get_config(m)->vocab;
-    int *tok = malloc((len + 1) * sizeof *tok);
-    float *lp = malloc((len + 1) * (size_t)V * sizeof *lp);
+    int *tok = NULL;
+    float *lp = NULL;
     model_seq *seq = model_seq_new(m);
     model_batch *batch = model_batch_new(m, 1);
     sampler *smp = sampler_new(V);
     char err[ATTNLM_ERR_LEN];
     int rc = -1;
-    if (!tok || !lp || !seq || !batch || !smp) {
+    if (!seq || !batch || !smp) {
         fprintf(stderr, "attnlm: out of memory\n");
         goto done;
     }
-    size_t T = tok_encode(prompt, len, tok);
-    if (model_forward(m, tok, (int)T, lp, NULL, seq, err, sizeof err) < 0) {
-        fprintf(stderr, "attnlm: %s\n", err);
+    long T = prefill(m, prompt, seq, &tok, &lp);
+    if (T < 0)
         goto done;
-    }
     sampler_params sp = {(float)o->temperature, (int)o->top_k, (float)o->top_p};
     uint64_t rng = o->seed;
-    float *logits = lp + (T - 1) * (size_t)V; /* log-probabilities sample like logits */
-    fwrite(prompt, 1, len, stdout);
+    float *logits = lp + (size_t)(T - 1) * (size_t)V; /* log-probabilities sample like logits */
+    fputs(prompt, stdout);
     for (long n = 0; n < o->max_tokens; n++) {
         logits[model_get_config(m)->bos_id] = -INFINITY; /* as the service: BOS is never text */
         int next = sampler_sample(smp, logits, &sp, rng_uniform(&rng));

@@ -6,29 +6,20 @@
 
 #include <ctype.h>
 #include <stdbool.h>
-#include <errno.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
 
 #include "err.h"
+#include "opt.h"
 
-typedef enum { OPT_STR, OPT_LONG, OPT_DOUBLE, OPT_LIST, OPT_BOOL } opt_type;
-
-/* One setting: flag name, where it lives, its range and its help. */
-typedef struct option {
-    const char *name;
-    opt_type type;
-    size_t offset;
-    double lo, hi;
-    const char *help;
-} option;
+/* What kind of value a setting takes (opt_spec.kind). */
+enum { OPT_STR, OPT_LONG, OPT_DOUBLE, OPT_LIST, OPT_BOOL };
 
 #define OFF(f) offsetof(srv_config, f)
 
-static const option OPTIONS[] = {
+static const opt_spec OPTIONS[] = {
     {"host", OPT_STR, OFF(host), 0, 0, "address to listen on (0.0.0.0 or :: for every interface)"},
     {"port", OPT_LONG, OFF(port), 0, 65535, "TCP port; 0 picks a free one"},
     {"model", OPT_LIST, OFF(models), 0, 0,
@@ -146,23 +137,13 @@ static int list_add(srv_list *l, const char *v, bool from_env, const char *from,
     return 0;
 }
 
-static int set_value(srv_config *c, const option *o, const char *v, const char *from, char *err, size_t errlen)
+static int set_value(srv_config *c, const opt_spec *o, const char *v, const char *from, char *err, size_t errlen)
 {
-    char *p = (char *)c + o->offset, *end;
-    errno = 0;
-    switch (o->type) {
+    void *p = opt_field(c, o);
+    switch (o->kind) {
     case OPT_STR: *(const char **)p = v; return 0;
-    case OPT_LIST: return list_add((srv_list *)(void *)p, v, strncmp(from, "ATTNLM_", 7) == 0, from, err, errlen);
-    case OPT_LONG: {
-        long x = strtol(v, &end, 10);
-        if (errno || end == v || *end || x < (long)o->lo || x > (long)o->hi) {
-            err_set(err, errlen, "%s must be an integer in [%ld, %ld], got \"%s\"", from, (long)o->lo, (long)o->hi,
-                    v);
-            return -1;
-        }
-        *(long *)p = x;
-        return 0;
-    }
+    case OPT_LIST: return list_add((srv_list *)p, v, strncmp(from, "ATTNLM_", 7) == 0, from, err, errlen);
+    case OPT_LONG: return opt_long(o, from, v, (long *)p, err, errlen);
     case OPT_BOOL: {
         static const char *const yes[] = {"1", "true", "yes", "on"}, *const no[] = {"0", "false", "no", "off"};
         for (size_t i = 0; i < 4; i++)
@@ -173,25 +154,14 @@ static int set_value(srv_config *c, const option *o, const char *v, const char *
         err_set(err, errlen, "%s must be 1 or 0 (true/false, yes/no, on/off), got \"%s\"", from, v);
         return -1;
     }
-    case OPT_DOUBLE: {
-        double x = strtod(v, &end);
-        if (errno || end == v || *end || !isfinite(x) || x < o->lo || x > o->hi) {
-            err_set(err, errlen, "%s must be a number in [%g, %g], got \"%s\"", from, o->lo, o->hi, v);
-            return -1;
-        }
-        *(double *)p = x;
-        return 0;
-    }
+    case OPT_DOUBLE: return opt_double(o, from, v, (double *)p, err, errlen);
     }
     return -1;
 }
 
-static const option *find(const char *name, size_t len)
+static const opt_spec *find(const char *name, size_t len)
 {
-    for (size_t i = 0; i < N_OPTIONS; i++)
-        if (strlen(OPTIONS[i].name) == len && strncmp(OPTIONS[i].name, name, len) == 0)
-            return &OPTIONS[i];
-    return NULL;
+    return opt_find(OPTIONS, N_OPTIONS, name, len);
 }
 
 void config_usage(FILE *out)
@@ -203,11 +173,11 @@ void config_usage(FILE *out)
           "shown; a flag given on the command line wins.\n\n",
           out);
     for (size_t i = 0; i < N_OPTIONS; i++) {
-        const option *o = &OPTIONS[i];
+        const opt_spec *o = &OPTIONS[i];
         char env[64], def[64];
         env_name(o->name, env, sizeof env);
         const char *p = (const char *)&d + o->offset;
-        switch (o->type) {
+        switch (o->kind) {
         case OPT_STR: snprintf(def, sizeof def, "\"%s\"", *(const char *const *)p); break;
         case OPT_LONG:
         case OPT_BOOL: snprintf(def, sizeof def, "%ld", *(const long *)p); break;
@@ -259,10 +229,10 @@ int config_load(srv_config *c, int argc, char **argv, FILE *out, char *err, size
             return -1;
         }
         const char *name = a + 2, *eq = strchr(name, '=');
-        const option *o = find(name, eq ? (size_t)(eq - name) : strlen(name));
+        const opt_spec *o = find(name, eq ? (size_t)(eq - name) : strlen(name));
         /* A switch is --NAME (on), --no-NAME (off) or --NAME=VALUE; it never takes the next argument. */
-        const option *off = !o && !eq && strncmp(name, "no-", 3) == 0 ? find(name + 3, strlen(name) - 3) : NULL;
-        if (off && off->type == OPT_BOOL) {
+        const opt_spec *off = !o && !eq && strncmp(name, "no-", 3) == 0 ? find(name + 3, strlen(name) - 3) : NULL;
+        if (off && off->kind == OPT_BOOL) {
             *(long *)((char *)c + off->offset) = 0;
             continue;
         }
@@ -270,7 +240,7 @@ int config_load(srv_config *c, int argc, char **argv, FILE *out, char *err, size
             err_set(err, errlen, "unknown flag \"%s\" (see --help)", a);
             return -1;
         }
-        if (o->type == OPT_BOOL && !eq) {
+        if (o->kind == OPT_BOOL && !eq) {
             *(long *)((char *)c + o->offset) = 1;
             continue;
         }
@@ -284,7 +254,7 @@ int config_load(srv_config *c, int argc, char **argv, FILE *out, char *err, size
         }
         char from[48];
         snprintf(from, sizeof from, "--%s", o->name);
-        if (o->type == OPT_LIST && !list_flagged[o - OPTIONS]) {
+        if (o->kind == OPT_LIST && !list_flagged[o - OPTIONS]) {
             ((srv_list *)(void *)((char *)c + o->offset))->n = 0;
             list_flagged[o - OPTIONS] = true;
         }

@@ -4,6 +4,7 @@
 #include "buf.h"
 #include "clock.h"
 #include "jw.h"
+#include "opt.h"
 #include "rng.h"
 
 #include "check_main.h"
@@ -144,5 +145,34 @@ START_TEST(test_int_format_matches_printf)
 }
 END_TEST
 
+START_TEST(test_opt_finds_and_bounds)
+{
+    static const opt_spec specs[] = {{"port", 0, 0, 0, 65535, ""}, {"port-file", 1, 0, -1.5, 2.5, ""}};
+    ck_assert_ptr_eq(opt_find(specs, 2, "port-file=x", 9), &specs[1]);
+    ck_assert_ptr_eq(opt_find(specs, 2, "port", 4), &specs[0]);
+    ck_assert_ptr_null(opt_find(specs, 2, "por", 3));
+    char err[128];
+    long l = 7;
+    ck_assert_int_eq(opt_long(&specs[0], "--port", "65535", &l, err, sizeof err), 0);
+    ck_assert_int_eq(l, 65535);
+    static const char *const bad_longs[] = {"65536", "-1", "", "12x", "1.0", " ", "99999999999999999999"};
+    for (size_t i = 0; i < sizeof bad_longs / sizeof *bad_longs; i++) {
+        ck_assert_int_eq(opt_long(&specs[0], "--port", bad_longs[i], &l, err, sizeof err), -1);
+        ck_assert_int_eq(l, 65535); /* a refused value changes nothing */
+        ck_assert_str_eq(strstr(err, "--port must be an integer in [0, 65535]"), err);
+    }
+    double d = 0;
+    ck_assert_int_eq(opt_double(&specs[1], "P", "-1.5", &d, err, sizeof err), 0);
+    ck_assert(d == -1.5);
+    static const char *const bad_doubles[] = {"2.6", "nan", "inf", "1e400", "", "1,5"};
+    for (size_t i = 0; i < sizeof bad_doubles / sizeof *bad_doubles; i++) {
+        ck_assert_int_eq(opt_double(&specs[1], "P", bad_doubles[i], &d, err, sizeof err), -1);
+        ck_assert(d == -1.5);
+        ck_assert_ptr_nonnull(strstr(err, "P must be a number in [-1.5, 2.5]"));
+    }
+}
+END_TEST
+
 int main(void) { return CHECK_MAIN("common", test_buf_grows_and_formats, test_rng_is_splitmix64, test_clock_moves_forward,
-                                  test_float_format_matches_printf, test_int_format_matches_printf); }
+                                  test_float_format_matches_printf, test_int_format_matches_printf,
+                                  test_opt_finds_and_bounds); }
