@@ -32,6 +32,13 @@ static void random_ranked(float *x, int *order, uint64_t seed)
             }
 }
 
+/* x[i] <- v for every token. */
+static void flat_logits(float *x, float v)
+{
+    for (int i = 0; i < V; i++)
+        x[i] = v;
+}
+
 /* prob[i] <- softmax(x)[i] at temperature 1. */
 static void softmax_of(const float *x, double *prob)
 {
@@ -64,6 +71,20 @@ static int sampled_rank(sampler *s, const float *x, const int *order, const samp
     return r;
 }
 
+/* Samples n tokens with p, marks the ranks drawn in hit[V] and returns the
+ * largest rank drawn. */
+static int sample_ranks(sampler *s, const float *x, const int *order, const sampler_params *p, uint64_t *rng, int n,
+                        int *hit)
+{
+    int top = 0;
+    for (int i = 0; i < n; i++) {
+        int r = sampled_rank(s, x, order, p, rng);
+        hit[r] = 1;
+        top = r > top ? r : top;
+    }
+    return top;
+}
+
 START_TEST(test_temperature_zero_is_argmax)
 {
     sampler *s = sampler_new(V);
@@ -87,51 +108,30 @@ START_TEST(test_temperature_zero_is_argmax)
 }
 END_TEST
 
-START_TEST(test_top_k_stays_in_set)
+/* Sampling never leaves its set: the k likeliest tokens under top_k, the
+ * nucleus under top_p; and a flat-ish distribution visits every member of a
+ * small top-k set. */
+START_TEST(test_truncation_stays_in_set)
 {
+    static const sampler_params params[] = {{1.5f, 1, 1.0f}, {1.5f, 2, 1.0f}, {1.5f, 5, 1.0f}, {1.5f, 40, 1.0f},
+                                            {1.0f, 0, 0.0f}, {1.0f, 0, 0.1f}, {1.0f, 0, 0.5f}, {1.0f, 0, 0.9f}};
     sampler *s = sampler_new(V);
     float x[V];
     int order[V];
+    double prob[V];
     uint64_t rng = 99;
-    const int ks[] = {1, 2, 5, 40};
     for (int trial = 0; trial < 10; trial++) {
         random_ranked(x, order, (uint64_t)trial + 100);
-        for (size_t ki = 0; ki < sizeof ks / sizeof *ks; ki++) {
-            sampler_params p = {1.5f, ks[ki], 1.0f};
-            int seen_outside = 0, distinct = 0, hit[V] = {0};
-            for (int n = 0; n < 2000; n++) {
-                int r = sampled_rank(s, x, order, &p, &rng);
-                seen_outside += r >= ks[ki];
-                distinct += !hit[r];
-                hit[r] = 1;
-            }
-            ck_assert_int_eq(seen_outside, 0);
-            if (ks[ki] <= 5) /* a flat-ish distribution visits every member of a small set */
-                ck_assert_int_eq(distinct, ks[ki]);
-        }
-    }
-    sampler_free(s);
-}
-END_TEST
-
-START_TEST(test_top_p_stays_in_nucleus)
-{
-    sampler *s = sampler_new(V);
-    float x[V];
-    int order[V];
-    uint64_t rng = 5;
-    const float ps[] = {0.0f, 0.1f, 0.5f, 0.9f};
-    for (int trial = 0; trial < 10; trial++) {
-        random_ranked(x, order, (uint64_t)trial + 200);
-        double prob[V];
-        softmax_of(x, prob);
-        for (size_t pi = 0; pi < sizeof ps / sizeof *ps; pi++) {
-            int nucleus = nucleus_size(prob, order, ps[pi], 1e-6);
-            sampler_params p = {1.0f, 0, ps[pi]};
-            for (int n = 0; n < 2000; n++) {
-                int r = sampled_rank(s, x, order, &p, &rng);
-                ck_assert_msg(r < nucleus, "top_p %g chose rank %d, nucleus %d", ps[pi], r, nucleus);
-            }
+        softmax_of(x, prob); /* at temperature 1, that of the top_p settings */
+        for (size_t i = 0; i < sizeof params / sizeof *params; i++) {
+            const sampler_params *p = &params[i];
+            int set = p->top_k ? p->top_k : nucleus_size(prob, order, p->top_p, 1e-6);
+            int hit[V] = {0}, top = sample_ranks(s, x, order, p, &rng, 2000, hit), distinct = 0;
+            ck_assert_msg(top < set, "top_k %d top_p %g chose rank %d of a set of %d", p->top_k, p->top_p, top, set);
+            for (int r = 0; r < V; r++)
+                distinct += hit[r];
+            if (p->top_k && p->top_k <= 5)
+                ck_assert_int_eq(distinct, p->top_k);
         }
     }
     sampler_free(s);
@@ -179,8 +179,7 @@ START_TEST(test_top_k_exact_under_ties)
 {
     sampler *s = sampler_new(V);
     float x[V];
-    for (int i = 0; i < V; i++)
-        x[i] = -2.0f;
+    flat_logits(x, -2.0f);
     const int tied[] = {200, 40, 90, 10}; /* equal best: ranked 10, 40, 90, 200 */
     for (size_t i = 0; i < sizeof tied / sizeof *tied; i++)
         x[tied[i]] = 3.0f;
@@ -200,8 +199,7 @@ START_TEST(test_temperature_distribution)
 {
     sampler *s = sampler_new(V);
     float x[V];
-    for (int i = 0; i < V; i++)
-        x[i] = -30.0f;
+    flat_logits(x, -30.0f); /* all but the three below as good as never */
     x[10] = 1.0f, x[20] = 0.0f, x[30] = -1.0f;
     sampler_params p = {2.0f, 0, 1.0f};
     double z = exp(0.5) + 1.0 + exp(-0.5), expect[3] = {exp(0.5) / z, 1.0 / z, exp(-0.5) / z};
@@ -258,7 +256,7 @@ END_TEST
 
 int main(void)
 {
-    return CHECK_MAIN("sampler", test_temperature_zero_is_argmax, test_top_k_stays_in_set, test_top_p_stays_in_nucleus,
+    return CHECK_MAIN("sampler", test_temperature_zero_is_argmax, test_truncation_stays_in_set,
                       test_top_p_exact_nucleus, test_top_k_exact_under_ties, test_temperature_distribution,
                       test_seed_reproduces, test_rng_range);
 }
