@@ -458,6 +458,17 @@ int model_forward(const model *m, const int *tokens, int T, float *logprobs, flo
     return model_forward_batch(m, 1, &tokens, &T, &logprobs, &attn, &seq, err, errlen);
 }
 
+int model_forward_from(const model *m, const model_seq *from, const int *tokens, int T, float *logprobs,
+                       model_seq *seq, char *err, size_t errlen)
+{
+    if (from && from == seq) {
+        err_set(err, errlen, "a pass cannot write the state it starts from");
+        return -1;
+    }
+    fwd_run run = {.tokens = tokens, .n = T, .from = from, .logprobs = logprobs, .seq = seq};
+    return forward_runs(m, 1, &run, err, errlen);
+}
+
 int model_forward_ablated(const model *m, const int *tokens, int T, float *logprobs, float *logprobs_self,
                           char *err, size_t errlen)
 {

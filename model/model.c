@@ -523,6 +523,31 @@ void model_seq_reset(model_seq *s)
 
 int64_t model_seq_pos(const model_seq *s) { return s->pos; }
 
+size_t model_seq_floats(const model *m) { return seq_floats(m); }
+
+void model_seq_save(const model_seq *s, int64_t *pos, float *out)
+{
+    *pos = s->pos;
+    memcpy(out, s->h, seq_floats(s->m) * sizeof *out);
+}
+
+int model_seq_restore(model_seq *s, int64_t pos, const float *in, char *err, size_t errlen)
+{
+    const size_t n = seq_floats(s->m);
+    if (pos < 0) {
+        err_set(err, errlen, "a state's position cannot be negative (%lld)", (long long)pos);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(in[i])) {
+            err_set(err, errlen, "a state's float %zu of %zu is not finite", i, n);
+            return -1;
+        }
+    memcpy(s->h, in, n * sizeof *in);
+    s->pos = pos;
+    return 0;
+}
+
 int model_seq_copy(model_seq *dst, const model_seq *src)
 {
     if (dst->m != src->m)

@@ -111,6 +111,14 @@ void model_meta_at(const model *m, int i, const char **key, const char **value);
 int model_forward(const model *m, const int *tokens, int T, float *logprobs, float *attn, model_seq *seq,
                   char *err, size_t errlen);
 
+/* model_forward continuing the state from (NULL: a fresh sequence) over
+ * tokens[T]: logprobs[t] is log p(. | the text before, tokens[0..t]) and seq
+ * (fresh, not from) receives the state after them.  The numbers are those
+ * of one pass over the whole text: bit for bit with bf16 and int8 weights,
+ * to float rounding with f32 (OpenBLAS's sums depend on a product's rows). */
+int model_forward_from(const model *m, const model_seq *from, const int *tokens, int T, float *logprobs,
+                       model_seq *seq, char *err, size_t errlen);
+
 /* The forward pass of model_forward, also writing into logprobs_self [T, V]
  * the log-probabilities with the attention's contribution removed: every
  * position attending to itself alone (a window of one), the context then
@@ -138,6 +146,13 @@ void model_seq_reset(model_seq *s);
 int model_seq_copy(model_seq *dst, const model_seq *src);
 /* Tokens consumed so far. */
 int64_t model_seq_pos(const model_seq *s);
+/* A sequence's whole state is its position and model_seq_floats(m) floats
+ * (recurrent state and window): model_seq_save copies them out, and
+ * model_seq_restore puts saved ones into s, refusing (-1, s unchanged) a
+ * negative position or a float that is not finite. */
+size_t model_seq_floats(const model *m);
+void model_seq_save(const model_seq *s, int64_t *pos, float *out);
+int model_seq_restore(model_seq *s, int64_t pos, const float *in, char *err, size_t errlen);
 
 /* Scratch for stepping up to max_batch sequences at once.  Free with model_batch_free. */
 model_batch *model_batch_new(const model *m, int max_batch);

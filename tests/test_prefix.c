@@ -10,6 +10,7 @@
 #include "check_main.h"
 
 #include <check.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -312,13 +313,83 @@ START_TEST(test_cache_threads)
 }
 END_TEST
 
+static double max_abs_diff(const float *a, const float *b, size_t n)
+{
+    double worst = 0.0;
+    for (size_t i = 0; i < n; i++)
+        worst = fmax(worst, fabs((double)a[i] - (double)b[i]));
+    return worst;
+}
+
+/* A state saved after a text and restored into another sequence continues
+ * exactly as one pass over the whole text: the log-probabilities of what
+ * follows bit for bit, and the state after it.  Restoring refuses a negative
+ * position or a non-finite float and leaves the sequence as it was. */
+START_TEST(test_saved_state_continues_exactly)
+{
+    model *m = load(_i / MODEL_PRECISION_COUNT, (model_precision)(_i % MODEL_PRECISION_COUNT));
+    const int V = model_get_config(m)->vocab;
+    enum { N = 230 };
+    int tok[N];
+    fill_tokens(tok, N, 40u + (unsigned)_i);
+    const int splits[] = {1, 2, 5, 81, 200, N - 1};
+    float *whole = malloc((size_t)N * V * sizeof *whole), *tail = malloc((size_t)N * V * sizeof *tail);
+    float *saved = malloc(model_seq_floats(m) * sizeof *saved), *after = malloc(model_seq_floats(m) * sizeof *after);
+    model_seq *end = model_seq_new(m);
+    char err[256];
+    ck_assert_int_eq(model_forward(m, tok, N, whole, NULL, end, err, sizeof err), 0);
+    for (size_t k = 0; k < sizeof splits / sizeof *splits; k++) {
+        const int s = splits[k];
+        model_seq *head = model_seq_new(m), *restored = model_seq_new(m), *cont = model_seq_new(m);
+        ck_assert_int_eq(model_forward_from(m, NULL, tok, s, NULL, head, err, sizeof err), 0);
+        int64_t pos;
+        model_seq_save(head, &pos, saved);
+        ck_assert_int_eq(pos, s);
+        ck_assert_int_eq(model_seq_restore(restored, pos, saved, err, sizeof err), 0);
+        ck_assert_int_eq(model_forward_from(m, restored, tok + s, N - s, tail, cont, err, sizeof err), 0);
+        /* f32 products run in OpenBLAS, whose sums can depend on how many rows a
+         * product has: rounding apart, then.  The engine's own kernels are exact. */
+        const bool exact = _i % MODEL_PRECISION_COUNT != MODEL_F32;
+        double worst = max_abs_diff(tail, whole + (size_t)s * V, (size_t)(N - s) * V);
+        ck_assert_msg(exact ? worst == 0.0 : worst <= 1e-5, "%s %s split at %d: the continuation differs by %g",
+                      MODELS[_i / MODEL_PRECISION_COUNT], model_precision_name((model_precision)(_i % MODEL_PRECISION_COUNT)), s, worst);
+        int64_t pos_a, pos_b;
+        model_seq_save(cont, &pos_a, after);
+        model_seq_save(end, &pos_b, saved);
+        ck_assert_int_eq(pos_a, pos_b);
+        ck_assert(exact ? memcmp(after, saved, model_seq_floats(m) * sizeof *after) == 0
+                        : max_abs_diff(after, saved, model_seq_floats(m)) <= 1e-5);
+        ck_assert_int_eq(model_forward_from(m, cont, tok, 3, NULL, cont, err, sizeof err), -1);
+        model_seq_free(head);
+        model_seq_free(restored);
+        model_seq_free(cont);
+    }
+    model_seq *fresh = model_seq_new(m);
+    model_seq_save(end, &(int64_t){0}, saved);
+    ck_assert_int_eq(model_seq_restore(fresh, -1, saved, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "negative"));
+    saved[model_seq_floats(m) / 2] = NAN;
+    ck_assert_int_eq(model_seq_restore(fresh, 7, saved, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "not finite"));
+    ck_assert_int_eq(model_seq_pos(fresh), 0);
+    model_seq_free(fresh);
+    model_seq_free(end);
+    free(whole);
+    free(tail);
+    free(saved);
+    free(after);
+    model_free(m);
+}
+END_TEST
+
 int main(void)
 {
     const check_case cases[] = {
         {"prefix",
          CHECK_TESTS(CHECK_LOOP(test_cached_equals_uncached, N_MODELS * MODEL_PRECISION_COUNT),
                      CHECK_LOOP(test_cached_batch, N_MODELS), CHECK_TEST(test_cache_limit),
-                     CHECK_TEST(test_cache_bad_input), CHECK_TEST(test_cache_threads)),
+                     CHECK_TEST(test_cache_bad_input), CHECK_TEST(test_cache_threads),
+                     CHECK_LOOP(test_saved_state_continues_exactly, N_MODELS * MODEL_PRECISION_COUNT)),
          .timeout = 300},
     };
     return check_main("prefix", cases, sizeof cases / sizeof *cases);
