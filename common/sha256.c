@@ -95,6 +95,33 @@ void sha256_final(sha256_ctx *c, unsigned char out[32])
     }
 }
 
+void hmac_sha256(const void *key, size_t key_len, const void *const *msg, const size_t *len, int n,
+                 unsigned char out[32])
+{
+    unsigned char k[64] = {0}, pad[64], inner[32];
+    sha256_ctx c;
+    if (key_len > sizeof k) { /* a long key is hashed first (RFC 2104) */
+        sha256_init(&c);
+        sha256_update(&c, key, key_len);
+        sha256_final(&c, k);
+    } else if (key_len) {
+        memcpy(k, key, key_len);
+    }
+    for (int i = 0; i < 64; i++)
+        pad[i] = k[i] ^ 0x36;
+    sha256_init(&c);
+    sha256_update(&c, pad, sizeof pad);
+    for (int i = 0; i < n; i++)
+        sha256_update(&c, msg[i], len[i]);
+    sha256_final(&c, inner);
+    for (int i = 0; i < 64; i++)
+        pad[i] = k[i] ^ 0x5c;
+    sha256_init(&c);
+    sha256_update(&c, pad, sizeof pad);
+    sha256_update(&c, inner, sizeof inner);
+    sha256_final(&c, out);
+}
+
 void sha256_hex(const unsigned char digest[32], char out[65])
 {
     static const char hex[] = "0123456789abcdef";

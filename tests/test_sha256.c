@@ -91,7 +91,47 @@ START_TEST(test_file_digest)
 }
 END_TEST
 
+/* RFC 4231's test cases 1, 2, 4, 6 and 7 (keys up to 131 bytes; messages in parts). */
+START_TEST(test_hmac_rfc4231)
+{
+    unsigned char k1[20], k4[25], k6[131], out[32];
+    char hex[65];
+    memset(k1, 0x0b, sizeof k1);
+    for (int i = 0; i < 25; i++)
+        k4[i] = (unsigned char)(i + 1);
+    memset(k6, 0xaa, sizeof k6);
+    unsigned char d4[50];
+    memset(d4, 0xcd, sizeof d4);
+    const char *m6 = "Test Using Larger Than Block-Size Key - Hash Key First";
+    const char *m7 = "This is a test using a larger than block-size key and a larger than block-size data. The key "
+                     "needs to be hashed before being used by the HMAC algorithm.";
+    struct {
+        const void *key;
+        size_t key_len;
+        const void *msg;
+        size_t len;
+        const char *want;
+    } cases[] = {
+        {k1, 20, "Hi There", 8, "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"},
+        {"Jefe", 4, "what do ya want for nothing?", 28,
+         "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"},
+        {k4, 25, d4, 50, "82558a389a443c0ea4cc819899f2083a85f0faa3e578f8077a2e3ff46729665b"},
+        {k6, 131, m6, strlen(m6), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"},
+        {k6, 131, m7, strlen(m7), "9b09ffa71b942fcb27635fbcd5b0e944bfdc63644f0713938a7f51535c3a35e2"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        for (size_t cut = 0; cut <= cases[i].len; cut += cases[i].len / 3 + 1) {
+            const void *parts[2] = {cases[i].msg, (const char *)cases[i].msg + cut};
+            const size_t lens[2] = {cut, cases[i].len - cut};
+            hmac_sha256(cases[i].key, cases[i].key_len, parts, lens, 2, out);
+            sha256_hex(out, hex);
+            ck_assert_str_eq(hex, cases[i].want);
+        }
+    }
+}
+END_TEST
+
 int main(void)
 {
-    return CHECK_MAIN("sha256", test_known_vectors, test_split_anywhere_same_digest, test_file_digest);
+    return CHECK_MAIN("sha256", test_known_vectors, test_split_anywhere_same_digest, test_file_digest, test_hmac_rfc4231);
 }
