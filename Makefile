@@ -77,11 +77,12 @@ MODEL_OBJ := $(COMMON_SRC:%.c=$(BUILD)/%.o) $(MODEL_SRC:%.c=$(BUILD)/%.o) \
 MODEL_LIB := $(BUILD)/libattnlm_model.a
 
 API_SRC := api/models.c api/route.c api/json.c api/inline.c api/job.c api/score.c api/attention.c api/attribution.c \
+	api/session.c api/sessions.c \
 	api/generate.c api/native.c api/openai.c api/metrics.c
 API_OBJ := $(API_SRC:%.c=$(BUILD)/%.o)
 API_LIB := $(BUILD)/libattnlm_api.a
 
-SERVER_SRC := server/config.c server/log.c server/pool.c server/http.c server/guard.c server/headers.c server/probe.c \
+SERVER_SRC := server/config.c server/log.c server/pool.c server/http.c server/guard.c server/headers.c server/keys.c server/probe.c \
 	server/ui.c
 # The inspector page (ui/) is compiled into the server: tools/embed writes its
 # files into a C source with their content types and ETags.

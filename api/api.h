@@ -43,6 +43,11 @@ typedef enum {
     API_EP_COMPLETIONS,
     API_EP_MODEL_BY_ID, /* GET /v1/models/{id} */
     API_EP_ATTRIBUTION,
+    API_EP_SESSIONS,        /* POST /v1/sessions */
+    API_EP_SESSION_IMPORT,  /* POST /v1/sessions/import */
+    API_EP_SESSION,         /* GET, DELETE /v1/sessions/{id} */
+    API_EP_SESSION_APPEND,  /* POST /v1/sessions/{id}/append */
+    API_EP_SESSION_STATE,   /* GET /v1/sessions/{id}/state */
     API_EP_COUNT
 } api_endpoint;
 
@@ -103,12 +108,27 @@ typedef void (*api_reload_note)(void *cls, const char *path, bool ok, const char
  * another model) leaves the old model serving.  Returns how many failed. */
 int api_models_reload(api_models *r, api_metrics *metrics, api_reload_note note, void *cls);
 
+/* Sessions (session.h): model states kept between requests, bounded. */
+typedef struct session_store session_store;
+typedef struct session_limits {
+    int max_sessions;
+    size_t max_bytes; /* of states held */
+    double ttl;       /* seconds a session may go unused */
+} session_limits;
+/* NULL on out of memory.  Free with session_store_free once no request runs. */
+session_store *session_store_new(const session_limits *lim);
+void session_store_free(session_store *s);
+/* Sessions and bytes held now. */
+void session_store_usage(session_store *s, int *sessions, size_t *bytes);
+
 /* Everything a handler may read; shared by every thread while serving. */
 typedef struct api_ctx {
     api_models *models;
     api_limits limits;
     api_metrics *metrics;
     prefix_cache *prefix; /* states of recent prompts' prefixes, shared by the workers, or NULL */
+    session_store *sessions;          /* NULL: the session routes answer 404 */
+    unsigned char session_key[32];    /* signs exported states: SHA-256 of the server's secret */
 } api_ctx;
 
 /* A refusal: the HTTP status and what the error body says. */
@@ -131,14 +151,29 @@ typedef struct api_worker api_worker; /* one worker thread's scratch */
 
 /* ---- routing ------------------------------------------------------------ */
 
+/* The parts of a request a handler reads. */
+typedef struct api_request {
+    const char *method;
+    const char *path;      /* as requested; ids in it (/v1/sessions/{id}) are read from here */
+    const char *owner;     /* whose sessions it may use: a digest of its API key, "" (or NULL) without keys */
+    const char *model_arg; /* ?model=, or NULL */
+    const char *body;
+    size_t len;
+} api_request;
+
 /* Finds the endpoint of method + path.  Returns 0, 404 for an unknown path, or
- * 405 with the methods the path allows in *allow ("GET, HEAD" or "POST"). */
+ * 405 with the methods the path allows in *allow (e.g. "GET, HEAD", "POST"). */
 int api_route(const char *method, const char *path, api_endpoint *ep, const char **allow);
 const char *api_endpoint_path(api_endpoint ep);
 /* Whether the endpoint answers without an API key (health, readiness, metrics). */
 bool api_endpoint_is_open(api_endpoint ep);
 /* Whether the endpoint needs a worker (anything that runs the model). */
 bool api_endpoint_is_job(api_endpoint ep);
+/* Whether the endpoint's body is bytes (application/octet-stream), not JSON. */
+bool api_endpoint_takes_bytes(api_endpoint ep);
+/* The largest body the endpoint takes: max_body, or for an imported session
+ * state the size of the largest served model's state if that is more. */
+size_t api_endpoint_max_body(const api_ctx *ctx, api_endpoint ep, size_t max_body);
 
 /* ---- errors ------------------------------------------------------------- */
 
@@ -155,19 +190,18 @@ int api_error_reply(const api_error *e, api_reply *r);
 bool api_key_matches(const char *key, const char *authorization, const char *x_api_key);
 
 /* Answers the endpoints that need no model work (health, ready, metrics, model,
- * models, tokenize, detokenize); path is the request's, for /v1/models/{id};
- * model_arg is its ?model= argument or NULL; draining turns /ready into 503.
- * Returns 0 with r filled (success or a 4xx), -1 on out of memory. */
-int api_handle_inline(const api_ctx *ctx, api_endpoint ep, const char *path, const char *model_arg, const char *body,
-                      size_t len, bool draining, api_reply *r);
+ * models, tokenize, detokenize, the session routes that run no model);
+ * draining turns /ready into 503.  Returns 0 with r filled (success or a
+ * 4xx), -1 on out of memory. */
+int api_handle_inline(const api_ctx *ctx, api_endpoint ep, const api_request *q, bool draining, api_reply *r);
 
 /* ---- jobs ----------------------------------------------------------------- */
 
-/* Validates a request for score, attention, attribution, generate or completions and turns
- * it into a job.  seed is used when the request gives none; request_id names
+/* Validates a request for model work (score, attention, attribution,
+ * generate, completions, a session's making or append) and turns it into a job.  seed is used when the request gives none; request_id names
  * the OpenAI completion.  NULL with e filled on a bad request.  Free with
  * api_job_free. */
-api_job *api_job_new(const api_ctx *ctx, api_endpoint ep, const char *body, size_t len, uint64_t seed,
+api_job *api_job_new(const api_ctx *ctx, api_endpoint ep, const api_request *q, uint64_t seed,
                      const char *request_id, api_error *e);
 void api_job_free(api_job *j);
 

@@ -286,6 +286,14 @@ static int metrics(const api_ctx *ctx, api_reply *r)
         v.prefix_entries = st.entries;
         v.prefix_evictions = st.evictions;
     }
+    if (ctx->sessions) {
+        int n;
+        size_t bytes;
+        session_store_usage(ctx->sessions, &n, &bytes);
+        v.sessions_on = true;
+        v.sessions = (unsigned long long)n;
+        v.session_bytes = bytes;
+    }
     r->body = metrics_render(ctx->metrics, &v, &r->len);
     for (int i = 0; i < v.n_models; i++)
         api_model_release(held[i]);

@@ -201,6 +201,8 @@ struct api_job {
     job_input *in;    /* [n_in] the inputs (prompts), each BOS first */
     int n_in;
     int output_tokens;
+    char *path;       /* the request's (ids in it) */
+    char owner[65];   /* whose sessions it may use */
 };
 
 /* What an endpoint that runs the model does with a job, one row per kind
@@ -226,8 +228,10 @@ struct job_ops {
     int (*weight)(const api_job *j);
 };
 
-/* The kinds: score.c (score, attention), attribution.c, generate.c (generate, completions). */
-extern const job_ops SCORE_JOB, ATTENTION_JOB, ATTRIBUTION_JOB, GENERATE_JOB, COMPLETIONS_JOB;
+/* The kinds: score.c (score, attention), attribution.c, generate.c (generate, completions),
+ * sessions.c (a session's making and append). */
+extern const job_ops SCORE_JOB, ATTENTION_JOB, ATTRIBUTION_JOB, GENERATE_JOB, COMPLETIONS_JOB, SESSION_CREATE_JOB,
+    SESSION_APPEND_JOB;
 
 /* A worker's scratch for one model: batches of up to the worker's cap. */
 typedef struct worker_model {
@@ -267,9 +271,15 @@ void job_fail_internal(api_job *j, const char *what);
  * belongs to a job on j's model). */
 int job_forward(const api_job *j, int B, const int *const *tokens, const int *lens, float *const *logprobs,
                 model_seq *const *seqs, char *err, size_t errlen);
-/* job.c: a job of kind ops for ctx's model named in o (a 404 naming "model"
- * if there is none), its state allocated; NULL with e filled. */
-api_job *job_new(const api_ctx *ctx, const job_ops *ops, const cJSON *o, api_error *e);
+/* job.c: a job of kind ops for request q on ctx's model named in o (a 404
+ * naming "model" if there is none), its state allocated; NULL with e filled. */
+api_job *job_new(const api_ctx *ctx, const job_ops *ops, const api_request *q, const cJSON *o, api_error *e);
+
+/* score.c: "tokens", ids[1..T) each with its log-probability from row
+ * lp[t - 1] (rows of V; "gain" against own[t - 1] when own is given, the
+ * top_k likeliest as "top"), then "next": the top_k of row lp[T - 1].
+ * Returns the sum of the tokens' log-probabilities.  idx: [V] scratch. */
+double score_write_tokens(jw *o, const int *ids, int T, const float *lp, int V, int top_k, const float *own, int *idx);
 
 /* openai.c: the most alternatives per token OpenAI's completions take. */
 #define OPENAI_MAX_LOGPROBS 20
@@ -284,7 +294,9 @@ int gen_parse_common(api_job *j, const cJSON *o, uint64_t seed, long long max_to
 typedef struct inline_req {
     const api_ctx *ctx;
     const char *route;     /* the endpoint's path, for messages */
-    const char *path;      /* the request's path, for /v1/models/{id} */
+    const char *method;
+    const char *path;      /* the request's path, for the ids in it */
+    const char *owner;     /* whose sessions it may use */
     const char *model_arg; /* ?model=, or NULL */
     const char *body;
     size_t len;
@@ -299,5 +311,11 @@ int inline_models(const inline_req *q, api_reply *r);
 int inline_model_by_id(const inline_req *q, api_reply *r);
 int inline_tokenize(const inline_req *q, api_reply *r);
 int inline_detokenize(const inline_req *q, api_reply *r);
+/* sessions.c: bytes of the largest signed state of a served model. */
+size_t sessions_import_limit(const api_ctx *ctx);
+/* sessions.c */
+int inline_session(const inline_req *q, api_reply *r);
+int inline_session_state(const inline_req *q, api_reply *r);
+int inline_session_import(const inline_req *q, api_reply *r);
 
 #endif

@@ -11,19 +11,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-api_job *job_new(const api_ctx *ctx, const job_ops *ops, const cJSON *o, api_error *e)
+api_job *job_new(const api_ctx *ctx, const job_ops *ops, const api_request *q, const cJSON *o, api_error *e)
 {
     api_job *j = calloc(1, sizeof *j);
     void *state = calloc(1, ops->size);
-    if (!j || !state) {
+    char *path = strdup(q->path ? q->path : "");
+    if (!j || !state || !path) {
         free(j);
         free(state);
+        free(path);
         api_error_set(e, 500, NULL, "out of memory");
         return NULL;
     }
     j->ctx = ctx;
     j->ops = ops;
     j->state = state;
+    j->path = path;
+    snprintf(j->owner, sizeof j->owner, "%s", q->owner ? q->owner : "");
     if (!(j->am = json_get_model(ctx, o, e))) {
         api_job_free(j);
         return NULL;
@@ -42,6 +46,7 @@ void api_job_free(api_job *j)
     job_inputs_free(j->in, j->n_in);
     buf_free(&j->out);
     api_model_release(j->am);
+    free(j->path);
     free(j);
 }
 

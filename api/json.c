@@ -538,6 +538,7 @@ const char *api_error_type(int status)
     case 401: return "authentication_error";
     case 404: return "not_found_error";
     case 405: return "method_not_allowed";
+    case 409: return "conflict_error";
     case 413: return "request_too_large";
     case 415: return "unsupported_media_type";
     case 503: return "overloaded_error";

@@ -211,6 +211,13 @@ char *metrics_render(const api_metrics *mc, const metrics_view *v, size_t *len)
                    "# TYPE attnlm_prefix_cache_evictions_total counter\nattnlm_prefix_cache_evictions_total %llu\n",
                    v->prefix_bytes, v->prefix_limit, v->prefix_entries, v->prefix_evictions);
     }
+    if (v->sessions_on)
+        buf_printf(&t,
+                   "# HELP attnlm_sessions Sessions held.\n"
+                   "# TYPE attnlm_sessions gauge\nattnlm_sessions %llu\n"
+                   "# HELP attnlm_session_bytes Bytes of the session states held.\n"
+                   "# TYPE attnlm_session_bytes gauge\nattnlm_session_bytes %llu\n",
+                   v->sessions, v->session_bytes);
 
     buf_printf(&t,
         "# HELP attnlm_queue_depth Requests waiting for a worker.\n"

@@ -11,7 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define METRICS_ROUTES 14     /* the routes of api.h plus "other" */
+#define METRICS_ROUTES 19     /* the routes of api.h plus "other" */
 #define METRICS_MODELS 16     /* served models (API_MAX_MODELS) */
 #define METRICS_STATUSES 15   /* distinct status codes counted (see metrics.c), plus "other" */
 #define METRICS_DUR_BUCKETS 14
@@ -66,6 +66,8 @@ typedef struct metrics_view {
     } model[METRICS_MODELS];
     bool prefix_cache; /* whether there is one; then its figures */
     unsigned long long prefix_bytes, prefix_limit, prefix_entries, prefix_evictions;
+    bool sessions_on; /* whether there is a session store; then its figures */
+    unsigned long long sessions, session_bytes;
 } metrics_view;
 
 /* route is an index from api_endpoint (or METRICS_ROUTES-1 for unknown paths). */

@@ -17,72 +17,120 @@
 
 /* ---- the endpoints ---------------------------------------------------------- */
 
-/* One endpoint: its path and method, whether it is open without the key, and
- * what answers it: a job kind (job_ops, run by a worker) or an inline answer. */
+/* One endpoint: its path (a segment "{id}" stands for any one segment, a
+ * final "{name}" for the rest of the path), the methods it answers, whether it
+ * is open without the key, whether its body is bytes (else JSON), and what
+ * answers it: a job kind (job_ops, run by a worker) or an inline answer. */
 typedef struct endpoint {
     const char *path;
-    bool post;
+    const char *methods;
     bool open;
+    bool bytes;
     const job_ops *job;
     inline_fn answer;
 } endpoint;
 
+#define GET "GET, HEAD"
+
 static const endpoint ENDPOINTS[API_EP_COUNT] = {
-    [API_EP_HEALTH] = {"/health", false, true, NULL, inline_health},
-    [API_EP_READY] = {"/ready", false, true, NULL, inline_ready},
-    [API_EP_METRICS] = {"/metrics", false, true, NULL, inline_metrics},
-    [API_EP_MODEL] = {"/v1/model", false, false, NULL, inline_model},
-    [API_EP_MODELS] = {"/v1/models", false, false, NULL, inline_models},
-    [API_EP_TOKENIZE] = {"/v1/tokenize", true, false, NULL, inline_tokenize},
-    [API_EP_DETOKENIZE] = {"/v1/detokenize", true, false, NULL, inline_detokenize},
-    [API_EP_SCORE] = {"/v1/score", true, false, &SCORE_JOB, NULL},
-    [API_EP_GENERATE] = {"/v1/generate", true, false, &GENERATE_JOB, NULL},
-    [API_EP_ATTENTION] = {"/v1/attention", true, false, &ATTENTION_JOB, NULL},
-    [API_EP_COMPLETIONS] = {"/v1/completions", true, false, &COMPLETIONS_JOB, NULL},
-    [API_EP_MODEL_BY_ID] = {"/v1/models/{id}", false, false, NULL, inline_model_by_id}, /* matched by prefix */
-    [API_EP_ATTRIBUTION] = {"/v1/attribution", true, false, &ATTRIBUTION_JOB, NULL},
+    [API_EP_HEALTH] = {"/health", GET, true, false, NULL, inline_health},
+    [API_EP_READY] = {"/ready", GET, true, false, NULL, inline_ready},
+    [API_EP_METRICS] = {"/metrics", GET, true, false, NULL, inline_metrics},
+    [API_EP_MODEL] = {"/v1/model", GET, false, false, NULL, inline_model},
+    [API_EP_MODELS] = {"/v1/models", GET, false, false, NULL, inline_models},
+    [API_EP_TOKENIZE] = {"/v1/tokenize", "POST", false, false, NULL, inline_tokenize},
+    [API_EP_DETOKENIZE] = {"/v1/detokenize", "POST", false, false, NULL, inline_detokenize},
+    [API_EP_SCORE] = {"/v1/score", "POST", false, false, &SCORE_JOB, NULL},
+    [API_EP_GENERATE] = {"/v1/generate", "POST", false, false, &GENERATE_JOB, NULL},
+    [API_EP_ATTENTION] = {"/v1/attention", "POST", false, false, &ATTENTION_JOB, NULL},
+    [API_EP_COMPLETIONS] = {"/v1/completions", "POST", false, false, &COMPLETIONS_JOB, NULL},
+    [API_EP_MODEL_BY_ID] = {"/v1/models/{name}", GET, false, false, NULL, inline_model_by_id},
+    [API_EP_ATTRIBUTION] = {"/v1/attribution", "POST", false, false, &ATTRIBUTION_JOB, NULL},
+    [API_EP_SESSIONS] = {"/v1/sessions", "POST", false, false, &SESSION_CREATE_JOB, NULL},
+    [API_EP_SESSION_IMPORT] = {"/v1/sessions/import", "POST", false, true, NULL, inline_session_import},
+    [API_EP_SESSION] = {"/v1/sessions/{id}", GET ", DELETE", false, false, NULL, inline_session},
+    [API_EP_SESSION_APPEND] = {"/v1/sessions/{id}/append", "POST", false, false, &SESSION_APPEND_JOB, NULL},
+    [API_EP_SESSION_STATE] = {"/v1/sessions/{id}/state", GET, false, false, NULL, inline_session_state},
 };
 
-#define MODELS_PREFIX "/v1/models/"
+/* Whether path fits the endpoint's pattern. */
+static bool path_fits(const char *pattern, const char *path)
+{
+    while (*pattern) {
+        if (strcmp(pattern, "{name}") == 0)
+            return *path != '\0';
+        if (strncmp(pattern, "{id}", 4) == 0) {
+            size_t n = strcspn(path, "/");
+            if (n == 0)
+                return false;
+            pattern += 4;
+            path += n;
+            continue;
+        }
+        if (*pattern++ != *path++)
+            return false;
+    }
+    return *path == '\0';
+}
+
+/* Whether method is one of the comma-separated list. */
+static bool method_in(const char *method, const char *list)
+{
+    size_t n = strlen(method);
+    for (const char *p = list; *p; p += strspn(p, ", ")) {
+        size_t k = strcspn(p, ",");
+        if (k == n && strncmp(p, method, n) == 0)
+            return true;
+        p += k;
+    }
+    return false;
+}
 
 int api_route(const char *method, const char *path, api_endpoint *ep, const char **allow)
 {
-    for (int i = 0; i < API_EP_COUNT; i++) {
-        bool by_id = i == API_EP_MODEL_BY_ID && strncmp(path, MODELS_PREFIX, strlen(MODELS_PREFIX)) == 0 &&
-                     path[strlen(MODELS_PREFIX)] != '\0';
-        if (!by_id && strcmp(path, ENDPOINTS[i].path) != 0)
-            continue;
-        *ep = (api_endpoint)i;
-        bool ok = ENDPOINTS[i].post ? strcmp(method, "POST") == 0
-                                    : strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
-        if (ok)
-            return 0;
-        *allow = ENDPOINTS[i].post ? "POST" : "GET, HEAD";
-        return 405;
-    }
+    /* Literal paths first: "/v1/sessions/import" is not the session "import". */
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < API_EP_COUNT; i++) {
+            if ((strchr(ENDPOINTS[i].path, '{') != NULL) != (pass == 1) || !path_fits(ENDPOINTS[i].path, path))
+                continue;
+            *ep = (api_endpoint)i;
+            if (method_in(method, ENDPOINTS[i].methods))
+                return 0;
+            *allow = ENDPOINTS[i].methods;
+            return 405;
+        }
     return 404;
 }
 
 const char *api_endpoint_path(api_endpoint ep) { return ep < API_EP_COUNT ? ENDPOINTS[ep].path : "other"; }
 bool api_endpoint_is_open(api_endpoint ep) { return ep < API_EP_COUNT && ENDPOINTS[ep].open; }
 bool api_endpoint_is_job(api_endpoint ep) { return ep < API_EP_COUNT && ENDPOINTS[ep].job; }
+bool api_endpoint_takes_bytes(api_endpoint ep) { return ep < API_EP_COUNT && ENDPOINTS[ep].bytes; }
 
-int api_handle_inline(const api_ctx *ctx, api_endpoint ep, const char *path, const char *model_arg, const char *body,
-                      size_t len, bool draining, api_reply *r)
+size_t api_endpoint_max_body(const api_ctx *ctx, api_endpoint ep, size_t max_body)
+{
+    if (ep != API_EP_SESSION_IMPORT || !ctx->sessions)
+        return max_body;
+    size_t state = sessions_import_limit(ctx);
+    return state > max_body ? state : max_body;
+}
+
+int api_handle_inline(const api_ctx *ctx, api_endpoint ep, const api_request *q, bool draining, api_reply *r)
 {
     if (ep >= API_EP_COUNT || !ENDPOINTS[ep].answer) {
         api_error e;
         api_error_set(&e, 500, NULL, "%s is not answered inline", api_endpoint_path(ep));
         return api_error_reply(&e, r);
     }
-    inline_req q = {.ctx = ctx, .route = ENDPOINTS[ep].path, .path = path, .model_arg = model_arg, .body = body,
-                    .len = len, .draining = draining};
-    return ENDPOINTS[ep].answer(&q, r);
+    inline_req iq = {.ctx = ctx, .route = ENDPOINTS[ep].path, .method = q->method, .path = q->path,
+                     .owner = q->owner ? q->owner : "", .model_arg = q->model_arg, .body = q->body, .len = q->len,
+                     .draining = draining};
+    return ENDPOINTS[ep].answer(&iq, r);
 }
 
 /* ---- jobs --------------------------------------------------------------------- */
 
-api_job *api_job_new(const api_ctx *ctx, api_endpoint ep, const char *body, size_t len, uint64_t seed,
+api_job *api_job_new(const api_ctx *ctx, api_endpoint ep, const api_request *q, uint64_t seed,
                      const char *request_id, api_error *e)
 {
     if (!api_endpoint_is_job(ep)) {
@@ -90,13 +138,13 @@ api_job *api_job_new(const api_ctx *ctx, api_endpoint ep, const char *body, size
         return NULL;
     }
     const job_ops *ops = ENDPOINTS[ep].job;
-    cJSON *o = json_parse_object(body, len, e);
+    cJSON *o = json_parse_object(q->body, q->len, e);
     if (!o)
         return NULL;
     api_job *j = NULL;
     /* The fields each route takes; any other is refused, so that a request
      * meant for another server does not silently do something else here. */
-    if (json_check_fields(o, ops->fields, api_endpoint_path(ep), e) == 0 && (j = job_new(ctx, ops, o, e)) &&
+    if (json_check_fields(o, ops->fields, api_endpoint_path(ep), e) == 0 && (j = job_new(ctx, ops, q, o, e)) &&
         ops->parse(j, o, seed, request_id, e) < 0) {
         api_job_free(j);
         j = NULL;

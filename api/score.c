@@ -111,6 +111,31 @@ static void top_tokens(jw *w, const float *row, int V, int k, int *idx)
         json_scored(w, idx[a], row[idx[a]]);
 }
 
+double score_write_tokens(jw *o, const int *ids, int T, const float *lp, int V, int top_k, const float *own, int *idx)
+{
+    jw_karr(o, "tokens");
+    double sum = 0.0;
+    for (int t = 1; t < T; t++) {
+        const float *row = lp + (size_t)(t - 1) * V;
+        sum += row[ids[t]];
+        json_token_open(o, ids[t]);
+        jw_kfloat(o, "logprob", row[ids[t]]);
+        if (own)
+            jw_kfloat(o, "gain", row[ids[t]] - own[t - 1]);
+        if (top_k > 0) {
+            jw_karr(o, "top");
+            top_tokens(o, row, V, top_k, idx);
+            jw_arr_end(o);
+        }
+        jw_obj_end(o);
+    }
+    jw_arr_end(o);
+    jw_karr(o, "next");
+    top_tokens(o, lp + (size_t)(T - 1) * V, V, top_k, idx);
+    jw_arr_end(o);
+    return sum;
+}
+
 /* Log-probability of each byte of each candidate after the input whose state
  * is in seq and whose next-token row is last: lps[k][i] for byte i of
  * candidate k.  Returns 0, or -1 on failure. */
@@ -227,28 +252,9 @@ static int score_answer(api_job *j, api_worker *w, jw *o, const job_input *in, c
         return -1;
     }
     jw_obj(o);
-    jw_karr(o, "tokens");
-    double sum = 0.0;
-    for (int t = 1; t < T; t++) {
-        const float *row = lp + (size_t)(t - 1) * V;
-        sum += row[in->ids[t]];
-        json_token_open(o, in->ids[t]);
-        jw_kfloat(o, "logprob", row[in->ids[t]]);
-        if (own)
-            jw_kfloat(o, "gain", row[in->ids[t]] - own[t - 1]);
-        if (sc(j)->top_k > 0) {
-            jw_karr(o, "top");
-            top_tokens(o, row, V, sc(j)->top_k, w->idx);
-            jw_arr_end(o);
-        }
-        jw_obj_end(o);
-    }
-    jw_arr_end(o);
+    double sum = score_write_tokens(o, in->ids, T, lp, V, sc(j)->top_k, own, w->idx);
     free(own);
     const float *last = lp + (size_t)(T - 1) * V;
-    jw_karr(o, "next");
-    top_tokens(o, last, V, sc(j)->top_k, w->idx);
-    jw_arr_end(o);
     if (sc(j)->n_cands && write_candidates(j, w, o, seq, last) < 0)
         return -1;
     jw_kfloat(o, "logprob", (float)sum);

@@ -36,6 +36,9 @@ static const opt_spec OPTIONS[] = {
     {"max-inputs", OPT_LONG, OFF(max_inputs), 1, 1024,
      "most inputs in one request's array (/v1/score texts, /v1/completions prompts; 413 above)"},
     {"api-key", OPT_STR, OFF(api_key), 0, 0, "require this key (Authorization: Bearer or X-Api-Key); empty: none"},
+    {"api-key-file", OPT_STR, OFF(api_key_file), 0, 0,
+     "accept the keys in this file too, one per line (# comments), re-read on SIGHUP; each key's sessions are its "
+     "own; empty: none"},
     {"drain-timeout", OPT_DOUBLE, OFF(drain_timeout), 0, 86400,
      "seconds to let in-flight requests finish after SIGTERM"},
     {"port-file", OPT_STR, OFF(port_file), 0, 0,
@@ -60,6 +63,13 @@ static const opt_spec OPTIONS[] = {
      "precision of the weights: f32 (exact), bf16 (half the memory) or int8 (a quarter, fastest)"},
     {"prefix-cache", OPT_LONG, OFF(prefix_cache_mb), 0, 1L << 20,
      "megabytes of recent prompts' prefix states kept, so a request that repeats a prefix runs only what follows; 0: none"},
+    {"max-sessions", OPT_LONG, OFF(max_sessions), 0, 1000000, "sessions held at once (/v1/sessions); 0: no sessions"},
+    {"session-memory", OPT_LONG, OFF(session_memory_mb), 1, 1L << 20,
+     "megabytes of session states held at most; a new session beyond it (or beyond --max-sessions) gets 503"},
+    {"session-ttl", OPT_DOUBLE, OFF(session_ttl), 1, 365 * 86400.0, "seconds a session may go unused before it is dropped"},
+    {"session-secret-file", OPT_STR, OFF(session_secret_file), 0, 0,
+     "file whose bytes sign exported session states (replicas that share it accept each other's); empty: a random "
+     "secret of this process"},
 };
 #define N_OPTIONS (sizeof OPTIONS / sizeof *OPTIONS)
 
@@ -85,6 +95,7 @@ static void defaults(srv_config *c)
         .max_attention_tokens = 512,
         .max_inputs = 32,
         .api_key = "",
+        .api_key_file = "",
         .drain_timeout = 30,
         .port_file = "",
         .admin_port = -1,
@@ -97,6 +108,10 @@ static void defaults(srv_config *c)
         .ui = 1,
         .precision = "f32",
         .prefix_cache_mb = 64,
+        .max_sessions = 1024,
+        .session_memory_mb = 256,
+        .session_ttl = 900,
+        .session_secret_file = "",
     };
 }
 

@@ -34,6 +34,7 @@ typedef struct srv_config {
     long max_attention_tokens;
     long max_inputs;      /* inputs in one array request */
     const char *api_key;  /* "" = none */
+    const char *api_key_file; /* "" = none: keys one per line, re-read on SIGHUP */
     double drain_timeout; /* seconds */
     const char *port_file; /* "" = none: where to write the bound port(s) once listening */
     long admin_port;       /* -1 = none; 0 picks a free one */
@@ -49,6 +50,10 @@ typedef struct srv_config {
     long ui;              /* serve the inspector page (server/ui.c) at / and /ui/ */
     const char *precision; /* the models' weights: "f32", "bf16" or "int8" (checked by main) */
     long prefix_cache_mb;  /* megabytes of prefix states kept; 0: none */
+    long max_sessions;     /* sessions held at once; 0: no session routes */
+    long session_memory_mb; /* megabytes of session states held at most */
+    double session_ttl;    /* seconds a session may go unused before it is dropped */
+    const char *session_secret_file; /* "" = a random secret of this process */
     int health_check;     /* --health: probe a running server's /health instead of serving */
 } srv_config;
 

@@ -117,7 +117,7 @@ void hdr_common(struct MHD_Response *resp, const req_identity *who, const char *
 
 void hdr_preflight(struct MHD_Response *resp)
 {
-    MHD_add_response_header(resp, "Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS");
+    MHD_add_response_header(resp, "Access-Control-Allow-Methods", "GET, HEAD, POST, DELETE, OPTIONS");
     MHD_add_response_header(resp, "Access-Control-Allow-Headers",
                             "Authorization, Content-Type, X-Api-Key, X-Request-Id, traceparent");
     MHD_add_response_header(resp, "Access-Control-Max-Age", "600");

@@ -45,6 +45,7 @@
 #include "err.h"
 #include "guard.h"
 #include "headers.h"
+#include "keys.h"
 #include "log.h"
 #include "rng.h"
 #include "ui.h"
@@ -68,6 +69,7 @@ struct srv {
     int port, admin_port;
     char *tls_cert, *tls_key; /* PEM, read at start */
     guard *guard; /* of the main port */
+    keyring *keys;      /* --api-key and --api-key-file */
 };
 
 typedef enum { PH_NEW, PH_BODY, PH_WAIT, PH_REPLIED } phase;
@@ -91,7 +93,9 @@ typedef struct srv_req {
     phase ph;
     bool counted; /* in in_flight */
     buf body;     /* capped at max_body */
+    size_t max_body; /* the route's: --max-body, or more for an imported session state */
     bool too_large;
+    char owner[65]; /* whose sessions it may use: a digest of its API key, "" without keys */
     char model[API_MODEL_NAME];
     /* shared with the worker, under lock */
     pthread_mutex_t lock;
@@ -376,25 +380,28 @@ static enum MHD_Result req_headers(srv_req *r, struct MHD_Connection *conn, cons
         return refuse_framing(r, "the request has two different Content-Length headers");
     if (cl.n > 0 && MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding"))
         return refuse_framing(r, "the request has both Content-Length and Transfer-Encoding");
-    if (cl.first && strtoull(cl.first, NULL, 10) > (unsigned long long)s->cfg->max_body) {
-        api_endpoint ep;
-        const char *allow;
+    api_endpoint ep;
+    const char *allow;
+    r->max_body = (size_t)s->cfg->max_body;
+    if (api_route(method, r->path, &ep, &allow) != 404)
+        r->max_body = api_endpoint_max_body(s->ctx, ep, r->max_body);
+    if (cl.first && strtoull(cl.first, NULL, 10) > (unsigned long long)r->max_body) {
         if (api_route(method, r->path, &ep, &allow) != 404)
             r->route = (int)ep;
-        return fail(r, 413, NULL, "the request body is larger than the limit of %ld bytes", s->cfg->max_body);
+        return fail(r, 413, NULL, "the request body is larger than the limit of %zu bytes", r->max_body);
     }
     return MHD_YES;
 }
 
-/* Whether a Content-Type names JSON (parameters such as charset allowed). */
-static bool is_json_type(const char *ct)
+/* Whether a Content-Type names the media type want (parameters such as charset allowed). */
+static bool is_type(const char *ct, const char *want)
 {
     while (*ct == ' ')
         ct++;
     size_t n = strcspn(ct, ";");
     while (n > 0 && ct[n - 1] == ' ')
         n--;
-    return n == 16 && strncasecmp(ct, "application/json", 16) == 0;
+    return n == strlen(want) && strncasecmp(ct, want, n) == 0;
 }
 
 static enum MHD_Result submit_job(srv_req *r)
@@ -406,7 +413,9 @@ static enum MHD_Result submit_job(srv_req *r)
     }
     api_error e;
     uint64_t seed = rng_hash(s->ids.base ^ (uint64_t)r->start_ns ^ atomic_fetch_add(&s->ids.next, 1));
-    api_job *job = api_job_new(s->ctx, r->ep, r->body.p, r->body.len, seed, r->who.id, &e);
+    const api_request q = {.method = r->method, .path = r->path, .owner = r->owner, .body = r->body.p,
+                           .len = r->body.len};
+    api_job *job = api_job_new(s->ctx, r->ep, &q, seed, r->who.id, &e);
     if (!job)
         return reply_error(r, &e, NULL, false);
     snprintf(r->model, sizeof r->model, "%s", api_job_model_name(job));
@@ -529,9 +538,9 @@ static enum MHD_Result req_complete(srv_req *r, struct MHD_Connection *conn, con
     if (strcmp(method, "OPTIONS") == 0 && s->cfg->cors_origins.n > 0 && rc != 404)
         return preflight(r);
     /* Credentials before the route's existence, so routes cannot be listed without a key. */
-    if (*s->cfg->api_key && !open &&
-        !api_key_matches(s->cfg->api_key, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"),
-                         MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Api-Key")))
+    if (keyring_active(s->keys) && !open &&
+        !keyring_check(s->keys, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization"),
+                       MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Api-Key"), r->owner))
         return fail(r, 401, NULL, "a valid API key is required (Authorization: Bearer KEY or X-Api-Key: KEY)");
     if (rc == 404)
         return fail(r, 404, NULL, "no such endpoint: %.16s %.200s", method, url);
@@ -543,16 +552,19 @@ static enum MHD_Result req_complete(srv_req *r, struct MHD_Connection *conn, con
     }
     if (strcmp(method, "POST") == 0) {
         const char *ct = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
-        if (ct && !is_json_type(ct))
-            return fail(r, 415, NULL, "Content-Type must be application/json, not \"%.64s\"", ct);
+        const char *want = api_endpoint_takes_bytes(ep) ? "application/octet-stream" : "application/json";
+        if (ct && !is_type(ct, want))
+            return fail(r, 415, NULL, "Content-Type must be %s, not \"%.64s\"", want, ct);
         if (r->too_large)
-            return fail(r, 413, NULL, "the request body is larger than the limit of %ld bytes", s->cfg->max_body);
+            return fail(r, 413, NULL, "the request body is larger than the limit of %zu bytes", r->max_body);
     }
     if (api_endpoint_is_job(ep))
         return submit_job(r);
     api_reply rep;
     const char *model_arg = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "model");
-    if (api_handle_inline(s->ctx, ep, url, model_arg, r->body.p, r->body.len, atomic_load(&s->draining), &rep) < 0)
+    const api_request q = {.method = method, .path = url, .owner = r->owner, .model_arg = model_arg,
+                           .body = r->body.p, .len = r->body.len};
+    if (api_handle_inline(s->ctx, ep, &q, atomic_load(&s->draining), &rep) < 0)
         return MHD_NO;
     return queue(r, rep.status, rep.content_type, rep.body, rep.len, NULL, false);
 }
@@ -561,7 +573,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
                               const char *version, const char *upload_data, size_t *upload_data_size,
                               void **req_cls)
 {
-    srv *s = cls;
+    (void)cls;
     srv_req *r = *req_cls;
     if (!r) /* out of memory when the request line came */
         return MHD_NO;
@@ -588,7 +600,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         size_t n = *upload_data_size;
         *upload_data_size = 0;
         guard_body_bytes(r->track, n);
-        if (r->too_large || r->body.len + n > (size_t)s->cfg->max_body) {
+        if (r->too_large || r->body.len + n > r->max_body) {
             r->too_large = true;
             return MHD_YES;
         }
@@ -739,6 +751,8 @@ srv *srv_start(const srv_config *cfg, const api_ctx *ctx, pool *p, char *err, si
     s->ctx = ctx;
     s->pool = p;
     hdr_ids_init(&s->ids);
+    if (!(s->keys = keyring_new(cfg->api_key, cfg->api_key_file, err, errlen)))
+        goto fail;
     if (!(s->guard = guard_new(cfg->header_timeout, cfg->min_body_rate, ctx->metrics))) {
         err_set(err, errlen, "out of memory");
         goto fail;
@@ -839,7 +853,10 @@ void srv_stop(srv *s)
     if (s->d)
         MHD_stop_daemon(s->d);
     guard_free(s->guard); /* after the daemon that reports to it */
+    keyring_free(s->keys);
     free(s->tls_cert);
     free(s->tls_key);
     free(s);
 }
+
+int srv_reload_keys(srv *s, char *err, size_t errlen) { return keyring_reload(s->keys, err, errlen); }

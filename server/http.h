@@ -20,6 +20,9 @@ int srv_port(const srv *s);
 int srv_admin_port(const srv *s);
 /* Stops accepting connections; /ready answers 503 and new model work is refused. */
 void srv_drain_begin(srv *s);
+/* Reads --api-key-file again (SIGHUP); on failure (message in err) the old keys
+ * stay.  Returns the keys now accepted, or -1. */
+int srv_reload_keys(srv *s, char *err, size_t errlen);
 /* Requests received and not yet answered. */
 long srv_in_flight(const srv *s);
 /* Stops the daemon and frees s.  Every task must have been released. */

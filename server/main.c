@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <poll.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <signal.h>
 #include <unistd.h>
@@ -27,6 +28,8 @@
 #include "http.h"
 #include "pool.h"
 #include "probe.h"
+#include "sha256.h"
+#include "err.h"
 
 static int signal_pipe[2] = {-1, -1};
 
@@ -140,6 +143,41 @@ static void raise_fd_limit(long max_connections)
                 (unsigned long long)rl.rlim_cur, max_connections);
 }
 
+/* The key that signs exported session states: SHA-256 of the secret file's
+ * bytes (a final newline aside), or random bytes of this process without one. */
+static int session_secret(const char *path, unsigned char key[32], char *err, size_t errlen)
+{
+    if (!*path) {
+        if (getrandom(key, 32, 0) != 32) {
+            err_set(err, errlen, "no random bytes for the session secret: %s", strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        err_set(err, errlen, "cannot read --session-secret-file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    unsigned char secret[4096];
+    size_t n = fread(secret, 1, sizeof secret, f);
+    bool more = fgetc(f) != EOF;
+    fclose(f);
+    while (n > 0 && (secret[n - 1] == '\n' || secret[n - 1] == '\r'))
+        n--;
+    if (n < 16 || more) {
+        err_set(err, errlen, "--session-secret-file %s must hold 16 to %zu bytes of secret, not %s", path,
+                sizeof secret, more ? "more" : "fewer");
+        return -1;
+    }
+    sha256_ctx h;
+    sha256_init(&h);
+    sha256_update(&h, secret, n);
+    sha256_final(&h, key);
+    memset(secret, 0, sizeof secret);
+    return 0;
+}
+
 static void reload_note(void *cls, const char *path, bool ok, const char *message)
 {
     (void)cls;
@@ -224,6 +262,17 @@ int main(int argc, char **argv)
         return 1;
     }
     api_models_use_prefix_cache(models, prefix);
+    session_store *sessions = NULL;
+    const session_limits slim = {.max_sessions = (int)cfg.max_sessions,
+                                 .max_bytes = (size_t)cfg.session_memory_mb << 20,
+                                 .ttl = cfg.session_ttl};
+    if (cfg.max_sessions > 0 && !(sessions = session_store_new(&slim))) {
+        log_msg("error", "out of memory for the session store");
+        api_models_free(models);
+        prefix_cache_free(prefix);
+        config_free(&cfg);
+        return 1;
+    }
     static api_metrics metrics;
     api_ctx ctx = {
         .models = models,
@@ -241,7 +290,16 @@ int main(int argc, char **argv)
             },
         .metrics = &metrics,
         .prefix = prefix,
+        .sessions = sessions,
     };
+    if (session_secret(cfg.session_secret_file, ctx.session_key, err, sizeof err) < 0) {
+        log_msg("error", "%s", err);
+        session_store_free(sessions);
+        api_models_free(models);
+        prefix_cache_free(prefix);
+        config_free(&cfg);
+        return 1;
+    }
     metrics.workers = cfg.workers;
 
     int rc = 1;
@@ -272,6 +330,13 @@ int main(int argc, char **argv)
         int failed = api_models_reload(models, &metrics, reload_note, NULL);
         log_msg(failed ? "warn" : "info", "SIGHUP: %d of %d models reloaded", api_models_count(models) - failed,
                 api_models_count(models));
+        if (*cfg.api_key_file) {
+            int n = srv_reload_keys(s, err, sizeof err);
+            if (n < 0)
+                log_msg("warn", "SIGHUP: %s; the keys before stay", err);
+            else
+                log_msg("info", "SIGHUP: %d API keys", n);
+        }
     }
     log_msg("info", "%s: draining (%ld in flight, up to %g s)", sig == SIGINT ? "SIGINT" : "SIGTERM",
             srv_in_flight(s), cfg.drain_timeout);
@@ -287,6 +352,7 @@ int main(int argc, char **argv)
 done:
     srv_stop(s);
     pool_free(p);
+    session_store_free(sessions);
     api_models_free(models);
     prefix_cache_free(prefix);
     if (*cfg.port_file && rc == 0)

@@ -34,7 +34,8 @@ static void teardown(void) { api_models_free(g_models); }
 static char *run_job(api_endpoint ep, const char *body, int *status)
 {
     api_error e;
-    api_job *j = api_job_new(&g_ctx, ep, body, strlen(body), 12345, "test", &e);
+    api_job *j = api_job_new(&g_ctx, ep, &(api_request){.body = body, .len = strlen(body)},
+                             12345, "test", &e);
     ck_assert_msg(j != NULL, "%s: %d %s (%s)", body, e.status, e.message, e.param);
     api_worker *w = api_worker_new(8);
     char *all = NULL, *data;
@@ -88,7 +89,9 @@ static double num(const cJSON *o, const char *k)
 static int handle_inline(api_endpoint ep, const char *path, const char *model_arg, const char *body, size_t len,
                          bool draining, api_reply *r)
 {
-    int rc = api_handle_inline(&g_ctx, ep, path, model_arg, body, len, draining, r);
+    const api_request q = {.method = body ? "POST" : "GET", .path = path, .model_arg = model_arg, .body = body,
+                           .len = len};
+    int rc = api_handle_inline(&g_ctx, ep, &q, draining, r);
     if (rc == 0) {
         char *p = realloc(r->body, r->len + 1);
         ck_assert_ptr_nonnull(p);
@@ -347,7 +350,8 @@ START_TEST(test_bad_requests_are_refused)
 {
     const bad_case *c = &BAD[_i];
     api_error e = {0};
-    api_job *j = api_job_new(&g_ctx, c->ep, c->body, strlen(c->body), 1, "t", &e);
+    api_job *j = api_job_new(&g_ctx, c->ep, &(api_request){.body = c->body, .len = strlen(c->body)},
+                             1, "t", &e);
     ck_assert_msg(j == NULL, "accepted: %s", c->body);
     ck_assert_msg(e.status == c->status, "%s: status %d, want %d (%s)", c->body, e.status, c->status, e.message);
     ck_assert_msg(strcmp(e.param, c->param) == 0, "%s: param \"%s\", want \"%s\"", c->body, e.param, c->param);
@@ -1214,7 +1218,8 @@ static void run_together(api_endpoint ep, const char *const *bodies, int n, char
     api_job *jobs[8];
     api_error e;
     for (int i = 0; i < n; i++) {
-        jobs[i] = api_job_new(&g_ctx, ep, bodies[i], strlen(bodies[i]), 1, "t", &e);
+        jobs[i] = api_job_new(&g_ctx, ep, &(api_request){.body = bodies[i], .len = strlen(bodies[i])},
+                             1, "t", &e);
         ck_assert_msg(jobs[i] != NULL, "%s: %s", bodies[i], e.message);
     }
     api_worker *w = api_worker_new(8);

@@ -283,7 +283,8 @@ static test_task *tt_new(api_endpoint ep, const char *body, double timeout)
 {
     test_task *x = calloc(1, sizeof *x);
     api_error e;
-    x->t.job = api_job_new(&g_ctx, ep, body, strlen(body), 99, "t", &e);
+    x->t.job = api_job_new(&g_ctx, ep, &(api_request){.body = body, .len = strlen(body)},
+                             99, "t", &e);
     ck_assert_msg(x->t.job != NULL, "%s", e.message);
     x->t.emit = tt_emit;
     x->t.gone = tt_gone;
