@@ -220,10 +220,10 @@ test-ui: $(BUILD)/attnlm-server
 	@ATTNLM_SERVER=$(BUILD)/attnlm-server ATTNLM_UI_SCREENSHOT=$(SCREENSHOT) tests/ui/run.sh
 
 # libFuzzer harnesses: a request body to its answer, the model loader, the text rules of a
-# stream, the settings parser.  Each runs FUZZ_SECONDS from a copy of its seed corpus
+# stream, the settings parser, session state bytes (decoder and import).  Each runs FUZZ_SECONDS from a copy of its seed corpus
 # (tests/fuzz/corpus/NAME; new inputs go to build/fuzz/corpus/NAME) and fails on any crash,
 # leak, sanitizer report or check of its own.
-FUZZERS := request loader text config
+FUZZERS := request loader text config state
 FUZZ_SECONDS ?= 60
 FUZZ_BIN := $(FUZZERS:%=build/fuzz/tests/fuzz/fuzz_%)
 

@@ -39,7 +39,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
                                .queue_size = 4,
                                .workers = 1,
                                .max_batch = 8},
-                    .metrics = &metrics};
+                    .metrics = &metrics,
+                    .sessions = session_store_new(&(session_limits){.max_sessions = 8, .max_bytes = 1 << 20,
+                                                                     .ttl = 3600})};
     worker = api_worker_new(8);
     return 0;
 }
@@ -69,13 +71,15 @@ static void check_stream(const char *s, size_t n)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static const api_endpoint eps[] = {API_EP_SCORE, API_EP_GENERATE, API_EP_ATTENTION, API_EP_COMPLETIONS,
-                                       API_EP_ATTRIBUTION};
+    static const api_endpoint eps[] = {API_EP_SCORE,       API_EP_GENERATE, API_EP_ATTENTION,
+                                       API_EP_COMPLETIONS, API_EP_ATTRIBUTION, API_EP_SESSIONS};
     if (size < 1)
         return 0;
     api_endpoint ep = eps[data[0] % (sizeof eps / sizeof *eps)];
     api_error e = {0};
-    api_job *j = api_job_new(&ctx, ep, (const char *)data + 1, size - 1, 7, "fuzz", &e);
+    const api_request q = {.method = "POST", .path = "/v1/sessions/sess_0/append", .body = (const char *)data + 1,
+                           .len = size - 1};
+    api_job *j = api_job_new(&ctx, ep, &q, 7, "fuzz", &e);
     if (!j) {
         if (e.status < 400 || e.status > 499 || !e.message[0])
             abort(); /* a bad request is a 4xx with a message */
