@@ -199,6 +199,10 @@ int gen_parse_common(api_job *j, const cJSON *o, uint64_t seed, long long max_to
         parse_logit_bias(gp, o, c->vocab, e) < 0 || parse_stop(gp, o, e) < 0)
         return -1;
     gen_state *g = gs(j);
+    if (g->session[0] && j->n_in != 1) {
+        api_error_set(e, 400, "session", "a session continues one prompt, not an array of them");
+        return -1;
+    }
     g->n_ch = j->n_in * gp->n;
     if (!(g->ch = calloc((size_t)g->n_ch, sizeof *g->ch))) {
         api_error_set(e, 500, NULL, "out of memory");
@@ -214,10 +218,37 @@ int gen_parse_common(api_job *j, const cJSON *o, uint64_t seed, long long max_to
     return 0;
 }
 
+/* "session": the job runs on the session's model, and its prompt continues
+ * the session's text.  Read before anything that depends on the model. */
+static int parse_session(api_job *j, const cJSON *o, api_error *e)
+{
+    gen_state *g = gs(j);
+    const char *session = NULL, *model = NULL;
+    int given = json_get_string(o, "session", &session, e);
+    if (given <= 0)
+        return given;
+    if (strlen(session) >= sizeof g->session) {
+        api_error_set(e, 404, "session", "no session %.64s", session);
+        return -1;
+    }
+    snprintf(g->session, sizeof g->session, "%s", session);
+    if (session_job_model(j, g->session, e) < 0)
+        return -1;
+    json_get_string(o, "model", &model, e);
+    if (model && *model && strcmp(model, j->am->name) != 0) {
+        api_error_set(e, 400, "model", "session %s belongs to model \"%.100s\", not \"%.100s\"", g->session,
+                      j->am->name, model);
+        return -1;
+    }
+    return 0;
+}
+
 /* /v1/generate: one prompt, alternatives and attention rows per token if asked. */
 static int generate_parse(api_job *j, const cJSON *o, uint64_t seed, const char *request_id, api_error *e)
 {
     (void)request_id;
+    if (parse_session(j, o, e) < 0)
+        return -1;
     const model_config *c = model_get_config(j->m);
     gen_state *g = gs(j);
     long long top = 0;
@@ -241,6 +272,8 @@ static int generate_parse(api_job *j, const cJSON *o, uint64_t seed, const char 
 /* /v1/completions: OpenAI's fields, one prompt or several, n choices each. */
 static int completions_parse(api_job *j, const cJSON *o, uint64_t seed, const char *request_id, api_error *e)
 {
+    if (parse_session(j, o, e) < 0)
+        return -1;
     gen_state *g = gs(j);
     gen_params *gp = &g->gp;
     long long top = 0, n = 1, best_of = 0;
@@ -417,6 +450,8 @@ static void accept_token(api_job *j, api_worker *w, gen_choice *ch, float *logit
     }
     if (ch->attn && attn)
         memcpy(ch->attn + (size_t)n * c->heads * c->window, attn, (size_t)c->heads * c->window * sizeof *attn);
+    else if (ch->attn) /* a session's first token: no pass computed attention for it */
+        memset(ch->attn + (size_t)n * c->heads * c->window, 0, (size_t)c->heads * c->window * sizeof *ch->attn);
     ch->n_out = n + 1;
     ch->next = tok;
     for (int s = 0; s < gp->n_stop; s++) {
@@ -503,10 +538,51 @@ done:
     return rc;
 }
 
+/* prefill for a prompt that continues a session: the session's state, then
+ * the prompt but its last token, into the first choice (the echoed prompt's
+ * first row is the session's next-token row).  With an empty prompt *first
+ * (caller frees) receives that row, from which each choice samples its first
+ * token, as no token is left to feed.  Returns 0, or -1 with e filled. */
+static int prefill_session(api_job *j, float **first, api_error *e)
+{
+    const int V = model_get_config(j->m)->vocab;
+    job_input *in = &j->in[0];
+    const int P = in->n - 1;
+    const bool want_lp = gs(j)->gp.echo && gs(j)->gp.logprobs;
+    model_seq *base = model_seq_new(j->m);
+    float *next = malloc((size_t)V * sizeof *next);
+    char err[ATTNLM_ERR_LEN];
+    int rc = -1;
+    if (!base || !next || (want_lp && P > 0 && !(in->lp = malloc((size_t)P * V * sizeof *in->lp)))) {
+        api_error_set(e, 500, NULL, "out of memory");
+        goto done;
+    }
+    if (session_job_load(j, gs(j)->session, base, next, e) < 0)
+        goto done;
+    if (in->lp)
+        memcpy(in->lp, next, (size_t)V * sizeof *next);
+    if (P >= 2 ? model_forward_from(j->m, base, in->ids + 1, P - 1, in->lp ? in->lp + V : NULL, gs(j)->ch[0].seq,
+                                    err, sizeof err)
+               : model_seq_copy(gs(j)->ch[0].seq, base)) {
+        api_error_set(e, 500, NULL, "%s", P >= 2 ? err : "the session's state does not fit");
+        goto done;
+    }
+    if (P == 0) {
+        *first = next;
+        next = NULL;
+    }
+    rc = 0;
+done:
+    model_seq_free(base);
+    free(next);
+    return rc;
+}
+
 static void generate_start(api_job *j, api_worker *w)
 {
     api_error e;
     char err[ATTNLM_ERR_LEN];
+    float *first = NULL;
     for (int k = 0; k < gs(j)->n_ch; k++) {
         gen_choice *ch = &gs(j)->ch[k];
         if (alloc_choice(j, ch) < 0)
@@ -520,14 +596,28 @@ static void generate_start(api_job *j, api_worker *w)
             ch->finish = "length";
         }
     }
-    if (prefill(j, err, sizeof err) < 0) {
-        api_error_set(&e, 500, NULL, "%s", err);
+    if (gs(j)->session[0] ? prefill_session(j, &first, &e) < 0 : prefill(j, err, sizeof err) < 0) {
+        if (!gs(j)->session[0])
+            api_error_set(&e, 500, NULL, "%s", err);
         job_finish_error(j, &e);
         return;
     }
     for (int k = 0; k < gs(j)->n_ch; k++)
         if (k % gs(j)->gp.n)
             model_seq_copy(gs(j)->ch[k].seq, gs(j)->ch[k - k % gs(j)->gp.n].seq);
+    if (first) { /* a session and no prompt: each choice's first token from the session's row */
+        const size_t V = (size_t)model_get_config(j->m)->vocab;
+        float *logits = malloc(V * sizeof *logits);
+        for (int k = 0; logits && k < gs(j)->n_ch; k++)
+            if (!gs(j)->ch[k].done) {
+                memcpy(logits, first, V * sizeof *logits); /* accept_token changes them */
+                accept_token(j, w, &gs(j)->ch[k], logits, NULL);
+            }
+        free(first);
+        if (!logits)
+            goto oom;
+        free(logits);
+    }
     if (j->stream && gs(j)->writer->prologue && gs(j)->writer->prologue(j, w) < 0)
         goto oom;
     progress(j, w);
@@ -645,9 +735,9 @@ int api_step(api_worker *w, api_job *const *jobs, int n)
 
 static int generate_weight(const api_job *j) { return gs(j)->n_ch; }
 
-#define SAMPLING_FIELDS                                                                                              \
-    "model", "prompt", "ids", "max_tokens", "temperature", "top_k", "top_p", "seed", "stop", "stream",              \
-        "presence_penalty", "frequency_penalty", "repetition_penalty", "penalty_last_n", "logit_bias"
+#define SAMPLING_FIELDS                                                                                   \
+    "model", "session", "prompt", "ids", "max_tokens", "temperature", "top_k", "top_p", "seed", "stop",   \
+        "stream", "presence_penalty", "frequency_penalty", "repetition_penalty", "penalty_last_n", "logit_bias"
 static const char *const GENERATE_FIELDS[] = {SAMPLING_FIELDS, "logprobs", "attention", NULL};
 static const char *const COMPLETIONS_FIELDS[] = {SAMPLING_FIELDS, "n", "logprobs", "echo", "stream_options",
                                                  "user", "best_of", "suffix", NULL};

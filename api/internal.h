@@ -142,6 +142,7 @@ typedef struct gen_state {
     int n_ch;
     const gen_writer *writer; /* the answer's format, chosen at parse time */
     char id[48];              /* OpenAI: the completion's id */
+    char session[48];         /* "session": the prompt continues that session's text; "" none */
     long long created;        /* OpenAI: its Unix time */
 } gen_state;
 
@@ -311,6 +312,12 @@ int inline_models(const inline_req *q, api_reply *r);
 int inline_model_by_id(const inline_req *q, api_reply *r);
 int inline_tokenize(const inline_req *q, api_reply *r);
 int inline_detokenize(const inline_req *q, api_reply *r);
+/* sessions.c: makes session id (of j's owner) j's model, as a job on it
+ * must run: -1 with e (404 no such session, 409 its model is gone). */
+int session_job_model(api_job *j, const char *id, api_error *e);
+/* sessions.c: session id's state into seq (fresh, of j's model) and its
+ * next-token log-probabilities into next[V]; -1 with e (404, 409). */
+int session_job_load(const api_job *j, const char *id, model_seq *seq, float *next, api_error *e);
 /* sessions.c: bytes of the largest signed state of a served model. */
 size_t sessions_import_limit(const api_ctx *ctx);
 /* sessions.c */

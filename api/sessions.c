@@ -138,26 +138,53 @@ const job_ops SESSION_CREATE_JOB = {
 
 /* ---- POST /v1/sessions/{id}/append ------------------------------------------ */
 
+int session_job_model(api_job *j, const char *id, api_error *e)
+{
+    session_info info;
+    if (sessions_on(j->ctx, e) < 0 || session_get(j->ctx->sessions, id, j->owner, false, NULL, NULL, &info, e) < 0)
+        return -1;
+    if (strcmp(info.model, j->am->name) == 0)
+        return 0;
+    api_model *am = api_model_acquire(j->ctx->models, info.model);
+    if (!am) {
+        api_error_set(e, 409, "session", "session %s belongs to model \"%.100s\", which is no longer served", id,
+                      info.model);
+        return -1;
+    }
+    api_model_release(j->am);
+    j->am = am;
+    j->m = am->m;
+    return 0;
+}
+
+/* A state that no longer decodes: a reload replaced the model file since the session was made. */
+static void stale(const api_job *j, const char *id, const api_error *why, api_error *e)
+{
+    api_error_set(e, 409, "session", "session %s no longer fits the model served as \"%s\": %s", id, j->am->name,
+                  why->message);
+}
+
+int session_job_load(const api_job *j, const char *id, model_seq *seq, float *next, api_error *e)
+{
+    unsigned char *state = NULL;
+    size_t len = 0;
+    api_error why;
+    if (session_get(j->ctx->sessions, id, j->owner, false, &state, &len, NULL, e) < 0)
+        return -1;
+    int rc = session_state_decode(j->m, state, len, seq, next, &why);
+    if (rc < 0)
+        stale(j, id, &why, e);
+    free(state);
+    return rc;
+}
+
 static int append_parse(api_job *j, const cJSON *o, uint64_t seed, const char *request_id, api_error *e)
 {
     (void)seed, (void)request_id;
-    session_info info;
     if (sessions_on(j->ctx, e) < 0 || path_id(j->path, sj(j)->id, e) < 0 || parse_top_k(j, o, e) < 0 ||
-        json_get_input(o, "text", j->ctx->limits.max_input_tokens, false, &j->in[0], e) < 0 ||
-        session_get(j->ctx->sessions, sj(j)->id, j->owner, false, NULL, NULL, &info, e) < 0)
+        json_get_input(o, "text", j->ctx->limits.max_input_tokens, false, &j->in[0], e) < 0)
         return -1;
-    if (strcmp(info.model, j->am->name) != 0) { /* the job runs on the session's model */
-        api_model *am = api_model_acquire(j->ctx->models, info.model);
-        if (!am) {
-            api_error_set(e, 409, "session", "session %s belongs to model \"%.100s\", which is no longer served",
-                          sj(j)->id, info.model);
-            return -1;
-        }
-        api_model_release(j->am);
-        j->am = am;
-        j->m = am->m;
-    }
-    return 0;
+    return session_job_model(j, sj(j)->id, e); /* the job runs on the session's model */
 }
 
 /* The appended tokens scored as the tail of the session's text: row 0 of lp is
@@ -183,10 +210,8 @@ static void append_run(api_job *j, api_worker *w)
         goto fail;
     }
     if (session_state_decode(j->m, state, len, from, lp, &e) < 0) {
-        /* A reload replaced the model file since the session was made. */
         api_error f;
-        api_error_set(&f, 409, "session", "session %s no longer fits the model served as \"%s\": %s", sj(j)->id,
-                      j->am->name, e.message);
+        stale(j, sj(j)->id, &e, &f);
         job_finish_error(j, &f);
         goto fail;
     }

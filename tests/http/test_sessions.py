@@ -10,13 +10,18 @@ import tempfile
 import time
 import urllib.parse
 
-from servercase import DEFAULT, FIXTURES, ServerCase
+from servercase import DEFAULT, FIXTURES, ServerCase, sse_events
 
 OTHER = FIXTURES + "/long_elman_cosine_cont.safetensors"  # a window of 80: appends cross it
 TEXT = ("Call me Ishmael. Some years ago - never mind how long precisely - having little or no money "
         "in my purse, and nothing particular to interest me on shore, ")
 PARTS = ["I thought I would sail", " about a little and see the watery part of the world.", " It", "s"]
 OCTETS = {"Content-Type": "application/octet-stream"}
+
+
+def sse_data(payload):
+    """The JSON payloads of a stream's events, [DONE] left out."""
+    return [e for e in sse_events(payload) if e != "[DONE]"]
 
 
 def secret_file(case, data=b"correct horse battery staple, twice over\n"):
@@ -107,6 +112,47 @@ class TestSessions(SessionCase):
         want = self.s.ok("/v1/score", {"text": TEXT})
         for a, b in zip(got["tokens"], want["tokens"]):
             self.assertAlmostEqual(a["logprob"], b["logprob"], delta=1e-5)
+
+    def test_generation_continues_a_session(self):
+        """"session" on both generation routes: the answer equals one for the whole text as the
+        prompt (greedy and seeded sampling, streamed or not), and the session stays as it was."""
+        sid = self.create(self.s, {"text": TEXT})["id"]
+        for prompt in ("", "I", "I thought"):
+            for body in ({"max_tokens": 24, "temperature": 0}, {"max_tokens": 16, "seed": 7, "top_k": 20},
+                         {"max_tokens": 8, "seed": 3, "stream": True}):
+                with self.subTest(prompt=prompt, body=body):
+                    if body.get("stream"):
+                        st, _, got = self.s.request("POST", "/v1/generate", dict(body, session=sid, prompt=prompt))
+                        st2, _, want = self.s.request("POST", "/v1/generate", dict(body, prompt=TEXT + prompt))
+                        self.assertEqual((st, st2), (200, 200))
+                        got_text = "".join(e.get("text", "") for e in sse_data(got))
+                        want_text = "".join(e.get("text", "") for e in sse_data(want))
+                        self.assertEqual(got_text, want_text)
+                        continue
+                    got = self.s.ok("/v1/generate", dict(body, session=sid, prompt=prompt))
+                    want = self.s.ok("/v1/generate", dict(body, prompt=TEXT + prompt))
+                    self.assertEqual(got["text"], want["text"])
+                    self.assertEqual(got["usage"]["prompt_tokens"], len(prompt))
+                    for a, b in zip(got["tokens"], want["tokens"]):
+                        self.assertAlmostEqual(a["logprob"], b["logprob"], delta=1e-4)
+        got = self.s.ok("/v1/completions", {"session": sid, "prompt": " I", "max_tokens": 12, "n": 2, "seed": 5,
+                                            "echo": True, "logprobs": 1})
+        want = self.s.ok("/v1/completions", {"prompt": TEXT + " I", "max_tokens": 12, "n": 2, "seed": 5,
+                                             "logprobs": 1})
+        self.assertEqual([c["text"] for c in got["choices"]], [" I" + c["text"] for c in want["choices"]])
+        echoed = self.s.ok("/v1/completions", {"prompt": TEXT + " I", "max_tokens": 0, "echo": True, "logprobs": 1})
+        lps = got["choices"][0]["logprobs"]["token_logprobs"]
+        self.assertAlmostEqual(lps[0], echoed["choices"][0]["logprobs"]["token_logprobs"][-2], delta=1e-5)
+        self.assertAlmostEqual(lps[1], echoed["choices"][0]["logprobs"]["token_logprobs"][-1], delta=1e-5)
+        self.assertEqual(self.s.json("GET", "/v1/sessions/" + sid)[1]["token_count"], len(TEXT))
+        for path, body, status, param in (
+                ("/v1/generate", {"session": "sess_00", "prompt": "a"}, 404, "session"),
+                ("/v1/generate", {"session": 5}, 400, "session"),
+                ("/v1/completions", {"session": sid, "prompt": ["a", "b"]}, 400, "session"),
+                ("/v1/completions", {"session": sid, "model": self.s.json("GET", "/v1/models")[1]["data"][1]["id"]},
+                 400, "model")):
+            st, obj, h = self.s.post(path, body)
+            self.assertError(st, obj, h, status, param)
 
     def test_get_and_delete(self):
         sid = self.create(self.s, {"text": "whale"})["id"]
