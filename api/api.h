@@ -128,6 +128,8 @@ typedef struct api_ctx {
     api_metrics *metrics;
     prefix_cache *prefix; /* states of recent prompts' prefixes, shared by the workers, or NULL */
     session_store *sessions;          /* NULL: the session routes answer 404 */
+    session_store *checkpoints;       /* streams' checkpoints, to resume them; NULL: none */
+    int checkpoint_every;             /* tokens between two checkpoints of a stream */
     unsigned char session_key[32];    /* signs exported states: SHA-256 of the server's secret */
 } api_ctx;
 
@@ -157,6 +159,7 @@ typedef struct api_request {
     const char *path;      /* as requested; ids in it (/v1/sessions/{id}) are read from here */
     const char *owner;     /* whose sessions it may use: a digest of its API key, "" (or NULL) without keys */
     const char *model_arg; /* ?model=, or NULL */
+    const char *last_event_id; /* Last-Event-ID: resume a stream after that event; NULL none */
     const char *body;
     size_t len;
 } api_request;

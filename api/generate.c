@@ -24,6 +24,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
+#include "session.h"
 #include "rng.h"
 #include "tokenizer.h"
 #include "utf8.h"
@@ -375,7 +376,7 @@ static void progress(api_job *j, api_worker *w)
             stream_choice(j, k);
         if (all_done(j)) {
             wr->stream_end(j);
-            buf_puts(&j->out, "data: [DONE]\n\n");
+            sse_done(j);
             j->done = true;
         }
     } else if (all_done(j)) {
@@ -578,6 +579,272 @@ done:
     return rc;
 }
 
+/* ---- checkpoints: resuming a stream -----------------------------------------
+ * A stream's checkpoint is everything its decoding needs to go on exactly:
+ * each choice's model state, sampler state (the RNG), the token to feed, what
+ * it generated with its numbers, the penalties' counts, and how much of it the
+ * client has been sent, with the count of events sent.  Three are kept per
+ * stream in ctx->checkpoints, under the stream's tag: the one before the first
+ * token, and two that alternate every ctx->checkpoint_every tokens (and at the
+ * end).  A request with Last-Event-ID N resumes from the latest of them made
+ * at or before event N and decodes again from there: the same tokens follow,
+ * since a sequence's numbers do not depend on its batch, and the events up to
+ * N are made but not sent.  Checkpoints are written by this build for this
+ * build (host byte order); replicas sharing a store run the same release. */
+
+#define CKPT_MAGIC "ATLMCKPT"
+#define CKPT_VERSION 1u
+
+typedef struct ckpt_head {
+    char magic[8];
+    uint32_t version, n_ch, events, output_tokens, top, penalize, max_tokens, vocab;
+    uint32_t start; /* the one before the prologue and the first token */
+    uint32_t reserved;
+    uint64_t state_bytes;
+    char id[48];
+    int64_t created;
+} ckpt_head;
+
+typedef struct ckpt_choice {
+    uint64_t rng, text_sent;
+    int32_t next, n_out, keep, emitted;
+    uint8_t done, end_sent, finish; /* finish: 0 not yet, 1 "length", 2 "stop" */
+    uint8_t pad[5];
+} ckpt_choice;
+
+static size_t checkpoint_choice_bytes(const api_job *j, int n_out)
+{
+    const gen_params *gp = &gs(j)->gp;
+    const size_t V = (size_t)model_get_config(j->m)->vocab, k = (size_t)gp->top, n = (size_t)n_out;
+    return sizeof(ckpt_choice) + n * (1 + sizeof(int) + sizeof(float) + k * (sizeof(int) + sizeof(float))) +
+           (gp->penalize ? 2 * V * sizeof(int) : 0) + session_state_bytes(j->m);
+}
+
+static void put(unsigned char **p, const void *x, size_t n)
+{
+    if (n)
+        memcpy(*p, x, n);
+    *p += n;
+}
+
+/* Reads n bytes into x if they are there. */
+static bool take(const unsigned char **p, const unsigned char *end, void *x, size_t n)
+{
+    if ((size_t)(end - *p) < n)
+        return false;
+    if (n)
+        memcpy(x, *p, n);
+    *p += n;
+    return true;
+}
+
+static void checkpoint_write(api_job *j)
+{
+    const gen_state *g = gs(j);
+    const gen_params *gp = &g->gp;
+    const size_t V = (size_t)model_get_config(j->m)->vocab, k = (size_t)gp->top, sb = session_state_bytes(j->m);
+    size_t len = sizeof(ckpt_head);
+    for (int c = 0; c < g->n_ch; c++)
+        len += checkpoint_choice_bytes(j, g->ch[c].n_out);
+    unsigned char *blob = malloc(len), *p = blob;
+    float *zeros = calloc(V, sizeof *zeros); /* a checkpoint's state carries no next-token row */
+    if (!blob || !zeros) {
+        free(blob);
+        free(zeros);
+        atomic_fetch_add(&j->ctx->metrics->checkpoints_failed, 1);
+        return;
+    }
+    ckpt_head h = {.version = CKPT_VERSION, .n_ch = (uint32_t)g->n_ch, .events = (uint32_t)j->events,
+                   .output_tokens = (uint32_t)j->output_tokens, .top = (uint32_t)k, .penalize = gp->penalize,
+                   .max_tokens = (uint32_t)gp->max_tokens, .vocab = (uint32_t)V, .state_bytes = sb,
+                   .start = g->checkpoint_slot == 0, .created = g->created};
+    memcpy(h.magic, CKPT_MAGIC, 8);
+    memcpy(h.id, g->id, sizeof h.id);
+    put(&p, &h, sizeof h);
+    for (int c = 0; c < g->n_ch; c++) {
+        const gen_choice *ch = &g->ch[c];
+        const size_t n = (size_t)ch->n_out;
+        ckpt_choice cc = {.rng = ch->rng, .text_sent = ch->text_sent, .next = ch->next, .n_out = ch->n_out,
+                          .keep = ch->keep, .emitted = ch->emitted, .done = ch->done, .end_sent = ch->end_sent,
+                          .finish = !ch->finish ? 0 : strcmp(ch->finish, "length") == 0 ? 1 : 2};
+        put(&p, &cc, sizeof cc);
+        put(&p, ch->out, n);
+        put(&p, ch->ids, n * sizeof *ch->ids);
+        put(&p, ch->lp, n * sizeof *ch->lp);
+        put(&p, ch->top_ids, n * k * sizeof *ch->top_ids);
+        put(&p, ch->top_lp, n * k * sizeof *ch->top_lp);
+        if (gp->penalize)
+            put(&p, ch->counts, 2 * V * sizeof *ch->counts);
+        session_state_encode(j->m, ch->seq, zeros, p);
+        p += sb;
+    }
+    free(zeros);
+    static const char slots[] = "sab";
+    char name[40];
+    snprintf(name, sizeof name, "c_%s_%c", j->tag, slots[g->checkpoint_slot]);
+    api_error e;
+    if (session_set(j->ctx->checkpoints, name, j->owner, j->am->name, blob, len, &e) < 0) {
+        free(blob);
+        atomic_fetch_add(&j->ctx->metrics->checkpoints_failed, 1);
+        return;
+    }
+    atomic_fetch_add(&j->ctx->metrics->checkpoints_written, 1);
+    atomic_fetch_add(&j->ctx->metrics->checkpoint_bytes, len);
+    gs(j)->checkpoint_slot = g->checkpoint_slot == 2 ? 1 : g->checkpoint_slot + 1;
+    gs(j)->since_checkpoint = 0;
+}
+
+/* The choices and counters of checkpoint blob[len] into j (choices allocated). */
+static int checkpoint_read(api_job *j, const unsigned char *blob, size_t len, api_error *e)
+{
+    gen_state *g = gs(j);
+    const gen_params *gp = &g->gp;
+    const size_t V = (size_t)model_get_config(j->m)->vocab, k = (size_t)gp->top, sb = session_state_bytes(j->m);
+    const unsigned char *p = blob, *end = blob + len;
+    ckpt_head h;
+    float *next = malloc(V * sizeof *next);
+    int rc = -1;
+    if (!next) {
+        api_error_set(e, 500, NULL, "out of memory");
+        return -1;
+    }
+    if (!take(&p, end, &h, sizeof h) || memcmp(h.magic, CKPT_MAGIC, 8) != 0 || h.version != CKPT_VERSION ||
+        h.n_ch != (uint32_t)g->n_ch || h.top != k || h.penalize != gp->penalize ||
+        h.max_tokens != (uint32_t)gp->max_tokens || h.vocab != V || h.state_bytes != sb)
+        goto bad;
+    for (int c = 0; c < g->n_ch; c++) {
+        gen_choice *ch = &g->ch[c];
+        ckpt_choice cc;
+        if (!take(&p, end, &cc, sizeof cc) || cc.n_out < 0 || cc.n_out > gp->max_tokens || cc.keep < 0 ||
+            cc.keep > cc.n_out || cc.emitted < 0 || cc.emitted > cc.keep || cc.text_sent > (uint64_t)cc.keep ||
+            cc.finish > 2 || cc.next < 0 || cc.next >= (int32_t)V)
+            goto bad;
+        const size_t n = (size_t)cc.n_out;
+        if (!take(&p, end, ch->out, n) || !take(&p, end, ch->ids, n * sizeof *ch->ids) ||
+            !take(&p, end, ch->lp, n * sizeof *ch->lp) || !take(&p, end, ch->top_ids, n * k * sizeof *ch->top_ids) ||
+            !take(&p, end, ch->top_lp, n * k * sizeof *ch->top_lp) ||
+            (gp->penalize && !take(&p, end, ch->counts, 2 * V * sizeof *ch->counts)) || (size_t)(end - p) < sb)
+            goto bad;
+        api_error why;
+        if (session_state_decode(j->m, p, sb, ch->seq, next, &why) < 0)
+            goto bad;
+        p += sb;
+        ch->rng = cc.rng;
+        ch->text_sent = (size_t)cc.text_sent;
+        ch->next = cc.next;
+        ch->n_out = cc.n_out;
+        ch->keep = cc.keep;
+        ch->emitted = cc.emitted;
+        ch->done = cc.done;
+        ch->end_sent = cc.end_sent;
+        ch->finish = cc.finish == 0 ? NULL : cc.finish == 1 ? "length" : "stop";
+    }
+    if (p != end)
+        goto bad;
+    j->events = (int)h.events;
+    j->output_tokens = (int)h.output_tokens;
+    memcpy(g->id, h.id, sizeof g->id);
+    g->id[sizeof g->id - 1] = '\0';
+    g->created = h.created;
+    rc = 0;
+    goto done;
+bad:
+    api_error_set(e, 409, "Last-Event-ID", "the stream's checkpoint does not fit this request or this server");
+done:
+    free(next);
+    return rc;
+}
+
+/* The latest checkpoint of j's stream made at or before the event the client
+ * has (*blob, caller frees; *start: the one before the first token); -1 with
+ * e (409) when there is none here. */
+static int checkpoint_pick(api_job *j, unsigned char **blob_out, size_t *len_out, bool *start, api_error *e)
+{
+    unsigned char *best = NULL;
+    size_t best_len = 0;
+    ckpt_head best_head = {0};
+    for (const char *slot = "sab"; *slot; slot++) {
+        char name[40];
+        snprintf(name, sizeof name, "c_%s_%c", j->tag, *slot);
+        unsigned char *blob = NULL;
+        size_t len = 0;
+        api_error ignore;
+        if (session_get(j->ctx->checkpoints, name, j->owner, false, &blob, &len, NULL, &ignore) < 0)
+            continue;
+        ckpt_head h;
+        if (len >= sizeof h) {
+            memcpy(&h, blob, sizeof h);
+            if (h.events <= (uint32_t)j->resume_after && (!best || h.events > best_head.events)) {
+                free(best);
+                best = blob, best_len = len, best_head = h;
+                continue;
+            }
+        }
+        free(blob);
+    }
+    if (!best) {
+        api_error_set(e, 409, "Last-Event-ID",
+                      "no checkpoint of this stream at or before event %d is kept here (checkpoints live in this "
+                      "server's memory unless --session-store names a shared store, and expire); send the request "
+                      "again without Last-Event-ID",
+                      j->resume_after);
+        return -1;
+    }
+    *blob_out = best;
+    *len_out = best_len;
+    *start = best_head.start;
+    return 0;
+}
+
+/* Last-Event-ID: the stream from its checkpoint, not from the prompt.  From
+ * the first checkpoint the prologue (an echoed prompt) is made again, its
+ * prompt run again when its log-probabilities are part of it. */
+static void generate_resume(api_job *j, api_worker *w)
+{
+    unsigned char *blob = NULL;
+    size_t len = 0;
+    bool start = false;
+    api_error e;
+    char err[ATTNLM_ERR_LEN];
+    const gen_writer *wr = gs(j)->writer;
+    if (checkpoint_pick(j, &blob, &len, &start, &e) < 0)
+        goto fail;
+    if (start && wr->prologue && gs(j)->gp.echo && gs(j)->gp.logprobs) {
+        float *first = NULL;
+        int rc = gs(j)->session[0] ? prefill_session(j, &first, &e) : prefill(j, err, sizeof err);
+        free(first);
+        if (rc < 0) {
+            if (!gs(j)->session[0])
+                api_error_set(&e, 500, NULL, "%s", err);
+            goto fail;
+        }
+    }
+    if (checkpoint_read(j, blob, len, &e) < 0) /* over the prefilled states, if any */
+        goto fail;
+    free(blob);
+    gs(j)->checkpoint_slot = 1; /* the first checkpoint stays the stream's first */
+    atomic_fetch_add(&j->ctx->metrics->streams_resumed, 1);
+    if (start && wr->prologue && wr->prologue(j, w) < 0) {
+        api_error_set(&e, 500, NULL, "out of memory");
+        job_finish_error(j, &e);
+        return;
+    }
+    progress(j, w);
+    return;
+fail:
+    free(blob);
+    job_finish_error(j, &e);
+}
+
+/* After a step: a checkpoint every so many tokens, and at the end. */
+static void checkpoint_maybe(api_job *j)
+{
+    if (!j->stream || !j->ctx->checkpoints || j->ctx->checkpoint_every <= 0 || gs(j)->gp.attention)
+        return;
+    if (++gs(j)->since_checkpoint >= j->ctx->checkpoint_every || all_done(j))
+        checkpoint_write(j);
+}
+
 static void generate_start(api_job *j, api_worker *w)
 {
     api_error e;
@@ -595,6 +862,10 @@ static void generate_start(api_job *j, api_worker *w)
             ch->done = true;
             ch->finish = "length";
         }
+    }
+    if (j->resume_after >= 0) {
+        generate_resume(j, w);
+        return;
     }
     if (gs(j)->session[0] ? prefill_session(j, &first, &e) < 0 : prefill(j, err, sizeof err) < 0) {
         if (!gs(j)->session[0])
@@ -618,6 +889,8 @@ static void generate_start(api_job *j, api_worker *w)
             goto oom;
         free(logits);
     }
+    if (j->stream && j->ctx->checkpoints && j->ctx->checkpoint_every > 0 && !gs(j)->gp.attention)
+        checkpoint_write(j); /* before the prologue and the first token: the seed and the prefilled state */
     if (j->stream && gs(j)->writer->prologue && gs(j)->writer->prologue(j, w) < 0)
         goto oom;
     progress(j, w);
@@ -653,6 +926,7 @@ static void generate_advance(api_job *j, api_worker *w, float *logits, const flo
         j->output_tokens++;
         b++;
     }
+    checkpoint_maybe(j);
     progress(j, w);
 }
 

@@ -34,9 +34,12 @@ void json_scored(jw *w, int id, float logprob);
 void json_usage(jw *w, int prompt_tokens, int completion_tokens, bool total);
 /* {"error": {"message", "type", "param", "code"}} of e. */
 void json_error(jw *w, const api_error *e);
-/* Starts and ends one server-sent event: "data: " ... "\n\n". */
-void sse_begin(buf *b, jw *w);
-void sse_end(buf *b);
+/* Starts and ends one server-sent event of j: "id: TAG.N\ndata: " ... "\n\n"
+ * (dropped again when N is one a resumed stream's client already has);
+ * sse_done is the last event, "[DONE]". */
+void sse_begin(api_job *j, jw *w);
+void sse_end(api_job *j);
+void sse_done(api_job *j);
 /* Fills r with the JSON answer in b (taken; NUL-terminated beyond len).
  * Returns 0, or -1 on out of memory. */
 int json_reply(buf *b, int status, api_reply *r);
@@ -143,6 +146,8 @@ typedef struct gen_state {
     const gen_writer *writer; /* the answer's format, chosen at parse time */
     char id[48];              /* OpenAI: the completion's id */
     char session[48];         /* "session": the prompt continues that session's text; "" none */
+    int since_checkpoint;     /* tokens (steps) since a stream's last checkpoint */
+    int checkpoint_slot;      /* which of the two rotating checkpoints is next */
     long long created;        /* OpenAI: its Unix time */
 } gen_state;
 
@@ -204,6 +209,14 @@ struct api_job {
     int output_tokens;
     char *path;       /* the request's (ids in it) */
     char owner[65];   /* whose sessions it may use */
+    /* A stream's events are numbered: "id: TAG.N", TAG naming the request
+     * (its key, path and body) and N counting from 1.  Events up to
+     * skip_until are made but not sent (a resumed stream replays them). */
+    char tag[17];
+    int events;
+    int skip_until;
+    size_t event_start;
+    int resume_after; /* Last-Event-ID's N; -1: not a resumed request */
 };
 
 /* What an endpoint that runs the model does with a job, one row per kind

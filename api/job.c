@@ -5,6 +5,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
+#include "sha256.h"
 #include "tokenizer.h"
 
 #include <stdio.h>
@@ -28,6 +29,15 @@ api_job *job_new(const api_ctx *ctx, const job_ops *ops, const api_request *q, c
     j->state = state;
     j->path = path;
     snprintf(j->owner, sizeof j->owner, "%s", q->owner ? q->owner : "");
+    j->resume_after = -1;
+    /* The stream's tag: its key, path and body under the server's secret, so that
+     * a Last-Event-ID resumes only the request it came from, on any replica sharing the secret. */
+    const void *parts[6] = {"stream", j->owner, "\n", j->path, "\n", q->body ? q->body : ""};
+    const size_t lens[6] = {6, strlen(j->owner), 1, strlen(j->path), 1, q->body ? q->len : 0};
+    unsigned char mac[32];
+    hmac_sha256(ctx->session_key, sizeof ctx->session_key, parts, lens, 6, mac);
+    for (int i = 0; i < 8; i++)
+        snprintf(j->tag + 2 * i, 3, "%02x", mac[i]);
     if (!(j->am = json_get_model(ctx, o, e))) {
         api_job_free(j);
         return NULL;
@@ -138,10 +148,11 @@ void job_finish_error(api_job *j, const api_error *e)
 {
     jw w;
     if (j->stream) {
-        sse_begin(&j->out, &w);
+        j->skip_until = 0; /* an error is news to every client, a resumed one too */
+        sse_begin(j, &w);
         json_error(&w, e);
-        sse_end(&j->out);
-        buf_puts(&j->out, "data: [DONE]\n\n");
+        sse_end(j);
+        sse_done(j);
     } else {
         j->status = e->status;
         j->out.len = 0;

@@ -93,13 +93,28 @@ void json_usage(jw *w, int prompt_tokens, int completion_tokens, bool total)
     jw_obj_end(w);
 }
 
-void sse_begin(buf *b, jw *w)
+void sse_begin(api_job *j, jw *w)
 {
-    buf_puts(b, "data: ");
-    jw_init(w, b);
+    j->event_start = j->out.len;
+    buf_printf(&j->out, "id: %s.%d\ndata: ", j->tag, ++j->events);
+    jw_init(w, &j->out);
 }
 
-void sse_end(buf *b) { buf_puts(b, "\n\n"); }
+void sse_end(api_job *j)
+{
+    if (j->events <= j->skip_until && !j->out.oom)
+        j->out.len = j->event_start; /* the client has this one */
+    else
+        buf_puts(&j->out, "\n\n");
+}
+
+void sse_done(api_job *j)
+{
+    jw w;
+    sse_begin(j, &w);
+    buf_puts(&j->out, "[DONE]");
+    sse_end(j);
+}
 
 int json_reply(buf *b, int status, api_reply *r)
 {

@@ -211,6 +211,17 @@ char *metrics_render(const api_metrics *mc, const metrics_view *v, size_t *len)
                    "# TYPE attnlm_prefix_cache_evictions_total counter\nattnlm_prefix_cache_evictions_total %llu\n",
                    v->prefix_bytes, v->prefix_limit, v->prefix_entries, v->prefix_evictions);
     }
+    buf_printf(&t,
+               "# HELP attnlm_stream_checkpoints_total Checkpoints of streams, by whether they were stored.\n"
+               "# TYPE attnlm_stream_checkpoints_total counter\n"
+               "attnlm_stream_checkpoints_total{result=\"stored\"} %lu\n"
+               "attnlm_stream_checkpoints_total{result=\"failed\"} %lu\n"
+               "# HELP attnlm_stream_checkpoint_bytes_total Bytes of the checkpoints stored.\n"
+               "# TYPE attnlm_stream_checkpoint_bytes_total counter\nattnlm_stream_checkpoint_bytes_total %lu\n"
+               "# HELP attnlm_streams_resumed_total Streams resumed after an event (Last-Event-ID).\n"
+               "# TYPE attnlm_streams_resumed_total counter\nattnlm_streams_resumed_total %lu\n",
+               atomic_load(&m->checkpoints_written), atomic_load(&m->checkpoints_failed),
+               atomic_load(&m->checkpoint_bytes), atomic_load(&m->streams_resumed));
     if (v->sessions_on)
         buf_printf(&t,
                    "# HELP attnlm_sessions Sessions held.\n"

@@ -47,6 +47,10 @@ typedef struct api_metrics {
     atomic_ulong stalled;    /* streams ended because their client read nothing for too long */
     atomic_ulong conns_cut_header; /* connections cut for not sending a request header in time */
     atomic_ulong conns_cut_body;   /* connections cut for sending a body too slowly */
+    atomic_ulong checkpoints_written; /* streams' checkpoints stored */
+    atomic_ulong checkpoints_failed;  /* not stored: the store was full (or memory short) */
+    atomic_ulong checkpoint_bytes;    /* bytes of the checkpoints stored */
+    atomic_ulong streams_resumed;     /* streams resumed from a checkpoint (Last-Event-ID) */
     atomic_long queue_depth;
     atomic_long active_sequences;
     atomic_long in_flight;

@@ -41,28 +41,28 @@ static void gen_token(jw *w, const api_job *j, const gen_choice *ch, int i)
 static void native_token(api_job *j, int k, int i, const unsigned char *text, size_t len)
 {
     jw w;
-    sse_begin(&j->out, &w);
+    sse_begin(j, &w);
     jw_obj(&w);
     jw_key(&w, "token");
     gen_token(&w, j, &gs(j)->ch[k], i);
     jw_key(&w, "text");
     jw_bytes(&w, text, len);
     jw_obj_end(&w);
-    sse_end(&j->out);
+    sse_end(j);
 }
 
 static void native_choice_end(api_job *j, int k, const unsigned char *rest, size_t len)
 {
     const gen_choice *ch = &gs(j)->ch[k];
     jw w;
-    sse_begin(&j->out, &w);
+    sse_begin(j, &w);
     jw_obj(&w);
     jw_key(&w, "text");
     jw_bytes(&w, rest, len);
     jw_kstr(&w, "finish_reason", ch->finish);
     json_usage(&w, j->in[0].n - 1, ch->n_out, false);
     jw_obj_end(&w);
-    sse_end(&j->out);
+    sse_end(j);
 }
 
 static void native_stream_end(api_job *j) { (void)j; }

@@ -132,7 +132,7 @@ static void chunk(api_job *j, api_worker *wk, int index, const unsigned char *te
                   const char *finish)
 {
     jw w;
-    sse_begin(&j->out, &w);
+    sse_begin(j, &w);
     head(&w, j);
     jw_obj(&w);
     jw_key(&w, "text");
@@ -151,7 +151,7 @@ static void chunk(api_job *j, api_worker *wk, int index, const unsigned char *te
     jw_obj_end(&w);
     jw_arr_end(&w);
     jw_obj_end(&w);
-    sse_end(&j->out);
+    sse_end(j);
 }
 
 /* The prompt's bytes followed by choice ch's kept output, as one string
@@ -221,12 +221,12 @@ static void openai_stream_usage(api_job *j)
     if (!gs(j)->gp.include_usage)
         return;
     jw w;
-    sse_begin(&j->out, &w);
+    sse_begin(j, &w);
     head(&w, j);
     jw_arr_end(&w);
     json_usage(&w, api_job_input_tokens(j), j->output_tokens, true);
     jw_obj_end(&w);
-    sse_end(&j->out);
+    sse_end(j);
 }
 
 /* The echoed prompts, first in a stream. */

@@ -10,6 +10,7 @@
 #include "internal.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,6 +131,32 @@ int api_handle_inline(const api_ctx *ctx, api_endpoint ep, const api_request *q,
 
 /* ---- jobs --------------------------------------------------------------------- */
 
+/* Last-Event-ID "TAG.N" of a request to resume: the same request's tag, and
+ * a stream on a server that keeps checkpoints. */
+static int resume_point(api_job *j, const char *last, api_error *e)
+{
+    const char *dot = strchr(last, '.');
+    char *end;
+    long n = dot ? strtol(dot + 1, &end, 10) : -1;
+    if (!j->stream || !j->ctx->checkpoints) {
+        api_error_set(e, 400, "Last-Event-ID", "Last-Event-ID resumes a stream%s",
+                      j->stream ? ", and this server keeps no checkpoints (--checkpoint-every 0)"
+                                : "; this request does not stream");
+        return -1;
+    }
+    if (!dot || dot - last != (ptrdiff_t)strlen(j->tag) || strncmp(last, j->tag, strlen(j->tag)) != 0 || n < 0 ||
+        n > 1 << 30 || *end) {
+        api_error_set(e, 400, "Last-Event-ID",
+                      "Last-Event-ID %.64s is not an event of this request: a stream resumes only with its own "
+                      "body, path and API key",
+                      last);
+        return -1;
+    }
+    j->resume_after = (int)n;
+    j->skip_until = (int)n;
+    return 0;
+}
+
 api_job *api_job_new(const api_ctx *ctx, api_endpoint ep, const api_request *q, uint64_t seed,
                      const char *request_id, api_error *e)
 {
@@ -145,7 +172,7 @@ api_job *api_job_new(const api_ctx *ctx, api_endpoint ep, const api_request *q, 
     /* The fields each route takes; any other is refused, so that a request
      * meant for another server does not silently do something else here. */
     if (json_check_fields(o, ops->fields, api_endpoint_path(ep), e) == 0 && (j = job_new(ctx, ops, q, o, e)) &&
-        ops->parse(j, o, seed, request_id, e) < 0) {
+        (ops->parse(j, o, seed, request_id, e) < 0 || (q->last_event_id && resume_point(j, q->last_event_id, e) < 0))) {
         api_job_free(j);
         j = NULL;
     }

@@ -292,6 +292,11 @@ int session_put(session_store *s, const char *owner, const char *model_name, uns
     pthread_mutex_lock(&s->lock);
     expire(s, now);
     int rc = -1;
+    if (len > s->lim.max_bytes) {
+        api_error_set(e, 503, NULL, "a state of this model (%zu bytes) is larger than the whole session store (%zu "
+                      "bytes, --session-memory)", len, s->lim.max_bytes);
+        goto done;
+    }
     if (s->n >= s->lim.max_sessions || len > s->lim.max_bytes - s->bytes) {
         api_error_set(e, 503, NULL,
                       "the session store is full (%d sessions, %zu of %zu bytes); delete sessions no longer needed, "
@@ -317,6 +322,50 @@ int session_put(session_store *s, const char *owner, const char *model_name, uns
     s->n++;
     s->bytes += len;
     describe(s, x, now, info);
+    rc = 0;
+done:
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+int session_set(session_store *s, const char *id, const char *owner, const char *model_name, unsigned char *state,
+                size_t len, api_error *e)
+{
+    int64_t now = clock_now_ns();
+    pthread_mutex_lock(&s->lock);
+    expire(s, now);
+    entry *x = NULL, *free_slot = NULL;
+    for (int i = 0; i < s->lim.max_sessions && !x; i++) {
+        entry *y = &s->e[i];
+        if (y->used && strcmp(y->id, id) == 0 && strcmp(y->owner, owner) == 0)
+            x = y;
+        else if (!y->used && !free_slot)
+            free_slot = y;
+    }
+    size_t held = s->bytes - (x ? x->len : 0);
+    int rc = -1;
+    if ((!x && !free_slot) || len > s->lim.max_bytes - held) {
+        api_error_set(e, 503, NULL, "the store is full (%d entries, %zu of %zu bytes)", s->n, s->bytes,
+                      s->lim.max_bytes);
+        goto done;
+    }
+    if (x) {
+        free(x->state);
+        s->bytes -= x->len;
+    } else {
+        x = free_slot;
+        x->used = true;
+        s->n++;
+        snprintf(x->id, sizeof x->id, "%s", id);
+        snprintf(x->owner, sizeof x->owner, "%s", owner);
+        x->created = (long long)time(NULL);
+    }
+    snprintf(x->model, sizeof x->model, "%s", model_name);
+    x->state = state;
+    x->len = len;
+    x->last_used = (long long)time(NULL);
+    x->touched_ns = now;
+    s->bytes += len;
     rc = 0;
 done:
     pthread_mutex_unlock(&s->lock);

@@ -70,6 +70,10 @@ static const opt_spec OPTIONS[] = {
     {"session-secret-file", OPT_STR, OFF(session_secret_file), 0, 0,
      "file whose bytes sign exported session states (replicas that share it accept each other's); empty: a random "
      "secret of this process"},
+    {"checkpoint-every", OPT_LONG, OFF(checkpoint_every), 0, 1000000,
+     "tokens between a stream's checkpoints, from which a request with Last-Event-ID resumes it; 0: none"},
+    {"checkpoint-memory", OPT_LONG, OFF(checkpoint_memory_mb), 1, 1L << 20,
+     "megabytes of stream checkpoints held at most (three per stream, kept --session-ttl seconds)"},
 };
 #define N_OPTIONS (sizeof OPTIONS / sizeof *OPTIONS)
 
@@ -112,6 +116,8 @@ static void defaults(srv_config *c)
         .session_memory_mb = 256,
         .session_ttl = 900,
         .session_secret_file = "",
+        .checkpoint_every = 32,
+        .checkpoint_memory_mb = 256,
     };
 }
 

@@ -119,6 +119,6 @@ void hdr_preflight(struct MHD_Response *resp)
 {
     MHD_add_response_header(resp, "Access-Control-Allow-Methods", "GET, HEAD, POST, DELETE, OPTIONS");
     MHD_add_response_header(resp, "Access-Control-Allow-Headers",
-                            "Authorization, Content-Type, X-Api-Key, X-Request-Id, traceparent");
+                            "Authorization, Content-Type, X-Api-Key, X-Request-Id, traceparent, Last-Event-ID");
     MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
 }

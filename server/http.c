@@ -413,8 +413,14 @@ static enum MHD_Result submit_job(srv_req *r)
     }
     api_error e;
     uint64_t seed = rng_hash(s->ids.base ^ (uint64_t)r->start_ns ^ atomic_fetch_add(&s->ids.next, 1));
-    const api_request q = {.method = r->method, .path = r->path, .owner = r->owner, .body = r->body.p,
-                           .len = r->body.len};
+    const api_request q = {
+        .method = r->method,
+        .path = r->path,
+        .owner = r->owner,
+        .last_event_id = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "Last-Event-ID"),
+        .body = r->body.p,
+        .len = r->body.len,
+    };
     api_job *job = api_job_new(s->ctx, r->ep, &q, seed, r->who.id, &e);
     if (!job)
         return reply_error(r, &e, NULL, false);

@@ -273,6 +273,18 @@ int main(int argc, char **argv)
         config_free(&cfg);
         return 1;
     }
+    session_store *checkpoints = NULL;
+    const session_limits climit = {.max_sessions = 3 * (int)(cfg.queue + cfg.workers * cfg.max_batch),
+                                   .max_bytes = (size_t)cfg.checkpoint_memory_mb << 20,
+                                   .ttl = cfg.session_ttl};
+    if (cfg.checkpoint_every > 0 && !(checkpoints = session_store_new(&climit))) {
+        log_msg("error", "out of memory for the checkpoint store");
+        session_store_free(sessions);
+        api_models_free(models);
+        prefix_cache_free(prefix);
+        config_free(&cfg);
+        return 1;
+    }
     static api_metrics metrics;
     api_ctx ctx = {
         .models = models,
@@ -291,9 +303,12 @@ int main(int argc, char **argv)
         .metrics = &metrics,
         .prefix = prefix,
         .sessions = sessions,
+        .checkpoints = checkpoints,
+        .checkpoint_every = (int)cfg.checkpoint_every,
     };
     if (session_secret(cfg.session_secret_file, ctx.session_key, err, sizeof err) < 0) {
         log_msg("error", "%s", err);
+        session_store_free(checkpoints);
         session_store_free(sessions);
         api_models_free(models);
         prefix_cache_free(prefix);
@@ -352,6 +367,7 @@ int main(int argc, char **argv)
 done:
     srv_stop(s);
     pool_free(p);
+    session_store_free(checkpoints);
     session_store_free(sessions);
     api_models_free(models);
     prefix_cache_free(prefix);

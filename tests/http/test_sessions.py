@@ -270,7 +270,7 @@ class TestStoreLimits(SessionCase):
         srv = self.start("--max-sessions", "2", model=OTHER)
         ids = [self.create(srv, {"text": "a"})["id"] for _ in range(2)]
         full = self.create(srv, {"text": "b"}, status=503)
-        self.assertIn("full", full["error"]["message"])
+        self.assertIn("session store", full["error"]["message"])
         self.assertEqual(self.sessions_held(srv)[0], 2)
         self.assertEqual(srv.json("DELETE", "/v1/sessions/" + ids[0])[0], 200)
         self.create(srv, {"text": "c"})
@@ -278,7 +278,7 @@ class TestStoreLimits(SessionCase):
     def test_byte_limit(self):
         srv = self.start("--session-memory", "1")  # the default model's state is about 1.8 MB
         full = self.create(srv, {"text": "a"}, status=503)
-        self.assertIn("full", full["error"]["message"])
+        self.assertIn("session store", full["error"]["message"])
         self.assertEqual(self.sessions_held(srv), (0, 0))
 
     def test_idle_sessions_expire(self):
