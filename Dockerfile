@@ -16,7 +16,7 @@ ARG BASE=debian:bookworm-slim
 FROM ${BASE} AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev make pkg-config \
-      libopenblas-dev libcjson-dev libmicrohttpd-dev python3 \
+      libopenblas-dev libcjson-dev libmicrohttpd-dev libhiredis-dev python3 \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile ./
@@ -40,7 +40,7 @@ FROM ${BASE}
 # The server links libopenblas.so.0 alone: the package's separate LAPACK and reference-BLAS
 # libraries are never loaded.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libopenblas0-pthread libcjson1 libmicrohttpd12 \
+ && apt-get install -y --no-install-recommends libopenblas0-pthread libcjson1 libmicrohttpd12 libhiredis0.14 \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log \
  && rm -f /usr/lib/*/openblas-pthread/liblapack.so.3 \

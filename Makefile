@@ -42,7 +42,7 @@ endif
 CFLAGS_ALL = -std=c11 $(OPT) -pthread -Wall -Wextra -Wno-psabi -Werror=implicit-function-declaration -MMD -MP \
 	$(shell pkg-config --cflags openblas libcjson) $(CFLAGS)
 LIBS_BLAS = $(shell pkg-config --libs openblas) -lm
-LIBS_HTTP = $(shell pkg-config --libs libmicrohttpd libcjson)
+LIBS_HTTP = $(shell pkg-config --libs libmicrohttpd libcjson hiredis)
 LIBS_CHECK = $(shell pkg-config --libs check)
 
 # Dependencies point one way: server -> api -> model -> common (cli -> model).
@@ -77,7 +77,7 @@ MODEL_OBJ := $(COMMON_SRC:%.c=$(BUILD)/%.o) $(MODEL_SRC:%.c=$(BUILD)/%.o) \
 MODEL_LIB := $(BUILD)/libattnlm_model.a
 
 API_SRC := api/models.c api/route.c api/json.c api/inline.c api/job.c api/score.c api/attention.c api/attribution.c \
-	api/session.c api/sessions.c \
+	api/session.c api/session_redis.c api/sessions.c \
 	api/generate.c api/native.c api/openai.c api/metrics.c
 API_OBJ := $(API_SRC:%.c=$(BUILD)/%.o)
 API_LIB := $(BUILD)/libattnlm_api.a
@@ -99,8 +99,8 @@ TESTS := $(addprefix $(BUILD)/tests/,$(MODEL_TESTS) $(API_TESTS) $(SERVER_TESTS)
 # Debian packages: what building and serving need, and what the tests and
 # training add.  Node.js and npm are checked by command, since they may come
 # from outside Debian.
-BUILD_PKGS := gcc libc6-dev make pkg-config libopenblas-dev libcjson-dev libmicrohttpd-dev
-TEST_PKGS := check python3 python3-torch python3-numpy clang libclang-rt-14-dev curl openssl
+BUILD_PKGS := gcc libc6-dev make pkg-config libopenblas-dev libcjson-dev libmicrohttpd-dev libhiredis-dev
+TEST_PKGS := check python3 python3-torch python3-numpy clang libclang-rt-14-dev curl openssl redis-server
 NODE_PKGS := nodejs npm
 
 DEFAULT_MODEL := models/default.safetensors

@@ -115,10 +115,19 @@ typedef struct session_limits {
     size_t max_bytes; /* of states held */
     double ttl;       /* seconds a session may go unused */
 } session_limits;
-/* NULL on out of memory.  Free with session_store_free once no request runs. */
+/* A store in this process's memory, bounded by lim.  NULL on out of memory.
+ * Free with session_store_free once no request runs. */
 session_store *session_store_new(const session_limits *lim);
+/* A store in Redis at url ("redis://HOST:PORT[/DB]"), its keys under prefix,
+ * expiring after lim->ttl; Redis's own memory limit bounds it.  It connects
+ * on first use and again after a failure; a store that cannot be reached
+ * answers 503 within about a second.  NULL with a message for a bad url. */
+session_store *session_store_redis(const char *url, const char *prefix, const session_limits *lim, char *err,
+                                   size_t errlen);
 void session_store_free(session_store *s);
-/* Sessions and bytes held now. */
+/* Whether the store counts what it holds (in memory: yes; Redis: no). */
+bool session_store_counts(const session_store *s);
+/* Sessions and bytes held now (0 for a store that does not count them). */
 void session_store_usage(session_store *s, int *sessions, size_t *bytes);
 
 /* Everything a handler may read; shared by every thread while serving. */

@@ -286,7 +286,7 @@ static int metrics(const api_ctx *ctx, api_reply *r)
         v.prefix_entries = st.entries;
         v.prefix_evictions = st.evictions;
     }
-    if (ctx->sessions) {
+    if (ctx->sessions && session_store_counts(ctx->sessions)) {
         int n;
         size_t bytes;
         session_store_usage(ctx->sessions, &n, &bytes);

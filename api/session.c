@@ -3,6 +3,8 @@
  */
 #define _GNU_SOURCE /* getrandom */
 #include "session.h"
+#include "err.h"
+#include "session_redis.h"
 #include "clock.h"
 #include "sha256.h"
 
@@ -192,6 +194,7 @@ typedef struct entry {
 } entry;
 
 struct session_store {
+    redis_store *redis; /* the store is in Redis; else in this process, below */
     pthread_mutex_t lock;
     session_limits lim;
     entry *e; /* [lim.max_sessions] */
@@ -215,14 +218,15 @@ void session_store_free(session_store *s)
 {
     if (!s)
         return;
-    for (int i = 0; i < s->lim.max_sessions; i++)
+    redis_store_free(s->redis);
+    for (int i = 0; s->e && i < s->lim.max_sessions; i++)
         free(s->e[i].state);
     free(s->e);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }
 
-void session_store_usage(session_store *s, int *sessions, size_t *bytes)
+static void mem_usage(session_store *s, int *sessions, size_t *bytes)
 {
     pthread_mutex_lock(&s->lock);
     *sessions = s->n;
@@ -274,7 +278,7 @@ static entry *find(session_store *s, const char *id, const char *owner, api_erro
     return NULL;
 }
 
-static int new_id(char *id)
+int session_new_id(char *id)
 {
     unsigned char r[16];
     if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
@@ -285,7 +289,7 @@ static int new_id(char *id)
     return 0;
 }
 
-int session_put(session_store *s, const char *owner, const char *model_name, unsigned char *state, size_t len,
+static int mem_put(session_store *s, const char *owner, const char *model_name, unsigned char *state, size_t len,
                 session_info *info, api_error *e)
 {
     int64_t now = clock_now_ns();
@@ -308,7 +312,7 @@ int session_put(session_store *s, const char *owner, const char *model_name, uns
     for (int i = 0; !x; i++)
         if (!s->e[i].used)
             x = &s->e[i];
-    if (new_id(x->id) < 0) {
+    if (session_new_id(x->id) < 0) {
         api_error_set(e, 500, NULL, "no random bytes for a session id");
         goto done;
     }
@@ -328,7 +332,7 @@ done:
     return rc;
 }
 
-int session_set(session_store *s, const char *id, const char *owner, const char *model_name, unsigned char *state,
+static int mem_set(session_store *s, const char *id, const char *owner, const char *model_name, unsigned char *state,
                 size_t len, api_error *e)
 {
     int64_t now = clock_now_ns();
@@ -372,7 +376,7 @@ done:
     return rc;
 }
 
-int session_get(session_store *s, const char *id, const char *owner, bool checkout, unsigned char **state,
+static int mem_get(session_store *s, const char *id, const char *owner, bool checkout, unsigned char **state,
                 size_t *len, session_info *info, api_error *e)
 {
     int64_t now = clock_now_ns();
@@ -404,7 +408,7 @@ done:
     return rc;
 }
 
-void session_return(session_store *s, const char *id, unsigned char *state, size_t len)
+static void mem_return(session_store *s, const char *id, unsigned char *state, size_t len)
 {
     pthread_mutex_lock(&s->lock);
     entry *x = NULL;
@@ -428,7 +432,7 @@ void session_return(session_store *s, const char *id, unsigned char *state, size
     free(state);
 }
 
-int session_delete(session_store *s, const char *id, const char *owner, session_info *info, api_error *e)
+static int mem_delete(session_store *s, const char *id, const char *owner, session_info *info, api_error *e)
 {
     int64_t now = clock_now_ns();
     pthread_mutex_lock(&s->lock);
@@ -444,4 +448,74 @@ int session_delete(session_store *s, const char *id, const char *owner, session_
     }
     pthread_mutex_unlock(&s->lock);
     return rc;
+}
+
+/* ---- the store's operations, in memory or in Redis ----------------------------- */
+
+session_store *session_store_redis(const char *url, const char *prefix, const session_limits *lim, char *err,
+                                   size_t errlen)
+{
+    session_store *s = calloc(1, sizeof *s);
+    if (!s) {
+        err_set(err, errlen, "out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&s->lock, NULL);
+    s->lim = *lim;
+    if (!(s->redis = redis_store_new(url, prefix, lim->ttl, err, errlen))) {
+        session_store_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+bool session_store_counts(const session_store *s) { return !s->redis; }
+
+void session_store_usage(session_store *s, int *sessions, size_t *bytes)
+{
+    if (s->redis) {
+        *sessions = 0;
+        *bytes = 0;
+        return;
+    }
+    mem_usage(s, sessions, bytes);
+}
+
+int session_put(session_store *s, const char *owner, const char *model_name, unsigned char *state, size_t len,
+                session_info *info, api_error *e)
+{
+    if (s->redis)
+        return redis_put(s->redis, owner ? owner : "", model_name, state, len, info, e);
+    return mem_put(s, owner, model_name, state, len, info, e);
+}
+
+int session_set(session_store *s, const char *id, const char *owner, const char *model_name, unsigned char *state,
+                size_t len, api_error *e)
+{
+    if (s->redis)
+        return redis_set(s->redis, id, owner ? owner : "", model_name, state, len, e);
+    return mem_set(s, id, owner, model_name, state, len, e);
+}
+
+int session_get(session_store *s, const char *id, const char *owner, bool checkout, unsigned char **state,
+                size_t *len, session_info *info, api_error *e)
+{
+    if (s->redis)
+        return redis_get(s->redis, id, owner ? owner : "", checkout, state, len, info, e);
+    return mem_get(s, id, owner, checkout, state, len, info, e);
+}
+
+void session_return(session_store *s, const char *id, const char *owner, unsigned char *state, size_t len)
+{
+    if (s->redis)
+        redis_return(s->redis, id, owner ? owner : "", state, len);
+    else
+        mem_return(s, id, state, len);
+}
+
+int session_delete(session_store *s, const char *id, const char *owner, session_info *info, api_error *e)
+{
+    if (s->redis)
+        return redis_delete(s->redis, id, owner ? owner : "", info, e);
+    return mem_delete(s, id, owner, info, e);
 }

@@ -67,6 +67,9 @@ bool session_signed(const api_ctx *ctx, const unsigned char *in, size_t len);
 
 /* ---- the store --------------------------------------------------------------- */
 
+/* A new id, "sess_" and 32 hex digits from the kernel's random source; -1 if it has none. */
+int session_new_id(char *id);
+
 /* What the store knows of a session besides its state. */
 typedef struct session_info {
     char id[SESSION_ID_LEN + 1];
@@ -90,7 +93,7 @@ int session_set(session_store *s, const char *id, const char *owner, const char 
 int session_get(session_store *s, const char *id, const char *owner, bool checkout, unsigned char **state,
                 size_t *len, session_info *info, api_error *e);
 /* Ends a checkout: state[len] (taken; NULL keeps the old one) becomes the session's. */
-void session_return(session_store *s, const char *id, unsigned char *state, size_t len);
+void session_return(session_store *s, const char *id, const char *owner, unsigned char *state, size_t len);
 /* Removes session id of owner.  -1 with e: 404, 409 (busy). */
 int session_delete(session_store *s, const char *id, const char *owner, session_info *info, api_error *e);
 

@@ -221,7 +221,7 @@ static void append_run(api_job *j, api_worker *w)
     }
     session_state_encode(j->m, to, lp + (size_t)n * V, after);
     const int64_t position = model_seq_pos(to);
-    session_return(store, sj(j)->id, after, len);
+    session_return(store, sj(j)->id, j->owner, after, len);
     after = NULL;
     jw o;
     jw_init(&o, &j->out);
@@ -239,7 +239,7 @@ static void append_run(api_job *j, api_worker *w)
     job_finish(j);
     goto done;
 fail:
-    session_return(store, sj(j)->id, NULL, 0);
+    session_return(store, sj(j)->id, j->owner, NULL, 0);
 done:
     free(state);
     free(after);

@@ -63,6 +63,9 @@ static const opt_spec OPTIONS[] = {
      "precision of the weights: f32 (exact), bf16 (half the memory) or int8 (a quarter, fastest)"},
     {"prefix-cache", OPT_LONG, OFF(prefix_cache_mb), 0, 1L << 20,
      "megabytes of recent prompts' prefix states kept, so a request that repeats a prefix runs only what follows; 0: none"},
+    {"session-store", OPT_STR, OFF(session_store), 0, 0,
+     "where sessions and stream checkpoints live: memory (this process), or redis://HOST:PORT[/DB], shared by "
+     "every replica that names it (bounded there by Redis's maxmemory; keys expire after --session-ttl)"},
     {"max-sessions", OPT_LONG, OFF(max_sessions), 0, 1000000, "sessions held at once (/v1/sessions); 0: no sessions"},
     {"session-memory", OPT_LONG, OFF(session_memory_mb), 1, 1L << 20,
      "megabytes of session states held at most; a new session beyond it (or beyond --max-sessions) gets 503"},
@@ -112,6 +115,7 @@ static void defaults(srv_config *c)
         .ui = 1,
         .precision = "f32",
         .prefix_cache_mb = 64,
+        .session_store = "memory",
         .max_sessions = 1024,
         .session_memory_mb = 256,
         .session_ttl = 900,

@@ -50,6 +50,7 @@ typedef struct srv_config {
     long ui;              /* serve the inspector page (server/ui.c) at / and /ui/ */
     const char *precision; /* the models' weights: "f32", "bf16" or "int8" (checked by main) */
     long prefix_cache_mb;  /* megabytes of prefix states kept; 0: none */
+    const char *session_store; /* "memory", or "redis://HOST:PORT[/DB]": sessions and checkpoints shared by replicas */
     long max_sessions;     /* sessions held at once; 0: no session routes */
     long session_memory_mb; /* megabytes of session states held at most */
     double session_ttl;    /* seconds a session may go unused before it is dropped */

@@ -178,6 +178,40 @@ static int session_secret(const char *path, unsigned char key[32], char *err, si
     return 0;
 }
 
+/* The session store and the streams' checkpoint store, in memory or in Redis
+ * (each NULL when turned off). */
+static int open_stores(const srv_config *cfg, const session_limits *slim, const session_limits *climit,
+                       session_store **sessions, session_store **checkpoints, char *err, size_t errlen)
+{
+    bool redis = strcmp(cfg->session_store, "memory") != 0;
+    if (redis && strncmp(cfg->session_store, "redis://", 8) != 0) {
+        err_set(err, errlen, "--session-store must be memory or redis://HOST:PORT[/DB], not \"%.100s\"",
+                cfg->session_store);
+        return -1;
+    }
+    if (cfg->max_sessions > 0) {
+        *sessions = redis ? session_store_redis(cfg->session_store, "attnlm:s", slim, err, errlen)
+                          : session_store_new(slim);
+        if (!*sessions) {
+            if (!redis)
+                err_set(err, errlen, "out of memory for the session store");
+            return -1;
+        }
+    }
+    if (cfg->checkpoint_every > 0) {
+        *checkpoints = redis ? session_store_redis(cfg->session_store, "attnlm:c", climit, err, errlen)
+                             : session_store_new(climit);
+        if (!*checkpoints) {
+            if (!redis)
+                err_set(err, errlen, "out of memory for the checkpoint store");
+            session_store_free(*sessions);
+            *sessions = NULL;
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static void reload_note(void *cls, const char *path, bool ok, const char *message)
 {
     (void)cls;
@@ -262,24 +296,15 @@ int main(int argc, char **argv)
         return 1;
     }
     api_models_use_prefix_cache(models, prefix);
-    session_store *sessions = NULL;
+    session_store *sessions = NULL, *checkpoints = NULL;
     const session_limits slim = {.max_sessions = (int)cfg.max_sessions,
                                  .max_bytes = (size_t)cfg.session_memory_mb << 20,
                                  .ttl = cfg.session_ttl};
-    if (cfg.max_sessions > 0 && !(sessions = session_store_new(&slim))) {
-        log_msg("error", "out of memory for the session store");
-        api_models_free(models);
-        prefix_cache_free(prefix);
-        config_free(&cfg);
-        return 1;
-    }
-    session_store *checkpoints = NULL;
     const session_limits climit = {.max_sessions = 3 * (int)(cfg.queue + cfg.workers * cfg.max_batch),
                                    .max_bytes = (size_t)cfg.checkpoint_memory_mb << 20,
                                    .ttl = cfg.session_ttl};
-    if (cfg.checkpoint_every > 0 && !(checkpoints = session_store_new(&climit))) {
-        log_msg("error", "out of memory for the checkpoint store");
-        session_store_free(sessions);
+    if (open_stores(&cfg, &slim, &climit, &sessions, &checkpoints, err, sizeof err) < 0) {
+        log_msg("error", "%s", err);
         api_models_free(models);
         prefix_cache_free(prefix);
         config_free(&cfg);
