@@ -13,7 +13,11 @@ to a scratch directory).  Phases:
   3. kill -9 of one replica under load: the only failures are requests that had started
      before the kill (answers already streaming from it); every later request succeeds;
   4. the killed replica restarted, then SIGTERM to another under load: no failure at all
-     (it drains; nginx sends what it refuses to the others).
+     (it drains; nginx sends what it refuses to the others);
+  5. kill -9 of a replica with 30 seeded streams in flight: every stream it cut is sent again
+     through nginx with Last-Event-ID and continues on another replica from the checkpoints in
+     the shared Redis (Debian's redis-server, started here): 0 events lost, 0 repeated, every
+     stream equal to its uninterrupted run.
 Every process started is stopped; each replica stopped by SIGTERM must exit 0.
 Only counts and equalities are asserted, never speed.
 """
@@ -33,6 +37,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
 from attnlm_server import Server, StartError, StopError, parse_prom  # noqa: E402
+from redis_server import RedisServer  # noqa: E402
 
 MODEL = os.path.join(ROOT, "models", "default.safetensors")
 CONF = os.path.join(ROOT, "deploy", "nginx.conf")
@@ -58,11 +63,13 @@ class Replica:
     """One attnlm-server (tests/lib/attnlm_server.py starts it), its stderr appended to
     replicaN.log: a restarted replica appends to the same log, on the same port."""
 
-    def __init__(self, binary, work, index, port=0):
+    def __init__(self, binary, work, index, store, secret, port=0):
         self.index = index
         try:
-            self.server = Server("--workers", "1", "--drain-timeout", "20", binary=binary, model=MODEL, port=port,
-                                 log_path=os.path.join(work, "replica%d.log" % index), startup_timeout=30)
+            self.server = Server("--workers", "1", "--drain-timeout", "20", "--session-store", store,
+                                 "--session-secret-file", secret, "--checkpoint-every", "16", binary=binary,
+                                 model=MODEL, port=port, log_path=os.path.join(work, "replica%d.log" % index),
+                                 startup_timeout=30)
         except StartError as e:
             raise Failed("replica %d did not start: %s" % (index, e))
         self.port = self.server.port
@@ -176,11 +183,44 @@ def stream(port, path, body, timeout=120):
             buf += chunk
             while b"\n\n" in buf:
                 ev, buf = buf.split(b"\n\n", 1)
-                if ev.startswith(b"data: "):
-                    data = ev[6:].decode()
-                    events.append(data if data == "[DONE]" else json.loads(data))
-                    times.append(time.monotonic())
+                for line in ev.split(b"\n"):  # "id: ..." then "data: ..."
+                    if line.startswith(b"data: "):
+                        data = line[6:].decode()
+                        events.append(data if data == "[DONE]" else json.loads(data))
+                        times.append(time.monotonic())
         return r.status, events, times
+    finally:
+        c.close()
+
+
+def raw_stream(port, path, body, last=None, timeout=120):
+    """A stream's events as (id, data) pairs, as far as they arrived whole, and whether it ended
+    with [DONE]; a connection cut midway ends the list early (no exception)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    out, buf = [], b""
+    try:
+        headers = {"Content-Type": "application/json"}
+        if last:
+            headers["Last-Event-ID"] = last
+        c.request("POST", path, json.dumps(body).encode(), headers)
+        r = c.getresponse()
+        if r.status != 200:
+            return r.status, out, False
+        while True:
+            try:
+                chunk = r.read1(65536)
+            except (OSError, http.client.HTTPException):
+                break
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n\n" in buf:
+                ev, buf = buf.split(b"\n\n", 1)
+                fields = dict(line.split(": ", 1) for line in ev.decode().split("\n") if ": " in line)
+                out.append((fields.get("id"), fields.get("data")))
+        return 200, out, bool(out) and out[-1][1] == "[DONE]"
+    except (OSError, http.client.HTTPException):
+        return 0, out, False
     finally:
         c.close()
 
@@ -243,9 +283,14 @@ def main():
     check(shutil.which("nginx"), "nginx is not installed (apt-get install nginx-light)")
     work = tempfile.mkdtemp(prefix="attnlm-scale-")
     os.chmod(work, 0o755)
-    replicas, nginx = [], None
+    replicas, nginx, redis = [], None, None
     try:
-        replicas = [Replica(binary, work, i) for i in range(3)]
+        redis = RedisServer()
+        secret = os.path.join(work, "session-secret")
+        with open(secret, "wb") as f:
+            f.write(os.urandom(32).hex().encode())
+        store = redis.url
+        replicas = [Replica(binary, work, i, store, secret) for i in range(3)]
         nginx = Nginx(work, replicas)
         out = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
         print("%s on 127.0.0.1:%d -> replicas on ports %s" % (out, nginx.port, [r.port for r in replicas]))
@@ -351,7 +396,7 @@ def main():
         print("ok   failures only among requests in flight at the kill (%d of %d)" % (len(failures), len(in_flight)))
 
         # ---- 4. SIGTERM ------------------------------------------------------------------------
-        replicas[0] = Replica(binary, work, 0, port=victim.port)
+        replicas[0] = Replica(binary, work, 0, store, secret, port=victim.port)
         time.sleep(2.5)  # nginx tries a failed server again after fail_timeout (2 s here)
         leaving = replicas[1]
         print("\n== 4. SIGTERM replica %d (port %d) under load: 12 clients for 6 s, SIGTERM at 2 s (replica 0 "
@@ -371,8 +416,70 @@ def main():
         check(after[0] > 0, "the restarted replica took no traffic")
         print("ok   no failures; the stopped replica drained and exited 0")
 
+        # ---- 5. kill -9 with streams in flight, resumed elsewhere -------------------------
+        replicas[1] = Replica(binary, work, 1, store, secret, port=leaving.port)
+        time.sleep(2.5)
+        victim = replicas[2]
+        bodies = [{"prompt": "The whale", "max_tokens": 240, "seed": 500 + i, "stream": True,
+                   **({"temperature": 0.7, "top_p": 0.95} if i % 2 else {"top_k": 40})} for i in range(30)]
+        print("\n== 5. 30 seeded streams of 240 tokens through nginx; kill -9 replica %d (port %d) while they "
+              "run; the cut ones resume with Last-Event-ID" % (victim.index, victim.port))
+        reference = [None] * len(bodies)
+
+        def uninterrupted(i):
+            st, evs, done = raw_stream(nginx.port, "/v1/generate", bodies[i])
+            reference[i] = evs if st == 200 and done else None
+
+        ts = [threading.Thread(target=uninterrupted, args=(i,)) for i in range(len(bodies))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(300)
+        check(all(reference), "%d uninterrupted streams failed" % sum(r is None for r in reference))
+        redis.command("FLUSHALL")  # no checkpoint of those runs may stand in for the next ones
+        joined, resumed, attempts = [None] * len(bodies), [0] * len(bodies), [0]
+        lock = threading.Lock()
+
+        def chaos(i):
+            got, last = [], None
+            for _ in range(5):
+                st, evs, done = raw_stream(nginx.port, "/v1/generate", bodies[i], last=last)
+                if st not in (0, 200):
+                    break
+                got += [e for e in evs if e[0] is not None]
+                if done:
+                    joined[i] = got
+                    return
+                with lock:
+                    resumed[i] += 1
+                    attempts[0] += 1
+                last = got[-1][0] if got else None
+                time.sleep(0.2)
+            joined[i] = got
+
+        ts = [threading.Thread(target=chaos, args=(i,)) for i in range(len(bodies))]
+        for t in ts:
+            t.start()
+        # kill it once it is decoding several of them, some way in
+        deadline = time.monotonic() + 60
+        while victim.server.metric("attnlm_active_sequences") < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        victim.kill()
+        for t in ts:
+            t.join(300)
+        cut = sum(1 for n in resumed if n)
+        lost = sum(max(0, len(r) - len(j or [])) for r, j in zip(reference, joined))
+        repeated = sum(max(0, len(j or []) - len(r)) for r, j in zip(reference, joined))
+        differ = [i for i, (r, j) in enumerate(zip(reference, joined)) if r != j]
+        print("%d streams, %d cut by the kill and resumed (%d attempts); %d events lost, %d repeated, %d streams "
+              "differ from their uninterrupted run" % (len(bodies), cut, attempts[0], lost, repeated, len(differ)))
+        check(cut > 0, "the kill cut no stream: nothing was resumed")
+        check(not differ, "streams %s differ from their uninterrupted runs" % differ[:5])
+        print("ok   every stream equals its uninterrupted run, events and text, byte for byte")
+
         # ---- end ---------------------------------------------------------------------------
-        for r in (replicas[0], replicas[2]):
+        for r in (replicas[0], replicas[1]):
             status = r.stop()
             check(status == 0, "replica %d exited with %s:\n%s" % (r.index, status, r.tail()))
         print("\nscale-test passed")
@@ -387,6 +494,8 @@ def main():
             nginx.stop()
         for r in replicas:
             r.kill()
+        if redis:
+            redis.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
