@@ -6,7 +6,8 @@
 Reads the flags and their ATTNLM_* variables from `SERVER_BINARY --help` (no list is kept
 here), then checks deploy/k8s/*.yaml and deploy/docker-compose.yml:
   - the expected kinds are there; selectors, the HPA's and the Service's targets match the
-    Deployment;
+    Deployment; the session store is the Redis Deployment and Service of the manifests (and
+    of the compose file), the session secret a Secret mounted where the server reads it;
   - every ATTNLM_* name used is one the server reads, and the server starts with the
     ConfigMap's settings (port and host changed to a free loopback port) and answers the
     probes' paths with 200;
@@ -99,13 +100,19 @@ def main():
     by_kind = {}
     for name, d in docs:
         by_kind.setdefault(d.get("kind"), []).append(d)
-    for kind in ("ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"):
+    for kind in ("ConfigMap", "HorizontalPodAutoscaler", "PodDisruptionBudget"):
         report(len(by_kind.get(kind, [])) == 1, "one %s" % kind)
+
+    def named(kind, name):
+        found = [d for d in by_kind.get(kind, []) if d["metadata"]["name"] == name]
+        report(len(found) == 1, "a %s %s" % (kind, name))
+        return found[0] if found else None
+
+    dep, svc = named("Deployment", "attnlm"), named("Service", "attnlm")
+    rdep, rsvc = named("Deployment", "attnlm-redis"), named("Service", "attnlm-redis")
     if failures:
         return 1
     cm = by_kind["ConfigMap"][0]
-    dep = by_kind["Deployment"][0]
-    svc = by_kind["Service"][0]
     hpa = by_kind["HorizontalPodAutoscaler"][0]
     pdb = by_kind["PodDisruptionBudget"][0]
     with open(os.path.join(k8s, "kustomization.yaml")) as f:
@@ -126,7 +133,36 @@ def main():
         if e["name"] == "ATTNLM_API_KEY":
             report("secretKeyRef" in e.get("valueFrom", {}), "ATTNLM_API_KEY comes from a Secret")
     report(settings.get("ATTNLM_HOST") in ("0.0.0.0", "::"), "ATTNLM_HOST listens on every interface")
-    statuses, rc, log = run_server(binary, {k: v for k, v in settings.items() if k != "ATTNLM_MODEL"})
+
+    # ---- sessions: the shared store and the secret ----------------------------------------
+    store = settings.get("ATTNLM_SESSION_STORE", "")
+    m = re.match(r"redis://([^:/]+):(\d+)(/\d+)?$", store)
+    rports = [p["port"] for p in rsvc["spec"]["ports"]]
+    report(m is not None and m.group(1) == rsvc["metadata"]["name"] and int(m.group(2)) in rports,
+           "ATTNLM_SESSION_STORE %s is the Service %s on its port %s" % (store, rsvc["metadata"]["name"], rports))
+    rlabels = rdep["spec"]["template"]["metadata"]["labels"]
+    report(all(rlabels.get(k) == v for k, v in rsvc["spec"]["selector"].items()),
+           "the Redis Service selects the Redis pods")
+    rargs = " ".join(rdep["spec"]["template"]["spec"]["containers"][0].get("args", []))
+    report("--maxmemory " in rargs and "--maxmemory-policy noeviction" in rargs,
+           "Redis is bounded (maxmemory) and refuses rather than evicts (noeviction)")
+    secret_path = settings.get("ATTNLM_SESSION_SECRET_FILE", "")
+    mounts = {vm["mountPath"]: vm["name"] for vm in ctr.get("volumeMounts", [])}
+    vols = {v["name"]: v for v in pod.get("volumes", [])}
+    mount = mounts.get(os.path.dirname(secret_path))
+    report(bool(secret_path) and mount is not None and "secret" in vols.get(mount, {}),
+           "ATTNLM_SESSION_SECRET_FILE %s is in a mounted Secret" % secret_path)
+
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".secret", delete=False) as f:
+        f.write("a stand-in secret for the check, long enough\n")
+    env = {k: v for k, v in settings.items() if k != "ATTNLM_MODEL"}
+    if secret_path:
+        env["ATTNLM_SESSION_SECRET_FILE"] = f.name
+    try:
+        statuses, rc, log = run_server(binary, env)
+    finally:
+        os.unlink(f.name)
     report(statuses == {"/ready": 200, "/health": 200} and rc == 0,
            "the server starts with the ConfigMap's settings, answers /ready and /health with 200, exits 0 "
            "(got %s, exit %s)%s" % (statuses, rc, "" if rc == 0 and statuses else "\n" + log[-600:]))
@@ -202,6 +238,14 @@ def main():
     report(re.search(r"location = /metrics \{\s*return 404;", conf) is not None,
            "nginx.conf does not publish /metrics")
     report("ATTNLM_ADMIN_PORT" in app.get("environment", {}), "docker-compose.yml: an admin port for the health check")
+    cstore = app.get("environment", {}).get("ATTNLM_SESSION_STORE", "")
+    m = re.match(r"redis://([^:/]+):\d+", cstore)
+    report(m is not None and m.group(1) in compose["services"],
+           "docker-compose.yml: the session store %s is a service of the file" % cstore)
+    csecret = app.get("environment", {}).get("ATTNLM_SESSION_SECRET_FILE", "")
+    report(csecret.startswith("/run/secrets/") and os.path.basename(csecret) in app.get("secrets", [])
+           and os.path.basename(csecret) in compose.get("secrets", {}),
+           "docker-compose.yml: the session secret is a compose secret")
 
     print("%s: %d failed" % ("manifests", failures))
     return 1 if failures else 0
