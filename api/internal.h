@@ -148,6 +148,8 @@ typedef struct gen_state {
     char session[48];         /* "session": the prompt continues that session's text; "" none */
     int since_checkpoint;     /* tokens (steps) since a stream's last checkpoint */
     int checkpoint_slot;      /* which of the two rotating checkpoints is next */
+    unsigned char *ckpt_buf;  /* a checkpoint is written here, then copied into the store */
+    size_t ckpt_cap;
     long long created;        /* OpenAI: its Unix time */
 } gen_state;
 

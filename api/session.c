@@ -46,7 +46,12 @@ static uint64_t get_u64(const unsigned char *p)
     return v;
 }
 
-/* Floats as little-endian binary32, whatever the host's byte order. */
+/* Floats as little-endian binary32, whatever the host's byte order (a copy
+ * on a little-endian host, which is every host this builds for today). */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+static void put_floats(unsigned char *p, const float *x, size_t n) { memcpy(p, x, n * sizeof *x); }
+static void get_floats(float *x, const unsigned char *p, size_t n) { memcpy(x, p, n * sizeof *x); }
+#else
 static void put_floats(unsigned char *p, const float *x, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -63,6 +68,7 @@ static void get_floats(float *x, const unsigned char *p, size_t n)
         memcpy(&x[i], &u, 4);
     }
 }
+#endif
 
 size_t session_state_bytes(const model *m)
 {
@@ -79,17 +85,21 @@ void session_state_encode(const model *m, const model_seq *seq, const float *nex
     memcpy(out + 16, model_sha256(m), 64);
     put_u32(out + 80, (uint32_t)V);
     put_u32(out + 84, (uint32_t)F);
-    float *state = malloc(F * sizeof *state);
     int64_t pos = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    model_seq_save(seq, &pos, out + SESSION_HEADER + 4 * V); /* the format's byte order: no copy between */
+#else
+    float *state = malloc(F * sizeof *state);
     if (state) { /* else the caller's size check has already failed; keep the bytes defined */
         model_seq_save(seq, &pos, state);
         put_floats(out + SESSION_HEADER + 4 * V, state, F);
     } else {
         memset(out + SESSION_HEADER + 4 * V, 0, 4 * F);
     }
+    free(state);
+#endif
     put_u64(out + 88, (uint64_t)pos);
     put_floats(out + SESSION_HEADER, next, V);
-    free(state);
 }
 
 const char *session_state_model(const unsigned char *in, size_t len)
@@ -332,8 +342,8 @@ done:
     return rc;
 }
 
-static int mem_set(session_store *s, const char *id, const char *owner, const char *model_name, unsigned char *state,
-                size_t len, api_error *e)
+static int mem_set(session_store *s, const char *id, const char *owner, const char *model_name,
+                   const unsigned char *state, size_t len, api_error *e)
 {
     int64_t now = clock_now_ns();
     pthread_mutex_lock(&s->lock);
@@ -353,8 +363,16 @@ static int mem_set(session_store *s, const char *id, const char *owner, const ch
                       s->lim.max_bytes);
         goto done;
     }
+    /* A checkpoint replaces one of the same size: its buffer is reused, warm. */
+    unsigned char *buf = x && x->len == len ? x->state : malloc(len ? len : 1);
+    if (!buf) {
+        api_error_set(e, 500, NULL, "out of memory");
+        goto done;
+    }
+    memcpy(buf, state, len);
     if (x) {
-        free(x->state);
+        if (buf != x->state)
+            free(x->state);
         s->bytes -= x->len;
     } else {
         x = free_slot;
@@ -365,7 +383,7 @@ static int mem_set(session_store *s, const char *id, const char *owner, const ch
         x->created = (long long)time(NULL);
     }
     snprintf(x->model, sizeof x->model, "%s", model_name);
-    x->state = state;
+    x->state = buf;
     x->len = len;
     x->last_used = (long long)time(NULL);
     x->touched_ns = now;
@@ -489,8 +507,8 @@ int session_put(session_store *s, const char *owner, const char *model_name, uns
     return mem_put(s, owner, model_name, state, len, info, e);
 }
 
-int session_set(session_store *s, const char *id, const char *owner, const char *model_name, unsigned char *state,
-                size_t len, api_error *e)
+int session_set(session_store *s, const char *id, const char *owner, const char *model_name,
+                const unsigned char *state, size_t len, api_error *e)
 {
     if (s->redis)
         return redis_set(s->redis, id, owner ? owner : "", model_name, state, len, e);

@@ -83,10 +83,10 @@ typedef struct session_info {
  * info receives its id and times.  -1 with e: 503 when the store is full. */
 int session_put(session_store *s, const char *owner, const char *model_name, unsigned char *state, size_t len,
                 session_info *info, api_error *e);
-/* Stores state[len] (taken on success) under the given id for owner,
- * replacing what that id held.  -1 with e (503) when it does not fit. */
-int session_set(session_store *s, const char *id, const char *owner, const char *model_name, unsigned char *state,
-                size_t len, api_error *e);
+/* Stores a copy of state[len] under the given id for owner, replacing what
+ * that id held.  -1 with e (503) when it does not fit. */
+int session_set(session_store *s, const char *id, const char *owner, const char *model_name,
+                const unsigned char *state, size_t len, api_error *e);
 /* A copy of session id's state (*state, caller frees) and its information;
  * with checkout the session stays busy until session_return.  -1 with e: 404
  * (none of that id for owner, or expired), 409 (busy), 500. */

@@ -214,18 +214,15 @@ int redis_put(redis_store *r, const char *owner, const char *model_name, unsigne
     return 0;
 }
 
-int redis_set(redis_store *r, const char *id, const char *owner, const char *model_name, unsigned char *state,
-              size_t len, api_error *e)
+int redis_set(redis_store *r, const char *id, const char *owner, const char *model_name,
+              const unsigned char *state, size_t len, api_error *e)
 {
     char key[256];
     key_of(r, key, sizeof key, "", owner, id);
     pthread_mutex_lock(&r->lock);
     int stored = store(r, key, model_name, (int64_t)time(NULL), state, len, "", e);
     pthread_mutex_unlock(&r->lock);
-    if (stored <= 0)
-        return -1;
-    free(state);
-    return 0;
+    return stored > 0 ? 0 : -1;
 }
 
 static void not_found(api_error *e, const char *id, long long ttl)

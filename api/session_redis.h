@@ -20,8 +20,8 @@ void redis_store_free(redis_store *r);
 
 int redis_put(redis_store *r, const char *owner, const char *model_name, unsigned char *state, size_t len,
               session_info *info, api_error *e);
-int redis_set(redis_store *r, const char *id, const char *owner, const char *model_name, unsigned char *state,
-              size_t len, api_error *e);
+int redis_set(redis_store *r, const char *id, const char *owner, const char *model_name,
+              const unsigned char *state, size_t len, api_error *e);
 int redis_get(redis_store *r, const char *id, const char *owner, bool checkout, unsigned char **state, size_t *len,
               session_info *info, api_error *e);
 void redis_return(redis_store *r, const char *id, const char *owner, unsigned char *state, size_t len);

@@ -525,10 +525,10 @@ int64_t model_seq_pos(const model_seq *s) { return s->pos; }
 
 size_t model_seq_floats(const model *m) { return seq_floats(m); }
 
-void model_seq_save(const model_seq *s, int64_t *pos, float *out)
+void model_seq_save(const model_seq *s, int64_t *pos, void *out)
 {
     *pos = s->pos;
-    memcpy(out, s->h, seq_floats(s->m) * sizeof *out);
+    memcpy(out, s->h, seq_floats(s->m) * sizeof *s->h);
 }
 
 int model_seq_restore(model_seq *s, int64_t pos, const float *in, char *err, size_t errlen)

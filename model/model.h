@@ -151,7 +151,7 @@ int64_t model_seq_pos(const model_seq *s);
  * model_seq_restore puts saved ones into s, refusing (-1, s unchanged) a
  * negative position or a float that is not finite. */
 size_t model_seq_floats(const model *m);
-void model_seq_save(const model_seq *s, int64_t *pos, float *out);
+void model_seq_save(const model_seq *s, int64_t *pos, void *out); /* out: floats, any alignment */
 int model_seq_restore(model_seq *s, int64_t pos, const float *in, char *err, size_t errlen);
 
 /* Scratch for stepping up to max_batch sequences at once.  Free with model_batch_free. */
