@@ -110,10 +110,13 @@ static int load(keyring *k, char *err, size_t errlen)
     char **keys;
     int n;
     char(*owners)[65] = NULL;
-    if (read_keys(k, &keys, &n, err, errlen) < 0 || (n && !(owners = calloc((size_t)n, sizeof *owners)))) {
-        if (n && !owners && keys)
-            err_set(err, errlen, "out of memory");
-        free_keys(keys, owners, n);
+    if (read_keys(k, &keys, &n, err, errlen) < 0) {
+        free_keys(keys, NULL, n);
+        return -1;
+    }
+    if (n && !(owners = calloc((size_t)n, sizeof *owners))) {
+        err_set(err, errlen, "out of memory");
+        free_keys(keys, NULL, n);
         return -1;
     }
     for (int i = 0; i < n; i++)

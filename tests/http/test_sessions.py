@@ -315,3 +315,30 @@ class TestSessionKeys(SessionCase):
         st, obj, h = srv.json("GET", "/v1/sessions/" + sid, headers={"Authorization": "Bearer gamma"})
         self.assertError(st, obj, h, 401)
         self.assertEqual(srv.json("DELETE", "/v1/sessions/" + sid, headers=alpha)[0], 200)
+
+    def test_key_file_reread_on_sighup(self):
+        import signal
+        keys = secret_file(self, b"alpha-key\n")
+        srv = self.start("--api-key-file", keys, "--api-key", "fixed-key", model=OTHER)
+        ask = lambda key: srv.post("/v1/score", {"text": "a"}, headers={"X-Api-Key": key})[0]
+        self.assertEqual((ask("alpha-key"), ask("beta-key"), ask("fixed-key")), (200, 401, 200))
+        with open(keys, "w") as f:
+            f.write("beta-key\n")
+        os.kill(srv.proc.pid, signal.SIGHUP)
+        deadline = time.time() + 10
+        while ask("beta-key") != 200 and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertEqual((ask("alpha-key"), ask("beta-key"), ask("fixed-key")), (401, 200, 200))
+        # a file that holds no key leaves the keys before, and says so
+        with open(keys, "w") as f:
+            f.write("# nothing\n")
+        os.kill(srv.proc.pid, signal.SIGHUP)
+        deadline = time.time() + 10
+        while "holds no key" not in srv.stderr() and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertIn("holds no key", srv.stderr())
+        self.assertEqual((ask("alpha-key"), ask("beta-key")), (401, 200))
+        # at start, such a file is refused
+        from servercase import Server
+        with self.assertRaises(Exception):
+            Server("--api-key-file", keys, model=OTHER)
