@@ -664,7 +664,8 @@ START_TEST(test_attribution_matches_engine)
 }
 END_TEST
 
-/* Concatenated stream texts, checking each event is well-formed JSON or [DONE]. */
+/* Concatenated stream texts, checking each event is "id: TAG.N" (N counting
+ * from 1) and well-formed JSON or [DONE]. */
 static char *stream_text(const char *sse, int *events, const char **finish, bool openai)
 {
     static char final_reason[16];
@@ -673,7 +674,13 @@ static char *stream_text(const char *sse, int *events, const char **finish, bool
     *events = 0;
     const char *p = sse;
     bool done = false;
+    int number = 0;
     while (*p) {
+        char tag[17];
+        int n = -1, used = 0;
+        ck_assert_msg(sscanf(p, "id: %16[0-9a-f].%d\n%n", tag, &n, &used) == 2 && used > 0, "no event id: %.40s", p);
+        ck_assert_int_eq(n, ++number);
+        p += used;
         ck_assert_msg(strncmp(p, "data: ", 6) == 0, "not an event: %.40s", p);
         const char *end = strstr(p, "\n\n");
         ck_assert(end != NULL);
