@@ -197,6 +197,7 @@ static void attention_run(api_job *j, api_worker *w)
     jw_kobj(&o, "usage");
     jw_kint(&o, "input_tokens", T - 1);
     jw_obj_end(&o);
+    json_timings(&o, j);
     jw_obj_end(&o);
     free(band);
     job_finish(j);
@@ -206,6 +207,7 @@ static const char *const ATTENTION_FIELDS[] = {"model", "text", "ids", "format",
 
 const job_ops ATTENTION_JOB = {
     .fields = ATTENTION_FIELDS,
+    .op = METRICS_OP_ATTENTION,
     .size = sizeof(attention_state),
     .parse = attention_parse,
     .run = attention_run,

@@ -125,6 +125,7 @@ static void attribution_run(api_job *j, api_worker *w)
     jw_kint(&o, "variants", n_var);
     jw_kint(&o, "forward_tokens", (long long)n_var * P);
     jw_obj_end(&o);
+    json_timings(&o, j);
     jw_obj_end(&o);
     job_finish(j);
     goto done;
@@ -145,6 +146,7 @@ static const char *const ATTRIBUTION_FIELDS[] = {"model", "text", "ids", "target
 
 const job_ops ATTRIBUTION_JOB = {
     .fields = ATTRIBUTION_FIELDS,
+    .op = METRICS_OP_ATTRIBUTION,
     .size = sizeof(attribution_state),
     .parse = attribution_parse,
     .run = attribution_run,

@@ -24,6 +24,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
+#include "clock.h"
 #include "session.h"
 #include "rng.h"
 #include "tokenizer.h"
@@ -378,7 +379,7 @@ static void progress(api_job *j, api_worker *w)
         if (all_done(j)) {
             wr->stream_end(j);
             sse_done(j);
-            j->done = true;
+            job_stream_done(j);
         }
     } else if (all_done(j)) {
         if (wr->answer(j, w) < 0) {
@@ -440,6 +441,8 @@ static void accept_token(api_job *j, api_worker *w, gen_choice *ch, float *logit
                        gp->bias);
     logits[c->bos_id] = -INFINITY; /* BOS begins text; it is never part of it */
     int tok = sampler_sample(w->smp, logits, &gp->sp, rng_uniform(&ch->rng));
+    if (!j->t_first)
+        j->t_first = clock_now_ns();
     ch->ids[n] = tok;
     ch->out[n] = (unsigned char)tok;
     ch->lp[n] = w->lp[tok];
@@ -531,7 +534,7 @@ static int prefill(api_job *j, char *err, size_t errlen)
         lp[B] = in->lp;
         seqs[B++] = gs(j)->ch[i * n].seq;
     }
-    rc = B ? job_forward(j, B, tokens, lens, lp, seqs, err, errlen) : 0;
+    rc = B ? job_forward(j, NULL, B, tokens, lens, lp, seqs, err, errlen) : 0;
 done:
     free(tokens);
     free(lens);
@@ -561,6 +564,7 @@ static int prefill_session(api_job *j, float **first, api_error *e)
     }
     if (session_job_load(j, gs(j)->session, base, next, e) < 0)
         goto done;
+    j->cached_tokens += (int)(model_seq_pos(base) - 1); /* the session's text, not run again */
     if (in->lp)
         memcpy(in->lp, next, (size_t)V * sizeof *next);
     if (P >= 2 ? model_forward_from(j->m, base, in->ids + 1, P - 1, in->lp ? in->lp + V : NULL, gs(j)->ch[0].seq,
@@ -848,6 +852,7 @@ static void generate_resume(api_job *j, api_worker *w)
         goto fail;
     free(blob);
     gs(j)->checkpoint_slot = 1; /* the first checkpoint stays the stream's first */
+    j->t_prefilled = clock_now_ns();
     atomic_fetch_add(&j->ctx->metrics->streams_resumed, 1);
     if (start && wr->prologue && wr->prologue(j, w) < 0) {
         api_error_set(&e, 500, NULL, "out of memory");
@@ -898,6 +903,7 @@ static void generate_start(api_job *j, api_worker *w)
         job_finish_error(j, &e);
         return;
     }
+    j->t_prefilled = clock_now_ns();
     for (int k = 0; k < gs(j)->n_ch; k++)
         if (k % gs(j)->gp.n)
             model_seq_copy(gs(j)->ch[k].seq, gs(j)->ch[k - k % gs(j)->gp.n].seq);
@@ -1043,6 +1049,7 @@ static const char *const COMPLETIONS_FIELDS[] = {SAMPLING_FIELDS, "n", "logprobs
 
 const job_ops GENERATE_JOB = {
     .fields = GENERATE_FIELDS,
+    .op = METRICS_OP_GENERATE,
     .size = sizeof(gen_state),
     .parse = generate_parse,
     .run = generate_start,
@@ -1054,6 +1061,7 @@ const job_ops GENERATE_JOB = {
 
 const job_ops COMPLETIONS_JOB = {
     .fields = COMPLETIONS_FIELDS,
+    .op = METRICS_OP_COMPLETION,
     .size = sizeof(gen_state),
     .parse = completions_parse,
     .run = generate_start,

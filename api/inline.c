@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* A metadata value with its natural JSON type: integers and finite numbers
  * as numbers, true/false as booleans, anything else as the string it is. */
@@ -264,9 +265,15 @@ static int text_reply(const char *s, int status, api_reply *r)
     return 0;
 }
 
-static int metrics(const api_ctx *ctx, api_reply *r)
+static int metrics(const api_ctx *ctx, bool draining, api_reply *r)
 {
-    metrics_view v = {.n_models = api_models_count(ctx->models)};
+    metrics_view v = {.n_models = api_models_count(ctx->models), .ready = !draining, .resident_bytes = -1};
+    FILE *statm = fopen("/proc/self/statm", "r");
+    long long pages_total, pages_resident;
+    if (statm && fscanf(statm, "%lld %lld", &pages_total, &pages_resident) == 2)
+        v.resident_bytes = pages_resident * sysconf(_SC_PAGESIZE);
+    if (statm)
+        fclose(statm);
     for (int i = 0; i < METRICS_ROUTES; i++)
         v.routes[i] = i < API_EP_COUNT ? api_endpoint_path((api_endpoint)i) : "other";
     api_model *held[METRICS_MODELS];
@@ -313,7 +320,7 @@ int inline_ready(const inline_req *q, api_reply *r)
     return q->draining ? text_reply("{\"status\":\"draining\"}", 503, r) : text_reply("{\"status\":\"ready\"}", 200, r);
 }
 
-int inline_metrics(const inline_req *q, api_reply *r) { return metrics(q->ctx, r); }
+int inline_metrics(const inline_req *q, api_reply *r) { return metrics(q->ctx, q->draining, r); }
 int inline_model(const inline_req *q, api_reply *r) { return one_model(q->ctx, q->model_arg, false, r); }
 int inline_models(const inline_req *q, api_reply *r) { return models_list(q->ctx, r); }
 int inline_model_by_id(const inline_req *q, api_reply *r) { return one_model(q->ctx, strrchr(q->path, '/') + 1, true, r); }

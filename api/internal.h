@@ -219,11 +219,18 @@ struct api_job {
     int skip_until;
     size_t event_start;
     int resume_after; /* Last-Event-ID's N; -1: not a resumed request */
+    /* Timings (monotonic ns): made (validated), started by a worker, prompt run,
+     * first token, done; 0 until then.  cached_tokens: input tokens not run again
+     * (the prefix cache's, a session's). */
+    int64_t t_made, t_started, t_prefilled, t_first, t_done;
+    int cached_tokens;
+    bool failed; /* ended with an error (a stream's error event included) */
 };
 
 /* What an endpoint that runs the model does with a job, one row per kind
  * (the endpoints' table in route.c points at these).
  *   fields    the body's fields it takes (NULL-terminated); any other is refused
+ *   op        its kind of work in the GenAI metrics
  *   size      bytes of its state, allocated zeroed before parse
  *   parse     reads the request into j (inputs, state); -1 with e filled
  *   run       runs one job to its end, or (steps) prefills it and picks its first tokens
@@ -234,6 +241,7 @@ struct api_job {
  *   weight    sequences the job decodes at once (NULL: 1) */
 struct job_ops {
     const char *const *fields;
+    metrics_op op; /* gen_ai.operation.name in the GenAI metrics */
     size_t size;
     int (*parse)(api_job *j, const cJSON *o, uint64_t seed, const char *request_id, api_error *e);
     void (*run)(api_job *j, api_worker *w);
@@ -275,6 +283,12 @@ struct api_worker {
 /* The worker's scratch for am, made on first use; NULL on out of memory. */
 worker_model *worker_scratch(api_worker *w, api_model *am);
 
+/* job.c: "timings" of j's answer: queue, prompt and generation times, tokens
+ * and their rates, written when its answer (or stream's final event) is. */
+void json_timings(jw *w, const api_job *j);
+/* job.c: marks a stream's job done (its last event written). */
+void job_stream_done(api_job *j);
+
 /* job.c: a job's whole answer.  job_finish marks the answer written into
  * j->out as the 200 answer; job_finish_error replaces it with e (a stream:
  * an error event and its end).  Both mark the job done. */
@@ -283,10 +297,10 @@ void job_finish_error(api_job *j, const api_error *e);
 /* job_finish_error with a 500 saying what failed. */
 void job_fail_internal(api_job *j, const char *what);
 /* job.c: model_forward_cached through the server's prefix cache, counting in
- * the metrics of j's model what each input took from it (every sequence
- * belongs to a job on j's model). */
-int job_forward(const api_job *j, int B, const int *const *tokens, const int *lens, float *const *logprobs,
-                model_seq *const *seqs, char *err, size_t errlen);
+ * the metrics of j's model, and in the cached tokens of the job each sequence
+ * belongs to (owners[b]; NULL: all j's), what each input took from it. */
+int job_forward(api_job *j, api_job *const *owners, int B, const int *const *tokens, const int *lens,
+                float *const *logprobs, model_seq *const *seqs, char *err, size_t errlen);
 /* job.c: a job of kind ops for request q on ctx's model named in o (a 404
  * naming "model" if there is none), its state allocated; NULL with e filled. */
 api_job *job_new(const api_ctx *ctx, const job_ops *ops, const api_request *q, const cJSON *o, api_error *e);

@@ -5,9 +5,11 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
+#include "clock.h"
 #include "sha256.h"
 #include "tokenizer.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +32,7 @@ api_job *job_new(const api_ctx *ctx, const job_ops *ops, const api_request *q, c
     j->path = path;
     snprintf(j->owner, sizeof j->owner, "%s", q->owner ? q->owner : "");
     j->resume_after = -1;
+    j->t_made = clock_now_ns();
     /* The stream's tag: its key, path and body under the server's secret, so that
      * a Last-Event-ID resumes only the request it came from, on any replica sharing the secret. */
     const void *parts[6] = {"stream", j->owner, "\n", j->path, "\n", q->body ? q->body : ""};
@@ -72,8 +75,8 @@ int api_job_input_tokens(const api_job *j)
 int api_job_output_tokens(const api_job *j) { return j->output_tokens; }
 int api_job_model_slot(const api_job *j) { return j->am->slot; }
 
-int job_forward(const api_job *j, int B, const int *const *tokens, const int *lens, float *const *logprobs,
-                model_seq *const *seqs, char *err, size_t errlen)
+int job_forward(api_job *j, api_job *const *owners, int B, const int *const *tokens, const int *lens,
+                float *const *logprobs, model_seq *const *seqs, char *err, size_t errlen)
 {
     int *reused = calloc((size_t)(B > 0 ? B : 1), sizeof *reused);
     if (!reused) {
@@ -85,6 +88,7 @@ int job_forward(const api_job *j, int B, const int *const *tokens, const int *le
         metrics_model *mm = &j->ctx->metrics->model[j->am->slot];
         for (int b = 0; b < B; b++) {
             if (reused[b] > 0) {
+                (owners ? owners[b] : j)->cached_tokens += reused[b];
                 atomic_fetch_add(&mm->prefix_hits, 1);
                 atomic_fetch_add(&mm->prefix_reused, (unsigned long)reused[b]);
             } else if (lens[b] > PREFIX_CHUNK) {
@@ -131,10 +135,47 @@ size_t api_job_take_output(api_job *j, char **data, int *status)
     return n;
 }
 
+/* Milliseconds between two clock readings, 0 when either is missing. */
+static double ms_between(int64_t from, int64_t to) { return from && to > from ? (double)(to - from) / 1e6 : 0.0; }
+
+void json_timings(jw *w, const api_job *j)
+{
+    const int64_t now = clock_now_ns(), prefilled = j->t_prefilled ? j->t_prefilled : now;
+    const int prompt = api_job_input_tokens(j), generated = j->output_tokens;
+    const double prompt_ms = ms_between(j->t_started, prefilled), gen_ms = ms_between(j->t_prefilled, now);
+    jw_kobj(w, "timings");
+    jw_kdouble(w, "queue_ms", round(ms_between(j->t_made, j->t_started) * 1e3) / 1e3);
+    jw_kint(w, "prompt_tokens", prompt);
+    jw_kint(w, "cached_tokens", j->cached_tokens);
+    jw_kdouble(w, "prompt_ms", round(prompt_ms * 1e3) / 1e3);
+    jw_kdouble(w, "prompt_tokens_per_second", prompt_ms > 0 ? round(prompt / prompt_ms * 1e6) / 1e3 : 0.0);
+    jw_kint(w, "generated_tokens", generated);
+    jw_kdouble(w, "generation_ms", round(gen_ms * 1e3) / 1e3);
+    jw_kdouble(w, "tokens_per_second", gen_ms > 0 ? round(generated / gen_ms * 1e6) / 1e3 : 0.0);
+    jw_obj_end(w);
+}
+
+/* The job's end: its time, and a successful one in the GenAI metrics. */
+static void job_end(api_job *j)
+{
+    j->done = true;
+    j->t_done = clock_now_ns();
+    if (j->failed || !j->ctx->metrics)
+        return;
+    const double secs = 1e-9 * (double)(j->t_done - j->t_made);
+    const double ttft = j->t_first ? 1e-9 * (double)(j->t_first - j->t_made) : -1.0;
+    const double tpot = j->t_first && j->output_tokens > 1
+                            ? 1e-9 * (double)(j->t_done - j->t_first) / (j->output_tokens - 1)
+                            : -1.0;
+    metrics_genai(j->ctx->metrics, j->am->slot, j->ops->op, secs, ttft, tpot);
+}
+
+void job_stream_done(api_job *j) { job_end(j); }
+
 void job_finish(api_job *j)
 {
     j->status = 200;
-    j->done = true;
+    job_end(j);
 }
 
 void job_fail_internal(api_job *j, const char *what)
@@ -147,6 +188,7 @@ void job_fail_internal(api_job *j, const char *what)
 void job_finish_error(api_job *j, const api_error *e)
 {
     jw w;
+    j->failed = true;
     if (j->stream) {
         j->skip_until = 0; /* an error is news to every client, a resumed one too */
         sse_begin(j, &w);
@@ -160,7 +202,7 @@ void job_finish_error(api_job *j, const api_error *e)
         jw_init(&w, &j->out);
         json_error(&w, e);
     }
-    j->done = true;
+    job_end(j);
 }
 
 /* ---- workers ------------------------------------------------------------------ */

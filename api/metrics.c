@@ -9,16 +9,51 @@
 
 #include "buf.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static const int STATUSES[METRICS_STATUSES - 1] = {200, 204, 304, 400, 401, 404, 405, 408, 413, 415, 499, 500, 503, 504};
+static const int STATUSES[METRICS_STATUSES - 1] = {200, 204, 304, 400, 401, 404, 405, 408, 409,
+                                                   413, 415, 429, 499, 500, 503, 504};
 #define N_KNOWN_STATUSES (METRICS_STATUSES - 1) /* the slot after them counts anything else */
 
 static const double DUR_BOUNDS[METRICS_DUR_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                                         0.25,  0.5,    1,     2.5,  5,     10,   30};
 static const int BATCH_BOUNDS[METRICS_BATCH_BUCKETS] = {1, 2, 4, 8, 16, 32, 64, 128};
+
+/* The bucket boundaries the OpenTelemetry GenAI semantic conventions give each instrument. */
+static const double GENAI_DUR[METRICS_GENAI_DUR] = {0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64,
+                                                    1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92};
+static const double GENAI_TTFT[METRICS_GENAI_TTFT] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
+                                                      0.25,  0.5,   0.75, 1.0,  2.5,  5.0,  7.5,  10.0};
+static const double GENAI_TPOT[METRICS_GENAI_TPOT] = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,
+                                                      0.3,  0.4,   0.5,  0.75,  1.0, 2.5};
+static const char *const OP_NAMES[METRICS_OPS] = {"generate_content", "text_completion", "score", "attention",
+                                                  "attribution", "session"};
+
+static void observe(metrics_hist *h, const double *bounds, int n, double seconds)
+{
+    for (int b = 0; b < n; b++)
+        if (seconds <= bounds[b]) {
+            atomic_fetch_add_explicit(&h->bucket[b], 1, memory_order_relaxed);
+            break;
+        }
+    atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->sum_us, (unsigned long)(seconds * 1e6 + 0.5), memory_order_relaxed);
+}
+
+void metrics_genai(api_metrics *m, int slot, metrics_op op, double duration, double ttft, double tpot)
+{
+    if (slot < 0 || slot >= METRICS_MODELS || op >= METRICS_OPS)
+        return;
+    metrics_model *mm = &m->model[slot];
+    observe(&mm->request_duration[op], GENAI_DUR, METRICS_GENAI_DUR, duration);
+    if ((int)op < METRICS_GEN_OPS && ttft >= 0)
+        observe(&mm->time_to_first_token[op], GENAI_TTFT, METRICS_GENAI_TTFT, ttft);
+    if ((int)op < METRICS_GEN_OPS && tpot >= 0)
+        observe(&mm->time_per_output_token[op], GENAI_TPOT, METRICS_GENAI_TPOT, tpot);
+}
 
 static int status_slot(int status)
 {
@@ -159,6 +194,35 @@ static void put_model_family(buf *t, model_family f, api_metrics *m, const metri
     }
 }
 
+/* One GenAI histogram family: a series per (operation, model) that has observations. */
+static void put_genai(buf *t, api_metrics *m, const metrics_view *v, const char *name, const char *help,
+                      size_t member, int n_ops, const double *bounds, int n_bounds)
+{
+    buf_printf(t, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    for (int i = 0; i < v->n_models; i++)
+        for (int op = 0; op < n_ops; op++) {
+            metrics_hist *h = (metrics_hist *)((char *)&m->model[i] + member) + op;
+            unsigned long count = LOAD(h->count), cum = 0;
+            if (!count)
+                continue;
+            buf lab = {0};
+            buf_printf(&lab, "gen_ai_operation_name=\"%s\",gen_ai_request_model=\"", OP_NAMES[op]);
+            put_label(&lab, v->model[i].name);
+            buf_putc(&lab, '"');
+            const char *labels = buf_cstr(&lab);
+            if (!labels)
+                continue;
+            for (int b = 0; b < n_bounds; b++) {
+                cum += LOAD(h->bucket[b]);
+                buf_printf(t, "%s_bucket{%s,le=\"%g\"} %lu\n", name, labels, bounds[b], cum);
+            }
+            buf_printf(t, "%s_bucket{%s,le=\"+Inf\"} %lu\n", name, labels, count);
+            buf_printf(t, "%s_sum{%s} %.6f\n", name, labels, (double)LOAD(h->sum_us) / 1e6);
+            buf_printf(t, "%s_count{%s} %lu\n", name, labels, count);
+            buf_free(&lab);
+        }
+}
+
 char *metrics_render(const api_metrics *mc, const metrics_view *v, size_t *len)
 {
     const char *const *route_names = v->routes;
@@ -211,6 +275,25 @@ char *metrics_render(const api_metrics *mc, const metrics_view *v, size_t *len)
                    "# TYPE attnlm_prefix_cache_evictions_total counter\nattnlm_prefix_cache_evictions_total %llu\n",
                    v->prefix_bytes, v->prefix_limit, v->prefix_entries, v->prefix_evictions);
     }
+    put_genai(&t, m, v, "gen_ai_server_request_duration_seconds",
+              "Generative AI server request duration, from a request's validation to its last token or answer "
+              "(OpenTelemetry gen_ai.server.request.duration).",
+              offsetof(metrics_model, request_duration), METRICS_OPS, GENAI_DUR, METRICS_GENAI_DUR);
+    put_genai(&t, m, v, "gen_ai_server_time_to_first_token_seconds",
+              "Time to generate the first token, from the request's validation (gen_ai.server.time_to_first_token).",
+              offsetof(metrics_model, time_to_first_token), METRICS_GEN_OPS, GENAI_TTFT, METRICS_GENAI_TTFT);
+    put_genai(&t, m, v, "gen_ai_server_time_per_output_token_seconds",
+              "Time per output token after the first (gen_ai.server.time_per_output_token).",
+              offsetof(metrics_model, time_per_output_token), METRICS_GEN_OPS, GENAI_TPOT, METRICS_GENAI_TPOT);
+    buf_printf(&t,
+               "# HELP attnlm_ready Whether the server takes new work (0 while it drains, as /ready's 503).\n"
+               "# TYPE attnlm_ready gauge\nattnlm_ready %d\n",
+               v->ready ? 1 : 0);
+    if (v->resident_bytes >= 0)
+        buf_printf(&t,
+                   "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+                   "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %lld\n",
+                   v->resident_bytes);
     buf_printf(&t,
                "# HELP attnlm_stream_checkpoints_total Checkpoints of streams, by whether they were stored.\n"
                "# TYPE attnlm_stream_checkpoints_total counter\n"

@@ -61,6 +61,7 @@ static void native_choice_end(api_job *j, int k, const unsigned char *rest, size
     jw_bytes(&w, rest, len);
     jw_kstr(&w, "finish_reason", ch->finish);
     json_usage(&w, j->in[0].n - 1, ch->n_out, false);
+    json_timings(&w, j);
     jw_obj_end(&w);
     sse_end(j);
 }
@@ -83,6 +84,7 @@ static int native_answer(api_job *j, api_worker *wk)
     jw_arr_end(&w);
     jw_kstr(&w, "finish_reason", ch->finish);
     json_usage(&w, j->in[0].n - 1, ch->n_out, false);
+    json_timings(&w, j);
     jw_obj_end(&w);
     return 0;
 }

@@ -129,7 +129,7 @@ static void head(jw *w, const api_job *j)
 
 /* One stream chunk with one choice: text bytes, logprobs of span s (or null) and finish. */
 static void chunk(api_job *j, api_worker *wk, int index, const unsigned char *text, size_t len, const lp_span *s,
-                  const char *finish)
+                  const char *finish, bool timings)
 {
     jw w;
     sse_begin(j, &w);
@@ -150,6 +150,8 @@ static void chunk(api_job *j, api_worker *wk, int index, const unsigned char *te
         jw_null(&w);
     jw_obj_end(&w);
     jw_arr_end(&w);
+    if (timings)
+        json_timings(&w, j);
     jw_obj_end(&w);
     sse_end(j);
 }
@@ -200,6 +202,7 @@ static int openai_answer(api_job *j, api_worker *wk)
     }
     jw_arr_end(&w);
     json_usage(&w, api_job_input_tokens(j), j->output_tokens, true);
+    json_timings(&w, j);
     jw_obj_end(&w);
     return 0;
 }
@@ -207,12 +210,12 @@ static int openai_answer(api_job *j, api_worker *wk)
 static void openai_stream_token(api_job *j, int k, int i, const unsigned char *text, size_t len)
 {
     lp_span s = {&gs(j)->ch[k], 0, 0, i, i + 1, gs(j)->gp.echo ? (size_t)j->in[gs(j)->ch[k].prompt].n - 1 : 0};
-    chunk(j, NULL, k, text, len, gs(j)->gp.logprobs ? &s : NULL, NULL);
+    chunk(j, NULL, k, text, len, gs(j)->gp.logprobs ? &s : NULL, NULL, false);
 }
 
 static void openai_stream_end(api_job *j, int k, const unsigned char *rest, size_t len)
 {
-    chunk(j, NULL, k, rest, len, NULL, gs(j)->ch[k].finish);
+    chunk(j, NULL, k, rest, len, NULL, gs(j)->ch[k].finish, true);
 }
 
 static void openai_stream_usage(api_job *j)
@@ -225,6 +228,7 @@ static void openai_stream_usage(api_job *j)
     head(&w, j);
     jw_arr_end(&w);
     json_usage(&w, api_job_input_tokens(j), j->output_tokens, true);
+    json_timings(&w, j);
     jw_obj_end(&w);
     sse_end(j);
 }
@@ -243,7 +247,7 @@ static int openai_stream_echo(api_job *j, api_worker *wk)
         for (int t = 0; t < P; t++)
             prompt[t] = (unsigned char)in->ids[t + 1];
         lp_span s = {&gs(j)->ch[k], 1, P + 1, 0, 0, 0};
-        chunk(j, wk, k, prompt, (size_t)P, gs(j)->gp.logprobs ? &s : NULL, NULL);
+        chunk(j, wk, k, prompt, (size_t)P, gs(j)->gp.logprobs ? &s : NULL, NULL, false);
         free(prompt);
     }
     return 0;

@@ -8,6 +8,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "internal.h"
+#include "clock.h"
 
 #include <stdarg.h>
 #include <stddef.h>
@@ -187,6 +188,9 @@ void api_job_start_many(api_job **jobs, int n, api_worker *w)
     /* The jobs of each kind together, in their order: a kind may share work among them (scoring passes). */
     api_job **same = malloc((size_t)n * sizeof *same);
     bool *started = calloc((size_t)n, sizeof *started);
+    const int64_t now = clock_now_ns();
+    for (int i = 0; i < n; i++)
+        jobs[i]->t_started = now;
     for (int i = 0; i < n; i++) {
         if (!same || !started) { /* out of memory: one at a time */
             if (jobs[i]->ops->start)

@@ -262,6 +262,8 @@ static int score_answer(api_job *j, api_worker *w, jw *o, const job_input *in, c
     jw_kobj(o, "usage");
     jw_kint(o, "input_tokens", T - 1);
     jw_obj_end(o);
+    if (!sc(j)->many)
+        json_timings(o, j);
     jw_obj_end(o);
     return 0;
 }
@@ -286,6 +288,7 @@ static void score_job_answer(api_job *j, api_worker *w, float *const *lp, model_
         jw_kobj(&o, "usage");
         jw_kint(&o, "input_tokens", api_job_input_tokens(j));
         jw_obj_end(&o);
+        json_timings(&o, j);
         jw_obj_end(&o);
     }
     job_finish(j);
@@ -305,19 +308,21 @@ static void score_run_many(api_job **jobs, int n, api_worker *w)
     int *lens = calloc((size_t)total, sizeof *lens), *first = calloc((size_t)n, sizeof *first);
     float **lp = calloc((size_t)total, sizeof *lp);
     model_seq **seqs = calloc((size_t)total, sizeof *seqs);
-    bool ok = tokens && lens && first && lp && seqs;
+    api_job **owners = calloc((size_t)total, sizeof *owners);
+    bool ok = tokens && lens && first && lp && seqs && owners;
     for (int i = 0, b = 0; ok && i < n; i++) {
         first[i] = b;
         for (int k = 0; ok && k < jobs[i]->n_in; k++, b++) {
             tokens[b] = jobs[i]->in[k].ids;
             lens[b] = jobs[i]->in[k].n;
+            owners[b] = jobs[i];
             lp[b] = malloc((size_t)lens[b] * V * sizeof **lp);
             seqs[b] = sc(jobs[i])->n_cands ? model_seq_new(m) : NULL;
             ok = lp[b] && (!sc(jobs[i])->n_cands || seqs[b]);
         }
     }
     char err[ATTNLM_ERR_LEN] = "out of memory";
-    if (ok && job_forward(jobs[0], total, tokens, lens, lp, seqs, err, sizeof err) == 0) {
+    if (ok && job_forward(jobs[0], owners, total, tokens, lens, lp, seqs, err, sizeof err) == 0) {
         for (int i = 0; i < n; i++)
             score_job_answer(jobs[i], w, lp + first[i], seqs + first[i]);
     } else {
@@ -335,6 +340,7 @@ static void score_run_many(api_job **jobs, int n, api_worker *w)
     free(first);
     free(lp);
     free(seqs);
+    free(owners);
 }
 
 /* Scoring requests of one model share forward passes, in groups of at most
@@ -384,6 +390,7 @@ static const char *const SCORE_FIELDS[] = {"model",      "text",          "ids",
 
 const job_ops SCORE_JOB = {
     .fields = SCORE_FIELDS,
+    .op = METRICS_OP_SCORE,
     .size = sizeof(score_state),
     .parse = score_parse,
     .start = score_start,

@@ -94,7 +94,7 @@ static void create_run(api_job *j, api_worker *w)
         job_fail_internal(j, "out of memory for the session");
         goto done;
     }
-    if (job_forward(j, 1, &ids, &T, &lp, &seq, err, sizeof err) < 0) {
+    if (job_forward(j, NULL, 1, &ids, &T, &lp, &seq, err, sizeof err) < 0) {
         job_fail_internal(j, err);
         goto done;
     }
@@ -119,6 +119,7 @@ static void create_run(api_job *j, api_worker *w)
     jw_kobj(&o, "usage");
     jw_kint(&o, "input_tokens", T - 1);
     jw_obj_end(&o);
+    json_timings(&o, j);
     jw_obj_end(&o);
     job_finish(j);
 done:
@@ -131,6 +132,7 @@ static const char *const CREATE_FIELDS[] = {"model", "text", "ids", "top_k", NUL
 
 const job_ops SESSION_CREATE_JOB = {
     .fields = CREATE_FIELDS,
+    .op = METRICS_OP_SESSION,
     .size = sizeof(session_job),
     .parse = create_parse,
     .run = create_run,
@@ -221,6 +223,7 @@ static void append_run(api_job *j, api_worker *w)
     }
     session_state_encode(j->m, to, lp + (size_t)n * V, after);
     const int64_t position = model_seq_pos(to);
+    j->cached_tokens = (int)(model_seq_pos(from) - 1); /* the session's text, not run again */
     session_return(store, sj(j)->id, j->owner, after, len);
     after = NULL;
     jw o;
@@ -235,6 +238,7 @@ static void append_run(api_job *j, api_worker *w)
     jw_kobj(&o, "usage");
     jw_kint(&o, "input_tokens", n);
     jw_obj_end(&o);
+    json_timings(&o, j);
     jw_obj_end(&o);
     job_finish(j);
     goto done;
@@ -252,6 +256,7 @@ static const char *const APPEND_FIELDS[] = {"text", "ids", "top_k", NULL};
 
 const job_ops SESSION_APPEND_JOB = {
     .fields = APPEND_FIELDS,
+    .op = METRICS_OP_SESSION,
     .size = sizeof(session_job),
     .parse = append_parse,
     .run = append_run,

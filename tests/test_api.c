@@ -30,6 +30,8 @@ static void setup(void)
 
 static void teardown(void) { api_models_free(g_models); }
 
+static bool g_keep_timings; /* run_job leaves "timings" in (test_timings) */
+
 /* Runs a job to its end on one worker; returns its status and body (caller frees). */
 static char *run_job(api_endpoint ep, const char *body, int *status)
 {
@@ -64,6 +66,8 @@ static char *run_job(api_endpoint ep, const char *body, int *status)
     all[total] = '\0';
     api_worker_free(w);
     api_job_free(j);
+    if (!g_keep_timings)
+        strip_timings(all); /* they measure one run; answers are compared across runs */
     return all;
 }
 
@@ -1238,11 +1242,59 @@ static void run_together(api_endpoint ep, const char *const *bodies, int n, char
         size_t len = api_job_take_output(jobs[i], &data, &status);
         ck_assert_int_eq(status, 200);
         ck_assert_ptr_nonnull(out[i] = strndup(data, len));
+        strip_timings(out[i]);
         free(data);
         api_job_free(jobs[i]);
     }
     api_worker_free(w);
 }
+
+/* Every answer has "timings" (a stream's final event too), whose counts are the
+ * answer's and whose rates follow from them; each successful job is one
+ * observation of the GenAI request duration, and a generation one of time to
+ * first token and per output token. */
+START_TEST(test_timings)
+{
+    g_keep_timings = true;
+    const int slot = 0;
+    unsigned long dur0 = atomic_load(&g_metrics.model[slot].request_duration[METRICS_OP_GENERATE].count);
+    unsigned long ttft0 = atomic_load(&g_metrics.model[slot].time_to_first_token[METRICS_OP_GENERATE].count);
+    unsigned long tpot0 = atomic_load(&g_metrics.model[slot].time_per_output_token[METRICS_OP_GENERATE].count);
+    cJSON *o = run_json(API_EP_GENERATE, "{\"prompt\":\"The sea\",\"max_tokens\":20,\"seed\":1}");
+    const cJSON *t = cJSON_GetObjectItem(o, "timings");
+    ck_assert_ptr_nonnull(t);
+    ck_assert_int_eq((int)num(t, "prompt_tokens"), 7);
+    ck_assert_int_eq((int)num(t, "generated_tokens"), 20);
+    ck_assert(num(t, "queue_ms") >= 0 && num(t, "prompt_ms") >= 0 && num(t, "generation_ms") > 0);
+    ck_assert_msg(fabs(num(t, "tokens_per_second") - 20 / (num(t, "generation_ms") / 1e3)) <
+                      1e-2 * num(t, "tokens_per_second") + 1e-2,
+                  "tokens_per_second %g for 20 tokens in %g ms", num(t, "tokens_per_second"), num(t, "generation_ms"));
+    cJSON_Delete(o);
+    ck_assert_uint_eq(atomic_load(&g_metrics.model[slot].request_duration[METRICS_OP_GENERATE].count), dur0 + 1);
+    ck_assert_uint_eq(atomic_load(&g_metrics.model[slot].time_to_first_token[METRICS_OP_GENERATE].count), ttft0 + 1);
+    ck_assert_uint_eq(atomic_load(&g_metrics.model[slot].time_per_output_token[METRICS_OP_GENERATE].count),
+                      tpot0 + 1);
+
+    o = run_json(API_EP_SCORE, "{\"text\":\"whale\"}");
+    t = cJSON_GetObjectItem(o, "timings");
+    ck_assert_int_eq((int)num(t, "prompt_tokens"), 5);
+    ck_assert_int_eq((int)num(t, "generated_tokens"), 0);
+    ck_assert(num(t, "generation_ms") == 0 && num(t, "tokens_per_second") == 0);
+    cJSON_Delete(o);
+
+    int status;
+    char *sse = run_job(API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"max_tokens\":4,\"stream\":true,\"n\":2}", &status);
+    ck_assert_int_eq(status, 200);
+    const char *last = NULL;
+    for (const char *p = sse; (p = strstr(p, "\"timings\":{")); p++)
+        last = p;
+    ck_assert_ptr_nonnull(last);
+    ck_assert_ptr_nonnull(strstr(last, "\"generated_tokens\":8"));
+    ck_assert_ptr_nonnull(strstr(last, "data: [DONE]"));
+    free(sse);
+    g_keep_timings = false;
+}
+END_TEST
 
 START_TEST(test_score_array_equals_singles)
 {
@@ -1395,7 +1447,7 @@ int main(void)
                     CHECK_TEST(test_inline_endpoints), CHECK_TEST(test_model_by_id),
                     CHECK_TEST(test_metrics_exposition), CHECK_TEST(test_sampler_adjust_by_hand),
                     CHECK_TEST(test_penalized_greedy_equals_reference), CHECK_TEST(test_logit_bias_bans),
-                    CHECK_TEST(test_frequency_penalty_reduces_repeats), CHECK_TEST(test_score_array_equals_singles),
+                    CHECK_TEST(test_frequency_penalty_reduces_repeats), CHECK_TEST(test_score_array_equals_singles), CHECK_TEST(test_timings),
                     CHECK_TEST(test_completions_prompt_arrays)),
         .setup = setup,
         .teardown = teardown,

@@ -261,6 +261,8 @@ static void tt_emit(pool_task *t, int status, char *data, size_t len, bool done)
     memcpy(x->out + x->len, data, len);
     x->len += len;
     x->out[x->len] = '\0';
+    strip_timings(x->out); /* answers are compared across runs; "timings" measure one */
+    x->len = strlen(x->out);
     x->status = status;
     x->done |= done;
     pthread_mutex_unlock(&x->lock);

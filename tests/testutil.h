@@ -13,4 +13,9 @@ const char *fixture_path(char *buf, size_t len, const char *name);
 /* The fixture <stem>.safetensors at precision prec; fails the running test if it does not load. */
 model *fixture_model(const char *stem, model_precision prec);
 
+/* Removes every ',"timings":{...}' from the JSON text s, in place: the
+ * timings measure one run, so answers compared across runs leave them out.
+ * Returns the number removed. */
+int strip_timings(char *s);
+
 #endif

@@ -13,7 +13,7 @@ import unittest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lib"))
 
 from attnlm_server import (JSON_CT, SERVER, Server, parse_prom, sse_events,  # noqa: E402,F401
-                           wait_for)
+                           wait_for, without_timings)
 
 CLI = os.environ.get("ATTNLM_CLI", "build/attnlm")
 DEFAULT = "models/default.safetensors"

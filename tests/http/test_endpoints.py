@@ -88,10 +88,12 @@ class TestEndpoints(ServerCase):
         samples = parse_prom(text)
         self.assertTrue(samples)
         types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
+        # attnlm's own, OpenTelemetry's GenAI server histograms, and the process's memory
+        own = ("attnlm_", "gen_ai_server_", "process_resident_memory_bytes")
         for name in types:
-            self.assertTrue(name.startswith("attnlm_"), name)
+            self.assertTrue(name.startswith(own), name)
         for name, labels, value in samples:
-            self.assertTrue(name.startswith("attnlm_"), name)
+            self.assertTrue(name.startswith(own), name)
             family = re.sub(r"_(bucket|sum|count)$", "", name) if name not in types else name
             self.assertIn(family, types, "sample %s without # TYPE" % name)
         for want in ("attnlm_requests_total", "attnlm_request_duration_seconds", "attnlm_input_tokens_total",

@@ -276,6 +276,16 @@ def sse_events(payload):
     return events
 
 
+def without_timings(obj):
+    """An answer without its "timings" (at any depth): they measure one run, so answers
+    compared across runs leave them out."""
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items() if k != "timings"}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj
+
+
 def wait_for(pred, timeout, interval=0.05):
     """pred()'s first true value within `timeout` seconds, else its last value."""
     deadline = time.monotonic() + timeout
