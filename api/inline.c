@@ -265,15 +265,32 @@ static int text_reply(const char *s, int status, api_reply *r)
     return 0;
 }
 
+/* The first one or two integers of a small file (b may be NULL); how many were read. */
+static int read_numbers(const char *path, long long *a, long long *b)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    int n = b ? fscanf(f, "%lld %lld", a, b) : fscanf(f, "%lld", a);
+    fclose(f);
+    return n < 0 ? 0 : n;
+}
+
 static int metrics(const api_ctx *ctx, bool draining, api_reply *r)
 {
-    metrics_view v = {.n_models = api_models_count(ctx->models), .ready = !draining, .resident_bytes = -1};
-    FILE *statm = fopen("/proc/self/statm", "r");
+    metrics_view v = {.n_models = api_models_count(ctx->models), .ready = !draining,
+                      .resident_bytes = -1, .memory_limit = -1, .queue_capacity = ctx->limits.queue_size};
     long long pages_total, pages_resident;
-    if (statm && fscanf(statm, "%lld %lld", &pages_total, &pages_resident) == 2)
+    if (read_numbers("/proc/self/statm", &pages_total, &pages_resident) == 2)
         v.resident_bytes = pages_resident * sysconf(_SC_PAGESIZE);
-    if (statm)
-        fclose(statm);
+    /* cgroup v2, else v1; "max" (no limit) reads as no number */
+    if (read_numbers("/sys/fs/cgroup/memory.max", &v.memory_limit, NULL) < 1 &&
+        read_numbers("/sys/fs/cgroup/memory/memory.limit_in_bytes", &v.memory_limit, NULL) < 1)
+        v.memory_limit = -1;
+    if (v.memory_limit >= 1LL << 60) /* v1's "no limit" is a huge number */
+        v.memory_limit = -1;
+    if (v.memory_limit < 0 && sysconf(_SC_PHYS_PAGES) > 0) /* no limit of its own: the machine's memory */
+        v.memory_limit = (long long)sysconf(_SC_PHYS_PAGES) * sysconf(_SC_PAGESIZE);
     for (int i = 0; i < METRICS_ROUTES; i++)
         v.routes[i] = i < API_EP_COUNT ? api_endpoint_path((api_endpoint)i) : "other";
     api_model *held[METRICS_MODELS];

@@ -294,6 +294,15 @@ char *metrics_render(const api_metrics *mc, const metrics_view *v, size_t *len)
                    "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
                    "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes %lld\n",
                    v->resident_bytes);
+    if (v->memory_limit >= 0)
+        buf_printf(&t,
+                   "# HELP attnlm_memory_limit_bytes The memory the server may use: its cgroup's limit (a container's), else the machine's.\n"
+                   "# TYPE attnlm_memory_limit_bytes gauge\nattnlm_memory_limit_bytes %lld\n",
+                   v->memory_limit);
+    buf_printf(&t,
+               "# HELP attnlm_queue_capacity Requests that may wait for a worker (--queue); beyond, 503.\n"
+               "# TYPE attnlm_queue_capacity gauge\nattnlm_queue_capacity %ld\n",
+               v->queue_capacity);
     buf_printf(&t,
                "# HELP attnlm_stream_checkpoints_total Checkpoints of streams, by whether they were stored.\n"
                "# TYPE attnlm_stream_checkpoints_total counter\n"

@@ -98,6 +98,8 @@ typedef struct metrics_view {
     unsigned long long prefix_bytes, prefix_limit, prefix_entries, prefix_evictions;
     bool ready;       /* /ready's answer: 0 while draining */
     long long resident_bytes; /* the process's resident memory, -1 unknown */
+    long long memory_limit;   /* its cgroup's memory limit, else the machine's memory; -1 unknown */
+    long queue_capacity;      /* --queue */
     bool sessions_on; /* whether there is a session store; then its figures */
     unsigned long long sessions, session_bytes;
 } metrics_view;
