@@ -77,7 +77,7 @@ MODEL_OBJ := $(COMMON_SRC:%.c=$(BUILD)/%.o) $(MODEL_SRC:%.c=$(BUILD)/%.o) \
 MODEL_LIB := $(BUILD)/libattnlm_model.a
 
 API_SRC := api/models.c api/route.c api/json.c api/inline.c api/job.c api/score.c api/attention.c api/attribution.c \
-	api/session.c api/session_redis.c api/sessions.c \
+	api/session.c api/session_redis.c api/sessions.c api/chat.c \
 	api/generate.c api/native.c api/openai.c api/metrics.c
 API_OBJ := $(API_SRC:%.c=$(BUILD)/%.o)
 API_LIB := $(BUILD)/libattnlm_api.a
@@ -210,6 +210,8 @@ test-http: $(BUILD)/attnlm-server $(BUILD)/attnlm
 	@ATTNLM_SERVER=$(BUILD)/attnlm-server ATTNLM_CLI=$(BUILD)/attnlm ATTNLM_SAN=$(SAN) $(PYTHON) tests/http/run.py
 	@echo "== OpenAI client (npm openai) against $(BUILD)/attnlm-server"
 	@ATTNLM_SERVER=$(BUILD)/attnlm-server tests/http/openai/run.sh
+	@echo "== chat clients (openai, LangChain.js, AI SDK) against $(BUILD)/attnlm-server"
+	@ATTNLM_SERVER=$(BUILD)/attnlm-server tests/http/chat/run.sh
 
 # The inspector page (ui/) in Debian's chromium driven by playwright-core (npm, pinned by
 # tests/ui/package-lock.json); the screenshot goes to SCREENSHOT.

@@ -48,6 +48,8 @@ typedef enum {
     API_EP_SESSION,         /* GET, DELETE /v1/sessions/{id} */
     API_EP_SESSION_APPEND,  /* POST /v1/sessions/{id}/append */
     API_EP_SESSION_STATE,   /* GET /v1/sessions/{id}/state */
+    API_EP_CHAT,            /* POST /v1/chat/completions */
+    API_EP_CHAT_RENDER,     /* POST /v1/chat/render */
     API_EP_COUNT
 } api_endpoint;
 
@@ -108,6 +110,14 @@ typedef void (*api_reload_note)(void *cls, const char *path, bool ok, const char
  * another model) leaves the old model serving.  Returns how many failed. */
 int api_models_reload(api_models *r, api_metrics *metrics, api_reload_note note, void *cls);
 
+/* How /v1/chat/completions renders messages into the text a model continues
+ * (chat.c has the file syntax). */
+typedef struct api_chat_template api_chat_template;
+/* The template of the file at path (NULL or "": the built-in transcript);
+ * NULL with a message naming the file, the line and the problem. */
+api_chat_template *api_chat_template_load(const char *path, char *err, size_t errlen);
+void api_chat_template_free(api_chat_template *t);
+
 /* Sessions (session.h): model states kept between requests, bounded. */
 typedef struct session_store session_store;
 typedef struct session_limits {
@@ -139,6 +149,7 @@ typedef struct api_ctx {
     session_store *sessions;          /* NULL: the session routes answer 404 */
     session_store *checkpoints;       /* streams' checkpoints, to resume them; NULL: none */
     int checkpoint_every;             /* tokens between two checkpoints of a stream */
+    const api_chat_template *chat;    /* --chat-template; NULL: the built-in one */
     unsigned char session_key[32];    /* signs exported states: SHA-256 of the server's secret */
 } api_ctx;
 

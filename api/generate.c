@@ -316,7 +316,7 @@ static int completions_parse(api_job *j, const cJSON *o, uint64_t seed, const ch
     return gen_parse_common(j, o, seed, 16, e);
 }
 
-static void generate_free(api_job *j)
+void generate_free(api_job *j)
 {
     for (int i = 0; i < gs(j)->gp.n_stop; i++)
         free(gs(j)->gp.stop[i]);
@@ -875,7 +875,7 @@ static void checkpoint_maybe(api_job *j)
         checkpoint_write(j);
 }
 
-static void generate_start(api_job *j, api_worker *w)
+void generate_start(api_job *j, api_worker *w)
 {
     api_error e;
     char err[ATTNLM_ERR_LEN];
@@ -961,7 +961,7 @@ static void generate_advance(api_job *j, api_worker *w, float *logits, const flo
     progress(j, w);
 }
 
-static void generate_fail(api_job *j, const api_error *e)
+void generate_fail(api_job *j, const api_error *e)
 {
     for (int k = 0; k < gs(j)->n_ch; k++)
         gs(j)->ch[k].done = true;
@@ -1038,7 +1038,7 @@ int api_step(api_worker *w, api_job *const *jobs, int n)
     return total;
 }
 
-static int generate_weight(const api_job *j) { return gs(j)->n_ch; }
+int generate_weight(const api_job *j) { return gs(j)->n_ch; }
 
 #define SAMPLING_FIELDS                                                                                   \
     "model", "session", "prompt", "ids", "max_tokens", "temperature", "top_k", "top_p", "seed", "stop",   \

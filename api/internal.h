@@ -167,8 +167,8 @@ struct gen_writer {
     int (*answer)(api_job *j, api_worker *w);
 };
 
-/* The answer formats: native.c (/v1/generate) and openai.c (/v1/completions). */
-extern const gen_writer NATIVE_WRITER, OPENAI_WRITER;
+/* The answer formats: native.c (/v1/generate), openai.c (/v1/completions), chat.c (/v1/chat/completions). */
+extern const gen_writer NATIVE_WRITER, OPENAI_WRITER, CHAT_WRITER;
 
 /* /v1/score's own state. */
 typedef struct score_state {
@@ -255,7 +255,7 @@ struct job_ops {
 /* The kinds: score.c (score, attention), attribution.c, generate.c (generate, completions),
  * sessions.c (a session's making and append). */
 extern const job_ops SCORE_JOB, ATTENTION_JOB, ATTRIBUTION_JOB, GENERATE_JOB, COMPLETIONS_JOB, SESSION_CREATE_JOB,
-    SESSION_APPEND_JOB;
+    SESSION_APPEND_JOB, CHAT_JOB;
 
 /* A worker's scratch for one model: batches of up to the worker's cap. */
 typedef struct worker_model {
@@ -311,6 +311,15 @@ api_job *job_new(const api_ctx *ctx, const job_ops *ops, const api_request *q, c
  * Returns the sum of the tokens' log-probabilities.  idx: [V] scratch. */
 double score_write_tokens(jw *o, const int *ids, int T, const float *lp, int V, int top_k, const float *own, int *idx);
 
+/* generate.c: a generation's run, shared by the routes that generate (their job_ops). */
+void generate_start(api_job *j, api_worker *w);
+void generate_fail(api_job *j, const api_error *e);
+void generate_free(api_job *j);
+int generate_weight(const api_job *j);
+/* openai.c: the OpenAI rendering of a token: its character if ASCII, else
+ * "bytes:\xNN" (NUL too, as it cannot be a C string's character). */
+void openai_token_str(int id, char out[16]);
+
 /* openai.c: the most alternatives per token OpenAI's completions take. */
 #define OPENAI_MAX_LOGPROBS 20
 /* generate.c: length of the longest proper prefix of a stop string that out[n]
@@ -347,6 +356,8 @@ int session_job_model(api_job *j, const char *id, api_error *e);
 /* sessions.c: session id's state into seq (fresh, of j's model) and its
  * next-token log-probabilities into next[V]; -1 with e (404, 409). */
 int session_job_load(const api_job *j, const char *id, model_seq *seq, float *next, api_error *e);
+/* chat.c */
+int inline_chat_render(const inline_req *q, api_reply *r);
 /* sessions.c: bytes of the largest signed state of a served model. */
 size_t sessions_import_limit(const api_ctx *ctx);
 /* sessions.c */

@@ -29,8 +29,8 @@ static const double GENAI_TTFT[METRICS_GENAI_TTFT] = {0.001, 0.005, 0.01, 0.02, 
                                                       0.25,  0.5,   0.75, 1.0,  2.5,  5.0,  7.5,  10.0};
 static const double GENAI_TPOT[METRICS_GENAI_TPOT] = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,
                                                       0.3,  0.4,   0.5,  0.75,  1.0, 2.5};
-static const char *const OP_NAMES[METRICS_OPS] = {"generate_content", "text_completion", "score", "attention",
-                                                  "attribution", "session"};
+static const char *const OP_NAMES[METRICS_OPS] = {"generate_content", "text_completion", "chat", "score",
+                                                  "attention", "attribution", "session"};
 
 static void observe(metrics_hist *h, const double *bounds, int n, double seconds)
 {
@@ -274,6 +274,11 @@ char *metrics_render(const api_metrics *mc, const metrics_view *v, size_t *len)
                    "# HELP attnlm_prefix_cache_evictions_total Prefix states dropped to stay within the limit.\n"
                    "# TYPE attnlm_prefix_cache_evictions_total counter\nattnlm_prefix_cache_evictions_total %llu\n",
                    v->prefix_bytes, v->prefix_limit, v->prefix_entries, v->prefix_evictions);
+        buf_printf(&t,
+                   "# HELP attnlm_prefix_cache_usage_ratio Share of the prefix-state cache in use (bytes held over "
+                   "the limit), the cache gauge an inference gateway reads.\n"
+                   "# TYPE attnlm_prefix_cache_usage_ratio gauge\nattnlm_prefix_cache_usage_ratio %.6f\n",
+                   v->prefix_limit ? (double)v->prefix_bytes / (double)v->prefix_limit : 0.0);
     }
     put_genai(&t, m, v, "gen_ai_server_request_duration_seconds",
               "Generative AI server request duration, from a request's validation to its last token or answer "

@@ -11,7 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define METRICS_ROUTES 19     /* the routes of api.h plus "other" */
+#define METRICS_ROUTES 21     /* the routes of api.h plus "other" */
 #define METRICS_MODELS 16     /* served models (API_MAX_MODELS) */
 #define METRICS_STATUSES 17   /* distinct status codes counted (see metrics.c), plus "other" */
 #define METRICS_DUR_BUCKETS 14
@@ -21,13 +21,14 @@
 typedef enum {
     METRICS_OP_GENERATE,   /* generate_content: /v1/generate */
     METRICS_OP_COMPLETION, /* text_completion: /v1/completions */
+    METRICS_OP_CHAT,       /* chat: /v1/chat/completions */
     METRICS_OP_SCORE,      /* score: /v1/score */
     METRICS_OP_ATTENTION,  /* attention: /v1/attention */
     METRICS_OP_ATTRIBUTION,/* attribution: /v1/attribution */
     METRICS_OP_SESSION,    /* session: making a session, appending to one */
     METRICS_OPS
 } metrics_op;
-#define METRICS_GEN_OPS 2 /* the ones that generate, first: time to first token and per output token */
+#define METRICS_GEN_OPS 3 /* the ones that generate, first: time to first token and per output token */
 #define METRICS_GENAI_DUR 14
 #define METRICS_GENAI_TTFT 16
 #define METRICS_GENAI_TPOT 13

@@ -15,9 +15,7 @@
 
 static gen_state *gs(const api_job *j) { return j->state; }
 
-/* The OpenAI rendering of a token: its character if ASCII, else "bytes:\xNN".
- * NUL is rendered as bytes too, as it cannot be a C string's character. */
-static void token_str(int id, char out[16])
+void openai_token_str(int id, char out[16])
 {
     if (id == TOK_BOS || id < 0 || id > 255)
         snprintf(out, 16, "<|bos|>");
@@ -80,7 +78,7 @@ static void write_logprobs(jw *w, const api_job *j, api_worker *wk, const lp_spa
     jw_karr(w, "tokens");
     for (int t = 0; t < n; t++) {
         span_token(j, s, t, NULL, &id, &lp, NULL, NULL, &offset);
-        token_str(id, str);
+        openai_token_str(id, str);
         jw_str(w, str);
     }
     jw_arr_end(w);
@@ -96,12 +94,12 @@ static void write_logprobs(jw *w, const api_job *j, api_worker *wk, const lp_spa
         jw_obj(w);
         bool chosen_listed = false;
         for (int a = 0; a < k; a++) {
-            token_str(top_ids[a], str);
+            openai_token_str(top_ids[a], str);
             jw_kfloat(w, str, top_lp[a]);
             chosen_listed |= top_ids[a] == id;
         }
         if (!chosen_listed) { /* OpenAI lists the chosen token too */
-            token_str(id, str);
+            openai_token_str(id, str);
             jw_kfloat(w, str, lp);
         }
         jw_obj_end(w);

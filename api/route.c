@@ -53,6 +53,8 @@ static const endpoint ENDPOINTS[API_EP_COUNT] = {
     [API_EP_SESSION] = {"/v1/sessions/{id}", GET ", DELETE", false, false, NULL, inline_session},
     [API_EP_SESSION_APPEND] = {"/v1/sessions/{id}/append", "POST", false, false, &SESSION_APPEND_JOB, NULL},
     [API_EP_SESSION_STATE] = {"/v1/sessions/{id}/state", GET, false, false, NULL, inline_session_state},
+    [API_EP_CHAT] = {"/v1/chat/completions", "POST", false, false, &CHAT_JOB, NULL},
+    [API_EP_CHAT_RENDER] = {"/v1/chat/render", "POST", false, false, NULL, inline_chat_render},
 };
 
 /* Whether path fits the endpoint's pattern. */

@@ -73,6 +73,9 @@ static const opt_spec OPTIONS[] = {
     {"session-secret-file", OPT_STR, OFF(session_secret_file), 0, 0,
      "file whose bytes sign exported session states (replicas that share it accept each other's); empty: a random "
      "secret of this process"},
+    {"chat-template", OPT_STR, OFF(chat_template), 0, 0,
+     "file of how /v1/chat/completions renders messages (role prefixes and suffixes, the generation prompt, stop "
+     "strings; docs/API.md); empty: a plain User:/Assistant: transcript"},
     {"checkpoint-every", OPT_LONG, OFF(checkpoint_every), 0, 1000000,
      "tokens between a stream's checkpoints, from which a request with Last-Event-ID resumes it; 0: none"},
     {"checkpoint-memory", OPT_LONG, OFF(checkpoint_memory_mb), 1, 1L << 20,
@@ -121,6 +124,7 @@ static void defaults(srv_config *c)
         .session_ttl = 900,
         .session_secret_file = "",
         .checkpoint_every = 32,
+        .chat_template = "",
         .checkpoint_memory_mb = 256,
     };
 }

@@ -56,6 +56,7 @@ typedef struct srv_config {
     double session_ttl;    /* seconds a session may go unused before it is dropped */
     const char *session_secret_file; /* "" = a random secret of this process */
     long checkpoint_every;  /* tokens between a stream's checkpoints; 0: streams are not resumable */
+    const char *chat_template; /* "" = the built-in transcript */
     long checkpoint_memory_mb; /* megabytes of stream checkpoints held at most */
     int health_check;     /* --health: probe a running server's /health instead of serving */
 } srv_config;

@@ -310,6 +310,17 @@ int main(int argc, char **argv)
         config_free(&cfg);
         return 1;
     }
+    api_chat_template *chat = api_chat_template_load(cfg.chat_template, err, sizeof err);
+    if (!chat) {
+        log_msg("error", "%s", err);
+        api_chat_template_free(chat);
+        session_store_free(checkpoints);
+        session_store_free(sessions);
+        api_models_free(models);
+        prefix_cache_free(prefix);
+        config_free(&cfg);
+        return 1;
+    }
     static api_metrics metrics;
     api_ctx ctx = {
         .models = models,
@@ -330,9 +341,11 @@ int main(int argc, char **argv)
         .sessions = sessions,
         .checkpoints = checkpoints,
         .checkpoint_every = (int)cfg.checkpoint_every,
+        .chat = chat,
     };
     if (session_secret(cfg.session_secret_file, ctx.session_key, err, sizeof err) < 0) {
         log_msg("error", "%s", err);
+        api_chat_template_free(chat);
         session_store_free(checkpoints);
         session_store_free(sessions);
         api_models_free(models);
@@ -392,6 +405,7 @@ int main(int argc, char **argv)
 done:
     srv_stop(s);
     pool_free(p);
+    api_chat_template_free(chat);
     session_store_free(checkpoints);
     session_store_free(sessions);
     api_models_free(models);

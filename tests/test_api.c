@@ -309,6 +309,14 @@ static const bad_case BAD[] = {
     {API_EP_COMPLETIONS, "{\"prompt\":[[65],[66,1.5]]}", 400, "prompt"},
     {API_EP_COMPLETIONS, "{\"prompt\":[\"a\"],\"ids\":[1]}", 400, "ids"},
     {API_EP_COMPLETIONS, "{\"prompt\":\"a\",\"ids\":[1]}", 400, "ids"},
+    /* /v1/chat/completions */
+    {API_EP_CHAT, "{}", 400, "messages"},
+    {API_EP_CHAT, "{\"messages\":5}", 400, "messages"},
+    {API_EP_CHAT, "{\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}", 400, "messages"},
+    {API_EP_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":7}]}", 400, "messages"},
+    {API_EP_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{}]}", 400, "tools"},
+    {API_EP_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"prompt\":\"x\"}", 400, "prompt"},
+    {API_EP_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":17}", 400, "n"},
     {API_EP_COMPLETIONS, "{\"prompt\":[\"a\",\"b\",\"c\",\"d\",\"e\"],\"n\":13}", 400, "n"},
     {API_EP_COMPLETIONS, "{\"prompt\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\"]}", 413, "prompt"},
     {API_EP_COMPLETIONS, "{\"prompt\":[\"0123456789012345678901234567890123\",[48,49,50,51,52,53,54,55,56,57,48,49,50,"
@@ -1296,6 +1304,36 @@ START_TEST(test_timings)
 }
 END_TEST
 
+/* /v1/chat/completions: the chat.completion shape, the same text as the
+ * rendered transcript through /v1/completions, and a stream whose role comes
+ * first and whose finish comes last. */
+START_TEST(test_chat_completions)
+{
+    const char *msgs = "\"messages\":[{\"role\":\"user\",\"content\":\"Call me\"}]";
+    char body[512];
+    snprintf(body, sizeof body, "{%s,\"max_tokens\":16,\"seed\":2}", msgs);
+    cJSON *o = run_json(API_EP_CHAT, body);
+    ck_assert_str_eq(cJSON_GetObjectItem(o, "object")->valuestring, "chat.completion");
+    const cJSON *ch = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "choices"), 0);
+    const cJSON *msg = cJSON_GetObjectItem(ch, "message");
+    ck_assert_str_eq(cJSON_GetObjectItem(msg, "role")->valuestring, "assistant");
+    cJSON *c = run_json(API_EP_COMPLETIONS, "{\"prompt\":\"User: Call me\\nAssistant: \",\"max_tokens\":16,\"seed\":2,"
+                                            "\"stop\":[\"\\nUser:\"]}");
+    ck_assert_str_eq(cJSON_GetObjectItem(msg, "content")->valuestring,
+                     cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(c, "choices"), 0), "text")->valuestring);
+    cJSON_Delete(c);
+    cJSON_Delete(o);
+    snprintf(body, sizeof body, "{%s,\"max_tokens\":6,\"seed\":2,\"stream\":true}", msgs);
+    int status;
+    char *sse = run_job(API_EP_CHAT, body, &status);
+    ck_assert_int_eq(status, 200);
+    const char *role = strstr(sse, "\"delta\":{\"role\":\"assistant\""), *content = strstr(sse, "\"delta\":{\"content\"");
+    const char *finish = strstr(sse, "\"finish_reason\":\"length\""), *done = strstr(sse, "data: [DONE]");
+    ck_assert(role && content && finish && done && role < content && content < finish && finish < done);
+    free(sse);
+}
+END_TEST
+
 START_TEST(test_score_array_equals_singles)
 {
     /* The answer of an array is each single answer, in order, byte for byte, when the
@@ -1448,6 +1486,7 @@ int main(void)
                     CHECK_TEST(test_metrics_exposition), CHECK_TEST(test_sampler_adjust_by_hand),
                     CHECK_TEST(test_penalized_greedy_equals_reference), CHECK_TEST(test_logit_bias_bans),
                     CHECK_TEST(test_frequency_penalty_reduces_repeats), CHECK_TEST(test_score_array_equals_singles), CHECK_TEST(test_timings),
+                    CHECK_TEST(test_chat_completions),
                     CHECK_TEST(test_completions_prompt_arrays)),
         .setup = setup,
         .teardown = teardown,

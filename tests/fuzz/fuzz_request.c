@@ -72,7 +72,7 @@ static void check_stream(const char *s, size_t n)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static const api_endpoint eps[] = {API_EP_SCORE,       API_EP_GENERATE, API_EP_ATTENTION,
-                                       API_EP_COMPLETIONS, API_EP_ATTRIBUTION, API_EP_SESSIONS};
+                                       API_EP_COMPLETIONS, API_EP_ATTRIBUTION, API_EP_SESSIONS, API_EP_CHAT};
     if (size < 1)
         return 0;
     api_endpoint ep = eps[data[0] % (sizeof eps / sizeof *eps)];
