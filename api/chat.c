@@ -294,7 +294,7 @@ static int chat_parse(api_job *j, const cJSON *o, uint64_t seed, const char *req
     gen_params *gp = &g->gp;
     long long top = 0, n = 1, mct = CHAT_DEFAULT_MAX_TOKENS;
     bool logprobs = false;
-    if (harmless_defaults(o, e) < 0 || json_get_bool(o, "logprobs", &logprobs, e) < 0 ||
+    if (gen_parse_session(j, o, e) < 0 || harmless_defaults(o, e) < 0 || json_get_bool(o, "logprobs", &logprobs, e) < 0 ||
         json_get_int(o, "top_logprobs", 0, OPENAI_MAX_LOGPROBS, &top, e) < 0 ||
         json_get_int(o, "n", 1, API_MAX_CHOICES, &n, e) < 0)
         return -1;
@@ -513,7 +513,7 @@ const gen_writer CHAT_WRITER = {
 };
 
 static const char *const CHAT_FIELDS[] = {
-    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "n", "stop",
+    "model", "session", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "n", "stop",
     "seed", "stream", "stream_options", "presence_penalty", "frequency_penalty", "repetition_penalty",
     "penalty_last_n", "logit_bias", "logprobs", "top_logprobs", "user", "tools", "tool_choice",
     "parallel_tool_calls", "response_format", "modalities", "store", "metadata", NULL};

@@ -222,7 +222,7 @@ int gen_parse_common(api_job *j, const cJSON *o, uint64_t seed, long long max_to
 
 /* "session": the job runs on the session's model, and its prompt continues
  * the session's text.  Read before anything that depends on the model. */
-static int parse_session(api_job *j, const cJSON *o, api_error *e)
+int gen_parse_session(api_job *j, const cJSON *o, api_error *e)
 {
     gen_state *g = gs(j);
     const char *session = NULL, *model = NULL;
@@ -249,7 +249,7 @@ static int parse_session(api_job *j, const cJSON *o, api_error *e)
 static int generate_parse(api_job *j, const cJSON *o, uint64_t seed, const char *request_id, api_error *e)
 {
     (void)request_id;
-    if (parse_session(j, o, e) < 0)
+    if (gen_parse_session(j, o, e) < 0)
         return -1;
     const model_config *c = model_get_config(j->m);
     gen_state *g = gs(j);
@@ -274,7 +274,7 @@ static int generate_parse(api_job *j, const cJSON *o, uint64_t seed, const char 
 /* /v1/completions: OpenAI's fields, one prompt or several, n choices each. */
 static int completions_parse(api_job *j, const cJSON *o, uint64_t seed, const char *request_id, api_error *e)
 {
-    if (parse_session(j, o, e) < 0)
+    if (gen_parse_session(j, o, e) < 0)
         return -1;
     gen_state *g = gs(j);
     gen_params *gp = &g->gp;

@@ -325,6 +325,9 @@ void openai_token_str(int id, char out[16]);
 /* generate.c: length of the longest proper prefix of a stop string that out[n]
  * ends with: the bytes a stream holds back until it is clear they do not begin a stop. */
 int stop_holdback(const gen_params *gp, const unsigned char *out, int n);
+/* generate.c: "session": the job runs on the session's model and its prompt
+ * continues the session's text; read before anything that depends on the model. */
+int gen_parse_session(api_job *j, const cJSON *o, api_error *e);
 /* generate.c: the parse shared by both generation routes, after the route's own fields. */
 int gen_parse_common(api_job *j, const cJSON *o, uint64_t seed, long long max_tokens_default, api_error *e);
 

@@ -100,6 +100,14 @@ class TestChat(ServerCase):
         st, obj, h = self.s.post("/v1/chat/render", {"messages": MESSAGES, "max_tokens": 1})
         self.assertError(st, obj, h, 400, "max_tokens")
 
+    def test_session_holds_the_conversation_so_far(self):
+        sid = self.s.ok("/v1/sessions", {"text": "The sea.\n\n"})["id"]
+        rest = [{"role": "user", "content": "Where is the whale?"}]
+        got = self.s.ok("/v1/chat/completions", {"session": sid, "messages": rest, "max_tokens": 20, "seed": 6})
+        want = self.s.ok("/v1/chat/completions", {"messages": MESSAGES[:2], "max_tokens": 20, "seed": 6})
+        self.assertEqual(got["choices"][0]["message"]["content"], want["choices"][0]["message"]["content"])
+        self.assertEqual(got["timings"]["cached_tokens"], len("The sea.\n\n"))
+
     def test_metrics_count_chat(self):
         before = self.s.metric("gen_ai_server_request_duration_seconds_count", gen_ai_operation_name="chat")
         self.s.ok("/v1/chat/completions", {"messages": MESSAGES, "max_tokens": 4})
