@@ -46,11 +46,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-/* A stream is events "data: <json>\n\n", the last one [DONE]. */
+/* A stream is events "id: TAG.N\ndata: <json>\n\n", the last one [DONE]. */
 static void check_stream(const char *s, size_t n)
 {
     const char *p = s, *end = s + n, *last = NULL;
     while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        if (strncmp(p, "id: ", 4) != 0 || !nl)
+            abort();
+        p = nl + 1;
         if (strncmp(p, "data: ", 6) != 0)
             abort();
         const char *e = memmem(p, (size_t)(end - p), "\n\n", 2);
