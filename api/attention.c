@@ -194,21 +194,11 @@ static void attention_run(api_job *j, api_worker *w)
     }
     if (st(j)->maps)
         jw_arr_end(&o);
-    jw_kobj(&o, "usage");
-    jw_kint(&o, "input_tokens", T - 1);
-    jw_obj_end(&o);
-    json_timings(&o, j);
-    jw_obj_end(&o);
     free(band);
-    job_finish(j);
+    job_answer_end(j, &o, T - 1);
 }
 
 static const char *const ATTENTION_FIELDS[] = {"model", "text", "ids", "format", "summary", "maps", NULL};
 
-const job_ops ATTENTION_JOB = {
-    .fields = ATTENTION_FIELDS,
-    .op = METRICS_OP_ATTENTION,
-    .size = sizeof(attention_state),
-    .parse = attention_parse,
-    .run = attention_run,
-};
+const job_ops ATTENTION_JOB = {.fields = ATTENTION_FIELDS, .op = METRICS_OP_ATTENTION,
+                               .size = sizeof(attention_state), .parse = attention_parse, .run = attention_run};

@@ -144,10 +144,6 @@ done:
 
 static const char *const ATTRIBUTION_FIELDS[] = {"model", "text", "ids", "target", "range", "baseline", NULL};
 
-const job_ops ATTRIBUTION_JOB = {
-    .fields = ATTRIBUTION_FIELDS,
-    .op = METRICS_OP_ATTRIBUTION,
-    .size = sizeof(attribution_state),
-    .parse = attribution_parse,
-    .run = attribution_run,
-};
+const job_ops ATTRIBUTION_JOB = {.fields = ATTRIBUTION_FIELDS, .op = METRICS_OP_ATTRIBUTION,
+                                 .size = sizeof(attribution_state), .parse = attribution_parse,
+                                 .run = attribution_run};

@@ -312,12 +312,8 @@ static int chat_parse(api_job *j, const cJSON *o, uint64_t seed, const char *req
     gp->logprobs = logprobs;
     gp->top = (int)top;
     gp->n = (int)n;
-    const cJSON *so = cJSON_GetObjectItemCaseSensitive(o, "stream_options");
-    if (so && !cJSON_IsNull(so) &&
-        (!cJSON_IsObject(so) || json_get_bool(so, "include_usage", &gp->include_usage, e) < 0)) {
-        api_error_set(e, 400, "stream_options", "stream_options must be {\"include_usage\": true|false}");
+    if (gen_parse_stream_options(gp, o, e) < 0)
         return -1;
-    }
     api_chat_template *made;
     const api_chat_template *t = template_of(j->ctx, &made);
     buf text = {0};
@@ -423,17 +419,7 @@ static void chunk(api_job *j, int k, const char *role, const unsigned char *text
         chat_logprobs(&w, j, &gs(j)->ch[k], i0, i1);
     else
         jw_null(&w);
-    jw_key(&w, "finish_reason");
-    if (finish)
-        jw_str(&w, finish);
-    else
-        jw_null(&w);
-    jw_obj_end(&w);
-    jw_arr_end(&w);
-    if (timings)
-        json_timings(&w, j);
-    jw_obj_end(&w);
-    sse_end(j);
+    openai_chunk_end(j, &w, finish, timings);
 }
 
 /* The role comes first, in a chunk of its own per choice. */
@@ -466,10 +452,7 @@ static void chat_stream_end(api_job *j)
     jw w;
     sse_begin(j, &w);
     head(&w, j, "chat.completion.chunk");
-    jw_arr_end(&w);
-    json_usage(&w, api_job_input_tokens(j), j->output_tokens, true);
-    json_timings(&w, j);
-    jw_obj_end(&w);
+    openai_answer_end(j, &w); /* no choices: the usage and timings */
     sse_end(j);
 }
 
@@ -497,20 +480,12 @@ static int chat_answer(api_job *j, api_worker *wk)
         jw_kstr(&w, "finish_reason", ch->finish);
         jw_obj_end(&w);
     }
-    jw_arr_end(&w);
-    json_usage(&w, api_job_input_tokens(j), j->output_tokens, true);
-    json_timings(&w, j);
-    jw_obj_end(&w);
+    openai_answer_end(j, &w);
     return 0;
 }
 
-const gen_writer CHAT_WRITER = {
-    .prologue = chat_prologue,
-    .token = chat_token_event,
-    .choice_end = chat_choice_end,
-    .stream_end = chat_stream_end,
-    .answer = chat_answer,
-};
+const gen_writer CHAT_WRITER = {.prologue = chat_prologue, .token = chat_token_event, .choice_end = chat_choice_end,
+                                .stream_end = chat_stream_end, .answer = chat_answer};
 
 static const char *const CHAT_FIELDS[] = {
     "model", "session", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "n", "stop",
@@ -518,17 +493,7 @@ static const char *const CHAT_FIELDS[] = {
     "penalty_last_n", "logit_bias", "logprobs", "top_logprobs", "user", "tools", "tool_choice",
     "parallel_tool_calls", "response_format", "modalities", "store", "metadata", NULL};
 
-const job_ops CHAT_JOB = {
-    .fields = CHAT_FIELDS,
-    .op = METRICS_OP_CHAT,
-    .size = sizeof(gen_state),
-    .parse = chat_parse,
-    .run = generate_start,
-    .steps = true,
-    .fail = generate_fail,
-    .drop = generate_free,
-    .weight = generate_weight,
-};
+const job_ops CHAT_JOB = {.fields = CHAT_FIELDS, .op = METRICS_OP_CHAT, .parse = chat_parse, GENERATION_RUN};
 
 /* ---- POST /v1/chat/render --------------------------------------------------------- */
 

@@ -220,6 +220,17 @@ int gen_parse_common(api_job *j, const cJSON *o, uint64_t seed, long long max_to
     return 0;
 }
 
+int gen_parse_stream_options(gen_params *gp, const cJSON *o, api_error *e)
+{
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(o, "stream_options");
+    if (so && !cJSON_IsNull(so) &&
+        (!cJSON_IsObject(so) || json_get_bool(so, "include_usage", &gp->include_usage, e) < 0)) {
+        api_error_set(e, 400, "stream_options", "stream_options must be {\"include_usage\": true|false}");
+        return -1;
+    }
+    return 0;
+}
+
 /* "session": the job runs on the session's model, and its prompt continues
  * the session's text.  Read before anything that depends on the model. */
 int gen_parse_session(api_job *j, const cJSON *o, api_error *e)
@@ -297,12 +308,8 @@ static int completions_parse(api_job *j, const cJSON *o, uint64_t seed, const ch
     gp->logprobs = has_lp == 1;
     gp->top = (int)top;
     gp->n = (int)n;
-    const cJSON *so = cJSON_GetObjectItemCaseSensitive(o, "stream_options");
-    if (so && !cJSON_IsNull(so) &&
-        (!cJSON_IsObject(so) || json_get_bool(so, "include_usage", &gp->include_usage, e) < 0)) {
-        api_error_set(e, 400, "stream_options", "stream_options must be {\"include_usage\": true|false}");
+    if (gen_parse_stream_options(gp, o, e) < 0)
         return -1;
-    }
     if (completion_prompts(j, o, e) < 0)
         return -1;
     if ((long long)j->n_in * n > API_MAX_SEQS) {
@@ -1047,26 +1054,8 @@ static const char *const GENERATE_FIELDS[] = {SAMPLING_FIELDS, "logprobs", "atte
 static const char *const COMPLETIONS_FIELDS[] = {SAMPLING_FIELDS, "n", "logprobs", "echo", "stream_options",
                                                  "user", "best_of", "suffix", NULL};
 
-const job_ops GENERATE_JOB = {
-    .fields = GENERATE_FIELDS,
-    .op = METRICS_OP_GENERATE,
-    .size = sizeof(gen_state),
-    .parse = generate_parse,
-    .run = generate_start,
-    .steps = true,
-    .fail = generate_fail,
-    .drop = generate_free,
-    .weight = generate_weight,
-};
+const job_ops GENERATE_JOB = {.fields = GENERATE_FIELDS, .op = METRICS_OP_GENERATE, .parse = generate_parse,
+                              GENERATION_RUN};
 
-const job_ops COMPLETIONS_JOB = {
-    .fields = COMPLETIONS_FIELDS,
-    .op = METRICS_OP_COMPLETION,
-    .size = sizeof(gen_state),
-    .parse = completions_parse,
-    .run = generate_start,
-    .steps = true,
-    .fail = generate_fail,
-    .drop = generate_free,
-    .weight = generate_weight,
-};
+const job_ops COMPLETIONS_JOB = {.fields = COMPLETIONS_FIELDS, .op = METRICS_OP_COMPLETION,
+                                 .parse = completions_parse, GENERATION_RUN};

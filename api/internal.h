@@ -286,6 +286,9 @@ worker_model *worker_scratch(api_worker *w, api_model *am);
 /* job.c: "timings" of j's answer: queue, prompt and generation times, tokens
  * and their rates, written when its answer (or stream's final event) is. */
 void json_timings(jw *w, const api_job *j);
+/* job.c: ends j's answer o: "usage" {"input_tokens"}, "timings", the object
+ * closed, and j finished. */
+void job_answer_end(api_job *j, jw *o, int input_tokens);
 /* job.c: marks a stream's job done (its last event written). */
 void job_stream_done(api_job *j);
 
@@ -311,14 +314,26 @@ api_job *job_new(const api_ctx *ctx, const job_ops *ops, const api_request *q, c
  * Returns the sum of the tokens' log-probabilities.  idx: [V] scratch. */
 double score_write_tokens(jw *o, const int *ids, int T, const float *lp, int V, int top_k, const float *own, int *idx);
 
-/* generate.c: a generation's run, shared by the routes that generate (their job_ops). */
+/* generate.c: a generation's run, shared by the routes that generate: the
+ * members of their job_ops after the route's own fields and parse. */
 void generate_start(api_job *j, api_worker *w);
 void generate_fail(api_job *j, const api_error *e);
 void generate_free(api_job *j);
 int generate_weight(const api_job *j);
+#define GENERATION_RUN                                                                                         \
+    .size = sizeof(gen_state), .run = generate_start, .steps = true, .fail = generate_fail, .drop = generate_free, \
+    .weight = generate_weight
 /* openai.c: the OpenAI rendering of a token: its character if ASCII, else
  * "bytes:\xNN" (NUL too, as it cannot be a C string's character). */
 void openai_token_str(int id, char out[16]);
+
+/* openai.c: the end of a whole answer with its choices open: the choices
+ * closed, "usage" with totals, "timings", the object closed. */
+void openai_answer_end(api_job *j, jw *w);
+/* openai.c: the end of a stream chunk with one choice open: its
+ * "finish_reason" (NULL: null), the choices closed, "timings" if asked, the
+ * event ended.  Shared by the completion and chat chunks. */
+void openai_chunk_end(api_job *j, jw *w, const char *finish, bool timings);
 
 /* openai.c: the most alternatives per token OpenAI's completions take. */
 #define OPENAI_MAX_LOGPROBS 20
@@ -328,6 +343,8 @@ int stop_holdback(const gen_params *gp, const unsigned char *out, int n);
 /* generate.c: "session": the job runs on the session's model and its prompt
  * continues the session's text; read before anything that depends on the model. */
 int gen_parse_session(api_job *j, const cJSON *o, api_error *e);
+/* generate.c: "stream_options" {"include_usage"} into gp; -1 with e naming it. */
+int gen_parse_stream_options(gen_params *gp, const cJSON *o, api_error *e);
 /* generate.c: the parse shared by both generation routes, after the route's own fields. */
 int gen_parse_common(api_job *j, const cJSON *o, uint64_t seed, long long max_tokens_default, api_error *e);
 

@@ -172,6 +172,16 @@ static void job_end(api_job *j)
 
 void job_stream_done(api_job *j) { job_end(j); }
 
+void job_answer_end(api_job *j, jw *o, int input_tokens)
+{
+    jw_kobj(o, "usage");
+    jw_kint(o, "input_tokens", input_tokens);
+    jw_obj_end(o);
+    json_timings(o, j);
+    jw_obj_end(o);
+    job_finish(j);
+}
+
 void job_finish(api_job *j)
 {
     j->status = 200;

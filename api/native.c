@@ -89,9 +89,5 @@ static int native_answer(api_job *j, api_worker *wk)
     return 0;
 }
 
-const gen_writer NATIVE_WRITER = {
-    .token = native_token,
-    .choice_end = native_choice_end,
-    .stream_end = native_stream_end,
-    .answer = native_answer,
-};
+const gen_writer NATIVE_WRITER = {.token = native_token, .choice_end = native_choice_end,
+                                  .stream_end = native_stream_end, .answer = native_answer};

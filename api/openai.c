@@ -114,6 +114,29 @@ static void write_logprobs(jw *w, const api_job *j, api_worker *wk, const lp_spa
     jw_obj_end(w);
 }
 
+void openai_answer_end(api_job *j, jw *w)
+{
+    jw_arr_end(w);
+    json_usage(w, api_job_input_tokens(j), j->output_tokens, true);
+    json_timings(w, j);
+    jw_obj_end(w);
+}
+
+void openai_chunk_end(api_job *j, jw *w, const char *finish, bool timings)
+{
+    jw_key(w, "finish_reason");
+    if (finish)
+        jw_str(w, finish);
+    else
+        jw_null(w);
+    jw_obj_end(w);
+    jw_arr_end(w);
+    if (timings)
+        json_timings(w, j);
+    jw_obj_end(w);
+    sse_end(j);
+}
+
 /* {"id", "object", "created", "model", "choices": [ -- left open. */
 static void head(jw *w, const api_job *j)
 {
@@ -141,17 +164,7 @@ static void chunk(api_job *j, api_worker *wk, int index, const unsigned char *te
         write_logprobs(&w, j, wk, s);
     else
         jw_null(&w);
-    jw_key(&w, "finish_reason");
-    if (finish)
-        jw_str(&w, finish);
-    else
-        jw_null(&w);
-    jw_obj_end(&w);
-    jw_arr_end(&w);
-    if (timings)
-        json_timings(&w, j);
-    jw_obj_end(&w);
-    sse_end(j);
+    openai_chunk_end(j, &w, finish, timings);
 }
 
 /* The prompt's bytes followed by choice ch's kept output, as one string
@@ -198,10 +211,7 @@ static int openai_answer(api_job *j, api_worker *wk)
         jw_kstr(&w, "finish_reason", ch->finish);
         jw_obj_end(&w);
     }
-    jw_arr_end(&w);
-    json_usage(&w, api_job_input_tokens(j), j->output_tokens, true);
-    json_timings(&w, j);
-    jw_obj_end(&w);
+    openai_answer_end(j, &w);
     return 0;
 }
 
@@ -224,10 +234,7 @@ static void openai_stream_usage(api_job *j)
     jw w;
     sse_begin(j, &w);
     head(&w, j);
-    jw_arr_end(&w);
-    json_usage(&w, api_job_input_tokens(j), j->output_tokens, true);
-    json_timings(&w, j);
-    jw_obj_end(&w);
+    openai_answer_end(j, &w); /* no choices: the usage and timings */
     sse_end(j);
 }
 
@@ -251,10 +258,6 @@ static int openai_stream_echo(api_job *j, api_worker *wk)
     return 0;
 }
 
-const gen_writer OPENAI_WRITER = {
-    .prologue = openai_stream_echo,
-    .token = openai_stream_token,
-    .choice_end = openai_stream_end,
-    .stream_end = openai_stream_usage,
-    .answer = openai_answer,
-};
+const gen_writer OPENAI_WRITER = {.prologue = openai_stream_echo, .token = openai_stream_token,
+                                  .choice_end = openai_stream_end, .stream_end = openai_stream_usage,
+                                  .answer = openai_answer};

@@ -388,11 +388,5 @@ static void score_drop(api_job *j)
 static const char *const SCORE_FIELDS[] = {"model",      "text",          "ids", "texts", "top_k",
                                            "candidates", "attention_gain", NULL};
 
-const job_ops SCORE_JOB = {
-    .fields = SCORE_FIELDS,
-    .op = METRICS_OP_SCORE,
-    .size = sizeof(score_state),
-    .parse = score_parse,
-    .start = score_start,
-    .drop = score_drop,
-};
+const job_ops SCORE_JOB = {.fields = SCORE_FIELDS, .op = METRICS_OP_SCORE, .size = sizeof(score_state),
+                           .parse = score_parse, .start = score_start, .drop = score_drop};

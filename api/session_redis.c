@@ -190,6 +190,20 @@ static int store(redis_store *r, const char *key, const char *model_name, int64_
     return stored;
 }
 
+/* Whether session id is checked out (its lock key held): true with e (409),
+ * or when Redis could not say (e, 503). */
+static bool checked_out(redis_store *r, const char *lock, const char *id, api_error *e)
+{
+    redisReply *rep = command(r, e, "EXISTS %s", lock);
+    if (!rep)
+        return true;
+    bool busy = rep->type == REDIS_REPLY_INTEGER && rep->integer > 0;
+    freeReplyObject(rep);
+    if (busy)
+        api_error_set(e, 409, "session", "session %s is busy with another request; retry when it has finished", id);
+    return busy;
+}
+
 int redis_put(redis_store *r, const char *owner, const char *model_name, unsigned char *state, size_t len,
               session_info *info, api_error *e)
 {
@@ -239,15 +253,9 @@ int redis_get(redis_store *r, const char *id, const char *owner, bool checkout, 
     key_of(r, lock, sizeof lock, "lock:", owner, id);
     int rc = -1;
     pthread_mutex_lock(&r->lock);
-    redisReply *rep = command(r, e, "EXISTS %s", lock);
-    if (!rep)
+    redisReply *rep = NULL;
+    if (checked_out(r, lock, id, e))
         goto done;
-    bool busy = rep->type == REDIS_REPLY_INTEGER && rep->integer > 0;
-    freeReplyObject(rep);
-    if (busy) {
-        api_error_set(e, 409, "session", "session %s is busy with another request; retry when it has finished", id);
-        goto done;
-    }
     /* Read and renew the time to live in one step. */
     if (!(rep = command(r, e, "GETEX %s EX %lld", key, r->ttl)))
         goto done;
@@ -330,15 +338,9 @@ int redis_delete(redis_store *r, const char *id, const char *owner, session_info
     (void)info;
     int rc = -1;
     pthread_mutex_lock(&r->lock);
-    redisReply *rep = command(r, e, "EXISTS %s", lock);
-    if (!rep)
+    redisReply *rep = NULL;
+    if (checked_out(r, lock, id, e))
         goto done;
-    bool busy = rep->type == REDIS_REPLY_INTEGER && rep->integer > 0;
-    freeReplyObject(rep);
-    if (busy) {
-        api_error_set(e, 409, "session", "session %s is busy with another request; retry when it has finished", id);
-        goto done;
-    }
     if (!(rep = command(r, e, "DEL %s", key)))
         goto done;
     bool gone = rep->type == REDIS_REPLY_INTEGER && rep->integer == 1;

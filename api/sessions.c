@@ -116,12 +116,7 @@ static void create_run(api_job *j, api_worker *w)
     for (int a = 0; a < sj(j)->top_k; a++)
         json_scored(&o, w->idx[a], next[w->idx[a]]);
     jw_arr_end(&o);
-    jw_kobj(&o, "usage");
-    jw_kint(&o, "input_tokens", T - 1);
-    jw_obj_end(&o);
-    json_timings(&o, j);
-    jw_obj_end(&o);
-    job_finish(j);
+    job_answer_end(j, &o, T - 1);
 done:
     free(lp);
     free(state);
@@ -130,13 +125,8 @@ done:
 
 static const char *const CREATE_FIELDS[] = {"model", "text", "ids", "top_k", NULL};
 
-const job_ops SESSION_CREATE_JOB = {
-    .fields = CREATE_FIELDS,
-    .op = METRICS_OP_SESSION,
-    .size = sizeof(session_job),
-    .parse = create_parse,
-    .run = create_run,
-};
+const job_ops SESSION_CREATE_JOB = {.fields = CREATE_FIELDS, .op = METRICS_OP_SESSION, .size = sizeof(session_job),
+                                    .parse = create_parse, .run = create_run};
 
 /* ---- POST /v1/sessions/{id}/append ------------------------------------------ */
 
@@ -235,12 +225,7 @@ static void append_run(api_job *j, api_worker *w)
     double sum = score_write_tokens(&o, j->in[0].ids, n + 1, lp, V, sj(j)->top_k, NULL, w->idx);
     jw_kfloat(&o, "logprob", (float)sum);
     jw_kfloat(&o, "perplexity", (float)exp(-sum / n));
-    jw_kobj(&o, "usage");
-    jw_kint(&o, "input_tokens", n);
-    jw_obj_end(&o);
-    json_timings(&o, j);
-    jw_obj_end(&o);
-    job_finish(j);
+    job_answer_end(j, &o, n);
     goto done;
 fail:
     session_return(store, sj(j)->id, j->owner, NULL, 0);
@@ -254,13 +239,8 @@ done:
 
 static const char *const APPEND_FIELDS[] = {"text", "ids", "top_k", NULL};
 
-const job_ops SESSION_APPEND_JOB = {
-    .fields = APPEND_FIELDS,
-    .op = METRICS_OP_SESSION,
-    .size = sizeof(session_job),
-    .parse = append_parse,
-    .run = append_run,
-};
+const job_ops SESSION_APPEND_JOB = {.fields = APPEND_FIELDS, .op = METRICS_OP_SESSION, .size = sizeof(session_job),
+                                    .parse = append_parse, .run = append_run};
 
 /* ---- GET, DELETE /v1/sessions/{id} ------------------------------------------- */
 

@@ -178,36 +178,35 @@ static int session_secret(const char *path, unsigned char key[32], char *err, si
     return 0;
 }
 
-/* The session store and the streams' checkpoint store, in memory or in Redis
- * (each NULL when turned off). */
-static int open_stores(const srv_config *cfg, const session_limits *slim, const session_limits *climit,
-                       session_store **sessions, session_store **checkpoints, char *err, size_t errlen)
+/* One store, in memory or in Redis (keys under prefix), when on; -1 with err. */
+static int open_store(const srv_config *cfg, bool on, const char *prefix, const session_limits *lim,
+                      const char *what, session_store **out, char *err, size_t errlen)
 {
+    *out = NULL;
+    if (!on)
+        return 0;
     bool redis = strcmp(cfg->session_store, "memory") != 0;
     if (redis && strncmp(cfg->session_store, "redis://", 8) != 0) {
         err_set(err, errlen, "--session-store must be memory or redis://HOST:PORT[/DB], not \"%.100s\"",
                 cfg->session_store);
         return -1;
     }
-    if (cfg->max_sessions > 0) {
-        *sessions = redis ? session_store_redis(cfg->session_store, "attnlm:s", slim, err, errlen)
-                          : session_store_new(slim);
-        if (!*sessions) {
-            if (!redis)
-                err_set(err, errlen, "out of memory for the session store");
-            return -1;
-        }
-    }
-    if (cfg->checkpoint_every > 0) {
-        *checkpoints = redis ? session_store_redis(cfg->session_store, "attnlm:c", climit, err, errlen)
-                             : session_store_new(climit);
-        if (!*checkpoints) {
-            if (!redis)
-                err_set(err, errlen, "out of memory for the checkpoint store");
-            session_store_free(*sessions);
-            *sessions = NULL;
-            return -1;
-        }
+    *out = redis ? session_store_redis(cfg->session_store, prefix, lim, err, errlen) : session_store_new(lim);
+    if (!*out && !redis)
+        err_set(err, errlen, "out of memory for the %s store", what);
+    return *out ? 0 : -1;
+}
+
+/* The session store and the streams' checkpoint store (each NULL when turned off). */
+static int open_stores(const srv_config *cfg, const session_limits *slim, const session_limits *climit,
+                       session_store **sessions, session_store **checkpoints, char *err, size_t errlen)
+{
+    if (open_store(cfg, cfg->max_sessions > 0, "attnlm:s", slim, "session", sessions, err, errlen) < 0)
+        return -1;
+    if (open_store(cfg, cfg->checkpoint_every > 0, "attnlm:c", climit, "checkpoint", checkpoints, err, errlen) < 0) {
+        session_store_free(*sessions);
+        *sessions = NULL;
+        return -1;
     }
     return 0;
 }
@@ -303,15 +302,11 @@ int main(int argc, char **argv)
     const session_limits climit = {.max_sessions = 3 * (int)(cfg.queue + cfg.workers * cfg.max_batch),
                                    .max_bytes = (size_t)cfg.checkpoint_memory_mb << 20,
                                    .ttl = cfg.session_ttl};
-    if (open_stores(&cfg, &slim, &climit, &sessions, &checkpoints, err, sizeof err) < 0) {
-        log_msg("error", "%s", err);
-        api_models_free(models);
-        prefix_cache_free(prefix);
-        config_free(&cfg);
-        return 1;
-    }
-    api_chat_template *chat = api_chat_template_load(cfg.chat_template, err, sizeof err);
-    if (!chat) {
+    api_chat_template *chat = NULL;
+    unsigned char session_key[32];
+    if (open_stores(&cfg, &slim, &climit, &sessions, &checkpoints, err, sizeof err) < 0 ||
+        !(chat = api_chat_template_load(cfg.chat_template, err, sizeof err)) ||
+        session_secret(cfg.session_secret_file, session_key, err, sizeof err) < 0) {
         log_msg("error", "%s", err);
         api_chat_template_free(chat);
         session_store_free(checkpoints);
@@ -343,16 +338,8 @@ int main(int argc, char **argv)
         .checkpoint_every = (int)cfg.checkpoint_every,
         .chat = chat,
     };
-    if (session_secret(cfg.session_secret_file, ctx.session_key, err, sizeof err) < 0) {
-        log_msg("error", "%s", err);
-        api_chat_template_free(chat);
-        session_store_free(checkpoints);
-        session_store_free(sessions);
-        api_models_free(models);
-        prefix_cache_free(prefix);
-        config_free(&cfg);
-        return 1;
-    }
+    memcpy(ctx.session_key, session_key, sizeof session_key);
+    memset(session_key, 0, sizeof session_key);
     metrics.workers = cfg.workers;
 
     int rc = 1;

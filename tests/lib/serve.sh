@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # serve.sh -- start attnlm-server from a shell script and learn its port from its port file.
-# Sourced by bench/http.sh, tests/http/openai/run.sh, deploy/test-install.sh and
+# Sourced by bench/http.sh, tests/lib/client.sh (the npm client tests), deploy/test-install.sh and
 # deploy/test-image.sh (tests/lib/attnlm_server.py does the same for Python).
 #
 #   serve_start PORT_FILE LOG COMMAND [ARG...]

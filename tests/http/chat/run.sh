@@ -6,14 +6,8 @@
 # lock file changes.  Exits non-zero if a check fails, the server does not start, or the server
 # does not exit with status 0 on SIGTERM.
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
-root="$(cd "$here/../../.." && pwd)"
-cd "$root"
-server="${ATTNLM_SERVER:-build/attnlm-server}"
-model="models/default.safetensors"
-
-command -v node >/dev/null || { echo "chat test: node is missing (make test-deps installs it)" >&2; exit 1; }
-[ -x "$server" ] || { echo "chat test: no server binary $server" >&2; exit 1; }
+# shellcheck source=tests/lib/client.sh
+. "$(dirname "$0")/../../lib/client.sh" "chat test"
 stamp="$here/node_modules/.lock-sha256"
 want="$(sha256sum "$here/package-lock.json" | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
@@ -22,17 +16,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 echo "chat test: $(cd "$here" && node -e 'const l=require("./package-lock.json").packages;console.log(["openai","@langchain/openai","ai","@ai-sdk/openai-compatible"].map(n=>n+"@"+l["node_modules/"+n].version).join(", "))') on node $(node --version)"
-
-# shellcheck source=tests/lib/serve.sh
-. "$root/tests/lib/serve.sh"
-work="$(mktemp -d)"
-log="$work/server.log"
-pid=
-cleanup() {
-  if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
 port="" rc=0
 serve_start "$work/port" "$log" "$server" --host 127.0.0.1 --port 0 --port-file "$work/port" --model "$model" \

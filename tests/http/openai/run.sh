@@ -7,14 +7,8 @@
 # Exits non-zero if a check fails, the server does not start, or the server
 # does not exit with status 0 on SIGTERM.
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
-root="$(cd "$here/../../.." && pwd)"
-cd "$root"
-server="${ATTNLM_SERVER:-build/attnlm-server}"
-model="models/default.safetensors"
-
-command -v node >/dev/null || { echo "openai test: node is missing (make test-deps installs it)" >&2; exit 1; }
-[ -x "$server" ] || { echo "openai test: no server binary $server" >&2; exit 1; }
+# shellcheck source=tests/lib/client.sh
+. "$(dirname "$0")/../../lib/client.sh" "openai test"
 
 # Install when node_modules is missing or holds another version than the lock file pins.
 pinned="$(node -e 'console.log(require(process.argv[1]).packages["node_modules/openai"].version)' "$here/package-lock.json")"
@@ -25,17 +19,6 @@ if [ "$installed" != "$pinned" ]; then
   (cd "$here" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 echo "openai test: openai@$pinned on node $(node --version), server $server"
-
-# shellcheck source=tests/lib/serve.sh
-. "$root/tests/lib/serve.sh"
-work="$(mktemp -d)"
-log="$work/server.log"
-pid=
-cleanup() {
-  if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
 failures=0
 run_with() {  # run_with CLIENT_KEY SERVER_KEY MODEL_FILE... ; ATTNLM_TEST_MODEL names the model to test
