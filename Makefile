@@ -77,7 +77,7 @@ MODEL_OBJ := $(COMMON_SRC:%.c=$(BUILD)/%.o) $(MODEL_SRC:%.c=$(BUILD)/%.o) \
 MODEL_LIB := $(BUILD)/libattnlm_model.a
 
 API_SRC := api/models.c api/route.c api/json.c api/inline.c api/job.c api/score.c api/attention.c api/attribution.c \
-	api/session.c api/session_redis.c api/sessions.c api/chat.c \
+	api/session.c api/session_store.c api/session_redis.c api/sessions.c api/chat.c \
 	api/generate.c api/native.c api/openai.c api/metrics.c
 API_OBJ := $(API_SRC:%.c=$(BUILD)/%.o)
 API_LIB := $(BUILD)/libattnlm_api.a
