@@ -77,6 +77,7 @@ typedef struct session_info {
     long long created, last_used; /* Unix seconds */
     double expires_in;            /* seconds left unused before it goes */
     size_t bytes;
+    int64_t position;             /* tokens the state has read, BOS included */
 } session_info;
 
 /* Stores state[len] (taken on success) as a new session of owner on model;

@@ -159,7 +159,8 @@ static unsigned char *record(const char *model_name, int64_t created, const unsi
     return v;
 }
 
-static void describe(const redis_store *r, const char *id, const record_head *h, size_t len, session_info *info)
+static void describe(const redis_store *r, const char *id, const record_head *h, size_t len, int64_t position,
+                     session_info *info)
 {
     if (!info)
         return;
@@ -169,6 +170,7 @@ static void describe(const redis_store *r, const char *id, const record_head *h,
     info->last_used = (long long)time(NULL);
     info->expires_in = (double)r->ttl;
     info->bytes = len;
+    info->position = position;
 }
 
 /* SET key record [NX|XX] EX ttl; 1 stored, 0 not (the NX/XX condition), -1 with e. */
@@ -223,7 +225,7 @@ int redis_put(redis_store *r, const char *owner, const char *model_name, unsigne
         return -1;
     record_head h = {.created = created};
     snprintf(h.model, sizeof h.model, "%s", model_name);
-    describe(r, id, &h, len, info);
+    describe(r, id, &h, len, len >= SESSION_HEADER ? session_state_position(state) : 0, info);
     free(state);
     return 0;
 }
@@ -267,6 +269,8 @@ int redis_get(redis_store *r, const char *id, const char *owner, bool checkout, 
     }
     memcpy(&h, rep->str, sizeof h);
     const size_t n = rep->len - sizeof h;
+    const int64_t position =
+        n >= SESSION_HEADER ? session_state_position((const unsigned char *)rep->str + sizeof h) : 0;
     if (memcmp(h.magic, RECORD_MAGIC, 8) != 0) {
         freeReplyObject(rep);
         not_found(e, id, r->ttl);
@@ -293,7 +297,7 @@ int redis_get(redis_store *r, const char *id, const char *owner, bool checkout, 
             goto fail_state;
         }
     }
-    describe(r, id, &h, n, info);
+    describe(r, id, &h, n, position, info);
     rc = 0;
     goto done;
 fail_state:

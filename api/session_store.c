@@ -96,6 +96,7 @@ static void describe(const session_store *s, const entry *x, int64_t now, sessio
     info->last_used = x->last_used;
     info->expires_in = s->lim.ttl - clock_seconds(x->touched_ns, now);
     info->bytes = x->len;
+    info->position = x->len >= SESSION_HEADER ? session_state_position(x->state) : 0;
 }
 
 /* Session id of owner, or NULL (404 in e); an expired one is gone already. */

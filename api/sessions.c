@@ -44,12 +44,12 @@ static int path_id(const char *path, char *id, api_error *e)
 }
 
 /* What every answer about a session says of it. */
-static void write_info(jw *o, const session_info *info, int64_t position)
+static void write_info(jw *o, const session_info *info)
 {
     jw_kstr(o, "id", info->id);
     jw_kstr(o, "object", "session");
     jw_kstr(o, "model", info->model);
-    jw_kint(o, "token_count", position - 1);
+    jw_kint(o, "token_count", info->position - 1);
     jw_kint(o, "created", info->created);
     jw_kint(o, "last_used", info->last_used);
     jw_kdouble(o, "expires_in", floor(info->expires_in * 1000.0) / 1000.0);
@@ -110,7 +110,7 @@ static void create_run(api_job *j, api_worker *w)
     jw o;
     jw_init(&o, &j->out);
     jw_obj(&o);
-    write_info(&o, &info, T);
+    write_info(&o, &info);
     jw_karr(&o, "next");
     api_topk(next, V, sj(j)->top_k, w->idx);
     for (int a = 0; a < sj(j)->top_k; a++)
@@ -251,17 +251,11 @@ int inline_session(const inline_req *q, api_reply *r)
     char id[SESSION_ID_LEN + 1];
     api_error e;
     session_info info;
-    unsigned char *state = NULL;
-    size_t len = 0;
     if (sessions_on(q->ctx, &e) < 0 || path_id(q->path, id, &e) < 0)
         return error_reply(&e, r);
     bool del = strcmp(q->method, "DELETE") == 0;
-    /* The position is read from the state: a copy of its header would do, but states are not large. */
-    if (session_get(q->ctx->sessions, id, q->owner, false, &state, &len, &info, &e) < 0)
-        return error_reply(&e, r);
-    const int64_t position = session_state_position(state);
-    free(state);
-    if (del && session_delete(q->ctx->sessions, id, q->owner, &info, &e) < 0)
+    if (del ? session_delete(q->ctx->sessions, id, q->owner, &info, &e) < 0
+            : session_get(q->ctx->sessions, id, q->owner, false, NULL, NULL, &info, &e) < 0)
         return error_reply(&e, r);
     buf b = {0};
     jw o;
@@ -272,7 +266,7 @@ int inline_session(const inline_req *q, api_reply *r)
         jw_kstr(&o, "object", "session");
         jw_kbool(&o, "deleted", true);
     } else {
-        write_info(&o, &info, position);
+        write_info(&o, &info);
     }
     jw_obj_end(&o);
     return json_reply(&b, 200, r);
@@ -357,13 +351,12 @@ int inline_session_import(const inline_req *q, api_reply *r)
         rc = error_reply(&e, r);
         goto done;
     }
-    const int64_t position = session_state_position(state);
     state = NULL;
     buf b = {0};
     jw o;
     jw_init(&o, &b);
     jw_obj(&o);
-    write_info(&o, &info, position);
+    write_info(&o, &info);
     jw_obj_end(&o);
     rc = json_reply(&b, 200, r);
 done:
