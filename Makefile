@@ -63,13 +63,14 @@ MODEL_SRC := model/safetensors.c model/model.c model/forward.c model/attention.c
 	model/sampler.c model/tokenizer.c
 # model/kernels_isa.c is compiled once per instruction set (see model/kernels.h).
 ifeq ($(shell uname -m),x86_64)
-KERN_ISAS := avx512bf16 avx512vnni avx512 avx2 generic
+KERN_ISAS := amx avx512bf16 avx512vnni avx512 avx2 generic
 else
 KERN_ISAS := generic
 endif
 KERN_FLAGS_avx512 := -mavx512f -mavx512bw -mavx512dq -mavx512vl -mavx2 -mfma
 KERN_FLAGS_avx512vnni := $(KERN_FLAGS_avx512) -mavx512vnni
 KERN_FLAGS_avx512bf16 := $(KERN_FLAGS_avx512vnni) -mavx512bf16
+KERN_FLAGS_amx := $(KERN_FLAGS_avx512bf16) -mamx-tile -mamx-bf16 -mamx-int8
 KERN_FLAGS_avx2 := -mavx2 -mfma
 KERN_FLAGS_generic :=
 MODEL_OBJ := $(COMMON_SRC:%.c=$(BUILD)/%.o) $(MODEL_SRC:%.c=$(BUILD)/%.o) \

@@ -1,12 +1,18 @@
 /* kernels.c -- packing weight matrices into the kernels' layouts (kernels.h),
  * and which of the kernel tables this CPU runs.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* syscall */
 #include "kernels.h"
 
 #include "err.h"
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,8 +49,8 @@ static size_t panel_bytes(int k, kern_prec p)
 
 size_t kern_scratch_bytes(int k)
 {
-    /* int8 rows take ceil(k/4) words, bf16 pairs ceil(k/2): 8 bytes per 4 inputs covers both. */
-    return (size_t)KERN_MB * ((size_t)((k + 3) / 4) * 8 + sizeof(float));
+    /* the rows of a block, then the block's int8 row scales */
+    return (size_t)KERN_MB * ((size_t)KERN_XWORDS(k) * 4 + sizeof(float));
 }
 
 void kmat_free(kmat *w)
@@ -147,9 +153,25 @@ float kmat_get(const kmat *w, int j, int k)
 
 const kern_ops *const kern_tables[] = {
 #if defined(__x86_64__)
-    &kern_ops_avx512bf16, &kern_ops_avx512vnni, &kern_ops_avx512, &kern_ops_avx2,
+    &kern_ops_amx, &kern_ops_avx512bf16, &kern_ops_avx512vnni, &kern_ops_avx512, &kern_ops_avx2,
 #endif
     &kern_ops_generic, NULL};
+
+#if defined(__x86_64__)
+/* Whether the CPU has AMX tiles with bf16 and int8 products and the kernel
+ * lets this process use them: Linux hands out the tile state (8 KB per
+ * thread to save on a switch) only to processes that ask for it. */
+static bool amx_usable(void)
+{
+    enum { ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
+    /* CPUID leaf 7's EDX: AMX-BF16, AMX-TILE, AMX-INT8 (clang 14's cpuid.h does not name them) */
+    const unsigned want = 1u << 22 | 1u << 24 | 1u << 25;
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || (d & want) != want)
+        return false;
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+}
+#endif
 
 bool kern_runs(const kern_ops *k)
 {
@@ -167,8 +189,11 @@ bool kern_runs(const kern_ops *k)
         return avx512;
     if (k == &kern_ops_avx512vnni)
         return vnni;
+    bool bf16 = vnni && __builtin_cpu_supports("avx512bf16");
     if (k == &kern_ops_avx512bf16)
-        return vnni && __builtin_cpu_supports("avx512bf16");
+        return bf16;
+    if (k == &kern_ops_amx)
+        return bf16 && amx_usable();
 #endif
     return false;
 }
@@ -179,4 +204,26 @@ const kern_ops *kern_best(void)
         if (kern_runs(kern_tables[i]))
             return kern_tables[i];
     return &kern_ops_generic;
+}
+
+const kern_ops *kern_named(const char *name, char *err, size_t errlen)
+{
+    if (!name || !*name || strcmp(name, "auto") == 0)
+        return kern_best();
+    char runs[128] = "";
+    size_t used = 0;
+    for (int i = 0; kern_tables[i]; i++) {
+        if (strcmp(kern_tables[i]->name, name) == 0 && kern_runs(kern_tables[i]))
+            return kern_tables[i];
+        if (kern_runs(kern_tables[i]) && used < sizeof runs)
+            used += (size_t)snprintf(runs + used, sizeof runs - used, "%s%s", used ? ", " : "", kern_tables[i]->name);
+    }
+    for (int i = 0; kern_tables[i]; i++)
+        if (strcmp(kern_tables[i]->name, name) == 0) {
+            err_set(err, errlen, "\"%s\": this CPU (or its operating system) does not run them; it runs auto, %s",
+                    name, runs);
+            return NULL;
+        }
+    err_set(err, errlen, "\"%s\": no such kernels; this CPU runs auto, %s", name, runs);
+    return NULL;
 }

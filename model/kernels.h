@@ -58,6 +58,10 @@ void kmat_free(kmat *w);
 size_t kmat_bytes(const kmat *w);
 /* W[j][k] as the kernels see it (after rounding or quantisation). */
 float kmat_get(const kmat *w, int j, int k);
+/* 32-bit words of one prepared activation row in scratch for inputs of width
+ * k: bf16 pairs (ceil(k/2)) or int8 quads (ceil(k/4)), padded to 16 words, the
+ * 64 bytes of an AMX tile's row. */
+#define KERN_XWORDS(k) ((((k) + 1) / 2 + 15) / 16 * 16)
 /* Scratch one product over inputs of width k needs (prepared activations of a block). */
 size_t kern_scratch_bytes(int k);
 /* bf16 of x rounded to nearest even, and back. */
@@ -75,7 +79,7 @@ typedef void (*kern_gemm_fn)(float *out, int ldo, const float *in, int ldi, cons
 
 /* The kernels of one instruction set. */
 typedef struct kern_ops {
-    const char *name;                /* "avx512bf16", "avx512vnni", "avx512", "avx2" or "generic" */
+    const char *name;                /* "amx", "avx512bf16", "avx512vnni", "avx512", "avx2" or "generic" */
     const char *how[KERN_PREC_COUNT]; /* how each precision's products run, e.g. "vpmaddubsw" */
     /* The bf16 products round the activations to bf16 too (vdpbf16ps); otherwise
      * the weights are widened to f32 and the activations kept. */
@@ -87,10 +91,14 @@ typedef struct kern_ops {
     void (*cell_update)(int cell, int H, const float *gi, const float *gh, float *h, float *c);
     /* x[n] = tanh(x[n]) (vecmath.h's approximation). */
     void (*tanh_inplace)(float *x, size_t n);
+    /* Multiply-adds per second of the instructions precision p's products are
+     * made of, on independent accumulators for about `seconds` of this
+     * thread's CPU time: the peak the products are measured against. */
+    double (*peak_macs)(kern_prec p, double seconds);
 } kern_ops;
 
 /* The tables; all but generic exist only in x86-64 builds. */
-extern const kern_ops kern_ops_avx512bf16, kern_ops_avx512vnni, kern_ops_avx512, kern_ops_avx2, kern_ops_generic;
+extern const kern_ops kern_ops_amx, kern_ops_avx512bf16, kern_ops_avx512vnni, kern_ops_avx512, kern_ops_avx2, kern_ops_generic;
 
 /* Every table of this build, fastest first, NULL-terminated. */
 extern const kern_ops *const kern_tables[];
@@ -98,5 +106,8 @@ extern const kern_ops *const kern_tables[];
 bool kern_runs(const kern_ops *k);
 /* The fastest table this CPU runs. */
 const kern_ops *kern_best(void);
+/* The table called name, or the fastest for NULL, "" or "auto"; NULL with a
+ * message if this build has no such table or this CPU cannot run it. */
+const kern_ops *kern_named(const char *name, char *err, size_t errlen);
 
 #endif

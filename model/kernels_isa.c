@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -34,6 +35,17 @@
 #else
 #define UNROLL _Pragma("GCC unroll 32")
 #endif
+
+/* With AMX (GCC and clang name it differently), a block's prepared
+ * activations are tiles: rows and words per row padded with zeros to
+ * multiples of 16 (a tile's rows and its 64-byte width). */
+#if defined(__AMX_TILE__) || defined(__AMXTILE__)
+#define KERN_AMX 1
+#define XPAD 16
+#else
+#define XPAD 1
+#endif
+#define ROUND_UP(x, m) (((x) + (m) - 1) / (m) * (m))
 
 /* Native vectors: VW floats and VI 32-bit integers per register.  A panel's
  * row of 16 columns is PV float vectors, or PI integer vectors. */
@@ -65,12 +77,14 @@ INLINE vf vf_load(const float *p)
     memcpy(&v, p, sizeof v);
     return v;
 }
+#if !defined(KERN_AMX) /* the bf16 tiles load their own */
 INLINE vu vu_load(const uint32_t *p)
 {
     vu v;
     memcpy(&v, p, sizeof v);
     return v;
 }
+#endif
 INLINE vi vi_load(const int32_t *p)
 {
     vi v;
@@ -137,6 +151,7 @@ typedef struct gemm_args {
     int ldx;
     const float *xs; /* int8: the block's per-row scales */
     int r0;          /* first row of the block (x and xs are relative to it) */
+    int r1;          /* the row after the block's last */
     const kmat *w;
     const float *bias;
     bool accumulate;
@@ -263,28 +278,40 @@ INLINE void tile_wbf(const gemm_args *a, int r, int p, const int MR, const int N
 /* ---- bf16 native (AVX512_BF16): vdpbf16ps on weight pairs and input pairs ---- */
 
 #if defined(__AVX512BF16__)
+/* A block's rows as bf16 pairs: word i = bf16(x[2i]) | bf16(x[2i+1]) << 16, 0 past K
+ * and in the rows and words that pad the block to XPAD.  vcvtne2ps2bf16 rounds
+ * to nearest even as kern_bf16 does, except that it flushes denormal inputs to
+ * zero, which the bf16 products do with their inputs anyway. */
+static void prepare_nbf(gemm_args *a, int mb, void *scratch)
+{
+    const int K = a->w->k, K2 = (K + 1) / 2, ldx = ROUND_UP(K2, XPAD);
+    uint32_t *xp = scratch;
+    for (int i = 0; i < mb; i++) {
+        const float *x = a->in + (size_t)(a->r0 + i) * a->ldi;
+        int k2 = 0;
+        for (; 2 * k2 + 32 <= K; k2 += 16) {
+            __m512bh b = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 2 * k2 + 16), _mm512_loadu_ps(x + 2 * k2));
+            memcpy(xp + (size_t)i * ldx + k2, &b, sizeof b);
+        }
+        for (; k2 < K2; k2++) {
+            uint32_t hi = 2 * k2 + 1 < K ? kern_bf16(x[2 * k2 + 1]) : 0;
+            xp[(size_t)i * ldx + k2] = kern_bf16(x[2 * k2]) | hi << 16;
+        }
+        memset(xp + (size_t)i * ldx + K2, 0, sizeof *xp * (size_t)(ldx - K2));
+    }
+    memset(xp + (size_t)mb * ldx, 0, sizeof *xp * (size_t)ldx * (size_t)(ROUND_UP(mb, XPAD) - mb));
+    a->x = xp;
+    a->ldx = ldx;
+}
+#endif
+
+#if defined(__AVX512BF16__) && !defined(KERN_AMX)
 INLINE vu vu_splat(uint32_t x) { return x + (vu){0}; }
 INLINE vf dot_bf16(vf acc, vu w, vu x) { return (vf)_mm512_dpbf16_ps((__m512)acc, (__m512bh)w, (__m512bh)x); }
 
 #define NBF_ROWS F32_ROWS
 #define NBF_GROUP F32_GROUP
 #define NBF_NP(mr) F32_NP(mr)
-
-/* A block's rows as bf16 pairs: word i = bf16(x[2i]) | bf16(x[2i+1]) << 16, 0 past K. */
-static void prepare_nbf(gemm_args *a, int mb, void *scratch)
-{
-    const int K = a->w->k, K2 = (K + 1) / 2;
-    uint32_t *xp = scratch;
-    for (int i = 0; i < mb; i++) {
-        const float *x = a->in + (size_t)(a->r0 + i) * a->ldi;
-        for (int k2 = 0; k2 < K2; k2++) {
-            uint32_t hi = 2 * k2 + 1 < K ? kern_bf16(x[2 * k2 + 1]) : 0;
-            xp[(size_t)i * K2 + k2] = kern_bf16(x[2 * k2]) | hi << 16;
-        }
-    }
-    a->x = xp;
-    a->ldx = K2;
-}
 
 INLINE void tile_nbf(const gemm_args *a, int r, int p, const int MR, const int NP)
 {
@@ -354,12 +381,12 @@ INLINE int quantise(float x, float inv)
 
 static void prepare_i8(gemm_args *a, int mb, void *scratch)
 {
-    const int K = a->w->k, K4 = (K + 3) / 4, KV = K / VW * VW;
+    const int K = a->w->k, K4 = (K + 3) / 4, KV = K / VW * VW, ldx = ROUND_UP(K4, XPAD);
     unsigned char *xq = scratch;
-    float *xs = (float *)(void *)(xq + (size_t)KERN_MB * K4 * 8);
+    float *xs = (float *)(void *)(xq + (size_t)KERN_MB * KERN_XWORDS(K) * 4);
     for (int i = 0; i < mb; i++) {
         const float *x = a->in + (size_t)(a->r0 + i) * a->ldi;
-        unsigned char *q = xq + (size_t)i * K4 * 4;
+        unsigned char *q = xq + (size_t)i * ldx * 4;
         vf vmx = (vf){0};
         for (int k = 0; k < KV; k += VW) {
             vf v = vf_load(x + k);
@@ -384,13 +411,29 @@ static void prepare_i8(gemm_args *a, int mb, void *scratch)
         }
         for (int k = KV; k < K; k++)
             q[k] = (unsigned char)quantise(x[k], inv);
-        for (int k = K; k < K4 * 4; k++)
-            q[k] = I8_OFFSET;
+        memset(q + K, I8_OFFSET, (size_t)(ldx * 4 - K));
         xs[i] = mx / (float)I8_LEVELS;
     }
+    for (int i = mb; i < ROUND_UP(mb, XPAD); i++) {
+        memset(xq + (size_t)i * ldx * 4, I8_OFFSET, (size_t)ldx * 4);
+        xs[i] = 0.0f;
+    }
     a->x = xq;
-    a->ldx = K4;
+    a->ldx = ldx;
     a->xs = xs;
+}
+
+/* Writes row r, panel p from its 16 integer sums s: the offset's share taken
+ * off, then scaled by the column's and the row's scales. */
+INLINE void put16_i8(const gemm_args *a, int r, int p, const int32_t *s)
+{
+    const kmat *w = a->w;
+    const int j0 = p * KERN_NR;
+    const float t = a->xs[r - a->r0];
+    float v[KERN_NR];
+    for (int j = 0; j < KERN_NR; j++)
+        v[j] = (float)(int32_t)((uint32_t)s[j] - (uint32_t)(I8_OFFSET * w->colsum[j0 + j])) * (w->scale[j0 + j] * t);
+    put16(a, r, p, v);
 }
 
 INLINE void tile_i8(const gemm_args *a, int r, int p, const int MR, const int NP)
@@ -404,21 +447,130 @@ INLINE void tile_i8(const gemm_args *a, int r, int p, const int MR, const int NP
     TILE_LOOP(vi, vi, acc, MR, NP * PI, K4, vi_load(wp + (size_t)(q / PI) * ps + (size_t)kk * KERN_NR + (q % PI) * VI),
               vi_splat(x[(size_t)i * ldx + kk]), dot4_wx);
     UNROLL
-    for (int q = 0; q < NP; q++) {
-        const int j0 = (p + q) * KERN_NR;
+    for (int q = 0; q < NP; q++)
         UNROLL
         for (int i = 0; i < MR; i++) {
             int32_t s[KERN_NR];
-            float v[KERN_NR];
             memcpy(s, &acc[(i * NP + q) * PI], sizeof s);
-            const float t = a->xs[r + i - a->r0];
-            for (int j = 0; j < KERN_NR; j++)
-                v[j] = (float)(int32_t)((uint32_t)s[j] - (uint32_t)(I8_OFFSET * w->colsum[j0 + j])) *
-                       (w->scale[j0 + j] * t);
-            put16(a, r + i, p + q, v);
+            put16_i8(a, r + i, p + q, s);
         }
-    }
 }
+
+/* ---- AMX: tiles of 16 rows by 16 columns ---------------------------------------
+ *
+ * Eight tile registers: four accumulators C (two row tiles by two panels),
+ * two activation tiles A (16 prepared rows, 64 bytes of each) and two weight
+ * tiles B (16 rows of a panel: 16 columns by 64 bytes).  The packed panels are
+ * already B tiles one after the other along k, and the prepared block is A
+ * tiles padded with zeros, so a step along k is two A loads, two B loads and
+ * four products: tdpbf16ps on bf16 pairs, tdpbusd on the int8 quads (exact,
+ * the same integers as vpdpbusd).  A panel's last B tile may be short (k past
+ * a multiple of 32 or 64): it is copied into a zeroed buffer first.  A tile's
+ * configuration is per thread, so every product loads it and releases the
+ * tiles when done. */
+#if defined(KERN_AMX)
+/* int8 products of fewer rows run on vpdpbusd (the same integers), which wastes no tile rows. */
+#define AMX_I8_MIN_ROWS 8
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_config;
+
+/* Accumulator and activation tiles of `rows` rows (fewer than 16 when the
+ * whole product has fewer: they cost less to load, multiply and store),
+ * weight tiles of 16. */
+static void amx_configure(int rows)
+{
+    amx_config c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        c.colsb[t] = 64;
+        c.rows[t] = (uint8_t)(t < 6 ? rows : 16);
+    }
+    _tile_loadconfig(&c);
+}
+
+/* The product of NA row tiles from row r with NB panels from panel p
+ * (NA, NB in {1, 2}): C tiles 2a + b, A tiles 4 + a, B tiles 6 + b. */
+#define AMX_BLOCK(NAME, DP, PUT, ACC_T)                                                                   \
+    static void NAME(const gemm_args *a, int r, int na, int p, int nb)                                      \
+    {                                                                                                       \
+        const kmat *w = a->w;                                                                               \
+        const int KW = (int)(w->panel_bytes / 64), full = KW / 16 * 16, ldx = a->ldx * 4;                   \
+        const unsigned char *wp = w->data + (size_t)p * w->panel_bytes;                                     \
+        const unsigned char *x = (const unsigned char *)a->x + (size_t)(r - a->r0) * ldx;                   \
+        _tile_zero(0);                                                                                      \
+        _tile_zero(1);                                                                                      \
+        if (na == 2) {                                                                                      \
+            _tile_zero(2);                                                                                  \
+            _tile_zero(3);                                                                                  \
+        }                                                                                                   \
+        for (int kk = 0; kk < KW; kk += 16) {                                                               \
+            unsigned char tail[2][1024] __attribute__((aligned(64)));                                       \
+            const unsigned char *b0 = wp + (size_t)kk * 64, *b1 = b0 + w->panel_bytes;                      \
+            if (kk == full) {                                                                               \
+                memset(tail, 0, sizeof tail);                                                               \
+                memcpy(tail[0], b0, (size_t)(KW - full) * 64);                                              \
+                if (nb == 2)                                                                                \
+                    memcpy(tail[1], b1, (size_t)(KW - full) * 64);                                          \
+                b0 = tail[0], b1 = tail[1];                                                                 \
+            }                                                                                               \
+            _tile_loadd(4, x + (size_t)kk * 4, ldx);                                                        \
+            _tile_loadd(6, b0, 64);                                                                         \
+            DP(0, 4, 6);                                                                                    \
+            if (nb == 2) {                                                                                  \
+                _tile_loadd(7, b1, 64);                                                                     \
+                DP(1, 4, 7);                                                                                \
+            }                                                                                               \
+            if (na == 2) {                                                                                  \
+                _tile_loadd(5, x + (size_t)16 * ldx + (size_t)kk * 4, ldx);                                 \
+                DP(2, 5, 6);                                                                                \
+                if (nb == 2)                                                                                \
+                    DP(3, 5, 7);                                                                            \
+            }                                                                                               \
+        }                                                                                                   \
+        ACC_T c[4][16][16] __attribute__((aligned(64)));                                                    \
+        _tile_stored(0, c[0], 64);                                                                          \
+        if (nb == 2)                                                                                        \
+            _tile_stored(1, c[1], 64);                                                                      \
+        if (na == 2) {                                                                                      \
+            _tile_stored(2, c[2], 64);                                                                      \
+            if (nb == 2)                                                                                    \
+                _tile_stored(3, c[3], 64);                                                                  \
+        }                                                                                                   \
+        for (int ta = 0; ta < na; ta++)                                                                     \
+            for (int tb = 0; tb < nb; tb++)                                                                 \
+                for (int i = 0; i < 16 && r + 16 * ta + i < a->r1; i++)                                     \
+                    PUT(a, r + 16 * ta + i, p + tb, c[2 * ta + tb][i]);                                     \
+    }
+
+INLINE void put16_f(const gemm_args *a, int r, int p, const float *v) { put16(a, r, p, v); }
+AMX_BLOCK(amx_block_bf16, _tile_dpbf16ps, put16_f, float)
+AMX_BLOCK(amx_block_i8, _tile_dpbusd, put16_i8, int32_t)
+
+typedef void (*amx_block_fn)(const gemm_args *a, int r, int na, int p, int nb);
+
+/* Blocks of KERN_MB rows, prepared once each; pairs of panels, pairs of row tiles. */
+static void gemm_amx(float *out, int ldo, const float *in, int ldi, const kmat *w, const float *bias, int M,
+                     bool accumulate, void *scratch, void (*prepare)(gemm_args *, int, void *), amx_block_fn block)
+{
+    gemm_args a = {.out = out, .ldo = ldo, .in = in, .ldi = ldi, .w = w, .bias = bias, .accumulate = accumulate};
+    amx_configure(M < 16 ? M : 16);
+    for (int r0 = 0; r0 < M; r0 += KERN_MB) {
+        const int mb = M - r0 < KERN_MB ? M - r0 : KERN_MB;
+        a.r0 = r0;
+        a.r1 = r0 + mb;
+        prepare(&a, mb, scratch);
+        for (int p = 0; p < w->panels; p += 2)
+            for (int r = r0; r < r0 + mb; r += 32)
+                block(&a, r, r + 16 < r0 + mb ? 2 : 1, p, p + 1 < w->panels ? 2 : 1);
+    }
+    _tile_release();
+}
+#endif
 
 /* ---- the product: blocks of rows, groups of panels, tiles ------------------- */
 
@@ -448,7 +600,8 @@ INLINE void tile_i8(const gemm_args *a, int r, int p, const int MR, const int NP
 
 ROWS_FN(rows_f32, tile_f32, F32_ROWS, F32_NP)
 ROWS_FN(rows_i8, tile_i8, I8_ROWS, I8_NP)
-#if defined(__AVX512BF16__)
+#if defined(KERN_AMX)
+#elif defined(__AVX512BF16__)
 ROWS_FN(rows_nbf, tile_nbf, NBF_ROWS, NBF_NP)
 #else
 ROWS_FN(rows_wbf, tile_wbf, WBF_ROWS, WBF_NP)
@@ -487,7 +640,9 @@ static void gemm_f32(float *out, int ldo, const float *in, int ldi, const kmat *
 static void gemm_bf16(float *out, int ldo, const float *in, int ldi, const kmat *w, const float *bias, int M,
                       bool accumulate, void *scratch)
 {
-#if defined(__AVX512BF16__)
+#if defined(KERN_AMX)
+    gemm_amx(out, ldo, in, ldi, w, bias, M, accumulate, scratch, prepare_nbf, amx_block_bf16);
+#elif defined(__AVX512BF16__)
     gemm_blocks(out, ldo, in, ldi, w, bias, M, accumulate, scratch, prepare_nbf, rows_nbf, NBF_ROWS, NBF_GROUP);
 #else
     gemm_blocks(out, ldo, in, ldi, w, bias, M, accumulate, scratch, NULL, rows_wbf, WBF_ROWS, WBF_GROUP);
@@ -497,6 +652,12 @@ static void gemm_bf16(float *out, int ldo, const float *in, int ldi, const kmat 
 static void gemm_i8(float *out, int ldo, const float *in, int ldi, const kmat *w, const float *bias, int M,
                     bool accumulate, void *scratch)
 {
+#if defined(KERN_AMX)
+    if (M >= AMX_I8_MIN_ROWS) {
+        gemm_amx(out, ldo, in, ldi, w, bias, M, accumulate, scratch, prepare_i8, amx_block_i8);
+        return;
+    }
+#endif
     gemm_blocks(out, ldo, in, ldi, w, bias, M, accumulate, scratch, prepare_i8, rows_i8, I8_ROWS, I8_GROUP);
 }
 
@@ -560,6 +721,121 @@ static void tanh_inplace(float *x, size_t n)
         x[i] = fast_tanhf(x[i]);
 }
 
+/* ---- the peak: the products' instructions on independent accumulators -------- */
+
+static double thread_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Enough independent chains to cover the latency of two pipes. */
+#define PEAK_ACCS (VW == 16 ? 16 : 8)
+#define PEAK_ROUNDS 4096
+
+/* Runs STEP(acc[i]) on every accumulator PEAK_ROUNDS times per pass until
+ * `seconds` have gone; MACS is the multiply-adds of one STEP.  The result is
+ * kept (sink) so that the loop cannot be dropped. */
+#define PEAK_LOOP(T, INIT, STEP, MACS)                                                    \
+    do {                                                                                  \
+        T acc[PEAK_ACCS];                                                                 \
+        for (int i_ = 0; i_ < PEAK_ACCS; i_++)                                            \
+            acc[i_] = INIT;                                                               \
+        double t0 = thread_seconds(), t;                                                  \
+        long passes = 0;                                                                  \
+        do {                                                                              \
+            for (int r_ = 0; r_ < PEAK_ROUNDS; r_++) {                                    \
+                UNROLL                                                                    \
+                for (int i_ = 0; i_ < PEAK_ACCS; i_++)                                    \
+                    acc[i_] = STEP(acc[i_]);                                              \
+            }                                                                             \
+            passes++;                                                                     \
+        } while ((t = thread_seconds() - t0) < seconds);                                  \
+        uint32_t kept_ = 0;                                                               \
+        UNROLL                                                                            \
+        for (int i_ = 0; i_ < PEAK_ACCS; i_++) {                                          \
+            uint32_t v_;                                                                  \
+            memcpy(&v_, &acc[i_], sizeof v_);                                             \
+            kept_ ^= v_;                                                                  \
+        }                                                                                 \
+        sink = kept_;                                                                     \
+        return (double)passes * PEAK_ROUNDS * PEAK_ACCS * (MACS) / t;                     \
+    } while (0)
+
+static volatile uint32_t sink;
+
+static double peak_f32(double seconds)
+{
+    const vf w = vf_splat(1.0f), x = vf_splat(1e-7f);
+#define STEP_F32(a) fma_f32(a, w, x)
+    PEAK_LOOP(vf, (vf){0}, STEP_F32, VW);
+}
+
+#if !defined(KERN_AMX)
+static double peak_i8(double seconds)
+{
+    const vi w = vi_splat(0x01010101), x = vi_splat(0x02020202);
+#define STEP_I8(a) dot4(a, x, w)
+    PEAK_LOOP(vi, (vi){0}, STEP_I8, 4 * VI);
+}
+#endif
+
+#if defined(KERN_AMX)
+/* Four accumulator tiles, each product 16 rows by 16 columns by a 64-byte row (32 bf16 pairs' worth of k, or 64 int8). */
+#define PEAK_AMX(DP, MACS)                                                                \
+    do {                                                                                  \
+        static const unsigned char zeros[1024] __attribute__((aligned(64)));             \
+        amx_configure(16);                                                                \
+        _tile_loadd(4, zeros, 64);                                                        \
+        _tile_loadd(5, zeros, 64);                                                        \
+        _tile_loadd(6, zeros, 64);                                                        \
+        _tile_loadd(7, zeros, 64);                                                        \
+        _tile_zero(0);                                                                    \
+        _tile_zero(1);                                                                    \
+        _tile_zero(2);                                                                    \
+        _tile_zero(3);                                                                    \
+        double t0 = thread_seconds(), t;                                                  \
+        long passes = 0;                                                                  \
+        do {                                                                              \
+            for (int r_ = 0; r_ < PEAK_ROUNDS / 16; r_++) {                               \
+                DP(0, 4, 6);                                                              \
+                DP(1, 4, 7);                                                              \
+                DP(2, 5, 6);                                                              \
+                DP(3, 5, 7);                                                              \
+            }                                                                             \
+            passes++;                                                                     \
+        } while ((t = thread_seconds() - t0) < seconds);                                  \
+        _tile_release();                                                                  \
+        return (double)passes * (PEAK_ROUNDS / 16) * 4 * (MACS) / t;                      \
+    } while (0)
+static double peak_bf16(double seconds) { PEAK_AMX(_tile_dpbf16ps, 16 * 16 * 32); }
+static double peak_amx_i8(double seconds) { PEAK_AMX(_tile_dpbusd, 16 * 16 * 64); }
+#elif defined(__AVX512BF16__)
+static double peak_bf16(double seconds)
+{
+    const vu w = vu_splat(0x3f803f80u), x = vu_splat(0x33d633d6u);
+#define STEP_BF16(a) dot_bf16(a, w, x)
+    PEAK_LOOP(vf, (vf){0}, STEP_BF16, 2 * VW);
+}
+#else
+/* Widened bf16 is f32 multiply-adds on weights unpacked with a shift and a mask. */
+static double peak_bf16(double seconds) { return peak_f32(seconds); }
+#endif
+
+static double peak_macs(kern_prec p, double seconds)
+{
+    switch (p) {
+    case KERN_F32: return peak_f32(seconds);
+    case KERN_BF16: return peak_bf16(seconds);
+#if defined(KERN_AMX)
+    default: return peak_amx_i8(seconds);
+#else
+    default: return peak_i8(seconds);
+#endif
+    }
+}
+
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 #define STR_(a) #a
@@ -567,7 +843,10 @@ static void tanh_inplace(float *x, size_t n)
 
 const kern_ops CAT(kern_ops_, KERN_ISA) = {
     .name = STR(KERN_ISA),
-#if defined(__AVX512BF16__)
+#if defined(KERN_AMX)
+    .how = {"fma", "AMX tdpbf16ps", "AMX tdpbusd, vpdpbusd below " STR(AMX_I8_MIN_ROWS) " rows"},
+    .bf16_rounds_inputs = true,
+#elif defined(__AVX512BF16__)
     .how = {"fma", "vdpbf16ps", "vpdpbusd"},
     .bf16_rounds_inputs = true,
 #elif defined(__AVX512VNNI__)
@@ -580,4 +859,5 @@ const kern_ops CAT(kern_ops_, KERN_ISA) = {
     .gemm = {gemm_f32, gemm_bf16, gemm_i8},
     .cell_update = cell_update,
     .tanh_inplace = tanh_inplace,
+    .peak_macs = peak_macs,
 };

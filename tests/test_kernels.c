@@ -289,12 +289,52 @@ START_TEST(test_activations)
 }
 END_TEST
 
+/* A table by name: "auto" and no name are the fastest; a name this build
+ * lacks, or one this CPU cannot run, is refused naming what it runs. */
+START_TEST(test_named)
+{
+    char err[256] = "";
+    ck_assert_ptr_eq(kern_named(NULL, err, sizeof err), kern_best());
+    ck_assert_ptr_eq(kern_named("", err, sizeof err), kern_best());
+    ck_assert_ptr_eq(kern_named("auto", err, sizeof err), kern_best());
+    ck_assert_ptr_eq(kern_named("generic", err, sizeof err), &kern_ops_generic);
+    ck_assert_ptr_null(kern_named("sse9", err, sizeof err));
+    ck_assert_msg(strstr(err, "\"sse9\": no such kernels") && strstr(err, "generic"), "%s", err);
+    for (int i = 0; kern_tables[i]; i++) {
+        const kern_ops *t = kern_tables[i];
+        err[0] = '\0';
+        const kern_ops *got = kern_named(t->name, err, sizeof err);
+        if (kern_runs(t)) {
+            ck_assert_ptr_eq(got, t);
+        } else {
+            ck_assert_ptr_null(got);
+            ck_assert_msg(strstr(err, "does not run"), "%s: %s", t->name, err);
+        }
+    }
+}
+END_TEST
+
+/* Every table measures a positive, finite peak for every precision (what
+ * make bench sets the products beside; how fast is for the benchmark). */
+START_TEST(test_peak)
+{
+    find_tables();
+    for (int ti = 0; ti < n_tables; ti++)
+        for (int p = 0; p < KERN_PREC_COUNT; p++) {
+            double peak = TABLES[ti]->peak_macs((kern_prec)p, 0.002);
+            ck_assert_msg(peak > 1e6 && isfinite(peak), "%s %s: peak %g", TABLES[ti]->name,
+                          kern_prec_name((kern_prec)p), peak);
+        }
+}
+END_TEST
+
 int main(void)
 {
     const check_case cases[] = {{"kernels",
                                  CHECK_TESTS(CHECK_TEST(test_gemm_matches_reference), CHECK_TEST(test_gemm_rows_independent),
                                              CHECK_TEST(test_packing), CHECK_TEST(test_cell_update),
-                                             CHECK_TEST(test_activations)),
+                                             CHECK_TEST(test_activations), CHECK_TEST(test_named),
+                                             CHECK_TEST(test_peak)),
                                  .timeout = 60}};
     return check_main("kernels", cases, 1);
 }
