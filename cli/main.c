@@ -5,7 +5,8 @@
  *   attnlm generate --model M --prompt P [--max-tokens N --temperature X --top-k K --top-p P --seed S]
  *   attnlm eval     --model M --text FILE     held-out loss in nats/byte, as train/train.py's evaluate
  *   attnlm parity   --model M --expected E    the engine against a PyTorch dump of M (exit 1 if off)
- * info, score, generate and eval take --precision f32|bf16|int8 (default f32).
+ * info, score, generate and eval take --precision f32|bf16|int8 (default f32)
+ * and --kernels NAME (default auto: the fastest this CPU runs).
  *
  * Generation prefills the prompt with the full-sequence pass and then decodes
  * one token at a time with model_step, exactly as the service does.
@@ -38,7 +39,7 @@ typedef struct options {
 } options;
 
 /* What kind of value an option takes (opt_spec.kind). */
-enum { OPT_STR, OPT_NUM, OPT_SEED, OPT_PRECISION };
+enum { OPT_STR, OPT_NUM, OPT_SEED, OPT_PRECISION, OPT_KERNELS };
 
 #define OFF(f) offsetof(options, f)
 
@@ -48,6 +49,7 @@ static const opt_spec OPTIONS[] = {
     {"--prompt", OPT_STR, OFF(text), 0, 0, "generate: the prompt"},
     {"--expected", OPT_STR, OFF(expected), 0, 0, "parity: a dump from train/dump_expected.py"},
     {"--precision", OPT_PRECISION, OFF(load), 0, 0, "weights as f32 (default), bf16 or int8"},
+    {"--kernels", OPT_KERNELS, OFF(load), 0, 0, "the products' instruction set: auto (default), amx, avx512bf16, ..."},
     {"--max-tokens", OPT_NUM, OFF(max_tokens), 0, 1e6, "generate: tokens to generate (200)"},
     {"--temperature", OPT_NUM, OFF(temperature), 0, 100, "generate: sampling temperature (0.8; 0: greedy)"},
     {"--top-k", OPT_NUM, OFF(top_k), 0, 1e6, "generate: keep the k likeliest tokens (0: off)"},
@@ -107,6 +109,12 @@ static int set_option(options *o, const opt_spec *opt, const char *v)
     case OPT_PRECISION:
         if ((rc = model_precision_parse(v, &((model_opts *)field)->precision, err, sizeof err)) < 0)
             fprintf(stderr, "attnlm: %s: %s\n", opt->name, err);
+        return rc;
+    case OPT_KERNELS:
+        if ((rc = model_kernels_check(v, err, sizeof err)) < 0)
+            fprintf(stderr, "attnlm: %s: %s\n", opt->name, err);
+        else
+            ((model_opts *)field)->kernels = v;
         return rc;
     }
     if (rc < 0)

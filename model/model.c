@@ -378,6 +378,11 @@ static model *model_from(st_file *f, const model_opts *opts, char *err, size_t e
         err_set(err, errlen, "unknown precision %d", (int)m->precision);
         goto fail;
     }
+    char why[ATTNLM_ERR_LEN];
+    if (!(m->kern = kern_named(opts ? opts->kernels : NULL, why, sizeof why))) {
+        err_set(err, errlen, "kernels %s", why);
+        goto fail;
+    }
     if (read_config(m->file, &m->cfg, err, errlen) < 0)
         goto fail;
     m->attn = attn_for(m->cfg.attention, m->cfg.attn_kv);
@@ -395,13 +400,17 @@ static model *model_from(st_file *f, const model_opts *opts, char *err, size_t e
 #endif
     m->proj_dim = m->attn->proj_dim(&m->cfg);
     m->key_dim = m->attn->key_dim(&m->cfg);
-    m->kern = kern_best();
     snprintf(m->kernels, sizeof m->kernels, "%s, %s (%s)", m->kern->name, model_precision_name(m->precision),
              m->kern->how[m->w.out_w.prec]);
     return m;
 fail:
     model_free(m);
     return NULL;
+}
+
+int model_kernels_check(const char *name, char *err, size_t errlen)
+{
+    return kern_named(name, err, errlen) ? 0 : -1;
 }
 
 model *model_load_opts(const char *path, const model_opts *opts, char *err, size_t errlen)

@@ -60,6 +60,10 @@ typedef enum { MODEL_F32, MODEL_BF16, MODEL_INT8, MODEL_PRECISION_COUNT } model_
 /* How to load a model; {0} is the default (f32). */
 typedef struct model_opts {
     model_precision precision;
+    /* The kernel table the products run on, by name ("amx", "avx512bf16",
+     * "avx512vnni", "avx512", "avx2", "generic"); NULL or "auto": the fastest
+     * this CPU runs.  One the CPU cannot run is refused at load. */
+    const char *kernels;
 } model_opts;
 
 typedef struct model model;           /* loaded weights, read-only */
@@ -77,6 +81,9 @@ model *model_load_opts(const char *path, const model_opts *opts, char *err, size
 model *model_load_mem(const void *data, size_t len, char *err, size_t errlen);
 void model_free(model *m);
 
+/* 0 if model_opts.kernels = name would load; -1 with a message naming the
+ * tables this CPU runs otherwise. */
+int model_kernels_check(const char *name, char *err, size_t errlen);
 /* "f32", "bf16" or "int8". */
 const char *model_precision_name(model_precision p);
 /* The precision named s; -1 with a message listing the names if there is none. */

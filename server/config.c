@@ -61,6 +61,9 @@ static const opt_spec OPTIONS[] = {
      "serve the attention inspector page at / (--no-ui, or the variable 0: 404 there); 1/0, true/false, yes/no, on/off"},
     {"precision", OPT_STR, OFF(precision), 0, 0,
      "precision of the weights: f32 (exact), bf16 (half the memory) or int8 (a quarter, fastest)"},
+    {"kernels", OPT_STR, OFF(kernels), 0, 0,
+     "the products' instruction set: auto (the fastest this CPU runs), amx, avx512bf16, avx512vnni, avx512, avx2 "
+     "or generic"},
     {"prefix-cache", OPT_LONG, OFF(prefix_cache_mb), 0, 1L << 20,
      "megabytes of recent prompts' prefix states kept, so a request that repeats a prefix runs only what follows; 0: none"},
     {"session-store", OPT_STR, OFF(session_store), 0, 0,
@@ -117,6 +120,7 @@ static void defaults(srv_config *c)
         .log_format_name = "text",
         .ui = 1,
         .precision = "f32",
+        .kernels = "auto",
         .prefix_cache_mb = 64,
         .session_store = "memory",
         .max_sessions = 1024,

@@ -49,6 +49,7 @@ typedef struct srv_config {
     srv_log_format log_format;
     long ui;              /* serve the inspector page (server/ui.c) at / and /ui/ */
     const char *precision; /* the models' weights: "f32", "bf16" or "int8" (checked by main) */
+    const char *kernels;   /* the kernel table by name, or "auto" (checked when the models load) */
     long prefix_cache_mb;  /* megabytes of prefix states kept; 0: none */
     const char *session_store; /* "memory", or "redis://HOST:PORT[/DB]": sessions and checkpoints shared by replicas */
     long max_sessions;     /* sessions held at once; 0: no session routes */

@@ -274,9 +274,14 @@ int main(int argc, char **argv)
     /* Each worker runs its own small products; BLAS threads would only contend. */
     openblas_set_num_threads(1);
 
-    model_opts load = {0};
+    model_opts load = {.kernels = cfg.kernels};
     if (model_precision_parse(cfg.precision, &load.precision, err, sizeof err) < 0) {
         fprintf(stderr, "attnlm: --precision: %s\n", err);
+        config_free(&cfg);
+        return 2;
+    }
+    if (model_kernels_check(cfg.kernels, err, sizeof err) < 0) {
+        fprintf(stderr, "attnlm: --kernels: %s\n", err);
         config_free(&cfg);
         return 2;
     }

@@ -244,7 +244,8 @@ class TestLifecycle(ServerCase):
         p = subprocess.run([SERVER, "--help"], capture_output=True, timeout=30)
         self.assertEqual(p.returncode, 0)
         self.assertIn(b"--max-attention-tokens", p.stdout + p.stderr)
-        for bad in (["--no-such-flag"], ["--workers", "zero"], ["--port", "70000"], ["--precision", "fp8"]):
+        for bad in (["--no-such-flag"], ["--workers", "zero"], ["--port", "70000"], ["--precision", "fp8"],
+                    ["--kernels", "sse9"]):
             p = subprocess.run([SERVER, "--host", "127.0.0.1", *bad], capture_output=True, timeout=30)
             self.assertEqual(p.returncode, 2, (bad, p.stderr))
             self.assertEqual(len([ln for ln in p.stderr.decode().splitlines() if ln.strip()]), 1, (bad, p.stderr))
