@@ -27,6 +27,11 @@
  * and the crossover of the product kernels with OpenBLAS on the model's
  * recurrent shape [G*H, H] and its first input shape [G*H, E]:
  *   gemm_NxK_mM_kernel_us / gemm_NxK_mM_blas_us   one f32 product of M rows (BLAS: sgemv for M = 1)
+ * and every kernel table this CPU runs on the recurrent shape, at each precision:
+ *   peak_T_P_gmacs              multiply-adds per second of the instructions table T's products at
+ *                               precision P are made of, on independent accumulators (the peak)
+ *   kernel_T_P_mM_gmacs         what one product of M = 1, 8, 32 rows reaches
+ * BENCH_KERNELS names the table the models run on (default: the fastest this CPU runs).
  *
  * Times are the benchmarking thread's CPU time (CLOCK_THREAD_CPUTIME_ID), so
  * other processes sharing the cores slow the figures less than they would
@@ -362,6 +367,55 @@ static void crossover(int N, int K)
     free(scratch);
 }
 
+/* Every kernel table this CPU runs, at every precision, on [N, K] for 1, 8 and
+ * 32 rows: multiply-adds per second (best of many) beside the table's peak for
+ * that precision's instructions (kern_ops.peak_macs). */
+static void kernel_share(int N, int K)
+{
+    static const int Ms[] = {1, 8, 32};
+    enum { MAXM = 32 };
+    float *w = malloc(sizeof(float) * (size_t)N * K), *in = malloc(sizeof(float) * (size_t)MAXM * K);
+    float *out = malloc(sizeof(float) * (size_t)MAXM * N);
+    void *scratch = malloc(kern_scratch_bytes(K));
+    char err[128];
+    if (!w || !in || !out || !scratch)
+        die("out of memory");
+    for (size_t i = 0; i < (size_t)N * K; i++)
+        w[i] = 1e-3f * (float)(i % 13) - 6e-3f;
+    for (size_t i = 0; i < (size_t)MAXM * K; i++)
+        in[i] = 1e-2f * (float)(i % 7) - 3e-2f;
+    printf("share_shape %dx%d\n", N, K);
+    for (int t = 0; kern_tables[t]; t++) {
+        const kern_ops *k = kern_tables[t];
+        if (!kern_runs(k))
+            continue;
+        for (int p = 0; p < KERN_PREC_COUNT; p++) {
+            kmat km;
+            if (kmat_pack(&km, w, K, N, K, (kern_prec)p, err, sizeof err) < 0)
+                die(err);
+            double peak = k->peak_macs((kern_prec)p, 0.05);
+            printf("peak_%s_%s_gmacs %.1f\n", k->name, kern_prec_name((kern_prec)p), peak / 1e9);
+            for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++) {
+                const int M = Ms[mi];
+                double best_s = 1e9;
+                for (int rep = 0; rep < 100; rep++) {
+                    double t0 = cpu_now();
+                    k->gemm[p](out, N, in, K, &km, NULL, M, false, scratch);
+                    double d = cpu_now() - t0;
+                    best_s = d < best_s ? d : best_s;
+                }
+                printf("kernel_%s_%s_m%d_gmacs %.1f\n", k->name, kern_prec_name((kern_prec)p), M,
+                       (double)M * N * K / best_s / 1e9);
+            }
+            kmat_free(&km);
+        }
+    }
+    free(w);
+    free(in);
+    free(out);
+    free(scratch);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -385,7 +439,7 @@ int main(int argc, char **argv)
         run *r = &runs[n_runs++];
         memset(r, 0, sizeof *r);
         r->prec = (model_precision)p;
-        model_opts opts = {.precision = r->prec};
+        model_opts opts = {.precision = r->prec, .kernels = getenv("BENCH_KERNELS")};
         if (!(r->m = model_load_opts(argv[1], &opts, err, sizeof err)))
             die(err);
         r->rss_kb = load_rss_kb(argv[1], r->prec);
@@ -506,6 +560,7 @@ int main(int argc, char **argv)
     }
     crossover(c->gates * c->hidden, c->hidden);
     crossover(c->gates * c->hidden, c->embed);
+    kernel_share(c->gates * c->hidden, c->hidden);
     printf("cpu_share %.2f\n", (cpu_now() - cpu0) / (clock_s(CLOCK_MONOTONIC) - wall0));
 
     for (int i = 0; i < n_runs; i++) {

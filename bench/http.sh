@@ -11,7 +11,12 @@
 #      32 concurrent streams, each stream starting requests back to back for
 #      BENCH_SECONDS: aggregate and per-stream tokens/s, time to first token, errors
 # and, for every phase, the change of the server's batch-size histograms in
-# /metrics.  Ends with a summary table; the targets are reported, not asserted.
+# /metrics; then
+#   3. the same /v1/score load at c=8 on a fresh server per precision (f32, bf16,
+#      int8), with the prefix cache off (--prefix-cache 0: every request scores
+#      its 230 bytes, so the kernels do the work) and on (the default: after the
+#      first request the whole text is a hit), side by side.
+# Ends with a summary table; the targets are reported, not asserted.
 # BENCH_PRECISION (f32, bf16 or int8; default f32) is the server's --precision.
 # Under load from other processes the figures drop: the machine's load average
 # is printed before and after.
@@ -174,6 +179,26 @@ for n in 1 8 32; do
 done
 
 serve_stop TERM
+[ "$rc" -eq 0 ] || { tail -5 "$log" >&2; exit 1; }
+
+echo
+echo "== 3. POST /v1/score at c=8 per precision, the prefix cache off (cold) and on (cached): wrk -t1 -c8 -d${dur}s"
+for p in f32 bf16 int8; do
+  for cache in 0 64; do
+    serve_start "$work/port" "$log" "$server" --host 127.0.0.1 --port 0 --model "$model" --port-file "$work/port" \
+      --precision "$p" --prefix-cache "$cache" || { echo "bench-http: the server did not start" >&2; exit 1; }
+    serve_log_has "listening on" || true
+    out="$(wrk -t1 -c8 -d"${dur}s" --latency -s "$here/score.lua" "http://127.0.0.1:$port/v1/score")"
+    serve_stop TERM
+    [ "$rc" -eq 0 ] || { tail -5 "$log" >&2; exit 1; }
+    S[cold_$p$cache]="$(awk '/^Requests\/sec/ {print $2}' <<<"$out")"
+    S[coldp50_$p$cache]="$(awk '$1 == "50%" {print $2}' <<<"$out")"
+    S[kern_$p]="$(sed -n 's/.*, kernels \(.*\), sha256 .*/\1/p' "$log" | head -1)"
+    printf ' %-5s prefix cache %-4s %9s req/s   latency p50 %-8s non-2xx %s\n' "$p" "$([ "$cache" = 0 ] && echo off || echo on)" \
+      "${S[cold_$p$cache]}" "${S[coldp50_$p$cache]}" \
+      "$(awk -F: '/Non-2xx or 3xx responses/ {gsub(/ /, "", $2); print $2}' <<<"$out" | grep . || echo 0)"
+  done
+done
 
 echo
 echo "== summary ($(cpuinfo 'model name') family $(cpuinfo 'cpu family') model $(cpuinfo model), $(nproc) cores," \
@@ -186,10 +211,14 @@ printf ' %-12s %10s %10s %10s %10s %7s\n' "streams" "tok/s" "tok/s/str" "TTFT p5
 for n in 1 8 32; do
   printf ' %-12s %10.0f %10.0f %8.1fms %10s %7s\n' "$n" "${S[tps$n]}" "${S[per$n]}" "${S[ttft$n]}" "${S[mean$n]}" "${S[err$n]}"
 done
+printf ' %-12s %12s %12s %12s  %s\n' "/v1/score c=8" "cold req/s" "cached req/s" "cold vs f32" "kernels"
+for p in f32 bf16 int8; do
+  printf ' %-12s %12s %12s %12s  %s\n' "$p" "${S[cold_${p}0]}" "${S[cold_${p}64]}" \
+    "$(awk -v a="${S[cold_${p}0]}" -v b="${S[cold_f320]}" 'BEGIN {printf "%.2fx", (b > 0 ? a / b : 0)}')" "${S[kern_$p]}"
+done
 ratio="$(awk -v a="${S[tps32]}" -v b="${S[tps1]}" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}')"
 echo " targets (reported, not asserted):"
 echo "   /v1/score at c=8: ${S[rps8]} req/s (target >= 100: $(awk -v r="${S[rps8]}" 'BEGIN {print (r >= 100 ? "met" : "NOT met")}'))"
 echo "   /v1/score at c=64 vs c=8: ${S[rps64]} vs ${S[rps8]} req/s (target: no lower: $(awk -v a="${S[rps64]}" -v b="${S[rps8]}" 'BEGIN {print (a >= b ? "met" : "NOT met")}'))"
 echo "   32 streams vs 1: ${ratio}x tokens/s (target >= 5x: $(awk -v r="$ratio" 'BEGIN {print (r >= 5 ? "met" : "NOT met")}'))"
-echo " server exit status after SIGTERM: $rc; bench wall time $((SECONDS - began)) s"
-[ "$rc" -eq 0 ] || { tail -5 "$log" >&2; exit 1; }
+echo " every server exited 0 after SIGTERM; bench wall time $((SECONDS - began)) s"

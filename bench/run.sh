@@ -15,7 +15,7 @@ echo "== machine"
 echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "cpu: $(cpuinfo 'model name'), family $(cpuinfo 'cpu family') model $(cpuinfo model) stepping $(cpuinfo stepping);" \
      "$(nproc) cores online"
-echo "cpu features: $(cpuinfo flags | tr ' ' '\n' | grep -E '^(avx2|fma|avx512(f|bw|vl|_bf16|_vnni|vnni|bf16)|avx_vnni)$' | sort | tr '\n' ' ')"
+echo "cpu features: $(cpuinfo flags | tr ' ' '\n' | grep -E '^(avx2|fma|avx512(f|bw|vl|_bf16|_vnni|vnni|bf16)|avx_vnni|amx_(tile|bf16|int8))$' | sort | tr '\n' ' ')"
 echo "memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "compiler: $(${CC:-cc} --version | head -1)"
@@ -24,6 +24,14 @@ echo "OPENBLAS_CORETYPE: ${OPENBLAS_CORETYPE:-(unset)}"
 echo "== engine (C, one thread; f32, bf16 and int8 take turns in each repetition)"
 c_out=$(OPENBLAS_NUM_THREADS=1 "$engine" "$model" "$text" "$steps")
 echo "$c_out"
+# With AMX, the same run on the next table (vdpbf16ps, vpdpbusd) shows what the tiles add.
+noamx_out=""
+if [[ $(sed -n 's/^kernels_f32 \([a-z0-9]*\),.*/\1/p' <<<"$c_out") == amx ]]; then
+    echo "== engine without AMX (BENCH_KERNELS=avx512bf16; bf16 and int8)"
+    noamx_out=$(OPENBLAS_NUM_THREADS=1 BENCH_KERNELS=avx512bf16 BENCH_PRECISIONS=bf16,int8 "$engine" "$model" "$text" "$steps" |
+                grep -E '^(kernels|score|decode)_')
+    echo "$noamx_out"
+fi
 
 t_out=""
 if "$python" -c 'import torch' 2>/dev/null; then
@@ -50,6 +58,20 @@ for k in score decode_b1 decode_b8 decode_b32; do
     t=$(value "${k}_tokens_per_s" "$t_out")
     printf '%-12s %12s %12s %12s %12s %12s\n' "$k" "${row[@]}" "${t:--}" "$(ratio "${row[0]}" "$t")"
 done
+if [ -n "$noamx_out" ]; then
+    for k in score decode_b1 decode_b8 decode_b32; do
+        row=("-")
+        for p in bf16 int8; do
+            if [ "$k" = score ]; then v=$(value "score_${p}_tokens_per_s" "$noamx_out"); else v=$(value "${k}_${p}_tokens_per_s" "$noamx_out"); fi
+            row+=("${v:--}")
+        done
+        printf '%-12s %12s %12s %12s   (without AMX)\n' "$k" "${row[@]}"
+    done
+fi
+for p in f32 bf16 int8; do
+    b32=$(value "decode_b32_${p}_tokens_per_s" "$c_out")
+    [ -n "$b32" ] && echo "$p decode at batch 32: $(ratio "$b32" "$(value decode_b32_f32_tokens_per_s "$c_out")") of f32 at batch 32"
+done
 for p in f32 bf16 int8; do
     b1=$(value "decode_b1_${p}_tokens_per_s" "$c_out") b32=$(value "decode_b32_${p}_tokens_per_s" "$c_out")
     [ -n "$b1" ] || continue
@@ -75,5 +97,20 @@ for shape in $(sed -n 's/^gemm_\([0-9]*x[0-9]*\)_m1_kernel_us .*/\1/p' <<<"$c_ou
     printf '\n%-13s' "  openblas"
     for m in $(sed -n "s/^gemm_${shape}_m\([0-9]*\)_kernel_us .*/\1/p" <<<"$c_out"); do printf '%9s' "$(value "gemm_${shape}_m${m}_blas_us" "$c_out")"; done
     echo
+done
+shape=$(value share_shape "$c_out")
+echo "== every kernel table this CPU runs on one [$shape] product: billions of multiply-adds per second at 1, 8 and 32 rows," \
+     "and the share of the table's peak for that precision's instructions (measured here on independent accumulators)"
+printf '%-12s %-5s %10s %18s %18s %18s\n' table prec peak "1 row" "8 rows" "32 rows"
+for t in $(sed -n 's/^peak_\([a-z0-9]*\)_f32_gmacs .*/\1/p' <<<"$c_out"); do
+    for p in f32 bf16 int8; do
+        peak=$(value "peak_${t}_${p}_gmacs" "$c_out")
+        cells=()
+        for m in 1 8 32; do
+            g=$(value "kernel_${t}_${p}_m${m}_gmacs" "$c_out")
+            cells+=("$g ($(awk -v g="$g" -v p="$peak" 'BEGIN {printf "%.0f%%", 100 * g / p}'))")
+        done
+        printf '%-12s %-5s %10s %18s %18s %18s\n' "$t" "$p" "$peak" "${cells[@]}"
+    done
 done
 echo "the benchmarking thread had $(awk -v s="$(value cpu_share "$c_out")" 'BEGIN {printf "%.0f%%", 100 * s}') of a core over its run"
