@@ -514,23 +514,69 @@ api_model *json_get_model(const api_ctx *ctx, const cJSON *o, api_error *e)
     return am;
 }
 
+/* The k-th largest of v[n] (k <= n), by k passes of selection: n and k are small. */
+static float kth_largest(float *v, int n, int k)
+{
+    for (int j = 0; j < k; j++) {
+        int best = j;
+        for (int i = j + 1; i < n; i++)
+            if (v[i] > v[best])
+                best = i;
+        float t = v[j];
+        v[j] = v[best];
+        v[best] = t;
+    }
+    return v[k - 1];
+}
+
 void api_topk(const float *lp, int n, int k, int *idx)
 {
+    enum { BLOCK = 8, MAX_BLOCKS = 64 };
     if (k <= 0)
         return;
     if (k > n)
         k = n;
-    int have = 0;
-    for (int i = 0; i < n; i++) {
-        /* Strictly greater: an equal later index never displaces an earlier one. */
-        if (have == k && !(lp[i] > lp[idx[k - 1]]))
-            continue;
-        int pos = have < k ? have++ : k - 1;
-        while (pos > 0 && lp[i] > lp[idx[pos - 1]]) {
-            idx[pos] = idx[pos - 1];
-            pos--;
+    /* The k-th largest of the blocks' maxima is at most the k-th largest value
+     * (k blocks each hold a value that large): only the few blocks whose
+     * maximum reaches it can hold any of the k, and only their values that
+     * reach it are candidates. */
+    float least = -INFINITY, bmax[MAX_BLOCKS], sel[MAX_BLOCKS];
+    const int nb = (n + BLOCK - 1) / BLOCK;
+    const bool blocks = nb <= MAX_BLOCKS && k <= nb;
+    if (blocks) {
+        for (int b = 0; b < nb; b++) {
+            const float *p = lp + (size_t)b * BLOCK;
+            const int len = n - b * BLOCK < BLOCK ? n - b * BLOCK : BLOCK;
+            float m0 = -INFINITY, m1 = -INFINITY;
+            int j = 0;
+            for (; j + 1 < len; j += 2) {
+                m0 = p[j] > m0 ? p[j] : m0;
+                m1 = p[j + 1] > m1 ? p[j + 1] : m1;
+            }
+            if (j < len)
+                m0 = p[j] > m0 ? p[j] : m0;
+            bmax[b] = sel[b] = m0 > m1 ? m0 : m1;
         }
-        idx[pos] = i;
+        least = kth_largest(sel, nb, k);
+    }
+    int have = 0;
+    for (int b = 0; b < (blocks ? nb : 1); b++) {
+        if (blocks && !(bmax[b] >= least))
+            continue;
+        const int i0 = blocks ? b * BLOCK : 0, i1 = !blocks ? n : i0 + BLOCK < n ? i0 + BLOCK : n;
+        for (int i = i0; i < i1; i++) {
+            if (!(lp[i] >= least))
+                continue;
+            /* Strictly greater: an equal later index never displaces an earlier one. */
+            if (have == k && !(lp[i] > lp[idx[k - 1]]))
+                continue;
+            int pos = have < k ? have++ : k - 1;
+            while (pos > 0 && lp[i] > lp[idx[pos - 1]]) {
+                idx[pos] = idx[pos - 1];
+                pos--;
+            }
+            idx[pos] = i;
+        }
     }
 }
 

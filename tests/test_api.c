@@ -9,6 +9,7 @@
 #include "testutil.h"
 
 #include "api_fixture.h"
+#include "internal.h" /* api_topk */
 #include "check_main.h"
 
 #include <check.h>
@@ -130,6 +131,44 @@ START_TEST(test_routes)
     ck_assert_int_eq(ep, API_EP_ATTRIBUTION);
     ck_assert(api_endpoint_is_job(API_EP_ATTRIBUTION) && !api_endpoint_is_open(API_EP_ATTRIBUTION));
     ck_assert_str_eq(api_endpoint_path(API_EP_ATTRIBUTION), "/v1/attribution");
+}
+END_TEST
+
+/* api_topk against sorting: the k largest, largest first, ties to the lower
+ * index, on rows with runs of equal values, -inf and every k from 0 to n. */
+START_TEST(test_topk)
+{
+    enum { N = 257 };
+    float lp[N];
+    unsigned s = 5;
+    for (int trial = 0; trial < 40; trial++) {
+        const int n = trial == 0 ? 1 : trial < 5 ? 15 + trial : N;
+        for (int i = 0; i < n; i++) {
+            s = s * 1103515245u + 12345u;
+            /* few distinct values in some rows, so that ties are common */
+            lp[i] = trial % 3 == 0 ? -(float)((s >> 16) % 7) : -(float)((s >> 8) % 100000) / 1000.0f;
+            if ((s >> 4) % 50 == 0)
+                lp[i] = -INFINITY;
+        }
+        for (int k = 0; k <= n; k += k < 8 ? 1 : 37) {
+            int got[N], want[N];
+            api_topk(lp, n, k, got);
+            for (int j = 0; j < k; j++) { /* selection by (value desc, index asc) */
+                int best = -1;
+                for (int i = 0; i < n; i++) {
+                    bool taken = false;
+                    for (int q = 0; q < j; q++)
+                        taken |= want[q] == i;
+                    if (!taken && (best < 0 || lp[i] > lp[best]))
+                        best = i;
+                }
+                want[j] = best;
+            }
+            for (int j = 0; j < k; j++)
+                ck_assert_msg(got[j] == want[j], "trial %d n=%d k=%d: [%d] = %d, want %d", trial, n, k, j, got[j],
+                              want[j]);
+        }
+    }
 }
 END_TEST
 
@@ -1474,7 +1513,7 @@ int main(void)
 {
     const check_case api = {
         "api",
-        CHECK_TESTS(CHECK_TEST(test_routes), CHECK_TEST(test_error_body), CHECK_TEST(test_api_key),
+        CHECK_TESTS(CHECK_TEST(test_routes), CHECK_TEST(test_topk), CHECK_TEST(test_error_body), CHECK_TEST(test_api_key),
                     CHECK_LOOP(test_bad_requests_are_refused, (int)(sizeof BAD / sizeof *BAD)),
                     CHECK_TEST(test_nulls_are_defaults), CHECK_TEST(test_score_matches_engine),
                     CHECK_TEST(test_score_attention_gain),
