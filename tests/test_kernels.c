@@ -5,7 +5,7 @@
  * strides, bias and accumulation), the same numbers for a row in any number
  * of rows, the packing and rounding themselves, the cell updates on awkward
  * widths, and the vector activations against the scalar ones and libm. */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* syscall numbers */
 #include "kernels.h"
 #include "vecmath.h"
 
@@ -15,6 +15,17 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__)
+#include <errno.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#endif
 
 static float frand(unsigned *s)
 {
@@ -328,13 +339,74 @@ START_TEST(test_peak)
 }
 END_TEST
 
+/* When the kernel refuses the tile state (here a seccomp filter makes
+ * arch_prctl fail, as an old kernel or a container's policy would), AMX is
+ * not chosen and the fastest other table runs the products. */
+START_TEST(test_amx_refused)
+{
+#if defined(__x86_64__)
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        struct sock_filter filter[] = {
+            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_arch_prctl, 0, 1),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        struct sock_fprog prog = {.len = sizeof filter / sizeof *filter, .filter = filter};
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+            _exit(3);
+        if (kern_runs(&kern_ops_amx) || kern_best() == &kern_ops_amx)
+            _exit(1);
+        char err[256];
+        if (kern_named("amx", err, sizeof err) || !strstr(err, "does not run"))
+            _exit(2);
+        /* the table chosen instead multiplies correctly */
+        enum { M = 9, N = 20, K = 33 };
+        float in[M * K], src[N * K], out[M * N];
+        unsigned s = 9;
+        for (int i = 0; i < M * K; i++)
+            in[i] = frand(&s);
+        for (int i = 0; i < N * K; i++)
+            src[i] = frand(&s);
+        void *scratch = malloc(kern_scratch_bytes(K));
+        for (int p = 0; p < KERN_PREC_COUNT; p++) {
+            kmat w;
+            if (!scratch || kmat_pack(&w, src, K, N, K, (kern_prec)p, err, sizeof err) != 0)
+                _exit(4);
+            kern_best()->gemm[p](out, N, in, K, &w, NULL, M, false, scratch);
+            for (int r = 0; r < M; r++)
+                for (int j = 0; j < N; j++) {
+                    double ref = 0.0;
+                    for (int k = 0; k < K; k++)
+                        ref += (double)kmat_get(&w, j, k) * in[r * K + k];
+                    if (fabs(out[r * N + j] - ref) > 0.05 * (1.0 + fabs(ref))) /* within int8's input rounding */
+                        _exit(5);
+                }
+            kmat_free(&w);
+        }
+        free(scratch);
+        _exit(0);
+    }
+    int status = 0;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child failed at step %d",
+                  WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+#endif
+}
+END_TEST
+
 int main(void)
 {
     const check_case cases[] = {{"kernels",
                                  CHECK_TESTS(CHECK_TEST(test_gemm_matches_reference), CHECK_TEST(test_gemm_rows_independent),
                                              CHECK_TEST(test_packing), CHECK_TEST(test_cell_update),
                                              CHECK_TEST(test_activations), CHECK_TEST(test_named),
-                                             CHECK_TEST(test_peak)),
+                                             CHECK_TEST(test_peak), CHECK_TEST(test_amx_refused)),
                                  .timeout = 60}};
     return check_main("kernels", cases, 1);
 }
