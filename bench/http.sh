@@ -15,7 +15,8 @@
 #   3. the same /v1/score load at c=8 on a fresh server per precision (f32, bf16,
 #      int8), with the prefix cache off (--prefix-cache 0: every request scores
 #      its 230 bytes, so the kernels do the work) and on (the default: after the
-#      first request the whole text is a hit), side by side.
+#      first request the whole text is a hit), side by side; where the kernels are
+#      AMX, bf16 and int8 cold once more on the next table (--kernels avx512bf16).
 # Ends with a summary table; the targets are reported, not asserted.
 # BENCH_PRECISION (f32, bf16 or int8; default f32) is the server's --precision.
 # Under load from other processes the figures drop: the machine's load average
@@ -183,21 +184,22 @@ serve_stop TERM
 
 echo
 echo "== 3. POST /v1/score at c=8 per precision, the prefix cache off (cold) and on (cached): wrk -t1 -c8 -d${dur}s"
-for p in f32 bf16 int8; do
-  for cache in 0 64; do
+runs="f32:0 f32:64 bf16:0 bf16:64 int8:0 int8:64"
+if grep -q ', kernels amx,' "$log"; then runs="$runs bf16:0:avx512bf16 int8:0:avx512bf16"; fi
+for run in $runs; do
+    IFS=: read -r p cache kern <<<"$run"
     serve_start "$work/port" "$log" "$server" --host 127.0.0.1 --port 0 --model "$model" --port-file "$work/port" \
-      --precision "$p" --prefix-cache "$cache" || { echo "bench-http: the server did not start" >&2; exit 1; }
+      --precision "$p" --prefix-cache "$cache" --kernels "${kern:-auto}" \
+      || { echo "bench-http: the server did not start" >&2; exit 1; }
     serve_log_has "listening on" || true
     out="$(wrk -t1 -c8 -d"${dur}s" --latency -s "$here/score.lua" "http://127.0.0.1:$port/v1/score")"
     serve_stop TERM
     [ "$rc" -eq 0 ] || { tail -5 "$log" >&2; exit 1; }
-    S[cold_$p$cache]="$(awk '/^Requests\/sec/ {print $2}' <<<"$out")"
-    S[coldp50_$p$cache]="$(awk '$1 == "50%" {print $2}' <<<"$out")"
-    S[kern_$p]="$(sed -n 's/.*, kernels \(.*\), sha256 .*/\1/p' "$log" | head -1)"
-    printf ' %-5s prefix cache %-4s %9s req/s   latency p50 %-8s non-2xx %s\n' "$p" "$([ "$cache" = 0 ] && echo off || echo on)" \
-      "${S[cold_$p$cache]}" "${S[coldp50_$p$cache]}" \
-      "$(awk -F: '/Non-2xx or 3xx responses/ {gsub(/ /, "", $2); print $2}' <<<"$out" | grep . || echo 0)"
-  done
+    S[cold_$p$cache$kern]="$(awk '/^Requests\/sec/ {print $2}' <<<"$out")"
+    S[kern_$p$kern]="$(sed -n 's/.*, kernels \(.*\), sha256 .*/\1/p' "$log" | head -1)"
+    printf ' %-5s prefix cache %-4s %9s req/s   latency p50 %-8s non-2xx %s   %s\n' "$p" "$([ "$cache" = 0 ] && echo off || echo on)" \
+      "${S[cold_$p$cache$kern]}" "$(awk '$1 == "50%" {print $2}' <<<"$out")" \
+      "$(awk -F: '/Non-2xx or 3xx responses/ {gsub(/ /, "", $2); print $2}' <<<"$out" | grep . || echo 0)" "${S[kern_$p$kern]}"
 done
 
 echo
@@ -215,6 +217,12 @@ printf ' %-12s %12s %12s %12s  %s\n' "/v1/score c=8" "cold req/s" "cached req/s"
 for p in f32 bf16 int8; do
   printf ' %-12s %12s %12s %12s  %s\n' "$p" "${S[cold_${p}0]}" "${S[cold_${p}64]}" \
     "$(awk -v a="${S[cold_${p}0]}" -v b="${S[cold_f320]}" 'BEGIN {printf "%.2fx", (b > 0 ? a / b : 0)}')" "${S[kern_$p]}"
+done
+for p in bf16 int8; do
+  [ -n "${S[cold_${p}0avx512bf16]:-}" ] || continue
+  printf ' %-12s %12s %12s %12s  %s\n' "$p" "${S[cold_${p}0avx512bf16]}" "-" \
+    "$(awk -v a="${S[cold_${p}0avx512bf16]}" -v b="${S[cold_f320]}" 'BEGIN {printf "%.2fx", (b > 0 ? a / b : 0)}')" \
+    "${S[kern_${p}avx512bf16]}"
 done
 ratio="$(awk -v a="${S[tps32]}" -v b="${S[tps1]}" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}')"
 echo " targets (reported, not asserted):"
