@@ -323,22 +323,42 @@ static long load_rss_kb(const char *path, model_precision prec)
     return kb;
 }
 
+/* A product's operands: weights [N, K], up to maxm input rows, their outputs, scratch. */
+typedef struct operands {
+    float *w, *in, *out;
+    void *scratch;
+} operands;
+
+static operands operands_new(int N, int K, int maxm)
+{
+    operands o = {malloc(sizeof(float) * (size_t)N * K), malloc(sizeof(float) * (size_t)maxm * K),
+                  malloc(sizeof(float) * (size_t)maxm * N), malloc(kern_scratch_bytes(K))};
+    if (!o.w || !o.in || !o.out || !o.scratch)
+        die("out of memory");
+    for (size_t i = 0; i < (size_t)N * K; i++)
+        o.w[i] = 1e-3f * (float)(i % 13) - 6e-3f;
+    for (size_t i = 0; i < (size_t)maxm * K; i++)
+        o.in[i] = 1e-2f * (float)(i % 7) - 3e-2f;
+    return o;
+}
+
+static void operands_free(operands *o)
+{
+    free(o->w);
+    free(o->in);
+    free(o->out);
+    free(o->scratch);
+}
+
 /* The f32 product kernel against OpenBLAS on [N, K] for M rows: minimum microseconds of each. */
 static void crossover(int N, int K)
 {
     static const int Ms[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 1024};
-    enum { MAXM = 1024 };
-    float *w = malloc(sizeof(float) * (size_t)N * K), *in = malloc(sizeof(float) * (size_t)MAXM * K);
-    float *out = malloc(sizeof(float) * (size_t)MAXM * N);
-    void *scratch = malloc(kern_scratch_bytes(K));
+    operands o = operands_new(N, K, 1024);
+    float *w = o.w, *in = o.in, *out = o.out;
+    void *scratch = o.scratch;
     kmat km;
     char err[128];
-    if (!w || !in || !out || !scratch)
-        die("out of memory");
-    for (size_t i = 0; i < (size_t)N * K; i++)
-        w[i] = 1e-3f * (float)(i % 13) - 6e-3f;
-    for (size_t i = 0; i < (size_t)MAXM * K; i++)
-        in[i] = 1e-2f * (float)(i % 7) - 3e-2f;
     if (kmat_pack(&km, w, K, N, K, KERN_F32, err, sizeof err) < 0)
         die(err);
     const kern_ops *k = kern_best();
@@ -361,10 +381,7 @@ static void crossover(int N, int K)
         printf("gemm_%dx%d_m%d_blas_us %.1f\n", N, K, M, 1e6 * best[1]);
     }
     kmat_free(&km);
-    free(w);
-    free(in);
-    free(out);
-    free(scratch);
+    operands_free(&o);
 }
 
 /* Every kernel table this CPU runs, at every precision, on [N, K] for 1, 8 and
@@ -373,17 +390,10 @@ static void crossover(int N, int K)
 static void kernel_share(int N, int K)
 {
     static const int Ms[] = {1, 8, 32};
-    enum { MAXM = 32 };
-    float *w = malloc(sizeof(float) * (size_t)N * K), *in = malloc(sizeof(float) * (size_t)MAXM * K);
-    float *out = malloc(sizeof(float) * (size_t)MAXM * N);
-    void *scratch = malloc(kern_scratch_bytes(K));
+    operands o = operands_new(N, K, 32);
+    float *w = o.w, *in = o.in, *out = o.out;
+    void *scratch = o.scratch;
     char err[128];
-    if (!w || !in || !out || !scratch)
-        die("out of memory");
-    for (size_t i = 0; i < (size_t)N * K; i++)
-        w[i] = 1e-3f * (float)(i % 13) - 6e-3f;
-    for (size_t i = 0; i < (size_t)MAXM * K; i++)
-        in[i] = 1e-2f * (float)(i % 7) - 3e-2f;
     printf("share_shape %dx%d\n", N, K);
     for (int t = 0; kern_tables[t]; t++) {
         const kern_ops *k = kern_tables[t];
@@ -410,10 +420,7 @@ static void kernel_share(int N, int K)
             kmat_free(&km);
         }
     }
-    free(w);
-    free(in);
-    free(out);
-    free(scratch);
+    operands_free(&o);
 }
 
 int main(int argc, char **argv)
