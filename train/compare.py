@@ -254,9 +254,12 @@ def write_doc(o, table, runs, names):
             f"deviation over the seeds); copyable bytes start 4 or more bytes seen within the window "
             f"before; *attention removed* is the long-slice loss with a window of one at evaluation.", "",
             table, "", "![Copy probe](attention/copy_probe.png)", ""]
-    if missing or few:
-        text += [f"Not yet run under these settings: {', '.join(missing) or 'none'}; fewer than three seeds: "
-                 f"{', '.join(few) or 'none'}. Differences inside the spread of the seeds are not a ranking.", ""]
+    # ("none" is also a configuration's name, so an empty list is left out rather than called none)
+    gaps = ([f"not yet run under these settings: {', '.join(missing)}"] if missing else []) + \
+        ([f"fewer than three seeds: {', '.join(few)}"] if few else [])
+    if gaps:
+        line = "; ".join(gaps)
+        text += [line[0].upper() + line[1:] + ". Differences inside the spread of the seeds are not a ranking.", ""]
     text.append(END)
     doc = open(o.doc).read() if os.path.exists(o.doc) else ""
     if BEGIN in doc and END in doc:
