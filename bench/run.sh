@@ -52,7 +52,7 @@ printf '%-12s %12s %12s %12s %12s %12s\n' "work" "f32" "bf16" "int8" "pytorch f3
 for k in score decode_b1 decode_b8 decode_b32; do
     row=()
     for p in f32 bf16 int8; do
-        if [ "$k" = score ]; then v=$(value "score_${p}_tokens_per_s" "$c_out"); else v=$(value "${k}_${p}_tokens_per_s" "$c_out"); fi
+        v=$(value "${k}_${p}_tokens_per_s" "$c_out")
         row+=("${v:--}")
     done
     t=$(value "${k}_tokens_per_s" "$t_out")
@@ -62,7 +62,7 @@ if [ -n "$noamx_out" ]; then
     for k in score decode_b1 decode_b8 decode_b32; do
         row=("-")
         for p in bf16 int8; do
-            if [ "$k" = score ]; then v=$(value "score_${p}_tokens_per_s" "$noamx_out"); else v=$(value "${k}_${p}_tokens_per_s" "$noamx_out"); fi
+            v=$(value "${k}_${p}_tokens_per_s" "$noamx_out")
             row+=("${v:--}")
         done
         printf '%-12s %12s %12s %12s   (without AMX)\n' "$k" "${row[@]}"

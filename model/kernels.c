@@ -213,9 +213,11 @@ const kern_ops *kern_named(const char *name, char *err, size_t errlen)
     char runs[128] = "";
     size_t used = 0;
     for (int i = 0; kern_tables[i]; i++) {
-        if (strcmp(kern_tables[i]->name, name) == 0 && kern_runs(kern_tables[i]))
+        if (!kern_runs(kern_tables[i]))
+            continue;
+        if (strcmp(kern_tables[i]->name, name) == 0)
             return kern_tables[i];
-        if (kern_runs(kern_tables[i]) && used < sizeof runs)
+        if (used < sizeof runs)
             used += (size_t)snprintf(runs + used, sizeof runs - used, "%s%s", used ? ", " : "", kern_tables[i]->name);
     }
     for (int i = 0; kern_tables[i]; i++)

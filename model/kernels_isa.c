@@ -772,15 +772,6 @@ static double peak_f32(double seconds)
     PEAK_LOOP(vf, (vf){0}, STEP_F32, VW);
 }
 
-#if !defined(KERN_AMX)
-static double peak_i8(double seconds)
-{
-    const vi w = vi_splat(0x01010101), x = vi_splat(0x02020202);
-#define STEP_I8(a) dot4(a, x, w)
-    PEAK_LOOP(vi, (vi){0}, STEP_I8, 4 * VI);
-}
-#endif
-
 #if defined(KERN_AMX)
 /* Four accumulator tiles, each product 16 rows by 16 columns by a 64-byte row (32 bf16 pairs' worth of k, or 64 int8). */
 #define PEAK_AMX(DP, MACS)                                                                \
@@ -810,8 +801,15 @@ static double peak_i8(double seconds)
         return (double)passes * (PEAK_ROUNDS / 16) * 4 * (MACS) / t;                      \
     } while (0)
 static double peak_bf16(double seconds) { PEAK_AMX(_tile_dpbf16ps, 16 * 16 * 32); }
-static double peak_amx_i8(double seconds) { PEAK_AMX(_tile_dpbusd, 16 * 16 * 64); }
-#elif defined(__AVX512BF16__)
+static double peak_i8(double seconds) { PEAK_AMX(_tile_dpbusd, 16 * 16 * 64); }
+#else
+static double peak_i8(double seconds)
+{
+    const vi w = vi_splat(0x01010101), x = vi_splat(0x02020202);
+#define STEP_I8(a) dot4(a, x, w)
+    PEAK_LOOP(vi, (vi){0}, STEP_I8, 4 * VI);
+}
+#if defined(__AVX512BF16__)
 static double peak_bf16(double seconds)
 {
     const vu w = vu_splat(0x3f803f80u), x = vu_splat(0x33d633d6u);
@@ -822,17 +820,14 @@ static double peak_bf16(double seconds)
 /* Widened bf16 is f32 multiply-adds on weights unpacked with a shift and a mask. */
 static double peak_bf16(double seconds) { return peak_f32(seconds); }
 #endif
+#endif
 
 static double peak_macs(kern_prec p, double seconds)
 {
     switch (p) {
     case KERN_F32: return peak_f32(seconds);
     case KERN_BF16: return peak_bf16(seconds);
-#if defined(KERN_AMX)
-    default: return peak_amx_i8(seconds);
-#else
     default: return peak_i8(seconds);
-#endif
     }
 }
 
